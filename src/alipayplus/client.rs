@@ -1,0 +1,509 @@
+//! The HTTP client for `notifyRegistrationStatus`: one signed POST per call, with explicit
+//! timeouts, pooled connections, bounded response bodies and headers, response signature
+//! verification, and the classification of what came back.
+//!
+//! It makes exactly one HTTP call per [`AlipayPlusClient::notify_registration_status`] and never
+//! retries: retries, backoff and ordering belong to the pipeline. RSA work runs on tokio's
+//! blocking pool, never on the async worker threads.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+
+use super::classify::{
+    ApiResult, Exchange, ResultClass, ResultOverrides, TransportFailure, classify,
+    parse_response_body,
+};
+use super::request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
+use super::signature::{SignatureCheck, request_time_now, sign_request, verify_signature};
+use crate::config::AlipayPlusSettings;
+use crate::event::RegistrationDecided;
+use crate::keys::{KeyError, PrivateSigningKey, PublicVerifyingKey};
+
+/// Largest response body read; Alipay+ answers are a few hundred bytes.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Longest `Client-Id` / `Response-Time` / `Signature` response header value considered.
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 2048;
+
+/// Everything the client needs besides keys, in plain types.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub base_url: String,
+    pub allow_insecure_http: bool,
+    pub client_id: String,
+    pub key_version: u32,
+    pub verify_response_signature: bool,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// 0 = no client-side ceiling.
+    pub max_requests_per_second: u32,
+    pub result_overrides: ResultOverrides,
+    pub max_response_bytes: usize,
+}
+
+impl ClientOptions {
+    pub fn from_settings(settings: &AlipayPlusSettings) -> Self {
+        ClientOptions {
+            base_url: settings.base_url.clone(),
+            allow_insecure_http: settings.allow_insecure_http,
+            client_id: settings.client_id.clone(),
+            key_version: settings.key_version,
+            verify_response_signature: settings.verify_response_signature,
+            connect_timeout: settings.connect_timeout,
+            request_timeout: settings.request_timeout,
+            max_requests_per_second: settings.max_requests_per_second,
+            result_overrides: settings
+                .result_policy
+                .iter()
+                .map(|(code, policy)| (code.clone(), ResultClass::from(*policy)))
+                .collect(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+/// Why a client could not be built. Messages name the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("alipayplus.base_url: {0}")]
+    BaseUrl(String),
+    #[error("alipayplus.base_url: http:// is refused unless alipayplus.allow_insecure_http = true")]
+    InsecureHttp,
+    #[error("alipayplus.client_id: must be a non-empty, visible ASCII header value")]
+    ClientId,
+    #[error("alipayplus.private_key_file: is required (or alipayplus.private_key as PEM text)")]
+    MissingPrivateKey,
+    #[error(
+        "alipayplus.alipayplus_public_key_file: is required while verify_response_signature is on"
+    )]
+    MissingPublicKey,
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot build the http client: {0}")]
+    Http(String),
+}
+
+/// Why an attempt got no usable answer. Never contains key material or signatures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("response body exceeds {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("response body is not an alipay+ result")]
+    UnparseableBody,
+    #[error("cannot sign the request: {0}")]
+    Signing(String),
+}
+
+/// Everything known about one HTTP attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyAttempt {
+    pub class: ResultClass,
+    pub http_status: Option<u16>,
+    /// Alipay+'s `result`, when the body could be parsed.
+    pub result: Option<ApiResult>,
+    pub signature: SignatureCheck,
+    /// From just before sending to the end of the response body (signing excluded).
+    pub latency: Duration,
+    /// The `Request-Time` header sent.
+    pub request_time: String,
+    pub error: Option<AttemptError>,
+}
+
+/// A signing, verifying Alipay+ client. Cheap to share behind an `Arc`; clones of the inner
+/// `reqwest::Client` share one connection pool.
+pub struct AlipayPlusClient {
+    http: reqwest::Client,
+    endpoint: reqwest::Url,
+    /// The request URI path, as signed.
+    path: String,
+    client_id: String,
+    client_id_header: HeaderValue,
+    key_version: u32,
+    signing_key: Arc<PrivateSigningKey>,
+    /// `None` when verification is off.
+    verifying_key: Option<Arc<PublicVerifyingKey>>,
+    overrides: ResultOverrides,
+    max_response_bytes: usize,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl fmt::Debug for AlipayPlusClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlipayPlusClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("client_id", &self.client_id)
+            .field("key_version", &self.key_version)
+            .field("verify_response_signature", &self.verifying_key.is_some())
+            .field("rate_limited", &self.limiter.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AlipayPlusClient {
+    /// Builds a client. `alipayplus_public_key` is required when
+    /// `options.verify_response_signature` is on, and ignored otherwise.
+    pub fn new(
+        options: ClientOptions,
+        signing_key: PrivateSigningKey,
+        alipayplus_public_key: Option<PublicVerifyingKey>,
+    ) -> Result<Self, ClientBuildError> {
+        let endpoint = endpoint_url(&options.base_url, options.allow_insecure_http)?;
+        let client_id_header = HeaderValue::from_str(&options.client_id)
+            .ok()
+            .filter(|_| !options.client_id.is_empty())
+            .ok_or(ClientBuildError::ClientId)?;
+        let verifying_key = if options.verify_response_signature {
+            Some(Arc::new(
+                alipayplus_public_key.ok_or(ClientBuildError::MissingPublicKey)?,
+            ))
+        } else {
+            None
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            // A redirect would change the signed path; a 3xx is classified as refused instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(!options.allow_insecure_http)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("regnotify/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientBuildError::Http(error_chain(&e)))?;
+        let limiter = NonZeroU32::new(options.max_requests_per_second)
+            .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
+        Ok(AlipayPlusClient {
+            http,
+            path: endpoint.path().to_owned(),
+            endpoint,
+            client_id: options.client_id,
+            client_id_header,
+            key_version: options.key_version,
+            signing_key: Arc::new(signing_key),
+            verifying_key,
+            overrides: options.result_overrides,
+            max_response_bytes: options.max_response_bytes,
+            limiter,
+        })
+    }
+
+    /// Builds a client from settings, loading the keys they name.
+    pub fn from_settings(settings: &AlipayPlusSettings) -> Result<Self, ClientBuildError> {
+        let signing_key = match (&settings.private_key, &settings.private_key_file) {
+            (Some(pem), _) => PrivateSigningKey::from_pem(pem.expose(), "alipayplus.private_key")?,
+            (None, Some(path)) => PrivateSigningKey::from_file(path)?,
+            (None, None) => return Err(ClientBuildError::MissingPrivateKey),
+        };
+        let public_key = match (
+            settings.verify_response_signature,
+            &settings.alipayplus_public_key_file,
+        ) {
+            (true, Some(path)) => Some(PublicVerifyingKey::from_file(path)?),
+            _ => None,
+        };
+        Self::new(
+            ClientOptions::from_settings(settings),
+            signing_key,
+            public_key,
+        )
+    }
+
+    /// The full URL called.
+    pub fn endpoint(&self) -> &str {
+        self.endpoint.as_str()
+    }
+
+    /// Sends one signed `notifyRegistrationStatus` for `event` and classifies the answer.
+    /// Never retries and never fails: every problem is described in the returned attempt.
+    pub async fn notify_registration_status(&self, event: &RegistrationDecided) -> NotifyAttempt {
+        self.post_signed(Bytes::from(notify_request_body(event)))
+            .await
+    }
+
+    /// Signs and posts an exact body. Public for tools and tests that need to send bodies the
+    /// mapping would never produce.
+    pub async fn post_signed(&self, body: Bytes) -> NotifyAttempt {
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        let request_time = request_time_now();
+        let signature_header = match self.sign(&request_time, body.clone()).await {
+            Ok(header) => header,
+            Err(error) => {
+                // A key that cannot sign is a set-up problem, not the event's.
+                return NotifyAttempt {
+                    class: ResultClass::Refused,
+                    http_status: None,
+                    result: None,
+                    signature: SignatureCheck::NotChecked,
+                    latency: Duration::ZERO,
+                    request_time,
+                    error: Some(error),
+                };
+            }
+        };
+        let started = Instant::now();
+        let mut attempt = self
+            .exchange(&request_time, signature_header, body)
+            .await;
+        attempt.latency = started.elapsed();
+        attempt
+    }
+
+    async fn sign(&self, request_time: &str, body: Bytes) -> Result<HeaderValue, AttemptError> {
+        let key = Arc::clone(&self.signing_key);
+        let path = self.path.clone();
+        let client_id = self.client_id.clone();
+        let request_time = request_time.to_owned();
+        let key_version = self.key_version;
+        let signed = tokio::task::spawn_blocking(move || {
+            sign_request(&key, &path, &client_id, &request_time, &body, key_version)
+        })
+        .await
+        .map_err(|e| AttemptError::Signing(format!("signing task failed: {e}")))?
+        .map_err(|e| AttemptError::Signing(e.to_string()))?;
+        HeaderValue::from_str(&signed.signature_header)
+            .map_err(|_| AttemptError::Signing("signature header is not a valid header value".into()))
+    }
+
+    async fn exchange(
+        &self,
+        request_time: &str,
+        signature_header: HeaderValue,
+        body: Bytes,
+    ) -> NotifyAttempt {
+        let mut attempt = NotifyAttempt {
+            class: ResultClass::Unknown,
+            http_status: None,
+            result: None,
+            signature: SignatureCheck::NotChecked,
+            latency: Duration::ZERO,
+            request_time: request_time.to_owned(),
+            error: None,
+        };
+        let sent = self
+            .http
+            .post(self.endpoint.clone())
+            .header(CONTENT_TYPE, "application/json; charset=UTF-8")
+            .header("Client-Id", self.client_id_header.clone())
+            .header("Request-Time", request_time)
+            .header("Signature", signature_header)
+            .body(body)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                let (failure, error) = transport_error(&error);
+                attempt.class = classify(Exchange::NoAnswer(failure), &self.overrides);
+                attempt.error = Some(error);
+                return attempt;
+            }
+        };
+        let http_status = response.status().as_u16();
+        attempt.http_status = Some(http_status);
+        let headers = SignedHeaders::from_response(response.headers());
+        let response_body = match read_limited(&mut response, self.max_response_bytes).await {
+            Ok(bytes) => bytes,
+            Err((failure, error)) => {
+                attempt.class = classify(Exchange::NoAnswer(failure), &self.overrides);
+                attempt.error = Some(error);
+                return attempt;
+            }
+        };
+        attempt.result = parse_response_body(&response_body);
+        if attempt.result.is_none() && (200..300).contains(&http_status) {
+            attempt.error = Some(AttemptError::UnparseableBody);
+        }
+        attempt.signature = self.check_signature(headers, response_body).await;
+        attempt.class = classify(
+            Exchange::Answered {
+                http_status,
+                result: attempt.result.as_ref(),
+                signature: attempt.signature,
+            },
+            &self.overrides,
+        );
+        attempt
+    }
+
+    async fn check_signature(&self, headers: SignedHeaders, body: Vec<u8>) -> SignatureCheck {
+        let Some(key) = &self.verifying_key else {
+            return SignatureCheck::NotChecked;
+        };
+        let (signature, response_time, client_id) = match headers {
+            SignedHeaders::Missing => return SignatureCheck::Missing,
+            SignedHeaders::Unusable => return SignatureCheck::Invalid,
+            SignedHeaders::Present {
+                signature,
+                response_time,
+                client_id,
+            } => (signature, response_time, client_id),
+        };
+        // Alipay+ echoes our client id; fall back to it when the header is left off.
+        let client_id = client_id.unwrap_or_else(|| self.client_id.clone());
+        let key = Arc::clone(key);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            verify_signature(
+                &key,
+                &path,
+                &client_id,
+                &response_time,
+                &body,
+                Some(&signature),
+            )
+        })
+        .await
+        .unwrap_or(SignatureCheck::Invalid)
+    }
+}
+
+/// The response headers that signature verification needs, bounded in length.
+enum SignedHeaders {
+    Missing,
+    Unusable,
+    Present {
+        signature: String,
+        response_time: String,
+        client_id: Option<String>,
+    },
+}
+
+impl SignedHeaders {
+    fn from_response(headers: &HeaderMap) -> Self {
+        let get = |name: &str| -> Result<Option<String>, ()> {
+            let Some(value) = headers.get(name) else {
+                return Ok(None);
+            };
+            if value.len() > MAX_SIGNATURE_HEADER_BYTES {
+                return Err(());
+            }
+            value.to_str().map(|v| Some(v.to_owned())).map_err(|_| ())
+        };
+        match (get("signature"), get("response-time"), get("client-id")) {
+            (Ok(Some(signature)), Ok(Some(response_time)), Ok(client_id)) => {
+                SignedHeaders::Present {
+                    signature,
+                    response_time,
+                    client_id,
+                }
+            }
+            (Ok(None), _, _) | (_, Ok(None), _) => SignedHeaders::Missing,
+            _ => SignedHeaders::Unusable,
+        }
+    }
+}
+
+/// Reads the body in chunks and stops as soon as it passes `limit`.
+async fn read_limited(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, (TransportFailure, AttemptError)> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err((TransportFailure::Other, AttemptError::BodyTooLarge { limit }));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) => return Err(transport_error(&error)),
+        }
+    }
+}
+
+fn transport_error(error: &reqwest::Error) -> (TransportFailure, AttemptError) {
+    let message = error_chain(error);
+    if error.is_timeout() {
+        (TransportFailure::Timeout, AttemptError::Timeout(message))
+    } else if error.is_connect() {
+        (TransportFailure::Connect, AttemptError::Connect(message))
+    } else {
+        (TransportFailure::Other, AttemptError::Transport(message))
+    }
+}
+
+/// `error: cause: cause`, since reqwest's own `Display` hides the interesting part.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// `<base_url>/aps/api/v1/merchants/notifyRegistrationStatus`, refusing `http://` unless allowed.
+pub fn endpoint_url(base_url: &str, allow_insecure_http: bool) -> Result<reqwest::Url, ClientBuildError> {
+    let base = reqwest::Url::parse(base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
+    match base.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => return Err(ClientBuildError::InsecureHttp),
+        other => {
+            return Err(ClientBuildError::BaseUrl(format!(
+                "unsupported scheme {other:?}, expected https"
+            )));
+        }
+    }
+    if base.host_str().is_none_or(str::is_empty) {
+        return Err(ClientBuildError::BaseUrl("has no host".into()));
+    }
+    if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
+        return Err(ClientBuildError::BaseUrl(
+            "must not carry credentials, a query or a fragment".into(),
+        ));
+    }
+    let joined = format!(
+        "{}{}",
+        base.as_str().trim_end_matches('/'),
+        NOTIFY_REGISTRATION_STATUS_PATH
+    );
+    reqwest::Url::parse(&joined).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn endpoint_joins_the_path_and_keeps_a_base_prefix() {
+        let url = endpoint_url("https://open-sea-global.alipayplus.com", false).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://open-sea-global.alipayplus.com/aps/api/v1/merchants/notifyRegistrationStatus"
+        );
+        let url = endpoint_url("http://127.0.0.1:9/gw/", true).unwrap();
+        assert_eq!(url.path(), "/gw/aps/api/v1/merchants/notifyRegistrationStatus");
+    }
+
+    #[test]
+    fn endpoint_refuses_insecure_and_odd_urls() {
+        assert!(matches!(
+            endpoint_url("http://example.com", false),
+            Err(ClientBuildError::InsecureHttp)
+        ));
+        for bad in ["ftp://x", "not a url", "https://u:p@x", "https://x/?q=1"] {
+            assert!(matches!(endpoint_url(bad, true), Err(ClientBuildError::BaseUrl(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,830 @@
+//! The one typed [`Settings`] of SPEC section 6, loaded in layers — built-in defaults < TOML file
+//! < `REGNOTIFY_…` environment < command-line `--set key=value` flags — and validated once at
+//! start-up.
+//!
+//! Unknown keys are errors, durations are strings such as `"250ms"` or `"10s"`, and every invalid
+//! value is refused with one message that names its key. Secrets (keys, passwords) live in
+//! [`Secret`] or in redacted librdkafka property maps, so neither `Debug` nor the effective-settings
+//! dump can print them. This module reads files only through figment and never logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The environment variable that names the TOML file when `--config` is not given.
+pub const CONFIG_ENV: &str = "REGNOTIFY_CONFIG";
+/// Prefix of every environment override; `__` separates levels.
+pub const ENV_PREFIX: &str = "REGNOTIFY_";
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("{0}")]
+    Load(String),
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret string: deserialises from plain text, prints and serialises as `[redacted]`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+
+    /// The secret text; call only where it is used, never to log or format it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+/// librdkafka properties passed through verbatim; values of sensitive properties are redacted
+/// from `Debug` and from the effective-settings dump.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    /// Whether a librdkafka property holds a secret (passwords, private keys, client secrets).
+    pub fn is_sensitive(name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        ["password", "secret", "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config"]
+            .iter()
+            .any(|marker| name.contains(marker))
+    }
+
+    fn redacted(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(name, value)| {
+                let shown = if Self::is_sensitive(name) {
+                    "[redacted]"
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(serializer)
+    }
+}
+
+/// Framing of input values (SPEC 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputEncoding {
+    #[default]
+    Auto,
+    Confluent,
+    SingleObject,
+    Raw,
+}
+
+/// Framing of outcome values (SPEC 3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputEncoding {
+    /// Confluent framing when a Schema Registry is configured, else single-object.
+    #[default]
+    Auto,
+    Json,
+}
+
+/// What one Alipay+ result code is treated as, overriding SPEC section 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResultPolicy {
+    Success,
+    Rejected,
+    Retry,
+    Refused,
+}
+
+/// Which events must wait for each other (SPEC 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// One event in flight per `referenceMerchantId`.
+    #[default]
+    Key,
+    /// One event in flight per partition (strict offset order).
+    Partition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub schema_registry: Option<SchemaRegistrySettings>,
+    pub alipayplus: AlipayPlusSettings,
+    pub processing: ProcessingSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub result_topic: String,
+    pub dlq_topic: String,
+    pub input_encoding: InputEncoding,
+    pub output_encoding: OutputEncoding,
+    /// librdkafka consumer properties (`security.protocol`, `sasl.*`, …).
+    pub consumer: KafkaProperties,
+    /// librdkafka producer properties.
+    pub producer: KafkaProperties,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            bootstrap_servers: "localhost:9092".into(),
+            group_id: "regnotify".into(),
+            input_topic: "merchant.registration.decided".into(),
+            result_topic: "merchant.registration.notify-result".into(),
+            dlq_topic: "merchant.registration.decided.dlq".into(),
+            input_encoding: InputEncoding::Auto,
+            output_encoding: OutputEncoding::Auto,
+            consumer: KafkaProperties::default(),
+            producer: KafkaProperties::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaRegistrySettings {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for SchemaRegistrySettings {
+    fn default() -> Self {
+        SchemaRegistrySettings {
+            url: "http://localhost:8081".into(),
+            username: None,
+            password: None,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlipayPlusSettings {
+    pub base_url: String,
+    /// `http://` base URLs are refused unless this is set (simulators only).
+    pub allow_insecure_http: bool,
+    pub client_id: String,
+    pub key_version: u32,
+    /// The MPP's RSA private key, PEM (PKCS#8 or PKCS#1).
+    pub private_key_file: Option<PathBuf>,
+    /// The same key as PEM text, for environments that inject secrets as variables
+    /// (`REGNOTIFY_ALIPAYPLUS__PRIVATE_KEY`); exclusive with `private_key_file`.
+    pub private_key: Option<Secret>,
+    /// Alipay+'s public key (PEM), to verify response signatures.
+    pub alipayplus_public_key_file: Option<PathBuf>,
+    pub verify_response_signature: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Client-side ceiling on notify calls per second; 0 = none.
+    pub max_requests_per_second: u32,
+    /// Per-result-code overrides of SPEC section 4.
+    pub result_policy: BTreeMap<String, ResultPolicy>,
+}
+
+impl Default for AlipayPlusSettings {
+    fn default() -> Self {
+        AlipayPlusSettings {
+            base_url: "https://open-sea-global.alipayplus.com".into(),
+            allow_insecure_http: false,
+            client_id: String::new(),
+            key_version: 1,
+            private_key_file: None,
+            private_key: None,
+            alipayplus_public_key_file: None,
+            verify_response_signature: true,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            max_requests_per_second: 0,
+            result_policy: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessingSettings {
+    pub ordering: Ordering,
+    pub max_in_flight: usize,
+    pub max_pending_per_partition: usize,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_elapsed: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rebalance_drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub exactly_once: bool,
+    #[serde(with = "humantime_serde")]
+    pub transaction_interval: Duration,
+    /// Consecutive refused answers after which `/readyz` reports the service stalled.
+    pub refused_streak_threshold: u32,
+}
+
+impl Default for ProcessingSettings {
+    fn default() -> Self {
+        ProcessingSettings {
+            ordering: Ordering::Key,
+            max_in_flight: 256,
+            max_pending_per_partition: 10_000,
+            max_attempts: 8,
+            max_retry_elapsed: Duration::from_secs(600),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            commit_interval: Duration::from_secs(1),
+            rebalance_drain_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            exactly_once: false,
+            transaction_interval: Duration::from_millis(100),
+            refused_streak_threshold: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "0.0.0.0:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Where settings come from, besides the built-in defaults and the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`; when absent, `REGNOTIFY_CONFIG` is consulted.
+    pub config_file: Option<PathBuf>,
+    /// `--set key=value` flags, highest precedence; keys are dotted (`kafka.group_id`).
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Loads and validates the settings from every layer.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        Self::load_with_env(sources, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        sources: &Sources,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let config_file = sources.config_file.clone().or_else(|| {
+            env.iter()
+                .find(|(name, _)| name == CONFIG_ENV)
+                .map(|(_, value)| PathBuf::from(value))
+        });
+        let mut figment = Figment::new();
+        if let Some(path) = &config_file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "configuration file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        for (name, value) in &env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if name == CONFIG_ENV || key.is_empty() {
+                continue;
+            }
+            let key = key.to_ascii_lowercase().replace("__", ".");
+            figment = figment.merge(Serialized::default(&key, parse_value(value)));
+        }
+        for (key, value) in &sources.overrides {
+            figment = figment.merge(Serialized::default(key, parse_value(value)));
+        }
+        let mut settings: Settings = figment.extract().map_err(describe_figment_error)?;
+        // Result codes are upper-case; environment keys arrive lower-cased.
+        settings.alipayplus.result_policy = std::mem::take(&mut settings.alipayplus.result_policy)
+            .into_iter()
+            .map(|(code, policy)| (code.to_ascii_uppercase(), policy))
+            .collect();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value whose validity does not depend on files or the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        if let Some(registry) = &self.schema_registry {
+            check_http_url("schema_registry.url", &registry.url, true)?;
+            positive("schema_registry.request_timeout", registry.request_timeout)?;
+            if registry.password.is_some() && registry.username.is_none() {
+                return Err(ConfigError::invalid(
+                    "schema_registry.username",
+                    "is required when schema_registry.password is set",
+                ));
+            }
+        }
+        self.alipayplus.validate()?;
+        self.processing.validate()?;
+        self.admin.listen_addr()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|err| ConfigError::invalid("log.level", err.to_string()))?;
+        Ok(())
+    }
+
+    /// The effective settings as TOML, secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|err| format!("# settings could not be rendered: {err}\n"))
+    }
+}
+
+/// Environment and flag values are typed like TOML scalars (`8`, `true`, `"10s"`).
+fn parse_value(value: &str) -> figment::value::Value {
+    match value.parse::<figment::value::Value>() {
+        Ok(parsed) => parsed,
+        Err(never) => match never {},
+    }
+}
+
+fn describe_figment_error(err: figment::Error) -> ConfigError {
+    let mut messages = Vec::new();
+    for error in err {
+        let key = error.path.join(".");
+        let message = match &error.kind {
+            figment::error::Kind::UnknownField(field, _) => {
+                let full = if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+                messages.push(format!("unknown setting `{full}`"));
+                continue;
+            }
+            kind => kind.to_string(),
+        };
+        let origin = error
+            .metadata
+            .as_ref()
+            .map(|meta| format!(" (from {})", meta.name))
+            .unwrap_or_default();
+        if key.is_empty() {
+            messages.push(format!("{message}{origin}"));
+        } else {
+            messages.push(format!("invalid setting `{key}`: {message}{origin}"));
+        }
+    }
+    ConfigError::Load(messages.join("; "))
+}
+
+impl KafkaSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        non_empty("kafka.bootstrap_servers", &self.bootstrap_servers)?;
+        non_empty("kafka.group_id", &self.group_id)?;
+        check_topic("kafka.input_topic", &self.input_topic)?;
+        check_topic("kafka.result_topic", &self.result_topic)?;
+        check_topic("kafka.dlq_topic", &self.dlq_topic)?;
+        if self.input_topic == self.result_topic || self.input_topic == self.dlq_topic {
+            return Err(ConfigError::invalid(
+                "kafka.input_topic",
+                "must differ from kafka.result_topic and kafka.dlq_topic",
+            ));
+        }
+        // Properties regnotify sets itself: overriding them would break the delivery guarantees
+        // of SPEC section 5, so they are refused rather than silently ignored.
+        for name in [
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "group.id",
+            "bootstrap.servers",
+            "isolation.level",
+        ] {
+            if self.consumer.0.contains_key(name) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.consumer.\"{name}\""),
+                    "is managed by regnotify and cannot be overridden",
+                ));
+            }
+        }
+        for name in [
+            "enable.idempotence",
+            "acks",
+            "request.required.acks",
+            "bootstrap.servers",
+            "transactional.id",
+        ] {
+            if self.producer.0.contains_key(name) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.producer.\"{name}\""),
+                    "is managed by regnotify and cannot be overridden",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AlipayPlusSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_http_url("alipayplus.base_url", &self.base_url, self.allow_insecure_http)?;
+        if self.private_key.is_some() && self.private_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "alipayplus.private_key",
+                "set either alipayplus.private_key or alipayplus.private_key_file, not both",
+            ));
+        }
+        positive("alipayplus.connect_timeout", self.connect_timeout)?;
+        positive("alipayplus.request_timeout", self.request_timeout)?;
+        if self.client_id.len() > 128 || self.client_id.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::invalid(
+                "alipayplus.client_id",
+                "must be at most 128 characters without control characters",
+            ));
+        }
+        for code in self.result_policy.keys() {
+            if code.is_empty()
+                || !code
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(ConfigError::invalid(
+                    format!("alipayplus.result_policy.{code}"),
+                    "result codes are upper-case words such as PROCESS_FAIL",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that everything needed to call Alipay+ is configured (for `run`, `check-config`).
+    pub fn require_credentials(&self) -> Result<(), ConfigError> {
+        non_empty("alipayplus.client_id", &self.client_id)?;
+        if self.private_key.is_none() && self.private_key_file.is_none() {
+            return Err(ConfigError::invalid(
+                "alipayplus.private_key_file",
+                "is required (or alipayplus.private_key as PEM text)",
+            ));
+        }
+        if self.verify_response_signature && self.alipayplus_public_key_file.is_none() {
+            return Err(ConfigError::invalid(
+                "alipayplus.alipayplus_public_key_file",
+                "is required while alipayplus.verify_response_signature is true",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ProcessingSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("processing.max_in_flight", self.max_in_flight, 1)?;
+        at_least(
+            "processing.max_pending_per_partition",
+            self.max_pending_per_partition,
+            1,
+        )?;
+        at_least("processing.max_attempts", self.max_attempts as usize, 1)?;
+        positive("processing.max_retry_elapsed", self.max_retry_elapsed)?;
+        positive("processing.backoff_initial", self.backoff_initial)?;
+        positive("processing.backoff_max", self.backoff_max)?;
+        if self.backoff_initial > self.backoff_max {
+            return Err(ConfigError::invalid(
+                "processing.backoff_initial",
+                "must not exceed processing.backoff_max",
+            ));
+        }
+        positive("processing.commit_interval", self.commit_interval)?;
+        positive("processing.rebalance_drain_timeout", self.rebalance_drain_timeout)?;
+        positive("processing.shutdown_timeout", self.shutdown_timeout)?;
+        positive("processing.transaction_interval", self.transaction_interval)?;
+        at_least(
+            "processing.refused_streak_threshold",
+            self.refused_streak_threshold as usize,
+            1,
+        )?;
+        Ok(())
+    }
+}
+
+impl AdminSettings {
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "admin.listen",
+                format!("`{}` is not an address such as 0.0.0.0:8080", self.listen),
+            )
+        })
+    }
+}
+
+fn non_empty(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::invalid(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::invalid(key, "must be longer than zero"));
+    }
+    Ok(())
+}
+
+fn at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::invalid(key, format!("must be at least {min}")));
+    }
+    Ok(())
+}
+
+/// Kafka's own topic-name rule: 1–249 characters of `[a-zA-Z0-9._-]`.
+fn check_topic(key: &str, topic: &str) -> Result<(), ConfigError> {
+    let valid_chars = topic
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if topic.is_empty() || topic.len() > 249 || !valid_chars || topic == "." || topic == ".." {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{topic}` is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_http_url(key: &str, value: &str, allow_http: bool) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|err| ConfigError::invalid(key, format!("`{value}` is not a URL: {err}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" if key == "alipayplus.base_url" => {
+            return Err(ConfigError::invalid(
+                key,
+                "http:// is refused; use https:// or set alipayplus.allow_insecure_http = true",
+            ));
+        }
+        scheme => {
+            return Err(ConfigError::invalid(
+                key,
+                format!("scheme `{scheme}` is not http or https"),
+            ));
+        }
+    }
+    if url.host_str().is_none() {
+        return Err(ConfigError::invalid(key, "has no host"));
+    }
+    Ok(())
+}
+
+/// Reads a file that the settings name, with an error naming the key and the path.
+pub fn read_named_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::invalid(key, format!("cannot read {}: {err}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Write;
+
+    fn load(toml: &str, env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        let sources = Sources {
+            config_file: Some(file.path().to_path_buf()),
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        Settings::load_with_env(
+            &sources,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = load("", &[], &[]).unwrap();
+        assert_eq!(s.kafka.group_id, "regnotify");
+        assert_eq!(s.kafka.input_topic, "merchant.registration.decided");
+        assert_eq!(s.processing.max_attempts, 8);
+        assert_eq!(s.processing.max_retry_elapsed, Duration::from_secs(600));
+        assert_eq!(s.processing.backoff_initial, Duration::from_millis(200));
+        assert_eq!(s.alipayplus.request_timeout, Duration::from_secs(10));
+        assert_eq!(s.admin.listen, "0.0.0.0:8080");
+        assert!(s.schema_registry.is_none());
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let toml = r#"
+            [kafka]
+            group_id = "from-file"
+            input_topic = "in-file"
+            [processing]
+            max_in_flight = 3
+            backoff_max = "5s"
+        "#;
+        let s = load(
+            toml,
+            &[
+                ("REGNOTIFY_KAFKA__GROUP_ID", "from-env"),
+                ("REGNOTIFY_PROCESSING__MAX_IN_FLIGHT", "7"),
+            ],
+            &[("processing.max_in_flight", "9")],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.group_id, "from-env");
+        assert_eq!(s.kafka.input_topic, "in-file");
+        assert_eq!(s.processing.max_in_flight, 9);
+        assert_eq!(s.processing.backoff_max, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load("[kafka]\ngroup = \"x\"\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("kafka.group"), "{err}");
+        let err = load("", &[("REGNOTIFY_PROCESSING__MAX_INFLIGHT", "3")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("processing.max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[processing]\nmax_retry_elapsed = \"ten minutes\"\n", "processing.max_retry_elapsed"),
+            ("[processing]\nmax_in_flight = 0\n", "processing.max_in_flight"),
+            ("[processing]\nordering = \"random\"\n", "processing.ordering"),
+            ("[alipayplus]\nbase_url = \"http://localhost:1\"\n", "alipayplus.base_url"),
+            ("[kafka]\ninput_topic = \"bad topic\"\n", "kafka.input_topic"),
+            ("[kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n", "enable.auto.commit"),
+            ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
+            ("[log]\nlevel = \"loud=\"\n", "log.level"),
+            ("[processing]\nbackoff_initial = \"1m\"\n", "processing.backoff_initial"),
+        ];
+        for (toml, key) in cases {
+            let err = load(toml, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn insecure_http_needs_explicit_consent() {
+        let s = load(
+            "[alipayplus]\nbase_url = \"http://127.0.0.1:9\"\nallow_insecure_http = true\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(s.alipayplus.allow_insecure_http);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let toml = r#"
+            [schema_registry]
+            url = "https://registry.example"
+            username = "user"
+            password = "registry-hunter2"
+            [kafka.consumer]
+            "sasl.password" = "sasl-hunter2"
+            "security.protocol" = "SASL_SSL"
+        "#;
+        let s = load(
+            toml,
+            &[("REGNOTIFY_ALIPAYPLUS__PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----pem-hunter2")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.alipayplus.private_key.as_ref().unwrap().expose(), "-----BEGIN PRIVATE KEY-----pem-hunter2");
+        for printed in [format!("{s:?}"), format!("{s:#?}"), s.to_redacted_toml()] {
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(printed.contains("SASL_SSL"));
+        }
+    }
+
+    #[test]
+    fn credentials_are_required_for_run() {
+        let s = load("", &[], &[]).unwrap();
+        let err = s.alipayplus.require_credentials().unwrap_err().to_string();
+        assert!(err.contains("alipayplus.client_id"), "{err}");
+    }
+
+    #[test]
+    fn result_policy_overrides_parse() {
+        let s = load("[alipayplus.result_policy]\nPROCESS_FAIL = \"retry\"\n", &[], &[]).unwrap();
+        assert_eq!(s.alipayplus.result_policy.get("PROCESS_FAIL"), Some(&ResultPolicy::Retry));
+        let err = load("[alipayplus.result_policy]\nPROCESS_FAIL = \"maybe\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alipayplus.result_policy.PROCESS_FAIL"), "{err}");
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let sources = Sources {
+            config_file: Some(PathBuf::from("/nonexistent/regnotify.toml")),
+            overrides: vec![],
+        };
+        let err = Settings::load_with_env(&sources, Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/regnotify.toml"), "{err}");
+    }
+}

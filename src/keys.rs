@@ -1,0 +1,458 @@
+//! RSA keys for the Alipay+ signature scheme: loading private keys (PKCS#8 or PKCS#1 PEM) and
+//! public keys (SPKI or PKCS#1 PEM, or the bare base64 DER the Alipay+ portal hands out),
+//! generating RSA-2048 pairs, and writing them for `regnotify keygen`.
+//!
+//! Key material never leaves this module in printable form: [`PrivateSigningKey`] has a redacting
+//! `Debug`, and no error message quotes the text it failed to read — only where it came from and
+//! what kind of problem it was.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
+use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::traits::PublicKeyParts;
+use rsa::{PrivateKey, PublicKey};
+use sha2::Sha256;
+
+/// The modulus size `regnotify keygen` produces and the smallest one we load.
+pub const RSA_KEY_BITS: usize = 2048;
+
+/// File names written by [`keygen`].
+pub const MPP_PRIVATE_KEY_FILE: &str = "mpp_private_key.pem";
+pub const MPP_PUBLIC_KEY_FILE: &str = "mpp_public_key.pem";
+pub const ALIPAYPLUS_PRIVATE_KEY_FILE: &str = "alipayplus_private_key.pem";
+pub const ALIPAYPLUS_PUBLIC_KEY_FILE: &str = "alipayplus_public_key.pem";
+
+/// Why a key could not be loaded, generated or written. `source` names where the key came from
+/// (a file path or a setting name); the key text itself is never part of the message.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{source_name}: {what}")]
+    Malformed { source_name: String, what: String },
+    #[error("{source_name}: RSA key of {bits} bits is too small, at least {min} bits are required")]
+    TooSmall {
+        source_name: String,
+        bits: usize,
+        min: usize,
+    },
+    #[error("cannot generate an RSA key: {0}")]
+    Generate(String),
+    #[error("cannot write key file {path}: {error}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+fn malformed(source_name: &str, what: impl Into<String>) -> KeyError {
+    KeyError::Malformed {
+        source_name: source_name.to_owned(),
+        what: what.into(),
+    }
+}
+
+/// The label of the first PEM block (`-----BEGIN <label>-----`), if the text is PEM at all.
+fn pem_label(text: &str) -> Option<&str> {
+    let start = text.find("-----BEGIN ")? + "-----BEGIN ".len();
+    let rest = &text[start..];
+    let end = rest.find("-----")?;
+    Some(rest[..end].trim())
+}
+
+/// Bare base64 (whitespace ignored) → DER bytes.
+fn bare_base64_der(text: &str) -> Option<Vec<u8>> {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.is_empty() {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .ok()
+}
+
+/// An RSA private key that signs with RSASSA-PKCS1-v1_5 over SHA-256 (Alipay+ `RSA256`).
+///
+/// `Debug` prints only the modulus size. Cloning is cheap enough to be rare; share it behind an
+/// `Arc` where several tasks sign.
+#[derive(Clone)]
+pub struct PrivateSigningKey {
+    key: SigningKey<Sha256>,
+    bits: usize,
+}
+
+impl fmt::Debug for PrivateSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateSigningKey")
+            .field("bits", &self.bits)
+            .field("material", &"[redacted]")
+            .finish()
+    }
+}
+
+impl PrivateSigningKey {
+    fn new(key: PrivateKey, source_name: &str) -> Result<Self, KeyError> {
+        let bits = key.size() * 8;
+        if bits < RSA_KEY_BITS {
+            return Err(KeyError::TooSmall {
+                source_name: source_name.to_owned(),
+                bits,
+                min: RSA_KEY_BITS,
+            });
+        }
+        Ok(Self {
+            key: SigningKey::new(key),
+            bits,
+        })
+    }
+
+    /// Parses PEM text, detecting PKCS#8 (`PRIVATE KEY`) and PKCS#1 (`RSA PRIVATE KEY`); bare
+    /// base64 DER in either form is accepted too. `source_name` only labels errors.
+    pub fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
+        let key = match pem_label(text) {
+            Some("PRIVATE KEY") => PrivateKey::from_pkcs8_pem(text).map_err(|e| {
+                malformed(source_name, format!("not a valid PKCS#8 RSA private key ({e})"))
+            })?,
+            Some("RSA PRIVATE KEY") => PrivateKey::from_pkcs1_pem(text).map_err(|e| {
+                malformed(source_name, format!("not a valid PKCS#1 RSA private key ({e})"))
+            })?,
+            Some("ENCRYPTED PRIVATE KEY") => {
+                return Err(malformed(
+                    source_name,
+                    "encrypted private keys are not supported; decrypt it to PKCS#8 or PKCS#1 PEM",
+                ));
+            }
+            Some(label) if label.contains("PUBLIC KEY") || label.contains("CERTIFICATE") => {
+                return Err(malformed(
+                    source_name,
+                    format!("holds a {label}, not a private key"),
+                ));
+            }
+            Some(label) => {
+                return Err(malformed(
+                    source_name,
+                    format!(
+                        "unsupported PEM block {label:?}; expected PRIVATE KEY (PKCS#8) or RSA PRIVATE KEY (PKCS#1)"
+                    ),
+                ));
+            }
+            None => {
+                let der = bare_base64_der(text).ok_or_else(|| {
+                    malformed(source_name, "neither PEM nor base64-encoded DER")
+                })?;
+                PrivateKey::from_pkcs8_der(&der)
+                    .or_else(|_| PrivateKey::from_pkcs1_der(&der))
+                    .map_err(|_| {
+                        malformed(
+                            source_name,
+                            "base64 text is neither a PKCS#8 nor a PKCS#1 RSA private key",
+                        )
+                    })?
+            }
+        };
+        Self::new(key, source_name)
+    }
+
+    /// Reads and parses a key file (see [`PrivateSigningKey::from_pem`]).
+    pub fn from_file(path: &Path) -> Result<Self, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|error| KeyError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::from_pem(&text, &path.display().to_string())
+    }
+
+    /// A fresh RSA-2048 key from the operating system's random source.
+    pub fn generate() -> Result<Self, KeyError> {
+        let key = PrivateKey::new(&mut rand::rng(), RSA_KEY_BITS)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        Self::new(key, "generated key")
+    }
+
+    /// RSASSA-PKCS1-v1_5 / SHA-256 signature bytes of `content`. CPU-heavy (about a millisecond
+    /// in release builds): async callers run it on a blocking thread.
+    pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let signature: Signature = self
+            .key
+            .try_sign(content)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
+        Ok(signature.to_vec())
+    }
+
+    pub fn public_key(&self) -> PublicVerifyingKey {
+        let public = self.key.as_ref().to_public_key();
+        PublicVerifyingKey {
+            bits: self.bits,
+            key: VerifyingKey::new(public),
+        }
+    }
+
+    /// PKCS#8 PEM text (the form `keygen` writes). The caller owns keeping it secret.
+    pub fn to_pkcs8_pem(&self) -> Result<secrecy::SecretString, KeyError> {
+        let pem = self
+            .key
+            .as_ref()
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(format!("cannot encode private key ({e})")))?;
+        Ok(secrecy::SecretString::from(pem.as_str()))
+    }
+}
+
+/// An RSA public key that verifies RSA256 signatures.
+#[derive(Clone)]
+pub struct PublicVerifyingKey {
+    key: VerifyingKey<Sha256>,
+    bits: usize,
+}
+
+impl fmt::Debug for PublicVerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicVerifyingKey")
+            .field("bits", &self.bits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublicVerifyingKey {
+    /// Parses SPKI (`PUBLIC KEY`) or PKCS#1 (`RSA PUBLIC KEY`) PEM, or bare base64 DER of either
+    /// (the Alipay+ portal shows its public key that way).
+    pub fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
+        let key = match pem_label(text) {
+            Some("PUBLIC KEY") => PublicKey::from_public_key_pem(text).map_err(|e| {
+                malformed(source_name, format!("not a valid SPKI RSA public key ({e})"))
+            })?,
+            Some("RSA PUBLIC KEY") => PublicKey::from_pkcs1_pem(text).map_err(|e| {
+                malformed(source_name, format!("not a valid PKCS#1 RSA public key ({e})"))
+            })?,
+            Some(label) if label.contains("PRIVATE KEY") => {
+                return Err(malformed(
+                    source_name,
+                    "holds a private key where a public key is expected",
+                ));
+            }
+            Some(label) => {
+                return Err(malformed(
+                    source_name,
+                    format!(
+                        "unsupported PEM block {label:?}; expected PUBLIC KEY (SPKI) or RSA PUBLIC KEY (PKCS#1)"
+                    ),
+                ));
+            }
+            None => {
+                let der = bare_base64_der(text).ok_or_else(|| {
+                    malformed(source_name, "neither PEM nor base64-encoded DER")
+                })?;
+                PublicKey::from_public_key_der(&der)
+                    .or_else(|_| PublicKey::from_pkcs1_der(&der))
+                    .map_err(|_| {
+                        malformed(
+                            source_name,
+                            "base64 text is neither an SPKI nor a PKCS#1 RSA public key",
+                        )
+                    })?
+            }
+        };
+        let bits = key.size() * 8;
+        if bits < RSA_KEY_BITS {
+            return Err(KeyError::TooSmall {
+                source_name: source_name.to_owned(),
+                bits,
+                min: RSA_KEY_BITS,
+            });
+        }
+        Ok(Self {
+            key: VerifyingKey::new(key),
+            bits,
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|error| KeyError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::from_pem(&text, &path.display().to_string())
+    }
+
+    /// True when `signature` is a valid RSA256 signature of `content` by the matching private key.
+    pub fn verify(&self, content: &[u8], signature: &[u8]) -> bool {
+        let Ok(signature) = Signature::try_from(signature) else {
+            return false;
+        };
+        self.key.verify(content, &signature).is_ok()
+    }
+
+    /// SPKI PEM text.
+    pub fn to_pem(&self) -> Result<String, KeyError> {
+        self.key
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(format!("cannot encode public key ({e})")))
+    }
+}
+
+/// The files [`keygen`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeygenFiles {
+    pub mpp_private_key: PathBuf,
+    pub mpp_public_key: PathBuf,
+    pub alipayplus_private_key: PathBuf,
+    pub alipayplus_public_key: PathBuf,
+}
+
+/// Generates two RSA-2048 pairs into `out_dir` (created if missing): the MPP's (signs requests;
+/// its public half is what the Alipay+ portal, or the simulator, is given) and a stand-in
+/// Alipay+ pair (the simulator signs responses with it; regnotify verifies with its public half).
+///
+/// Private keys are PKCS#8 PEM created with mode 0600 from the start; existing files are never
+/// overwritten.
+pub fn keygen(out_dir: &Path) -> Result<KeygenFiles, KeyError> {
+    std::fs::create_dir_all(out_dir).map_err(|error| KeyError::Write {
+        path: out_dir.to_owned(),
+        error,
+    })?;
+    let files = KeygenFiles {
+        mpp_private_key: out_dir.join(MPP_PRIVATE_KEY_FILE),
+        mpp_public_key: out_dir.join(MPP_PUBLIC_KEY_FILE),
+        alipayplus_private_key: out_dir.join(ALIPAYPLUS_PRIVATE_KEY_FILE),
+        alipayplus_public_key: out_dir.join(ALIPAYPLUS_PUBLIC_KEY_FILE),
+    };
+    // Refuse before generating anything, so a half-written set never replaces a good one.
+    for path in [
+        &files.mpp_private_key,
+        &files.mpp_public_key,
+        &files.alipayplus_private_key,
+        &files.alipayplus_public_key,
+    ] {
+        if path.exists() {
+            return Err(KeyError::Write {
+                path: path.clone(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "file exists; keygen never overwrites keys",
+                ),
+            });
+        }
+    }
+    for (private_path, public_path) in [
+        (&files.mpp_private_key, &files.mpp_public_key),
+        (&files.alipayplus_private_key, &files.alipayplus_public_key),
+    ] {
+        let key = PrivateSigningKey::generate()?;
+        let private_pem = key.to_pkcs8_pem()?;
+        write_new_file(
+            private_path,
+            secrecy::ExposeSecret::expose_secret(&private_pem).as_bytes(),
+            0o600,
+        )?;
+        write_new_file(public_path, key.public_key().to_pem()?.as_bytes(), 0o644)?;
+    }
+    Ok(files)
+}
+
+/// Creates `path` (failing if it exists) with `mode` set by `open(2)` itself, so a private key
+/// is never readable by others, not even for an instant.
+fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let write = |options: &OpenOptions| -> std::io::Result<()> {
+        let mut file = options.open(path)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write(&options).map_err(|error| KeyError::Write {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const PKCS8: &str = include_str!("../tests/fixtures/mpp_private_key.pem");
+    const PKCS1: &str = include_str!("../tests/fixtures/mpp_private_key_pkcs1.pem");
+    const SPKI: &str = include_str!("../tests/fixtures/mpp_public_key.pem");
+    const PKCS1_PUBLIC: &str = include_str!("../tests/fixtures/mpp_public_key_pkcs1.pem");
+
+    #[test]
+    fn pkcs8_and_pkcs1_forms_are_the_same_key() {
+        let a = PrivateSigningKey::from_pem(PKCS8, "pkcs8").unwrap();
+        let b = PrivateSigningKey::from_pem(PKCS1, "pkcs1").unwrap();
+        assert_eq!(a.sign(b"x").unwrap(), b.sign(b"x").unwrap());
+    }
+
+    #[test]
+    fn public_keys_load_in_every_form_and_verify() {
+        let key = PrivateSigningKey::from_pem(PKCS8, "pkcs8").unwrap();
+        let signature = key.sign(b"content").unwrap();
+        let bare: String = SPKI.lines().filter(|l| !l.starts_with("-----")).collect();
+        for (text, name) in [(SPKI, "spki"), (PKCS1_PUBLIC, "pkcs1"), (bare.as_str(), "bare")] {
+            let public = PublicVerifyingKey::from_pem(text, name).unwrap();
+            assert!(public.verify(b"content", &signature), "{name}");
+            assert!(!public.verify(b"contenT", &signature), "{name}");
+            assert!(!public.verify(b"content", &signature[1..]), "{name}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_source_and_never_the_key() {
+        let broken = PKCS8.replace("M", "A");
+        for (text, expect) in [
+            (broken.as_str(), "PKCS#8"),
+            (SPKI, "not a private key"),
+            ("hello world", "neither PEM nor"),
+            (
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+                "encrypted",
+            ),
+        ] {
+            let message = PrivateSigningKey::from_pem(text, "/etc/key.pem")
+                .unwrap_err()
+                .to_string();
+            assert!(message.starts_with("/etc/key.pem: "), "{message}");
+            assert!(message.contains(expect), "{message}");
+            assert!(!message.contains("MII"), "{message}");
+        }
+        let message = PublicVerifyingKey::from_pem(PKCS1, "pub.pem").unwrap_err().to_string();
+        assert!(message.contains("private key"), "{message}");
+    }
+
+    #[test]
+    fn debug_redacts_the_private_key() {
+        let key = PrivateSigningKey::from_pem(PKCS8, "pkcs8").unwrap();
+        let debug = format!("{key:?}");
+        assert_eq!(
+            debug,
+            "PrivateSigningKey { bits: 2048, material: \"[redacted]\" }"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error_naming_the_path() {
+        let err = PrivateSigningKey::from_file(Path::new("/nonexistent/key.pem")).unwrap_err();
+        assert!(matches!(err, KeyError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/key.pem"));
+    }
+}

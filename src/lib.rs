@@ -1,0 +1,25 @@
+//! regnotify turns `MerchantRegistrationDecided` events consumed from Kafka into signed Alipay+
+//! `notifyRegistrationStatus` calls, and reports each outcome back onto Kafka.
+//!
+//! The modules follow the flow of one event:
+//!
+//! - [`config`]: the one typed [`config::Settings`], loaded in layers and validated once at start.
+//! - [`event`]: the domain records (input event, outcome) and the field rules of the contract.
+//! - [`codec`]: Avro decoding of the input (Confluent, single-object, raw) and encoding of outcomes.
+//! - [`alipayplus`]: request mapping, RSA signing and verification, the HTTP client and the
+//!   classification of every answer.
+//! - [`pipeline`]: consume, dispatch in key order, retry, publish, commit (the service itself).
+//! - [`simulator`]: an Alipay+ stand-in over HTTP for tests, sandboxes and the demo.
+//! - [`keys`]: RSA key loading and generation.
+//! - [`telemetry`]: logging set-up.
+
+pub mod alipayplus;
+pub mod codec;
+pub mod config;
+pub mod event;
+pub mod keys;
+pub mod observe;
+pub mod pipeline;
+pub mod service;
+pub mod simulator;
+pub mod telemetry;

@@ -1,0 +1,287 @@
+//! Everything the pipeline reports about itself: one function per observable event, which logs
+//! it, counts it in Prometheus metrics and keeps the in-process [`Stats`] that the demo and tests
+//! read. Metric names live here and nowhere else.
+//!
+//! Labels come from small fixed sets (outcome, class, result code, reason, partition); ids and
+//! secrets never become labels, and nothing here ever sees a key or a signature.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::alipayplus::NotifyAttempt;
+use crate::event::{NotifyOutcome, RegistrationNotifyOutcome};
+use crate::pipeline::record::DeadLetterReason;
+
+/// Metric names (SPEC section 8): `regnotify_` prefix, base units, counters end in `_total`.
+pub mod names {
+    pub const EVENTS_CONSUMED: &str = "regnotify_events_consumed_total";
+    pub const OUTCOMES: &str = "regnotify_outcomes_total";
+    pub const NOTIFY_ATTEMPTS: &str = "regnotify_notify_attempts_total";
+    pub const NOTIFY_LATENCY: &str = "regnotify_notify_latency_seconds";
+    pub const END_TO_END_LATENCY: &str = "regnotify_end_to_end_latency_seconds";
+    pub const RETRIES: &str = "regnotify_retries_total";
+    pub const DEAD_LETTERS: &str = "regnotify_dead_letters_total";
+    pub const IN_FLIGHT: &str = "regnotify_in_flight";
+    pub const PENDING: &str = "regnotify_pending_events";
+    pub const COMMITTED_OFFSET: &str = "regnotify_committed_offset";
+    pub const RESPONSE_SIGNATURE_FAILURES: &str = "regnotify_response_signature_failures_total";
+    pub const UNVERIFIED_RESPONSES: &str = "regnotify_unverified_responses_total";
+    pub const REBALANCES: &str = "regnotify_rebalances_total";
+    pub const PUBLISH_ERRORS: &str = "regnotify_publish_errors_total";
+    pub const COMMIT_ERRORS: &str = "regnotify_commit_errors_total";
+}
+
+/// Longest answer we keep per attempt for the in-process latency figures.
+const MAX_LATENCY_SAMPLES: usize = 1_000_000;
+
+/// Counters kept in process, for `regnotify demo` and for tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub consumed: AtomicU64,
+    pub notified: AtomicU64,
+    pub rejected: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub poison: AtomicU64,
+    pub dlq_decode_error: AtomicU64,
+    pub dlq_invalid_event: AtomicU64,
+    pub dlq_retries_exhausted: AtomicU64,
+    pub dlq_request_refused: AtomicU64,
+    pub http_calls: AtomicU64,
+    pub retries: AtomicU64,
+    pub signature_failures: AtomicU64,
+    pub publish_errors: AtomicU64,
+    pub rebalances: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+    result_codes: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    fn dead_letter_counter(&self, reason: DeadLetterReason) -> &AtomicU64 {
+        match reason {
+            DeadLetterReason::DecodeError => &self.dlq_decode_error,
+            DeadLetterReason::InvalidEvent => &self.dlq_invalid_event,
+            DeadLetterReason::RetriesExhausted => &self.dlq_retries_exhausted,
+            DeadLetterReason::RequestRefused => &self.dlq_request_refused,
+        }
+    }
+
+    pub fn dead_letters(&self, reason: DeadLetterReason) -> u64 {
+        self.dead_letter_counter(reason).load(Ordering::Relaxed)
+    }
+
+    /// Events that reached a terminal state: an outcome, or a dead letter without one (poison).
+    pub fn terminal(&self) -> u64 {
+        self.notified.load(Ordering::Relaxed)
+            + self.rejected.load(Ordering::Relaxed)
+            + self.dead_lettered.load(Ordering::Relaxed)
+            + self.poison.load(Ordering::Relaxed)
+    }
+
+    /// The `q`-quantile (0..=1) of the HTTP call latencies seen so far.
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let mut samples = self.latencies_us.lock().ok()?.clone();
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let rank = ((samples.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
+        samples.get(rank).map(|us| Duration::from_micros(*us))
+    }
+
+    /// Outcomes by result code (`none` when Alipay+ gave none).
+    pub fn result_codes(&self) -> std::collections::BTreeMap<String, u64> {
+        self.result_codes
+            .lock()
+            .map(|codes| codes.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Describes every metric with its unit, once at start-up.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(names::EVENTS_CONSUMED, Unit::Count, "input records consumed");
+    describe_counter!(names::OUTCOMES, Unit::Count, "terminal outcomes by outcome and result code");
+    describe_counter!(names::NOTIFY_ATTEMPTS, Unit::Count, "alipay+ calls by result class");
+    describe_histogram!(names::NOTIFY_LATENCY, Unit::Seconds, "duration of one alipay+ call");
+    describe_histogram!(
+        names::END_TO_END_LATENCY,
+        Unit::Seconds,
+        "from the event's occurredAt to its terminal outcome"
+    );
+    describe_counter!(names::RETRIES, Unit::Count, "alipay+ calls retried, by class");
+    describe_counter!(names::DEAD_LETTERS, Unit::Count, "dead letters written, by reason");
+    describe_gauge!(names::IN_FLIGHT, Unit::Count, "events being notified now");
+    describe_gauge!(names::PENDING, Unit::Count, "uncommitted events per partition");
+    describe_gauge!(names::COMMITTED_OFFSET, Unit::Count, "last committed offset per partition");
+    describe_counter!(
+        names::RESPONSE_SIGNATURE_FAILURES,
+        Unit::Count,
+        "success answers whose signature was missing or wrong"
+    );
+    describe_counter!(
+        names::UNVERIFIED_RESPONSES,
+        Unit::Count,
+        "failure answers acted on without a valid signature"
+    );
+    describe_counter!(names::REBALANCES, Unit::Count, "partition assignments and revocations");
+    describe_counter!(names::PUBLISH_ERRORS, Unit::Count, "output writes kafka did not acknowledge");
+    describe_counter!(names::COMMIT_ERRORS, Unit::Count, "offset commits that failed");
+}
+
+pub fn record_consumed(stats: &Stats, partition: i32) {
+    stats.consumed.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::EVENTS_CONSUMED, "partition" => partition.to_string()).increment(1);
+}
+
+/// One HTTP call to Alipay+ has ended, whatever its answer.
+pub fn notify_attempt(stats: &Stats, attempt: &NotifyAttempt) {
+    stats.http_calls.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut samples) = stats.latencies_us.lock()
+        && samples.len() < MAX_LATENCY_SAMPLES
+    {
+        samples.push(attempt.latency.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+    metrics::counter!(names::NOTIFY_ATTEMPTS, "class" => attempt.class.as_str()).increment(1);
+    metrics::histogram!(names::NOTIFY_LATENCY).record(attempt.latency.as_secs_f64());
+    let success_code = attempt
+        .result
+        .as_ref()
+        .is_some_and(|result| result.result_status == "S");
+    if !attempt.signature.is_trusted() {
+        if success_code {
+            stats.signature_failures.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(names::RESPONSE_SIGNATURE_FAILURES).increment(1);
+            tracing::warn!(
+                signature = attempt.signature.as_str(),
+                "success answer without a valid signature, treated as unknown"
+            );
+        } else if attempt.result.is_some() {
+            metrics::counter!(names::UNVERIFIED_RESPONSES).increment(1);
+        }
+    }
+}
+
+/// An attempt will be retried after `delay`.
+pub fn retry_scheduled(stats: &Stats, attempt: &NotifyAttempt, attempts: u32, delay: Duration) {
+    stats.retries.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::RETRIES, "class" => attempt.class.as_str()).increment(1);
+    tracing::debug!(
+        class = attempt.class.as_str(),
+        result_code = attempt.result.as_ref().map(|r| r.result_code.as_str()),
+        http_status = attempt.http_status,
+        attempts,
+        delay_ms = delay.as_millis() as u64,
+        "retrying notify"
+    );
+}
+
+/// A decodable event reached its terminal outcome and Kafka acknowledged its records.
+pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_ms: i64) {
+    let counter = match outcome.outcome {
+        NotifyOutcome::Notified => &stats.notified,
+        NotifyOutcome::Rejected => &stats.rejected,
+        NotifyOutcome::DeadLettered => &stats.dead_lettered,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let code = outcome.result_code.as_deref().unwrap_or("none");
+    if let Ok(mut codes) = stats.result_codes.lock() {
+        *codes.entry(code.to_string()).or_default() += 1;
+    }
+    metrics::counter!(
+        names::OUTCOMES,
+        "outcome" => outcome.outcome.as_str(),
+        "result_code" => bounded_code_label(code),
+    )
+    .increment(1);
+    let end_to_end_ms = outcome.completed_at_ms.saturating_sub(occurred_at_ms).max(0);
+    metrics::histogram!(names::END_TO_END_LATENCY).record(end_to_end_ms as f64 / 1000.0);
+    let latency_ms = outcome
+        .first_attempt_at_ms
+        .map(|first| outcome.completed_at_ms.saturating_sub(first).max(0));
+    tracing::info!(
+        event_id = %outcome.event_id,
+        merchant_id = %outcome.reference_merchant_id,
+        request_id = %outcome.registration_request_id,
+        outcome = outcome.outcome.as_str(),
+        result_code = outcome.result_code.as_deref(),
+        attempts = outcome.attempts,
+        latency_ms,
+        source_partition = outcome.source_partition,
+        source_offset = outcome.source_offset,
+        error = outcome.error.as_deref(),
+        "event finished"
+    );
+}
+
+/// A dead letter was acknowledged by Kafka.
+pub fn dead_letter(stats: &Stats, reason: DeadLetterReason, partition: i32, offset: i64) {
+    stats.dead_letter_counter(reason).fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
+    tracing::debug!(reason = reason.as_str(), partition, offset, "dead letter written");
+}
+
+/// An undecodable record was dead-lettered; it has no outcome.
+pub fn poison(stats: &Stats, partition: i32, offset: i64, error: &str) {
+    stats.poison.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        outcome = "POISON",
+        source_partition = partition,
+        source_offset = offset,
+        error,
+        "event finished"
+    );
+}
+
+pub fn publish_failed(stats: &Stats, error: &dyn std::error::Error, retry_in: Duration) {
+    stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::PUBLISH_ERRORS).increment(1);
+    tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "output not written, retrying");
+}
+
+pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
+    stats.rebalances.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::REBALANCES, "kind" => kind).increment(1);
+    tracing::info!(kind, ?partitions, "rebalance");
+}
+
+pub fn in_flight(count: usize) {
+    metrics::gauge!(names::IN_FLIGHT).set(count as f64);
+}
+
+pub fn pending(partition: i32, count: usize) {
+    metrics::gauge!(names::PENDING, "partition" => partition.to_string()).set(count as f64);
+}
+
+pub fn committed(partition: i32, offset: i64) {
+    metrics::gauge!(names::COMMITTED_OFFSET, "partition" => partition.to_string())
+        .set(offset as f64);
+}
+
+pub fn commit_failed(error: &dyn std::error::Error) {
+    metrics::counter!(names::COMMIT_ERRORS).increment(1);
+    tracing::warn!(error = %error, "offset commit failed");
+}
+
+/// Result codes as labels: the documented set, or `other` for anything Alipay+ might invent, so a
+/// misbehaving peer cannot grow the label set without bound.
+fn bounded_code_label(code: &str) -> &'static str {
+    const KNOWN: [&str; 14] = [
+        "none",
+        "SUCCESS",
+        "ABNORMAL_REGISTRATION_STATUS",
+        "ACCESS_DENIED",
+        "INVALID_CLIENT",
+        "INVALID_SIGNATURE",
+        "KEY_NOT_FOUND",
+        "MEDIA_TYPE_NOT_ACCEPTABLE",
+        "METHOD_NOT_SUPPORTED",
+        "NO_INTERFACE_DEF",
+        "PARAM_ILLEGAL",
+        "PROCESS_FAIL",
+        "REQUEST_TRAFFIC_EXCEED_LIMIT",
+        "UNKNOWN_EXCEPTION",
+    ];
+    KNOWN.into_iter().find(|known| *known == code).unwrap_or("other")
+}

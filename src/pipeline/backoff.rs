@@ -1,0 +1,437 @@
+//! How long to wait before retrying a notify, when to give up, and how fast to send after
+//! Alipay+ says we send too fast.
+//!
+//! It owns the arithmetic of SPEC section 4: the retry budget (`max_attempts`,
+//! `max_retry_elapsed`), exponential backoff with full jitter from `backoff_initial` to
+//! `backoff_max`, and the "slow the send rate" answer to `REQUEST_TRAFFIC_EXCEED_LIMIT`. It never
+//! sleeps and never reads a clock: elapsed time and `Instant`s come in as arguments, randomness
+//! through the caller's RNG, so every decision is testable without waiting.
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngExt};
+
+/// The retry budget of one event: how many HTTP calls it may take and for how long it may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// HTTP calls one event may take in all, the first one included.
+    pub max_attempts: u32,
+    /// How long after the first call a retry may still start. It bounds when the last call
+    /// starts, not when it ends: that call may take up to the request timeout more.
+    pub max_retry_elapsed: Duration,
+    /// The ceiling of the first retry's delay.
+    pub initial: Duration,
+    /// The highest ceiling any retry's delay can reach.
+    pub max: Duration,
+}
+
+impl Default for RetryBudget {
+    /// The SPEC defaults: 8 attempts, 10 minutes, from 200 ms up to 30 s.
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            max_retry_elapsed: Duration::from_secs(10 * 60),
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryBudget {
+    /// The longest delay before retry number `retry` (1 for the first retry):
+    /// `min(max, initial * 2^(retry - 1))`, saturating instead of overflowing for any `retry`.
+    /// Retry 0 is the first call itself, which waits for nothing.
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let Some(doublings) = retry.checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        let factor = 1u32.checked_shl(doublings).unwrap_or(0);
+        if factor == 0 {
+            // 2^doublings does not fit in a u32; any non-zero initial has long passed the cap.
+            return if self.initial.is_zero() {
+                Duration::ZERO
+            } else {
+                self.max
+            };
+        }
+        self.initial
+            .checked_mul(factor)
+            .map_or(self.max, |ceiling| ceiling.min(self.max))
+    }
+
+    /// The delay before the next call of an event that has made `attempts_made` HTTP calls,
+    /// the first of them `elapsed` ago; `None` when the budget is spent and the event must be
+    /// dead-lettered with `RETRIES_EXHAUSTED`.
+    ///
+    /// The delay is uniform in `[0, ceiling(attempts_made)]` (full jitter, so retries of many
+    /// events spread out instead of arriving in waves). `None` when `attempts_made` reached
+    /// `max_attempts` or when `elapsed` reached `max_retry_elapsed`. A delay that would end past
+    /// `max_retry_elapsed` is clamped to end exactly there rather than refused: the event keeps
+    /// the attempt it was promised, and the elapsed limit still bounds when the last call starts.
+    /// With no call made yet (`attempts_made == 0`) the answer is "now".
+    pub fn next_delay<R: Rng + ?Sized>(
+        &self,
+        attempts_made: u32,
+        elapsed: Duration,
+        rng: &mut R,
+    ) -> Option<Duration> {
+        if attempts_made >= self.max_attempts {
+            return None;
+        }
+        if attempts_made == 0 {
+            return Some(Duration::ZERO);
+        }
+        let remaining = self.max_retry_elapsed.checked_sub(elapsed)?;
+        if remaining.is_zero() {
+            return None;
+        }
+        let jittered = rng.random_range(Duration::ZERO..=self.ceiling(attempts_made));
+        Some(jittered.min(remaining))
+    }
+}
+
+/// The lowest send rate throttling can push us to, in requests per second: never stop entirely,
+/// or the service could not learn that the limit was lifted.
+pub const MIN_RATE_PER_SECOND: f64 = 1.0;
+
+/// Throttle answers within this long of a decrease do not decrease again: they answer requests
+/// sent before the decrease, at the old rate, and would otherwise collapse the rate to the floor.
+const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// The span over which the actual send rate is measured, to know what to halve when no rate was
+/// enforced yet.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// A client-side send rate that backs off when Alipay+ answers `REQUEST_TRAFFIC_EXCEED_LIMIT`
+/// (additive increase, multiplicative decrease) and paces sends to it.
+///
+/// Without a configured ceiling it paces nothing until the first throttle answer, then halves the
+/// rate actually observed. Every send must go through [`reserve_send`](Self::reserve_send), both
+/// to be paced and so the observed rate is known.
+#[derive(Debug, Clone)]
+pub struct AdaptiveRate {
+    /// `max_requests_per_second`, when configured (not 0).
+    ceiling: Option<f64>,
+    /// Requests per second added to the allowed rate per second without a throttle answer.
+    recovery_per_second: f64,
+    /// The rate sends are paced to; `None` while nothing limits it.
+    allowed: Option<f64>,
+    /// When the next reserved send may start.
+    next_send_at: Option<Instant>,
+    last_decrease_at: Option<Instant>,
+    last_increase_at: Option<Instant>,
+    window_started_at: Option<Instant>,
+    window_sends: u32,
+    previous_window_rate: f64,
+}
+
+impl AdaptiveRate {
+    /// `max_requests_per_second` as configured (0 = no ceiling); after a throttle the rate
+    /// climbs back by `recovery_per_second` requests per second, each second.
+    pub fn new(max_requests_per_second: u32, recovery_per_second: f64) -> Self {
+        let ceiling = (max_requests_per_second > 0).then(|| f64::from(max_requests_per_second));
+        let recovery_per_second = if recovery_per_second.is_finite() {
+            recovery_per_second.max(0.0)
+        } else {
+            0.0
+        };
+        Self {
+            ceiling,
+            recovery_per_second,
+            allowed: ceiling,
+            next_send_at: None,
+            last_decrease_at: None,
+            last_increase_at: None,
+            window_started_at: None,
+            window_sends: 0,
+            previous_window_rate: 0.0,
+        }
+    }
+
+    /// Reserves the next send slot at or after `now` and returns how long to wait for it.
+    pub fn reserve_send(&mut self, now: Instant) -> Duration {
+        let slot = match self.allowed {
+            None => now,
+            Some(rate) => {
+                let slot = self.next_send_at.map_or(now, |next| next.max(now));
+                // The rate is at least MIN_RATE_PER_SECOND, so the interval is at most a second.
+                let interval = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::ZERO);
+                self.next_send_at = Some(slot + interval);
+                slot
+            }
+        };
+        self.count_send(slot);
+        slot.saturating_duration_since(now)
+    }
+
+    /// Alipay+ answered `REQUEST_TRAFFIC_EXCEED_LIMIT` at `now`: halve the rate.
+    pub fn on_throttled(&mut self, now: Instant) {
+        let cooling_down = self
+            .last_decrease_at
+            .is_some_and(|at| now.saturating_duration_since(at) < DECREASE_COOLDOWN);
+        if cooling_down {
+            return;
+        }
+        // Halve what is actually sent: a ceiling far above the real traffic says nothing.
+        let observed = self.observed_rate();
+        let sending = self
+            .allowed
+            .map_or(observed, |allowed| allowed.min(observed));
+        self.allowed = Some((sending / 2.0).max(MIN_RATE_PER_SECOND));
+        self.last_decrease_at = Some(now);
+        self.last_increase_at = Some(now);
+    }
+
+    /// Alipay+ answered at `now` without throttling: let the rate climb back, up to the ceiling.
+    pub fn on_accepted(&mut self, now: Instant) {
+        let Some(allowed) = self.allowed else {
+            return;
+        };
+        let since = self
+            .last_increase_at
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        self.last_increase_at = Some(now);
+        let raised = allowed + self.recovery_per_second * since.as_secs_f64();
+        self.allowed = Some(self.ceiling.map_or(raised, |ceiling| raised.min(ceiling)));
+    }
+
+    /// The rate sends are paced to, in requests per second; `None` while unlimited.
+    pub fn allowed_per_second(&self) -> Option<f64> {
+        self.allowed
+    }
+
+    fn count_send(&mut self, at: Instant) {
+        let started_at = *self.window_started_at.get_or_insert(at);
+        let window = at.saturating_duration_since(started_at);
+        if window >= RATE_WINDOW {
+            self.previous_window_rate = f64::from(self.window_sends) / window.as_secs_f64();
+            self.window_started_at = Some(at);
+            self.window_sends = 0;
+        }
+        self.window_sends = self.window_sends.saturating_add(1);
+    }
+
+    /// Sends per second lately: the last full window, or the current one if it already holds
+    /// more (a burst that started within this window).
+    fn observed_rate(&self) -> f64 {
+        self.previous_window_rate.max(f64::from(self.window_sends))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn ceilings_double_from_initial_and_stop_at_max() {
+        let budget = RetryBudget::default();
+        let millis: Vec<u128> = (0..=10)
+            .map(|retry| budget.ceiling(retry).as_millis())
+            .collect();
+        assert_eq!(
+            millis,
+            [
+                0, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000
+            ]
+        );
+    }
+
+    #[test]
+    fn ceilings_never_overflow() {
+        let budget = RetryBudget::default();
+        for retry in [31, 32, 33, 64, 1_000, u32::MAX] {
+            assert_eq!(budget.ceiling(retry), budget.max, "retry {retry}");
+        }
+        let huge = RetryBudget {
+            initial: Duration::MAX / 2,
+            max: Duration::MAX,
+            ..RetryBudget::default()
+        };
+        assert_eq!(huge.ceiling(3), Duration::MAX);
+        let zero = RetryBudget {
+            initial: Duration::ZERO,
+            ..RetryBudget::default()
+        };
+        assert_eq!(zero.ceiling(1_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn max_attempts_counts_every_http_call() {
+        let budget = RetryBudget::default();
+        let mut rng = rng();
+        assert_eq!(
+            budget.next_delay(0, Duration::ZERO, &mut rng),
+            Some(Duration::ZERO)
+        );
+        for attempts_made in 1..8 {
+            assert!(
+                budget
+                    .next_delay(attempts_made, Duration::ZERO, &mut rng)
+                    .is_some(),
+                "after {attempts_made} calls"
+            );
+        }
+        assert_eq!(budget.next_delay(8, Duration::ZERO, &mut rng), None);
+        assert_eq!(budget.next_delay(9, Duration::ZERO, &mut rng), None);
+    }
+
+    #[test]
+    fn elapsed_budget_refuses_when_spent_and_clamps_the_last_delay() {
+        let budget = RetryBudget {
+            max_attempts: 100,
+            initial: Duration::from_secs(60),
+            ..RetryBudget::default()
+        };
+        let mut rng = rng();
+        let limit = budget.max_retry_elapsed;
+        assert_eq!(budget.next_delay(3, limit, &mut rng), None);
+        assert_eq!(budget.next_delay(3, limit * 2, &mut rng), None);
+        let almost = limit - Duration::from_millis(5);
+        for _ in 0..100 {
+            let delay = budget.next_delay(20, almost, &mut rng).unwrap();
+            assert!(delay <= Duration::from_millis(5), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_delays_over_the_whole_range() {
+        let budget = RetryBudget::default();
+        let mut rng = rng();
+        let ceiling = budget.ceiling(4);
+        let delays: Vec<Duration> = (0..1_000)
+            .map(|_| budget.next_delay(4, Duration::ZERO, &mut rng).unwrap())
+            .collect();
+        let low = delays.iter().filter(|&&d| d < ceiling / 4).count();
+        let high = delays.iter().filter(|&&d| d > ceiling * 3 / 4).count();
+        assert!(low > 150 && high > 150, "low {low}, high {high}");
+    }
+
+    proptest! {
+        #[test]
+        fn delay_never_exceeds_ceiling_or_remaining_budget(
+            attempts_made in 1u32..2_000,
+            elapsed_millis in 0u64..700_000,
+            initial_millis in 0u64..10_000,
+            max_millis in 0u64..120_000,
+            seed in any::<u64>(),
+        ) {
+            let budget = RetryBudget {
+                max_attempts: 1_000,
+                max_retry_elapsed: Duration::from_secs(600),
+                initial: Duration::from_millis(initial_millis),
+                max: Duration::from_millis(max_millis),
+            };
+            let elapsed = Duration::from_millis(elapsed_millis);
+            let mut rng = StdRng::seed_from_u64(seed);
+            let delay = budget.next_delay(attempts_made, elapsed, &mut rng);
+            if attempts_made >= budget.max_attempts || elapsed >= budget.max_retry_elapsed {
+                prop_assert_eq!(delay, None);
+            } else {
+                let delay = delay.unwrap();
+                prop_assert!(delay <= budget.ceiling(attempts_made));
+                prop_assert!(delay <= budget.max);
+                prop_assert!(elapsed + delay <= budget.max_retry_elapsed);
+            }
+        }
+
+        #[test]
+        fn ceilings_are_monotone_and_capped(retry in 0u32..5_000, initial_millis in 0u64..100_000) {
+            let budget = RetryBudget {
+                initial: Duration::from_millis(initial_millis),
+                ..RetryBudget::default()
+            };
+            prop_assert!(budget.ceiling(retry) <= budget.ceiling(retry + 1));
+            prop_assert!(budget.ceiling(retry) <= budget.max);
+        }
+    }
+
+    /// Sends `count` requests as fast as the limiter allows, starting at `start`; returns when
+    /// the last one went out.
+    fn send_paced(rate: &mut AdaptiveRate, start: Instant, count: u32) -> Instant {
+        let mut now = start;
+        for _ in 0..count {
+            now += rate.reserve_send(now);
+        }
+        now
+    }
+
+    #[test]
+    fn without_a_ceiling_nothing_waits_until_throttled() {
+        let mut rate = AdaptiveRate::new(0, 1.0);
+        let start = Instant::now();
+        for _ in 0..1_000 {
+            assert_eq!(rate.reserve_send(start), Duration::ZERO);
+        }
+        rate.on_accepted(start);
+        assert_eq!(rate.allowed_per_second(), None);
+    }
+
+    #[test]
+    fn a_ceiling_paces_sends_from_the_start() {
+        let mut rate = AdaptiveRate::new(4, 1.0);
+        let now = Instant::now();
+        let waits: Vec<u128> = (0..4).map(|_| rate.reserve_send(now).as_millis()).collect();
+        assert_eq!(waits, [0, 250, 500, 750]);
+    }
+
+    #[test]
+    fn throttling_halves_the_observed_rate() {
+        let mut rate = AdaptiveRate::new(0, 1.0);
+        let start = Instant::now();
+        // 40 sends spread over one second, then one more to close the window.
+        for sent in 0..=40 {
+            rate.reserve_send(start + Duration::from_millis(25) * sent);
+        }
+        rate.on_throttled(start + Duration::from_secs(1));
+        assert_eq!(rate.allowed_per_second(), Some(20.0));
+    }
+
+    #[test]
+    fn throttle_answers_in_a_burst_halve_once() {
+        let mut rate = AdaptiveRate::new(64, 1.0);
+        let start = Instant::now();
+        let now = send_paced(&mut rate, start, 200);
+        rate.on_throttled(now);
+        rate.on_throttled(now + Duration::from_millis(10));
+        rate.on_throttled(now + Duration::from_millis(900));
+        assert_eq!(rate.allowed_per_second(), Some(32.0));
+        rate.on_throttled(now + Duration::from_millis(1_000));
+        assert_eq!(rate.allowed_per_second(), Some(16.0));
+    }
+
+    #[test]
+    fn rate_never_drops_below_the_floor() {
+        let mut rate = AdaptiveRate::new(8, 1.0);
+        let mut now = Instant::now();
+        for _ in 0..20 {
+            now = send_paced(&mut rate, now, 5);
+            now += DECREASE_COOLDOWN;
+            rate.on_throttled(now);
+        }
+        assert_eq!(rate.allowed_per_second(), Some(MIN_RATE_PER_SECOND));
+        assert!(rate.reserve_send(now) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn accepted_answers_raise_the_rate_linearly_up_to_the_ceiling() {
+        let mut rate = AdaptiveRate::new(10, 2.0);
+        let start = Instant::now();
+        rate.on_throttled(start);
+        assert_eq!(rate.allowed_per_second(), Some(MIN_RATE_PER_SECOND));
+        rate.on_accepted(start + Duration::from_secs(1));
+        assert_eq!(rate.allowed_per_second(), Some(3.0));
+        rate.on_accepted(start + Duration::from_secs(3));
+        assert_eq!(rate.allowed_per_second(), Some(7.0));
+        rate.on_accepted(start + Duration::from_secs(60));
+        assert_eq!(rate.allowed_per_second(), Some(10.0));
+    }
+}

@@ -1,0 +1,122 @@
+//! The service itself (`regnotify run`): consume decisions, notify Alipay+ in key order with
+//! retries, publish each outcome or dead letter, and commit an input offset only once everything
+//! before it is acknowledged by Kafka (SPEC sections 1, 4, 5).
+//!
+//! - [`consumer`]: the polling thread and the rebalance hooks.
+//! - [`dispatch`]: the single owner of ordering, flow control and commit decisions.
+//! - [`worker`]: one event's notify-retry-publish life.
+//! - [`output`]: the idempotent producer for outcomes and dead letters.
+//! - [`record`]: the consumed record and the dead-letter headers.
+//! - [`watermark`], [`keyed`], [`backoff`]: the pure rules, property-tested.
+
+pub mod backoff;
+pub mod consumer;
+pub mod dispatch;
+pub mod keyed;
+pub mod output;
+pub mod record;
+pub mod watermark;
+pub mod worker;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::alipayplus::AlipayPlusClient;
+use crate::codec::{EventDecoder, OutcomeEncoder, SchemaRegistryClient};
+use crate::config::{SchemaRegistrySettings, Settings};
+use crate::observe::Stats;
+use crate::pipeline::backoff::RetryBudget;
+use crate::pipeline::dispatch::{DispatchStatus, Dispatcher};
+use crate::pipeline::output::OutputPublisher;
+use crate::pipeline::worker::WorkerContext;
+
+/// Records buffered between the consumer thread and the dispatcher.
+const CONSUMER_CHANNEL_CAPACITY: usize = 1024;
+
+/// Builds the Schema Registry client the settings describe, if any.
+pub fn schema_registry(
+    settings: Option<&SchemaRegistrySettings>,
+) -> anyhow::Result<Option<Arc<SchemaRegistryClient>>> {
+    let Some(registry) = settings else {
+        return Ok(None);
+    };
+    let auth = registry.username.clone().map(|user| {
+        let password = registry
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default();
+        (user, secrecy::SecretString::from(password))
+    });
+    let client = SchemaRegistryClient::new(&registry.url, auth, registry.request_timeout)
+        .context("invalid setting `schema_registry.url`")?;
+    Ok(Some(Arc::new(client)))
+}
+
+/// Runs the pipeline until `shutdown` fires, then stops cleanly (SPEC 5): finishes work in
+/// flight within `shutdown_timeout`, commits, flushes and leaves the group.
+pub async fn run(
+    settings: &Settings,
+    client: Arc<AlipayPlusClient>,
+    stats: Arc<Stats>,
+    status: Arc<DispatchStatus>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if settings.processing.exactly_once {
+        anyhow::bail!(
+            "invalid setting `processing.exactly_once`: transactional outputs are not supported \
+             by this version; run with exactly_once = false (at-least-once, SPEC 5)"
+        );
+    }
+    let registry = schema_registry(settings.schema_registry.as_ref())?;
+    let decoder = Arc::new(EventDecoder::new(
+        settings.kafka.input_encoding,
+        registry.clone(),
+    ));
+    let encoder = OutcomeEncoder::new(
+        settings.kafka.output_encoding,
+        registry,
+        &settings.kafka.result_topic,
+    );
+    let publisher = Arc::new(
+        OutputPublisher::new(&settings.kafka, encoder).context("cannot create kafka producer")?,
+    );
+    let processing = &settings.processing;
+    let budget = RetryBudget {
+        max_attempts: processing.max_attempts,
+        max_retry_elapsed: processing.max_retry_elapsed,
+        initial: processing.backoff_initial,
+        max: processing.backoff_max,
+    };
+    let worker = Arc::new(WorkerContext::new(
+        client,
+        publisher,
+        budget,
+        stats,
+        CancellationToken::new(),
+    ));
+    let (events_tx, events_rx) = mpsc::channel(CONSUMER_CHANNEL_CAPACITY);
+    let consumer_thread = consumer::start(
+        &settings.kafka,
+        events_tx,
+        processing.rebalance_drain_timeout,
+    )
+    .context("cannot start kafka consumer")?;
+    let dispatcher = Dispatcher::new(
+        processing.clone(),
+        settings.kafka.input_topic.clone(),
+        Arc::clone(&consumer_thread.consumer),
+        decoder,
+        worker,
+        status,
+    );
+    dispatcher.run(events_rx, shutdown).await;
+    // The consumer leaves the group on its own thread: closing it polls and may block.
+    tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())
+        .await
+        .context("consumer thread did not stop cleanly")?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Publishing what became of each event: outcomes on the result topic and dead letters on the DLQ
+//! topic, through one idempotent producer with `acks=all` (SPEC 3.2, 3.3, 5).
+//!
+//! A publish returns only once Kafka has acknowledged the record; the caller commits the input
+//! offset only after that. This module never decides an outcome and never commits offsets.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::codec::{EncodeError, OutcomeEncoder};
+use crate::config::KafkaSettings;
+use crate::event::RegistrationNotifyOutcome;
+use crate::pipeline::record::{DeadLetter, InputRecord, dead_letter_headers};
+
+/// Why an output record was not (yet) written.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("outcome could not be encoded: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("kafka did not acknowledge the {what} record: {source}")]
+    Kafka {
+        what: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// The producer side of the pipeline.
+pub struct OutputPublisher {
+    producer: FutureProducer,
+    encoder: OutcomeEncoder,
+    result_topic: String,
+    dlq_topic: String,
+    consumer_group: String,
+}
+
+impl std::fmt::Debug for OutputPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputPublisher")
+            .field("result_topic", &self.result_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The producer configuration regnotify insists on, on top of the pass-through properties.
+pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (name, value) in &kafka.producer.0 {
+        config.set(name, value);
+    }
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    config
+}
+
+impl OutputPublisher {
+    pub fn new(
+        kafka: &KafkaSettings,
+        encoder: OutcomeEncoder,
+    ) -> Result<OutputPublisher, KafkaError> {
+        let producer: FutureProducer = producer_config(kafka).create()?;
+        Ok(OutputPublisher {
+            producer,
+            encoder,
+            result_topic: kafka.result_topic.clone(),
+            dlq_topic: kafka.dlq_topic.clone(),
+            consumer_group: kafka.group_id.clone(),
+        })
+    }
+
+    /// Writes one outcome, keyed by `referenceMerchantId`, and waits for Kafka's acknowledgement.
+    pub async fn publish_outcome(
+        &self,
+        outcome: &RegistrationNotifyOutcome,
+    ) -> Result<(), PublishError> {
+        let value = self.encoder.encode(outcome).await?;
+        let record = FutureRecord::to(&self.result_topic)
+            .key(outcome.reference_merchant_id.as_bytes())
+            .payload(&value);
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|_| ())
+            .map_err(|(source, _)| PublishError::Kafka {
+                what: "outcome",
+                source,
+            })
+    }
+
+    /// Writes the input record, unchanged but for the added `dlq.*` headers, to the DLQ topic.
+    pub async fn publish_dead_letter(
+        &self,
+        input: &InputRecord,
+        letter: &DeadLetter,
+    ) -> Result<(), PublishError> {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in dead_letter_headers(input, &self.consumer_group, letter) {
+            headers = headers.insert(Header {
+                key: &key,
+                value: value.as_deref(),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.dlq_topic).headers(headers);
+        if let Some(key) = &input.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &input.value {
+            record = record.payload(value.as_slice());
+        }
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|_| ())
+            .map_err(|(source, _)| PublishError::Kafka {
+                what: "dead-letter",
+                source,
+            })
+    }
+
+    /// Waits until every record handed to the producer is acknowledged or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}

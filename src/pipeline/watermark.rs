@@ -1,0 +1,380 @@
+//! The commit watermark of one partition: which input offsets are still in flight, and how far
+//! the consumer may safely commit.
+//!
+//! It owns the law of SPEC section 5 — a committed position never passes an offset whose work is
+//! unfinished — and nothing else. It never talks to Kafka, never reads a clock and never decides
+//! *when* to commit; the dispatcher marks offsets, the committer asks for the position.
+//!
+//! Offsets are tracked in the increasing order the consumer delivers them. They need not be
+//! contiguous: compaction removes records and transaction markers take offsets without a record,
+//! so the position after a finished prefix is "last finished offset + 1", never "first + count".
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+/// Why an offset could not be tracked.
+///
+/// Both cases mean the caller's view of the partition is no longer the consumer's (a seek, a
+/// re-assignment, a bug); the caller should [`CommitWatermark::reset`] before tracking again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TrackError {
+    #[error("offset {offset} is negative")]
+    Negative { offset: i64 },
+    #[error("offset {offset} is not after the last tracked offset {last_tracked}")]
+    NotIncreasing { offset: i64, last_tracked: i64 },
+}
+
+/// In-flight offsets of one partition and the commit position their finished prefix allows.
+///
+/// `track` and the release of the finished prefix are amortised O(1); `complete` is O(log n) in
+/// the number of offsets held (a binary search in the window).
+#[derive(Debug, Clone, Default)]
+pub struct CommitWatermark {
+    /// Tracked offsets not yet released, in increasing order, with whether their work is done.
+    /// The front is always unfinished: finished offsets at the front are released at once, so
+    /// memory is bounded by the span from the oldest unfinished offset to the newest tracked.
+    window: VecDeque<(i64, bool)>,
+    /// Offsets in `window` whose work is not done yet.
+    unfinished: usize,
+    /// The newest offset ever tracked since the last reset, to refuse going backwards even when
+    /// the window is empty.
+    last_tracked: Option<i64>,
+    /// Commit position of the released prefix (last released offset + 1).
+    committable: Option<i64>,
+    /// The position last handed out by `take_commit`, so a periodic commit can skip no-ops.
+    last_taken: Option<i64>,
+    /// Bumped by every reset; see [`CommitWatermark::complete_in`].
+    generation: u64,
+}
+
+impl CommitWatermark {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts tracking `offset`, whose work is now in flight.
+    ///
+    /// Offsets must strictly increase; a refused offset leaves the watermark unchanged.
+    pub fn track(&mut self, offset: i64) -> Result<(), TrackError> {
+        if offset < 0 {
+            return Err(TrackError::Negative { offset });
+        }
+        if let Some(last_tracked) = self.last_tracked
+            && offset <= last_tracked
+        {
+            return Err(TrackError::NotIncreasing {
+                offset,
+                last_tracked,
+            });
+        }
+        self.last_tracked = Some(offset);
+        self.window.push_back((offset, false));
+        self.unfinished += 1;
+        Ok(())
+    }
+
+    /// Marks the work of `offset` as done (every output of it acknowledged).
+    ///
+    /// Returns `false`, changing nothing, when the offset is not in flight here: already completed
+    /// (a duplicate), never tracked, or tracked before the last [`reset`](Self::reset) — a late
+    /// completion from an assignment this consumer has lost must never move the new position.
+    pub fn complete(&mut self, offset: i64) -> bool {
+        let Ok(index) = self
+            .window
+            .binary_search_by_key(&offset, |&(tracked, _)| tracked)
+        else {
+            return false;
+        };
+        let Some(entry) = self.window.get_mut(index) else {
+            return false;
+        };
+        if entry.1 {
+            return false;
+        }
+        entry.1 = true;
+        self.unfinished -= 1;
+        self.release_finished_prefix();
+        true
+    }
+
+    /// Like [`complete`](Self::complete), but only when the work was tracked in `generation`
+    /// (read from [`generation`](Self::generation) when it was tracked).
+    ///
+    /// A partition revoked and assigned again is re-consumed from its committed position, so the
+    /// same offset can be in flight twice: once from the lost assignment, once from the new one.
+    /// The generation tells the two apart where the offset alone cannot.
+    pub fn complete_in(&mut self, generation: u64, offset: i64) -> bool {
+        generation == self.generation && self.complete(offset)
+    }
+
+    /// The position to commit: one past the highest offset that, together with every offset
+    /// tracked before it, is done. `None` until the first offset is released.
+    pub fn committable(&self) -> Option<i64> {
+        self.committable
+    }
+
+    /// The committable position, but only when it moved since the last call, so a periodic
+    /// commit sends nothing when no work finished in between.
+    ///
+    /// Taking a position assumes it is committed; if the commit fails, call
+    /// [`forget_taken`](Self::forget_taken) so the next call offers it again.
+    pub fn take_commit(&mut self) -> Option<i64> {
+        let position = self.committable?;
+        if self.last_taken.is_some_and(|taken| taken >= position) {
+            return None;
+        }
+        self.last_taken = Some(position);
+        Some(position)
+    }
+
+    /// Forgets the last taken position, after a failed commit, so `take_commit` offers it again.
+    pub fn forget_taken(&mut self) {
+        self.last_taken = None;
+    }
+
+    /// Tracked offsets whose work is not done yet.
+    pub fn pending(&self) -> usize {
+        self.unfinished
+    }
+
+    /// Tracked offsets held in memory: the unfinished ones and the finished ones waiting behind
+    /// an older unfinished offset. This is what `max_pending_per_partition` bounds.
+    pub fn window_len(&self) -> usize {
+        self.window.len()
+    }
+
+    /// True when no tracked offset is unfinished (everything tracked is committable).
+    pub fn is_drained(&self) -> bool {
+        self.unfinished == 0
+    }
+
+    /// The current generation; see [`complete_in`](Self::complete_in).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Forgets every offset and position, for a new assignment of the partition. Completions of
+    /// work tracked before the reset are refused by [`complete_in`](Self::complete_in), and by
+    /// [`complete`](Self::complete) unless the same offset is tracked again.
+    pub fn reset(&mut self) {
+        *self = Self {
+            generation: self.generation.wrapping_add(1),
+            ..Self::default()
+        };
+    }
+
+    fn release_finished_prefix(&mut self) {
+        while let Some(&(offset, true)) = self.window.front() {
+            self.window.pop_front();
+            // Kafka offsets end far below i64::MAX; saturating keeps a corrupt one from panicking.
+            self.committable = Some(offset.saturating_add(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tracking(offsets: &[i64]) -> CommitWatermark {
+        let mut watermark = CommitWatermark::new();
+        for &offset in offsets {
+            watermark.track(offset).unwrap();
+        }
+        watermark
+    }
+
+    #[test]
+    fn nothing_is_committable_before_the_first_completion() {
+        let mut watermark = tracking(&[0, 1, 2]);
+        assert_eq!(watermark.committable(), None);
+        assert_eq!(watermark.take_commit(), None);
+        assert_eq!(watermark.pending(), 3);
+    }
+
+    #[test]
+    fn position_stops_at_the_first_unfinished_offset() {
+        let mut watermark = tracking(&[10, 11, 12, 13]);
+        assert!(watermark.complete(11));
+        assert!(watermark.complete(13));
+        assert_eq!(watermark.committable(), None);
+        assert!(watermark.complete(10));
+        assert_eq!(watermark.committable(), Some(12));
+        assert!(watermark.complete(12));
+        assert_eq!(watermark.committable(), Some(14));
+        assert!(watermark.is_drained());
+        assert_eq!(watermark.window_len(), 0);
+    }
+
+    #[test]
+    fn gaps_from_compaction_and_transaction_markers_are_skipped() {
+        let mut watermark = tracking(&[3, 7, 8, 20]);
+        assert!(watermark.complete(7));
+        assert_eq!(watermark.committable(), None);
+        assert!(watermark.complete(3));
+        assert_eq!(watermark.committable(), Some(8));
+        assert!(watermark.complete(20));
+        assert_eq!(watermark.committable(), Some(8));
+        assert!(watermark.complete(8));
+        assert_eq!(watermark.committable(), Some(21));
+        // An offset in a gap was never tracked, so it cannot be completed.
+        assert!(!watermark.complete(5));
+    }
+
+    #[test]
+    fn duplicate_and_unknown_completions_change_nothing() {
+        let mut watermark = tracking(&[0, 1]);
+        assert!(watermark.complete(1));
+        assert!(!watermark.complete(1));
+        assert!(!watermark.complete(42));
+        assert!(!watermark.complete(-1));
+        assert_eq!(watermark.pending(), 1);
+        assert!(watermark.complete(0));
+        // Released offsets are gone from the window: completing again is a duplicate.
+        assert!(!watermark.complete(0));
+        assert_eq!(watermark.committable(), Some(2));
+    }
+
+    #[test]
+    fn track_refuses_offsets_that_do_not_increase() {
+        let mut watermark = tracking(&[5]);
+        assert!(watermark.complete(5));
+        assert_eq!(
+            watermark.track(5),
+            Err(TrackError::NotIncreasing {
+                offset: 5,
+                last_tracked: 5
+            })
+        );
+        assert_eq!(
+            watermark.track(4),
+            Err(TrackError::NotIncreasing {
+                offset: 4,
+                last_tracked: 5
+            })
+        );
+        assert_eq!(
+            watermark.track(-3),
+            Err(TrackError::Negative { offset: -3 })
+        );
+        assert_eq!(watermark.window_len(), 0);
+        assert!(watermark.track(6).is_ok());
+    }
+
+    #[test]
+    fn take_commit_offers_each_position_once() {
+        let mut watermark = tracking(&[0, 1, 2]);
+        watermark.complete(0);
+        assert_eq!(watermark.take_commit(), Some(1));
+        assert_eq!(watermark.take_commit(), None);
+        watermark.complete(2);
+        assert_eq!(watermark.take_commit(), None);
+        watermark.complete(1);
+        assert_eq!(watermark.take_commit(), Some(3));
+        assert_eq!(watermark.take_commit(), None);
+        watermark.forget_taken();
+        assert_eq!(watermark.take_commit(), Some(3));
+    }
+
+    #[test]
+    fn reset_forgets_everything_and_refuses_late_completions() {
+        let mut watermark = tracking(&[100, 101]);
+        let lost_generation = watermark.generation();
+        watermark.complete(100);
+        watermark.reset();
+        assert_eq!(watermark.committable(), None);
+        assert_eq!(watermark.pending(), 0);
+        assert!(!watermark.complete(101));
+
+        // Re-assigned from the committed position 101: the same offset is in flight again.
+        watermark.track(101).unwrap();
+        assert!(!watermark.complete_in(lost_generation, 101));
+        assert_eq!(watermark.pending(), 1);
+        assert!(watermark.complete_in(watermark.generation(), 101));
+        assert_eq!(watermark.committable(), Some(102));
+    }
+
+    /// Increasing offsets with gaps of 1 to 4, from a random start.
+    fn increasing_offsets() -> impl Strategy<Value = Vec<i64>> {
+        (0i64..1_000, prop::collection::vec(1i64..5, 1..60)).prop_map(|(start, gaps)| {
+            gaps.iter()
+                .scan(start, |next, gap| {
+                    let offset = *next;
+                    *next += gap;
+                    Some(offset)
+                })
+                .collect()
+        })
+    }
+
+    /// What the position must be, computed the slow obvious way.
+    fn expected_position(tracked: &[i64], done: &[bool]) -> Option<i64> {
+        let finished_prefix = done.iter().take_while(|&&is_done| is_done).count();
+        finished_prefix.checked_sub(1).map(|last| tracked[last] + 1)
+    }
+
+    proptest! {
+        #[test]
+        fn position_follows_the_finished_prefix_in_any_completion_order(
+            (offsets, order) in increasing_offsets().prop_flat_map(|offsets| {
+                let indices: Vec<usize> = (0..offsets.len()).collect();
+                (Just(offsets), Just(indices).prop_shuffle())
+            })
+        ) {
+            let mut watermark = tracking(&offsets);
+            let mut done = vec![false; offsets.len()];
+            let mut previous = None;
+            for index in order {
+                prop_assert!(watermark.complete(offsets[index]));
+                done[index] = true;
+                let position = watermark.committable();
+                prop_assert_eq!(position, expected_position(&offsets, &done));
+                if let Some(first_unfinished) = done.iter().position(|&is_done| !is_done) {
+                    prop_assert!(position.is_none_or(|p| p <= offsets[first_unfinished]));
+                }
+                prop_assert!(position >= previous, "position went back");
+                previous = position;
+            }
+            prop_assert_eq!(watermark.committable(), offsets.last().map(|last| last + 1));
+            prop_assert_eq!(watermark.pending(), 0);
+            prop_assert_eq!(watermark.window_len(), 0);
+        }
+
+        #[test]
+        fn interleaved_tracking_and_completion_never_passes_unfinished_work(
+            offsets in increasing_offsets(),
+            steps in prop::collection::vec((any::<bool>(), any::<prop::sample::Index>()), 0..200),
+        ) {
+            let mut watermark = CommitWatermark::new();
+            let mut done: Vec<bool> = Vec::new();
+            let mut previous_position = None;
+            let mut previous_taken = None;
+            for (prefer_track, pick) in steps {
+                let in_flight: Vec<usize> =
+                    (0..done.len()).filter(|&index| !done[index]).collect();
+                if (prefer_track || in_flight.is_empty()) && done.len() < offsets.len() {
+                    watermark.track(offsets[done.len()]).unwrap();
+                    done.push(false);
+                } else if !in_flight.is_empty() {
+                    let index = *pick.get(&in_flight);
+                    prop_assert!(watermark.complete(offsets[index]));
+                    prop_assert!(!watermark.complete(offsets[index]), "duplicate accepted");
+                    done[index] = true;
+                }
+                let position = watermark.committable();
+                prop_assert_eq!(position, expected_position(&offsets[..done.len()], &done));
+                prop_assert!(position >= previous_position, "position went back");
+                previous_position = position;
+                prop_assert_eq!(watermark.pending(), done.iter().filter(|&&d| !d).count());
+                if let Some(taken) = watermark.take_commit() {
+                    prop_assert!(Some(taken) > previous_taken, "take_commit repeated itself");
+                    previous_taken = Some(taken);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The life of one event after dispatch: validate, notify Alipay+ with retries per SPEC section 4,
+//! then write its outcome and any dead letter and wait for Kafka to acknowledge them.
+//!
+//! A worker never commits offsets and never touches another event: it reports back to the
+//! dispatcher, which alone decides what may be committed. It gives up only when the hard stop
+//! fires (shutdown or drain deadline passed), and then reports the event as abandoned so that its
+//! offset is never committed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::alipayplus::{AlipayPlusClient, NotifyAttempt, ResultClass};
+use crate::codec::DecodeError;
+use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
+use crate::observe::{self, Stats};
+use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
+use crate::pipeline::output::OutputPublisher;
+use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
+
+/// How fast the send rate recovers after Alipay+ throttled us, in requests per second gained per
+/// second.
+const RATE_RECOVERY_PER_SECOND: f64 = 5.0;
+/// Bounds of the pause between attempts to write an output Kafka did not acknowledge.
+const PUBLISH_RETRY_INITIAL: Duration = Duration::from_millis(100);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What a worker is given: a decoded event, or a record that could not be decoded.
+#[derive(Debug)]
+pub enum Work {
+    Event(RegistrationDecided),
+    Poison(DecodeError),
+}
+
+/// One unit of work for a worker.
+#[derive(Debug)]
+pub struct Job {
+    pub record: InputRecord,
+    pub work: Work,
+    /// The assignment generation of the record's partition when it was consumed.
+    pub generation: u64,
+}
+
+/// How a worker finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Every output record is acknowledged by Kafka: the offset may be committed.
+    Terminal,
+    /// Stopped before the outputs were acknowledged: the offset must not be committed.
+    Abandoned,
+}
+
+/// What every worker shares.
+pub struct WorkerContext {
+    pub client: Arc<AlipayPlusClient>,
+    pub publisher: Arc<OutputPublisher>,
+    pub budget: RetryBudget,
+    pub stats: Arc<Stats>,
+    /// Fires when work in flight must stop at once.
+    pub hard_stop: CancellationToken,
+    send_rate: Mutex<AdaptiveRate>,
+}
+
+impl std::fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerContext {
+    pub fn new(
+        client: Arc<AlipayPlusClient>,
+        publisher: Arc<OutputPublisher>,
+        budget: RetryBudget,
+        stats: Arc<Stats>,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        WorkerContext {
+            client,
+            publisher,
+            budget,
+            stats,
+            hard_stop,
+            // The configured ceiling is enforced by the client; this only slows down after
+            // throttling answers, so it starts unlimited.
+            send_rate: Mutex::new(AdaptiveRate::new(0, RATE_RECOVERY_PER_SECOND)),
+        }
+    }
+}
+
+/// Runs one job to its end.
+pub async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
+    match &job.work {
+        Work::Poison(error) => dead_letter_poison(ctx, &job.record, error).await,
+        Work::Event(event) => notify_event(ctx, &job.record, event).await,
+    }
+}
+
+async fn dead_letter_poison(ctx: &WorkerContext, record: &InputRecord, error: &DecodeError) -> Finish {
+    let letter = DeadLetter {
+        reason: DeadLetterReason::DecodeError,
+        error: error.to_string(),
+        attempts: None,
+        result_code: None,
+        http_status: None,
+        failed_at: Utc::now(),
+    };
+    let published = publish_until_acknowledged(ctx, || ctx.publisher.publish_dead_letter(record, &letter)).await;
+    if published.is_none() {
+        return Finish::Abandoned;
+    }
+    observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
+    observe::poison(&ctx.stats, record.partition, record.offset, &letter.error);
+    Finish::Terminal
+}
+
+/// What the notify phase ended with.
+struct Verdict {
+    outcome: NotifyOutcome,
+    dead_letter: Option<(DeadLetterReason, String)>,
+    last: Option<NotifyAttempt>,
+    attempts: u32,
+    first_attempt_at_ms: Option<i64>,
+}
+
+async fn notify_event(ctx: &WorkerContext, record: &InputRecord, event: &RegistrationDecided) -> Finish {
+    let verdict = match event.validate() {
+        Err(invalid) => Verdict {
+            outcome: NotifyOutcome::DeadLettered,
+            dead_letter: Some((DeadLetterReason::InvalidEvent, invalid.to_string())),
+            last: None,
+            attempts: 0,
+            first_attempt_at_ms: None,
+        },
+        Ok(()) => match notify_with_retries(ctx, event).await {
+            Some(verdict) => verdict,
+            None => return Finish::Abandoned,
+        },
+    };
+    let outcome = outcome_record(record, event, &verdict);
+    let letter = verdict.dead_letter.as_ref().map(|(reason, error)| DeadLetter {
+        reason: *reason,
+        error: error.clone(),
+        attempts: (verdict.attempts > 0).then_some(verdict.attempts),
+        result_code: outcome.result_code.clone(),
+        http_status: verdict.last.as_ref().and_then(|a| a.http_status),
+        failed_at: Utc::now(),
+    });
+    let published = publish_until_acknowledged(ctx, || async {
+        match &letter {
+            Some(letter) => {
+                tokio::try_join!(
+                    ctx.publisher.publish_dead_letter(record, letter),
+                    ctx.publisher.publish_outcome(&outcome)
+                )?;
+                Ok(())
+            }
+            None => ctx.publisher.publish_outcome(&outcome).await,
+        }
+    })
+    .await;
+    if published.is_none() {
+        return Finish::Abandoned;
+    }
+    if let Some(letter) = &letter {
+        observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
+    }
+    observe::outcome(&ctx.stats, &outcome, event.occurred_at_ms);
+    Finish::Terminal
+}
+
+/// Calls Alipay+ until a terminal answer or the end of the retry budget. `None` when the hard stop
+/// fired first.
+async fn notify_with_retries(ctx: &WorkerContext, event: &RegistrationDecided) -> Option<Verdict> {
+    let started = Instant::now();
+    let mut attempts: u32 = 0;
+    let mut first_attempt_at_ms = None;
+    loop {
+        let wait = ctx
+            .send_rate
+            .lock()
+            .map(|mut rate| rate.reserve_send(Instant::now()))
+            .unwrap_or_default();
+        if !wait.is_zero() && !sleep_unless_stopped(ctx, wait).await {
+            return None;
+        }
+        first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
+        let attempt = tokio::select! {
+            attempt = ctx.client.notify_registration_status(event) => attempt,
+            () = ctx.hard_stop.cancelled() => return None,
+        };
+        attempts += 1;
+        observe::notify_attempt(&ctx.stats, &attempt);
+        if let Ok(mut rate) = ctx.send_rate.lock() {
+            match attempt.class {
+                ResultClass::Throttled => rate.on_throttled(Instant::now()),
+                _ => rate.on_accepted(Instant::now()),
+            }
+        }
+        let (outcome, dead_letter) = match attempt.class {
+            ResultClass::Success => (NotifyOutcome::Notified, None),
+            ResultClass::Rejected => (NotifyOutcome::Rejected, None),
+            ResultClass::Refused => (
+                NotifyOutcome::DeadLettered,
+                Some((DeadLetterReason::RequestRefused, describe(&attempt))),
+            ),
+            ResultClass::Throttled | ResultClass::Unknown => {
+                let delay = ctx
+                    .budget
+                    .next_delay(attempts, started.elapsed(), &mut rand::rng());
+                if let Some(delay) = delay {
+                    observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
+                    if !sleep_unless_stopped(ctx, delay).await {
+                        return None;
+                    }
+                    continue;
+                }
+                let error = format!(
+                    "retry budget exhausted after {attempts} attempts: {}",
+                    describe(&attempt)
+                );
+                (
+                    NotifyOutcome::DeadLettered,
+                    Some((DeadLetterReason::RetriesExhausted, error)),
+                )
+            }
+        };
+        return Some(Verdict {
+            outcome,
+            dead_letter,
+            last: Some(attempt),
+            attempts,
+            first_attempt_at_ms,
+        });
+    }
+}
+
+/// A one-line account of an attempt for `dlq.error` and the outcome's `error`.
+fn describe(attempt: &NotifyAttempt) -> String {
+    let mut text = format!("{} answer", attempt.class.as_str());
+    if let Some(status) = attempt.http_status {
+        text.push_str(&format!(", http {status}"));
+    }
+    if let Some(result) = &attempt.result {
+        text.push_str(&format!(
+            ", {} {}",
+            result.result_status, result.result_code
+        ));
+        if let Some(message) = &result.result_message {
+            text.push_str(&format!(" ({message})"));
+        }
+    }
+    if !attempt.signature.is_trusted() && attempt.result.is_some() {
+        text.push_str(&format!(", response signature {}", attempt.signature.as_str()));
+    }
+    if let Some(error) = &attempt.error {
+        text.push_str(&format!(": {error}"));
+    }
+    text
+}
+
+fn outcome_record(
+    record: &InputRecord,
+    event: &RegistrationDecided,
+    verdict: &Verdict,
+) -> RegistrationNotifyOutcome {
+    let result = verdict.last.as_ref().and_then(|a| a.result.as_ref());
+    RegistrationNotifyOutcome {
+        event_id: event.event_id.clone(),
+        reference_merchant_id: event.reference_merchant_id.clone(),
+        registration_request_id: event.registration_request_id.clone(),
+        decision: event.decision,
+        outcome: verdict.outcome,
+        result_status: result.map(|r| r.result_status.clone()),
+        result_code: result.map(|r| r.result_code.clone()),
+        result_message: result.and_then(|r| r.result_message.clone()),
+        http_status: verdict
+            .last
+            .as_ref()
+            .and_then(|a| a.http_status)
+            .map(i32::from),
+        attempts: i32::try_from(verdict.attempts).unwrap_or(i32::MAX),
+        first_attempt_at_ms: verdict.first_attempt_at_ms,
+        completed_at_ms: Utc::now().timestamp_millis(),
+        source_topic: record.topic.to_string(),
+        source_partition: record.partition,
+        source_offset: record.offset,
+        error: verdict.dead_letter.as_ref().map(|(_, error)| error.clone()),
+    }
+}
+
+/// Retries a write until Kafka acknowledges it. `None` when the hard stop fired first.
+async fn publish_until_acknowledged<F, Fut>(ctx: &WorkerContext, mut publish: F) -> Option<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), super::output::PublishError>>,
+{
+    let mut delay = PUBLISH_RETRY_INITIAL;
+    loop {
+        let result = tokio::select! {
+            result = publish() => result,
+            () = ctx.hard_stop.cancelled() => return None,
+        };
+        match result {
+            Ok(()) => return Some(()),
+            Err(error) => {
+                observe::publish_failed(&ctx.stats, &error, delay);
+                if !sleep_unless_stopped(ctx, delay).await {
+                    return None;
+                }
+                delay = (delay * 2).min(PUBLISH_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay`; `false` when the hard stop fired first.
+async fn sleep_unless_stopped(ctx: &WorkerContext, delay: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = ctx.hard_stop.cancelled() => false,
+    }
+}

@@ -1,0 +1,57 @@
+//! `regnotify run`: builds the Alipay+ client from settings, starts the pipeline and stops it
+//! cleanly on SIGTERM or SIGINT (SPEC 5, section 7).
+//!
+//! This is wiring only; every decision about events lives in [`crate::pipeline`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::alipayplus::AlipayPlusClient;
+use crate::config::Settings;
+use crate::observe::{self, Stats};
+use crate::pipeline::{self, dispatch::DispatchStatus};
+
+/// Runs the service until SIGTERM or SIGINT, then shuts down within `shutdown_timeout`.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    settings.alipayplus.require_credentials()?;
+    let client = Arc::new(
+        AlipayPlusClient::from_settings(&settings.alipayplus)
+            .context("the alipay+ client cannot be built from these settings")?,
+    );
+    observe::describe_metrics();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tracing::info!(
+        input_topic = %settings.kafka.input_topic,
+        group_id = %settings.kafka.group_id,
+        endpoint = client.endpoint(),
+        "regnotify starting"
+    );
+    let stats = Arc::new(Stats::default());
+    let status = Arc::new(DispatchStatus::default());
+    pipeline::run(&settings, client, stats, status, shutdown).await?;
+    tracing::info!("regnotify stopped");
+    Ok(())
+}
+
+/// Fires `shutdown` on the first SIGTERM or SIGINT.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
+        () = terminate => tracing::info!("SIGTERM received, stopping"),
+    }
+    shutdown.cancel();
+}

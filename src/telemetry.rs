@@ -1,0 +1,27 @@
+//! Logging set-up: `tracing` with JSON lines for the service (`run`) and human-readable text for
+//! interactive commands. The level comes from `RUST_LOG` when set, else from settings.
+//!
+//! This module only configures output; what is logged, and that no secret ever is, is the
+//! business of the modules that emit events.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Later calls are ignored (tests may call it many times).
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
