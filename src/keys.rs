@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
 use rsa::traits::PublicKeyParts;
 use rsa::{PrivateKey, PublicKey};
@@ -125,10 +127,16 @@ impl PrivateSigningKey {
     pub fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
         let key = match pem_label(text) {
             Some("PRIVATE KEY") => PrivateKey::from_pkcs8_pem(text).map_err(|e| {
-                malformed(source_name, format!("not a valid PKCS#8 RSA private key ({e})"))
+                malformed(
+                    source_name,
+                    format!("not a valid PKCS#8 RSA private key ({e})"),
+                )
             })?,
             Some("RSA PRIVATE KEY") => PrivateKey::from_pkcs1_pem(text).map_err(|e| {
-                malformed(source_name, format!("not a valid PKCS#1 RSA private key ({e})"))
+                malformed(
+                    source_name,
+                    format!("not a valid PKCS#1 RSA private key ({e})"),
+                )
             })?,
             Some("ENCRYPTED PRIVATE KEY") => {
                 return Err(malformed(
@@ -151,9 +159,8 @@ impl PrivateSigningKey {
                 ));
             }
             None => {
-                let der = bare_base64_der(text).ok_or_else(|| {
-                    malformed(source_name, "neither PEM nor base64-encoded DER")
-                })?;
+                let der = bare_base64_der(text)
+                    .ok_or_else(|| malformed(source_name, "neither PEM nor base64-encoded DER"))?;
                 PrivateKey::from_pkcs8_der(&der)
                     .or_else(|_| PrivateKey::from_pkcs1_der(&der))
                     .map_err(|_| {
@@ -233,10 +240,16 @@ impl PublicVerifyingKey {
     pub fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
         let key = match pem_label(text) {
             Some("PUBLIC KEY") => PublicKey::from_public_key_pem(text).map_err(|e| {
-                malformed(source_name, format!("not a valid SPKI RSA public key ({e})"))
+                malformed(
+                    source_name,
+                    format!("not a valid SPKI RSA public key ({e})"),
+                )
             })?,
             Some("RSA PUBLIC KEY") => PublicKey::from_pkcs1_pem(text).map_err(|e| {
-                malformed(source_name, format!("not a valid PKCS#1 RSA public key ({e})"))
+                malformed(
+                    source_name,
+                    format!("not a valid PKCS#1 RSA public key ({e})"),
+                )
             })?,
             Some(label) if label.contains("PRIVATE KEY") => {
                 return Err(malformed(
@@ -253,9 +266,8 @@ impl PublicVerifyingKey {
                 ));
             }
             None => {
-                let der = bare_base64_der(text).ok_or_else(|| {
-                    malformed(source_name, "neither PEM nor base64-encoded DER")
-                })?;
+                let der = bare_base64_der(text)
+                    .ok_or_else(|| malformed(source_name, "neither PEM nor base64-encoded DER"))?;
                 PublicKey::from_public_key_der(&der)
                     .or_else(|_| PublicKey::from_pkcs1_der(&der))
                     .map_err(|_| {
@@ -408,7 +420,11 @@ mod tests {
         let key = PrivateSigningKey::from_pem(PKCS8, "pkcs8").unwrap();
         let signature = key.sign(b"content").unwrap();
         let bare: String = SPKI.lines().filter(|l| !l.starts_with("-----")).collect();
-        for (text, name) in [(SPKI, "spki"), (PKCS1_PUBLIC, "pkcs1"), (bare.as_str(), "bare")] {
+        for (text, name) in [
+            (SPKI, "spki"),
+            (PKCS1_PUBLIC, "pkcs1"),
+            (bare.as_str(), "bare"),
+        ] {
             let public = PublicVerifyingKey::from_pem(text, name).unwrap();
             assert!(public.verify(b"content", &signature), "{name}");
             assert!(!public.verify(b"contenT", &signature), "{name}");
@@ -435,7 +451,9 @@ mod tests {
             assert!(message.contains(expect), "{message}");
             assert!(!message.contains("MII"), "{message}");
         }
-        let message = PublicVerifyingKey::from_pem(PKCS1, "pub.pem").unwrap_err().to_string();
+        let message = PublicVerifyingKey::from_pem(PKCS1, "pub.pem")
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("private key"), "{message}");
     }
 

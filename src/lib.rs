@@ -11,12 +11,18 @@
 //! - [`pipeline`]: consume, dispatch in key order, retry, publish, commit (the service itself).
 //! - [`simulator`]: an Alipay+ stand-in over HTTP for tests, sandboxes and the demo.
 //! - [`keys`]: RSA key loading and generation.
+//! - [`observe`]: one function per observable event: logs, metrics, in-process stats.
+//! - [`service`]: `regnotify run`, wiring settings, pipeline and signals.
+//! - [`demo`]: the whole flow on one machine (mock Kafka cluster, simulator).
+//! - [`inspect`]: read-only views of topics and group offsets.
 //! - [`telemetry`]: logging set-up.
 
 pub mod alipayplus;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod event;
+pub mod inspect;
 pub mod keys;
 pub mod observe;
 pub mod pipeline;

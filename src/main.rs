@@ -21,9 +21,37 @@ struct Cli {
 enum Command {
     /// Run the service: consume decisions, notify Alipay+, publish outcomes, commit.
     Run(ConfigArgs),
+    /// The whole flow on one machine with nothing installed: an in-process Kafka cluster, an
+    /// Alipay+ simulator with fresh keys, sample events including bad ones; prints a summary.
+    Demo(DemoArgs),
     /// Validate a configuration file, load the keys it names and print the effective settings
     /// (secrets redacted).
     CheckConfig(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Sample events to produce.
+    #[arg(long, default_value_t = 2000)]
+    events: usize,
+    /// Latency the simulator adds to every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Override `processing.max_in_flight`.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Override `processing.ordering`.
+    #[arg(long, value_enum)]
+    ordering: Option<OrderingArg>,
+    /// Print the summary as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OrderingArg {
+    Key,
+    Partition,
 }
 
 /// Where the settings come from; every command that reads settings takes these.
@@ -75,6 +103,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init(settings.log.format, &settings.log.level);
             runtime()?.block_on(regnotify::service::run(settings))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            telemetry::init(LogFormat::Text, "warn");
+            let options = regnotify::demo::DemoOptions {
+                events: args.events,
+                latency: std::time::Duration::from_millis(args.latency_ms),
+                max_in_flight: args.max_in_flight,
+                ordering: args.ordering.map(|ordering| match ordering {
+                    OrderingArg::Key => regnotify::config::Ordering::Key,
+                    OrderingArg::Partition => regnotify::config::Ordering::Partition,
+                }),
+                progress: !args.json,
+            };
+            let summary = regnotify::demo::run(&options)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("regnotify demo summary\n{}", summary.to_table());
+            }
+            Ok(if summary.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: not every event reached its terminal outcome and commit");
+                ExitCode::FAILURE
+            })
         }
         Command::CheckConfig(args) => {
             telemetry::init(LogFormat::Text, "warn");

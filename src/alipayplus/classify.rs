@@ -210,7 +210,11 @@ mod tests {
         ];
         for &(status, code, expected) in rows {
             for signature in [Verified, NotChecked] {
-                assert_eq!(answered(status, code, signature), expected, "{status}/{code}/{signature:?}");
+                assert_eq!(
+                    answered(status, code, signature),
+                    expected,
+                    "{status}/{code}/{signature:?}"
+                );
             }
         }
     }
@@ -230,7 +234,11 @@ mod tests {
     #[test]
     fn transport_failures_and_http_statuses_follow_the_spec_table() {
         let none = ResultOverrides::new();
-        for failure in [TransportFailure::Timeout, TransportFailure::Connect, TransportFailure::Other] {
+        for failure in [
+            TransportFailure::Timeout,
+            TransportFailure::Connect,
+            TransportFailure::Other,
+        ] {
             assert_eq!(classify(Exchange::NoAnswer(failure), &none), Unknown);
         }
         let success = result("S", "SUCCESS");
@@ -251,20 +259,34 @@ mod tests {
         ];
         for &(http_status, expected) in rows {
             for parsed in [None, Some(&success)] {
-                let exchange = Exchange::Answered { http_status, result: parsed, signature: Verified };
+                let exchange = Exchange::Answered {
+                    http_status,
+                    result: parsed,
+                    signature: Verified,
+                };
                 assert_eq!(classify(exchange, &none), expected, "{http_status}");
             }
         }
-        let garbled = Exchange::Answered { http_status: 200, result: None, signature: Verified };
+        let garbled = Exchange::Answered {
+            http_status: 200,
+            result: None,
+            signature: Verified,
+        };
         assert_eq!(classify(garbled, &none), Unknown);
     }
 
     #[test]
     fn overrides_change_the_class_of_a_code_but_never_trust_an_unsigned_success() {
         let overrides: ResultOverrides = [
-            ("PROCESS_FAIL".to_owned(), ResultClass::from(ResultPolicy::Retry)),
+            (
+                "PROCESS_FAIL".to_owned(),
+                ResultClass::from(ResultPolicy::Retry),
+            ),
             ("ACCESS_DENIED".to_owned(), ResultPolicy::Rejected.into()),
-            ("ABNORMAL_REGISTRATION_STATUS".to_owned(), ResultPolicy::Success.into()),
+            (
+                "ABNORMAL_REGISTRATION_STATUS".to_owned(),
+                ResultPolicy::Success.into(),
+            ),
             ("SOME_CODE".to_owned(), ResultPolicy::Refused.into()),
         ]
         .into_iter()
@@ -272,7 +294,11 @@ mod tests {
         let with = |status: &str, code: &str, signature| {
             let r = result(status, code);
             classify(
-                Exchange::Answered { http_status: 200, result: Some(&r), signature },
+                Exchange::Answered {
+                    http_status: 200,
+                    result: Some(&r),
+                    signature,
+                },
                 &overrides,
             )
         };
@@ -296,7 +322,9 @@ mod tests {
     #[test]
     fn response_bodies_parse_or_are_none() {
         assert_eq!(
-            parse_response_body(br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"ok"}}"#),
+            parse_response_body(
+                br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"ok"}}"#
+            ),
             Some(ApiResult {
                 result_status: "S".into(),
                 result_code: "SUCCESS".into(),
@@ -304,11 +332,18 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_response_body(br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"extra":1}"#)
-                .map(|r| r.result_message),
+            parse_response_body(
+                br#"{"result":{"resultCode":"SUCCESS","resultStatus":"S"},"extra":1}"#
+            )
+            .map(|r| r.result_message),
             Some(None)
         );
-        for garbled in [&b"<html>"[..], b"", b"{}", br#"{"result":{"resultCode":1,"resultStatus":"S"}}"#] {
+        for garbled in [
+            &b"<html>"[..],
+            b"",
+            b"{}",
+            br#"{"result":{"resultCode":1,"resultStatus":"S"}}"#,
+        ] {
             assert_eq!(parse_response_body(garbled), None);
         }
     }

@@ -253,9 +253,7 @@ impl AlipayPlusClient {
             }
         };
         let started = Instant::now();
-        let mut attempt = self
-            .exchange(&request_time, signature_header, body)
-            .await;
+        let mut attempt = self.exchange(&request_time, signature_header, body).await;
         attempt.latency = started.elapsed();
         attempt
     }
@@ -272,8 +270,9 @@ impl AlipayPlusClient {
         .await
         .map_err(|e| AttemptError::Signing(format!("signing task failed: {e}")))?
         .map_err(|e| AttemptError::Signing(e.to_string()))?;
-        HeaderValue::from_str(&signed.signature_header)
-            .map_err(|_| AttemptError::Signing("signature header is not a valid header value".into()))
+        HeaderValue::from_str(&signed.signature_header).map_err(|_| {
+            AttemptError::Signing("signature header is not a valid header value".into())
+        })
     }
 
     async fn exchange(
@@ -415,7 +414,10 @@ async fn read_limited(
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > limit {
-                    return Err((TransportFailure::Other, AttemptError::BodyTooLarge { limit }));
+                    return Err((
+                        TransportFailure::Other,
+                        AttemptError::BodyTooLarge { limit },
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -452,8 +454,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// `<base_url>/aps/api/v1/merchants/notifyRegistrationStatus`, refusing `http://` unless allowed.
-pub fn endpoint_url(base_url: &str, allow_insecure_http: bool) -> Result<reqwest::Url, ClientBuildError> {
-    let base = reqwest::Url::parse(base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
+pub fn endpoint_url(
+    base_url: &str,
+    allow_insecure_http: bool,
+) -> Result<reqwest::Url, ClientBuildError> {
+    let base =
+        reqwest::Url::parse(base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
     match base.scheme() {
         "https" => {}
         "http" if allow_insecure_http => {}
@@ -493,7 +499,10 @@ mod tests {
             "https://open-sea-global.alipayplus.com/aps/api/v1/merchants/notifyRegistrationStatus"
         );
         let url = endpoint_url("http://127.0.0.1:9/gw/", true).unwrap();
-        assert_eq!(url.path(), "/gw/aps/api/v1/merchants/notifyRegistrationStatus");
+        assert_eq!(
+            url.path(),
+            "/gw/aps/api/v1/merchants/notifyRegistrationStatus"
+        );
     }
 
     #[test]
@@ -503,7 +512,10 @@ mod tests {
             Err(ClientBuildError::InsecureHttp)
         ));
         for bad in ["ftp://x", "not a url", "https://u:p@x", "https://x/?q=1"] {
-            assert!(matches!(endpoint_url(bad, true), Err(ClientBuildError::BaseUrl(_))), "{bad}");
+            assert!(
+                matches!(endpoint_url(bad, true), Err(ClientBuildError::BaseUrl(_))),
+                "{bad}"
+            );
         }
     }
 }

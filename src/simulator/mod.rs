@@ -1,1 +1,563 @@
-//! placeholder, being written
+//! An Alipay+ stand-in over HTTP for tests, integration environments and the demo: it serves
+//! `POST /aps/api/v1/merchants/notifyRegistrationStatus`, verifies request signatures with the
+//! MPP's public key, checks bodies strictly against SPEC 2, signs its answers with its own key,
+//! and injects faults from [`rules`].
+//!
+//! Other routes: `GET /stats` (JSON [`SimulatorStats`]), `POST /admin/clients/{id}/refuse` and
+//! `…/accept` (answer `INVALID_CLIENT` to a client id, or stop doing so), `PUT /admin/rules`
+//! (replace the fault rules with a TOML rules document).
+//!
+//! It is a test double, not a model of Alipay+'s internals: it keeps no state about
+//! registrations beyond counters, and never talks to anything else.
+
+pub mod rules;
+pub mod stats;
+pub mod validate;
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use rules::{Fault, FaultRule, RulesError, SimulatorRules};
+pub use stats::{Arrival, SimulatorStats};
+
+use crate::alipayplus::NOTIFY_REGISTRATION_STATUS_PATH;
+use crate::alipayplus::signature::{
+    encode_signature, format_request_time, signature_header_value, signed_content, verify_signature,
+};
+use crate::keys::{PrivateSigningKey, PublicVerifyingKey};
+use rules::RuleCounters;
+use stats::StatsRecorder;
+
+/// Largest request body accepted (Alipay+ requests are well under 1 KiB).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Everything a simulator needs; the CLI fills it from flags, tests build it directly.
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    /// Where to listen; port 0 picks a free port (default `127.0.0.1:0`).
+    pub listen: SocketAddr,
+    /// Signs every answer, like Alipay+'s own key.
+    pub private_key: PrivateSigningKey,
+    /// Verifies request signatures; `None` accepts any signature (and says so in a log line).
+    pub mpp_public_key: Option<PublicVerifyingKey>,
+    /// `keyVersion` of response signatures.
+    pub key_version: u32,
+    /// Client ids accepted; empty accepts any.
+    pub client_ids: Vec<String>,
+    /// Client ids answered `INVALID_CLIENT` from the start (toggle at run time via the admin
+    /// routes or [`SimulatorHandle::accept_client`]).
+    pub refused_client_ids: Vec<String>,
+    /// Added to every answer.
+    pub latency: Duration,
+    pub rules: Vec<FaultRule>,
+    /// Bound on the arrival list of [`SimulatorStats`].
+    pub max_arrivals: usize,
+}
+
+impl SimulatorConfig {
+    /// Defaults around a signing key: 127.0.0.1:0, no request verification, no faults.
+    pub fn new(private_key: PrivateSigningKey) -> Self {
+        SimulatorConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            private_key,
+            mpp_public_key: None,
+            key_version: 1,
+            client_ids: Vec::new(),
+            refused_client_ids: Vec::new(),
+            latency: Duration::ZERO,
+            rules: Vec::new(),
+            max_arrivals: 100_000,
+        }
+    }
+
+    /// Loads the keys and (optionally) a rules file, for `regnotify simulator`. A `latency` in
+    /// the rules file replaces `self.latency` only if set there.
+    pub fn from_files(
+        private_key_file: &Path,
+        mpp_public_key_file: Option<&Path>,
+        rules_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let private_key =
+            PrivateSigningKey::from_file(private_key_file).context("simulator private key")?;
+        let mut config = SimulatorConfig::new(private_key);
+        if let Some(path) = mpp_public_key_file {
+            config.mpp_public_key =
+                Some(PublicVerifyingKey::from_file(path).context("simulator mpp public key")?);
+        }
+        if let Some(path) = rules_file {
+            config.apply_rules(SimulatorRules::load(path)?);
+        }
+        Ok(config)
+    }
+
+    pub fn apply_rules(&mut self, rules: SimulatorRules) {
+        if let Some(latency) = rules.latency {
+            self.latency = latency;
+        }
+        self.rules = rules.rules;
+    }
+}
+
+/// Starts simulators.
+#[derive(Debug)]
+pub struct Simulator;
+
+impl Simulator {
+    /// Binds and starts serving in a background task; returns once the port is bound.
+    pub async fn start(config: SimulatorConfig) -> anyhow::Result<SimulatorHandle> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("simulator cannot listen on {}", config.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("simulator listener address")?;
+        if config.mpp_public_key.is_none() {
+            tracing::warn!(%addr, "simulator accepts requests without checking their signature");
+        }
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            private_key: Arc::new(config.private_key),
+            mpp_public_key: config.mpp_public_key.map(Arc::new),
+            key_version: config.key_version,
+            client_ids: config.client_ids.into_iter().collect(),
+            refused: Mutex::new(config.refused_client_ids.into_iter().collect()),
+            behaviour: RwLock::new(Behaviour {
+                latency: config.latency,
+                rules: config.rules,
+            }),
+            counters: Mutex::new(RuleCounters::default()),
+            stats: Mutex::new(StatsRecorder::new(config.max_arrivals)),
+            shutdown: shutdown.clone(),
+        });
+        let app = Router::new()
+            .route(NOTIFY_REGISTRATION_STATUS_PATH, post(notify))
+            .route("/stats", get(stats_route))
+            .route("/admin/clients/{id}/refuse", post(refuse_route))
+            .route("/admin/clients/{id}/accept", post(accept_route))
+            .route("/admin/rules", put(rules_route))
+            .fallback(no_interface)
+            .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+            .with_state(Arc::clone(&shared));
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        });
+        tracing::info!(%addr, "alipay+ simulator listening");
+        Ok(SimulatorHandle {
+            addr,
+            shared,
+            shutdown,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running simulator. Dropping it stops the server too (without waiting).
+#[derive(Debug)]
+pub struct SimulatorHandle {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl SimulatorHandle {
+    /// `http://<addr>`, the `alipayplus.base_url` to point a client at.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> SimulatorStats {
+        lock(&self.shared.stats).snapshot()
+    }
+
+    /// Answer `INVALID_CLIENT` to `client_id` from now on.
+    pub fn refuse_client(&self, client_id: &str) {
+        lock(&self.shared.refused).insert(client_id.to_owned());
+    }
+
+    /// Stop refusing `client_id`.
+    pub fn accept_client(&self, client_id: &str) {
+        lock(&self.shared.refused).remove(client_id);
+    }
+
+    /// Replaces the fault rules (and the latency, when the document sets one).
+    pub fn set_rules(&self, rules: SimulatorRules) {
+        self.shared.set_rules(rules);
+    }
+
+    /// Stops accepting connections, ends hanging answers, and waits for the server to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .context("simulator task failed")?
+                .context("simulator server failed")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SimulatorHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct Behaviour {
+    latency: Duration,
+    rules: Vec<FaultRule>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    private_key: Arc<PrivateSigningKey>,
+    mpp_public_key: Option<Arc<PublicVerifyingKey>>,
+    key_version: u32,
+    client_ids: HashSet<String>,
+    refused: Mutex<HashSet<String>>,
+    behaviour: RwLock<Behaviour>,
+    counters: Mutex<RuleCounters>,
+    stats: Mutex<StatsRecorder>,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn set_rules(&self, rules: SimulatorRules) {
+        let mut behaviour = self
+            .behaviour
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(latency) = rules.latency {
+            behaviour.latency = latency;
+        }
+        behaviour.rules = rules.rules;
+    }
+
+    fn accepts(&self, client_id: &str) -> bool {
+        (self.client_ids.is_empty() || self.client_ids.contains(client_id))
+            && !lock(&self.refused).contains(client_id)
+    }
+
+    fn record(&self, label: &str) {
+        lock(&self.stats).answer(label);
+    }
+
+    /// Sleeps unless the simulator shuts down first; false when it did.
+    async fn sleep(&self, duration: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => true,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Counters and sets stay consistent even if a holder panicked, so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How an answer is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signing {
+    Proper,
+    /// Well-formed but over other content.
+    Wrong,
+    Unsigned,
+}
+
+struct Answer<'a> {
+    path: &'a str,
+    client_id: &'a str,
+    status: &'a str,
+    code: &'a str,
+    message: &'a str,
+    signing: Signing,
+}
+
+fn result_body(status: &str, code: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({
+        "result": { "resultCode": code, "resultStatus": status, "resultMessage": message }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn answer(shared: &Shared, answer: Answer<'_>) -> Response {
+    shared.record(answer.code);
+    let body = result_body(answer.status, answer.code, answer.message);
+    signed_response(shared, answer.path, answer.client_id, body, answer.signing).await
+}
+
+async fn signed_response(
+    shared: &Shared,
+    path: &str,
+    client_id: &str,
+    body: Vec<u8>,
+    signing: Signing,
+) -> Response {
+    let response_time = format_request_time(chrono::Utc::now());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    if let Ok(value) = HeaderValue::from_str(client_id) {
+        headers.insert("client-id", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&response_time) {
+        headers.insert("response-time", value);
+    }
+    if signing != Signing::Unsigned {
+        let mut content = signed_content(path, client_id, &response_time, &body);
+        if signing == Signing::Wrong {
+            content.push(b' ');
+        }
+        let key = Arc::clone(&shared.private_key);
+        let signed = tokio::task::spawn_blocking(move || key.sign(&content)).await;
+        if let Ok(Ok(raw)) = signed {
+            let value = signature_header_value(shared.key_version, &encode_signature(&raw));
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert("signature", value);
+            }
+        }
+    }
+    (StatusCode::OK, headers, body).into_response()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn notify(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    lock(&shared.stats).call();
+    let latency = shared
+        .behaviour
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .latency;
+    if !latency.is_zero() && !shared.sleep(latency).await {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let path = uri.path();
+    let client_id = header(&headers, "client-id").unwrap_or_default();
+    let reply = |status, code, message, signing| Answer {
+        path,
+        client_id,
+        status,
+        code,
+        message,
+        signing,
+    };
+    if client_id.is_empty() {
+        let a = reply(
+            "F",
+            "INVALID_CLIENT",
+            "Client-Id header is missing",
+            Signing::Unsigned,
+        );
+        return answer(&shared, a).await;
+    }
+    if !shared.accepts(client_id) {
+        let a = reply(
+            "F",
+            "INVALID_CLIENT",
+            "client id is not accepted",
+            Signing::Proper,
+        );
+        return answer(&shared, a).await;
+    }
+    if !header(&headers, "content-type")
+        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/json"))
+    {
+        let a = reply(
+            "F",
+            "MEDIA_TYPE_NOT_ACCEPTABLE",
+            "expected application/json",
+            Signing::Proper,
+        );
+        return answer(&shared, a).await;
+    }
+    let request_time = header(&headers, "request-time").unwrap_or_default();
+    if let Some(key) = &shared.mpp_public_key {
+        let check = {
+            let key = Arc::clone(key);
+            let (path, client_id, request_time) = (
+                path.to_owned(),
+                client_id.to_owned(),
+                request_time.to_owned(),
+            );
+            let signature = header(&headers, "signature").map(str::to_owned);
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || {
+                verify_signature(
+                    &key,
+                    &path,
+                    &client_id,
+                    &request_time,
+                    &body,
+                    signature.as_deref(),
+                )
+            })
+            .await
+        };
+        if !matches!(check, Ok(crate::alipayplus::SignatureCheck::Verified)) {
+            lock(&shared.stats).signature_failure();
+            // Alipay+ leaves the signature off this answer: it cannot trust who it talks to.
+            let a = reply(
+                "F",
+                "INVALID_SIGNATURE",
+                "signature verification failed",
+                Signing::Unsigned,
+            );
+            return answer(&shared, a).await;
+        }
+    }
+    if chrono::DateTime::parse_from_rfc3339(request_time).is_err() {
+        let a = reply(
+            "F",
+            "PARAM_ILLEGAL",
+            "Request-Time is not RFC 3339",
+            Signing::Proper,
+        );
+        return answer(&shared, a).await;
+    }
+    let request = match validate::validate_request_body(&body) {
+        Ok(request) => request,
+        Err(message) => {
+            let a = reply("F", "PARAM_ILLEGAL", &message, Signing::Proper);
+            return answer(&shared, a).await;
+        }
+    };
+    lock(&shared.stats).arrival(Arrival {
+        reference_merchant_id: request.reference_merchant_id.clone(),
+        registration_request_id: request.registration_request_id.clone(),
+        registration_status: request.registration_status.clone(),
+    });
+    let faults = {
+        let behaviour = shared
+            .behaviour
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        lock(&shared.counters).select(
+            &behaviour.rules,
+            &request.reference_merchant_id,
+            &request.registration_request_id,
+            rand::random::<f64>,
+        )
+    };
+    for fault in faults {
+        match fault {
+            Fault::Latency { delay } => {
+                if !shared.sleep(delay).await {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+            }
+            Fault::Result {
+                status,
+                code,
+                message,
+            } => {
+                let message = message.unwrap_or_else(|| format!("simulated {code}"));
+                let a = reply(&status, &code, &message, Signing::Proper);
+                return answer(&shared, a).await;
+            }
+            Fault::HttpStatus { status } => {
+                shared.record(&format!("HTTP_{status}"));
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return (status, "simulated failure").into_response();
+            }
+            Fault::Hang { duration } => {
+                shared.record("HANG");
+                shared.sleep(duration).await;
+                let body = result_body("U", "UNKNOWN_EXCEPTION", "simulated hang");
+                return signed_response(&shared, path, client_id, body, Signing::Proper).await;
+            }
+            Fault::BadSignature => {
+                shared.record("BAD_SIGNATURE");
+                let body = result_body("S", "SUCCESS", "success");
+                return signed_response(&shared, path, client_id, body, Signing::Wrong).await;
+            }
+            Fault::UnsignedSuccess => {
+                shared.record("UNSIGNED_SUCCESS");
+                let body = result_body("S", "SUCCESS", "success");
+                return signed_response(&shared, path, client_id, body, Signing::Unsigned).await;
+            }
+            Fault::Garbled => {
+                shared.record("GARBLED");
+                let body = b"<html><body>502 upstream garbled</body></html>".to_vec();
+                return signed_response(&shared, path, client_id, body, Signing::Proper).await;
+            }
+        }
+    }
+    answer(&shared, reply("S", "SUCCESS", "success", Signing::Proper)).await
+}
+
+async fn no_interface(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+    let client_id = header(&headers, "client-id").unwrap_or_default();
+    let a = Answer {
+        path: uri.path(),
+        client_id,
+        status: "F",
+        code: "NO_INTERFACE_DEF",
+        message: "no such interface",
+        signing: Signing::Unsigned,
+    };
+    answer(&shared, a).await
+}
+
+async fn stats_route(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(lock(&shared.stats).snapshot()).into_response()
+}
+
+async fn refuse_route(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+) -> StatusCode {
+    tracing::info!(client_id = %id, "simulator refuses client");
+    lock(&shared.refused).insert(id);
+    StatusCode::NO_CONTENT
+}
+
+async fn accept_route(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+) -> StatusCode {
+    tracing::info!(client_id = %id, "simulator accepts client");
+    lock(&shared.refused).remove(&id);
+    StatusCode::NO_CONTENT
+}
+
+async fn rules_route(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    match SimulatorRules::from_toml(&text, "request body") {
+        Ok(rules) => {
+            shared.set_rules(rules);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}

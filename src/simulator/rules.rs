@@ -242,7 +242,12 @@ mod tests {
         let rules = SimulatorRules::from_toml(text, "test").unwrap();
         assert_eq!(rules.latency, Some(Duration::from_millis(5)));
         assert_eq!(rules.rules.len(), 8);
-        assert_eq!(rules.rules[3].fault, Fault::Hang { duration: Duration::from_secs(60) });
+        assert_eq!(
+            rules.rules[3].fault,
+            Fault::Hang {
+                duration: Duration::from_secs(60)
+            }
+        );
     }
 
     #[test]
@@ -254,18 +259,24 @@ mod tests {
             "[[rules]]\nfault = { kind = \"http_status\", status = 5 }",
         ] {
             let err = SimulatorRules::from_toml(text, "rules.toml").unwrap_err();
-            assert!(err.to_string().starts_with("rules file rules.toml: "), "{err}");
+            assert!(
+                err.to_string().starts_with("rules file rules.toml: "),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn times_lets_later_calls_through_per_request_id() {
         let rules = vec![
-            FaultRule::for_prefix("M-U-", Fault::Result {
-                status: "U".into(),
-                code: "UNKNOWN_EXCEPTION".into(),
-                message: None,
-            })
+            FaultRule::for_prefix(
+                "M-U-",
+                Fault::Result {
+                    status: "U".into(),
+                    code: "UNKNOWN_EXCEPTION".into(),
+                    message: None,
+                },
+            )
             .times(2),
         ];
         let mut counters = RuleCounters::default();
@@ -284,7 +295,9 @@ mod tests {
                 merchant_prefix: None,
                 probability: None,
                 times: None,
-                fault: Fault::Latency { delay: Duration::from_millis(1) },
+                fault: Fault::Latency {
+                    delay: Duration::from_millis(1),
+                },
             },
             FaultRule {
                 merchant_prefix: None,
@@ -301,7 +314,15 @@ mod tests {
         ];
         let mut counters = RuleCounters::default();
         let hit = counters.select(&rules, "M", "R", || 0.1);
-        assert_eq!(hit, vec![Fault::Latency { delay: Duration::from_millis(1) }, Fault::Garbled]);
+        assert_eq!(
+            hit,
+            vec![
+                Fault::Latency {
+                    delay: Duration::from_millis(1)
+                },
+                Fault::Garbled
+            ]
+        );
         let miss = counters.select(&rules, "M", "R", || 0.9);
         assert_eq!(miss[1], Fault::BadSignature);
     }

@@ -1,0 +1,149 @@
+//! Read-only views of Kafka for the demo, the tests and operators: read a topic from the start
+//! without joining a group, and compare a group's committed offsets with the topic's end.
+//!
+//! Nothing here commits, produces or changes a group; every call is blocking and bounded by a
+//! timeout, so call it from a blocking context.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// One record read back, owned.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ReadRecord {
+    /// The first header with this name, as UTF-8 text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+}
+
+/// A partition's committed offset for a group beside the partition's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub partition: i32,
+    /// `None` when the group never committed this partition.
+    pub committed: Option<i64>,
+    pub end: i64,
+}
+
+fn partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+    Ok(partitions)
+}
+
+fn plain_consumer(bootstrap: &str, extra: &[(&str, &str)]) -> anyhow::Result<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "regnotify-inspect")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
+    Ok(config.create()?)
+}
+
+/// Reads `topic` from the beginning until `expected` records arrived or `timeout` passed, and
+/// returns what was read (possibly fewer).
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReadRecord>> {
+    let consumer = plain_consumer(bootstrap, &[])?;
+    let mut tpl = TopicPartitionList::new();
+    for partition in partitions(&consumer, topic, timeout)? {
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while records.len() < expected && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        records.push(ReadRecord {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    Ok(records)
+}
+
+/// The group's committed offset and the end offset of every partition of `topic`.
+pub fn group_progress(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<PartitionProgress>> {
+    let consumer = plain_consumer(bootstrap, &[("group.id", group)])?;
+    let mut tpl = TopicPartitionList::new();
+    let ids = partitions(&consumer, topic, timeout)?;
+    for partition in &ids {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut progress = Vec::new();
+    for partition in ids {
+        let (_, end) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let committed = committed
+            .find_partition(topic, partition)
+            .and_then(|element| match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            });
+        progress.push(PartitionProgress {
+            partition,
+            committed,
+            end,
+        });
+    }
+    Ok(progress)
+}
+
+/// Whether the group committed every partition of `topic` up to its end.
+pub fn fully_committed(progress: &[PartitionProgress]) -> bool {
+    progress
+        .iter()
+        .all(|p| p.end == 0 || p.committed == Some(p.end))
+}
