@@ -16,7 +16,8 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The environment variable that names the TOML file when `--config` is not given.
 pub const CONFIG_ENV: &str = "REGNOTIFY_CONFIG";
@@ -42,9 +43,14 @@ impl ConfigError {
 }
 
 /// A secret string: deserialises from plain text, prints and serialises as `[redacted]`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone)]
 pub struct Secret(SecretString);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        lenient_string(deserializer).map(Secret::new)
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -69,11 +75,69 @@ impl Serialize for Secret {
     }
 }
 
+/// Deserialises a string from any scalar. Environment and `--set` values are typed like TOML
+/// scalars, so a numeric client id (`REGNOTIFY_ALIPAYPLUS__CLIENT_ID=2022123456789012`) arrives as
+/// a number; string settings take it back as text.
+fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+        fn visit_string<E: de::Error>(self, value: String) -> Result<String, E> {
+            Ok(value)
+        }
+        fn visit_bool<E: de::Error>(self, value: bool) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+        fn visit_i128<E: de::Error>(self, value: i128) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+        fn visit_u128<E: de::Error>(self, value: u128) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text)
+}
+
+/// [`lenient_string`] for optional settings.
+fn lenient_opt_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    lenient_string(deserializer).map(Some)
+}
+
+/// A librdkafka property value: any TOML scalar, kept as text (`"session.timeout.ms" = 6000`).
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct PropertyValue(#[serde(deserialize_with = "lenient_string")] String);
+
 /// librdkafka properties passed through verbatim; values of sensitive properties are redacted
 /// from `Debug` and from the effective-settings dump.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, PropertyValue>::deserialize(deserializer)?;
+        Ok(KafkaProperties(
+            raw.into_iter().map(|(name, value)| (name, value.0)).collect(),
+        ))
+    }
+}
 
 impl KafkaProperties {
     /// Whether a librdkafka property holds a secret (passwords, private keys, client secrets).
@@ -175,10 +239,15 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
+    #[serde(deserialize_with = "lenient_string")]
     pub bootstrap_servers: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub group_id: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub input_topic: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub result_topic: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub dlq_topic: String,
     pub input_encoding: InputEncoding,
     pub output_encoding: OutputEncoding,
@@ -207,7 +276,9 @@ impl Default for KafkaSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchemaRegistrySettings {
+    #[serde(deserialize_with = "lenient_string")]
     pub url: String,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
     pub username: Option<String>,
     pub password: Option<Secret>,
     #[serde(with = "humantime_serde")]
@@ -228,9 +299,11 @@ impl Default for SchemaRegistrySettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlipayPlusSettings {
+    #[serde(deserialize_with = "lenient_string")]
     pub base_url: String,
     /// `http://` base URLs are refused unless this is set (simulators only).
     pub allow_insecure_http: bool,
+    #[serde(deserialize_with = "lenient_string")]
     pub client_id: String,
     pub key_version: u32,
     /// The MPP's RSA private key, PEM (PKCS#8 or PKCS#1).
@@ -319,6 +392,7 @@ impl Default for ProcessingSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
+    #[serde(deserialize_with = "lenient_string")]
     pub listen: String,
 }
 
@@ -334,6 +408,7 @@ impl Default for AdminSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
+    #[serde(deserialize_with = "lenient_string")]
     pub level: String,
 }
 
@@ -799,6 +874,22 @@ mod tests {
             assert!(!printed.contains("hunter2"), "{printed}");
             assert!(printed.contains("SASL_SSL"));
         }
+    }
+
+    #[test]
+    fn numeric_values_of_string_settings_stay_text() {
+        let s = load(
+            "[kafka.consumer]\n\"session.timeout.ms\" = 6000\n",
+            &[
+                ("REGNOTIFY_ALIPAYPLUS__CLIENT_ID", "2022123456789012"),
+                ("REGNOTIFY_KAFKA__GROUP_ID", "42"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.alipayplus.client_id, "2022123456789012");
+        assert_eq!(s.kafka.group_id, "42");
+        assert_eq!(s.kafka.consumer.0["session.timeout.ms"], "6000");
     }
 
     #[test]

@@ -27,8 +27,8 @@ use crate::config::{InputEncoding, Ordering, Settings};
 use crate::event::{Decision, NotifyOutcome, RegistrationDecided};
 use crate::inspect;
 use crate::keys::PrivateSigningKey;
-use crate::observe::Stats;
-use crate::pipeline::{self, dispatch::DispatchStatus, record::DeadLetterReason};
+use crate::observe::{Health, Stats};
+use crate::pipeline::{self, record::DeadLetterReason};
 use crate::simulator::rules::{Fault, FaultRule};
 use crate::simulator::{Simulator, SimulatorConfig};
 
@@ -200,7 +200,7 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
         Some(alipayplus_key.public_key()),
     )?);
     let stats = Arc::new(Stats::default());
-    let status = Arc::new(DispatchStatus::default());
+    let status = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let pipeline = tokio::spawn({

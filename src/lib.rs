@@ -15,8 +15,10 @@
 //! - [`service`]: `regnotify run`, wiring settings, pipeline and signals.
 //! - [`demo`]: the whole flow on one machine (mock Kafka cluster, simulator).
 //! - [`inspect`]: read-only views of topics and group offsets.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: logging set-up.
 
+pub mod admin;
 pub mod alipayplus;
 pub mod codec;
 pub mod config;

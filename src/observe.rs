@@ -30,6 +30,86 @@ pub mod names {
     pub const REBALANCES: &str = "regnotify_rebalances_total";
     pub const PUBLISH_ERRORS: &str = "regnotify_publish_errors_total";
     pub const COMMIT_ERRORS: &str = "regnotify_commit_errors_total";
+    pub const CONSUMER_LAG: &str = "regnotify_consumer_lag";
+    pub const SIGNING_TIME: &str = "regnotify_signing_seconds";
+    pub const BUILD_INFO: &str = "regnotify_build_info";
+    pub const KAFKA_BROKERS_UP: &str = "regnotify_kafka_brokers_up";
+}
+
+/// What `/healthz` and `/readyz` look at, written by the pipeline as it runs.
+#[derive(Debug)]
+pub struct Health {
+    started: std::time::Instant,
+    /// Milliseconds since `started` at the main loop's last turn.
+    last_beat_ms: AtomicU64,
+    joined: std::sync::atomic::AtomicBool,
+    assigned_partitions: AtomicU64,
+    /// Whether librdkafka's last statistics showed at least one broker up.
+    kafka_reachable: std::sync::atomic::AtomicBool,
+    /// Refused answers in a row, across all events.
+    refused_streak: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: std::time::Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+            joined: Default::default(),
+            assigned_partitions: AtomicU64::new(0),
+            kafka_reachable: std::sync::atomic::AtomicBool::new(true),
+            refused_streak: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Health {
+    /// The main loop turned.
+    pub fn beat(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long ago the main loop last turned.
+    pub fn since_last_beat(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_beat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// The group assigned this instance `count` partitions (possibly none).
+    pub fn assigned(&self, count: usize) {
+        self.assigned_partitions.store(count as u64, Ordering::Relaxed);
+        self.joined.store(true, Ordering::Relaxed);
+    }
+
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
+
+    pub fn assigned_partitions(&self) -> u64 {
+        self.assigned_partitions.load(Ordering::Relaxed)
+    }
+
+    pub fn set_kafka_reachable(&self, reachable: bool) {
+        self.kafka_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    pub fn kafka_reachable(&self) -> bool {
+        self.kafka_reachable.load(Ordering::Relaxed)
+    }
+
+    /// Counts refused answers in a row; any other answer ends the streak.
+    pub fn answered(&self, refused: bool) {
+        if refused {
+            self.refused_streak.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.refused_streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn refused_streak(&self) -> u64 {
+        self.refused_streak.load(Ordering::Relaxed)
+    }
 }
 
 /// Longest answer we keep per attempt for the in-process latency figures.
@@ -128,6 +208,15 @@ pub fn describe_metrics() {
     describe_counter!(names::REBALANCES, Unit::Count, "partition assignments and revocations");
     describe_counter!(names::PUBLISH_ERRORS, Unit::Count, "output writes kafka did not acknowledge");
     describe_counter!(names::COMMIT_ERRORS, Unit::Count, "offset commits that failed");
+    describe_gauge!(
+        names::CONSUMER_LAG,
+        Unit::Count,
+        "records between the committed offset and the partition end, per assigned partition"
+    );
+    describe_histogram!(names::SIGNING_TIME, Unit::Seconds, "time to RSA-sign one request");
+    describe_gauge!(names::BUILD_INFO, Unit::Count, "always 1; the version is a label");
+    describe_gauge!(names::KAFKA_BROKERS_UP, Unit::Count, "brokers librdkafka sees as up");
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 pub fn record_consumed(stats: &Stats, partition: i32) {
@@ -284,4 +373,26 @@ fn bounded_code_label(code: &str) -> &'static str {
         "UNKNOWN_EXCEPTION",
     ];
     KNOWN.into_iter().find(|known| *known == code).unwrap_or("other")
+}
+
+/// librdkafka's periodic statistics: brokers up, and lag per assigned partition of `topic`.
+pub fn kafka_statistics(health: &Health, statistics: &rdkafka::Statistics, topic: &str) {
+    let up = statistics
+        .brokers
+        .values()
+        .filter(|broker| broker.state == "UP")
+        .count();
+    health.set_kafka_reachable(up > 0);
+    metrics::gauge!(names::KAFKA_BROKERS_UP).set(up as f64);
+    let Some(topic_stats) = statistics.topics.get(topic) else {
+        return;
+    };
+    for (partition, stats) in &topic_stats.partitions {
+        // librdkafka reports -1 for partitions not assigned here and for its internal one.
+        if *partition < 0 || stats.consumer_lag < 0 {
+            continue;
+        }
+        metrics::gauge!(names::CONSUMER_LAG, "partition" => partition.to_string())
+            .set(stats.consumer_lag as f64);
+    }
 }

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alipayplus::AlipayPlusClient;
 use crate::config::Settings;
-use crate::observe::{self, Stats};
-use crate::pipeline::{self, dispatch::DispatchStatus};
+use crate::observe::{Health, Stats};
+use crate::pipeline;
 
 /// Runs the service until SIGTERM or SIGINT, then shuts down within `shutdown_timeout`.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -20,7 +20,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         AlipayPlusClient::from_settings(&settings.alipayplus)
             .context("the alipay+ client cannot be built from these settings")?,
     );
-    observe::describe_metrics();
+    let metrics = crate::admin::install_metrics()?;
+    let listen = settings.admin.listen_addr()?;
+    let listener = crate::admin::bind(listen).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tracing::info!(
@@ -30,8 +32,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "regnotify starting"
     );
     let stats = Arc::new(Stats::default());
-    let status = Arc::new(DispatchStatus::default());
-    pipeline::run(&settings, client, stats, status, shutdown).await?;
+    let status = Arc::new(Health::default());
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(crate::admin::serve(
+        listener,
+        crate::admin::AdminState {
+            metrics,
+            health: Arc::clone(&status),
+            refused_streak_threshold: u64::from(settings.processing.refused_streak_threshold),
+        },
+        admin_stop.clone(),
+    ));
+    tracing::info!(%listen, "admin listener up: /metrics /healthz /readyz");
+    let result = pipeline::run(&settings, client, stats, status, shutdown).await;
+    admin_stop.cancel();
+    if let Ok(Err(error)) = admin.await {
+        tracing::warn!(%error, "admin listener failed");
+    }
+    result?;
     tracing::info!("regnotify stopped");
     Ok(())
 }

@@ -129,14 +129,39 @@ fn decode_datum(
     body: &[u8],
 ) -> Result<apache_avro::types::Value, DecodeError> {
     limit_avro_allocations();
-    let mut rest = body;
-    let value = apache_avro::from_avro_datum(writer, &mut rest, None).map_err(classify)?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes(rest.len()));
+    let mut input = EofTracking {
+        rest: body,
+        hit_eof: false,
+    };
+    let value = apache_avro::from_avro_datum(writer, &mut input, None).map_err(classify)?;
+    if input.hit_eof {
+        return Err(DecodeError::Truncated { what: "avro body" });
+    }
+    if !input.rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(input.rest.len()));
     }
     value
         .resolve(reader)
         .map_err(|e| DecodeError::SchemaMismatch(e.to_string()))
+}
+
+/// A byte reader that remembers running out of bytes.
+///
+/// apache-avro 0.21 turns an end of input where a union index, a string or a boolean should be
+/// into `null` instead of an error, so a record cut at the right place would decode with its
+/// optional fields silently dropped. A datum is complete only if decoding never hit the end.
+struct EofTracking<'a> {
+    rest: &'a [u8],
+    hit_eof: bool,
+}
+
+impl std::io::Read for EofTracking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.rest.is_empty() && !buf.is_empty() {
+            self.hit_eof = true;
+        }
+        self.rest.read(buf)
+    }
 }
 
 /// Tells "the bytes ran out" apart from "the bytes are wrong".
@@ -151,4 +176,48 @@ fn classify(error: apache_avro::Error) -> DecodeError {
         source = cause.source();
     }
     DecodeError::Malformed(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_event_raw;
+    use crate::event::Decision;
+
+    fn event() -> RegistrationDecided {
+        RegistrationDecided {
+            event_id: "0b5f7c1e-6c8a-4a57-9d62-4a1d1f0e9a11".into(),
+            occurred_at_ms: 1,
+            reference_merchant_id: "M".into(),
+            registration_request_id: "R".into(),
+            decision: Decision::Rejected,
+            rejection_reason: Some("why".into()),
+            psp_id: Some("p".into()),
+        }
+    }
+
+    #[test]
+    fn a_body_cut_before_its_optional_fields_is_truncated_not_null() {
+        // apache-avro alone decodes this prefix with both optional fields as null.
+        let body = encode_event_raw(&event()).expect("encodes");
+        let cut = body.len() - "why".len() - "p".len() - 4;
+        assert_eq!(
+            decode_event_body(&builtin().input.schema, &body[..cut]),
+            Err(DecodeError::Truncated { what: "avro body" })
+        );
+        assert_eq!(
+            decode_event_body(&builtin().input.schema, &body),
+            Ok(event())
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_datum_are_refused() {
+        let mut body = encode_event_raw(&event()).expect("encodes");
+        body.push(0);
+        assert_eq!(
+            decode_event_body(&builtin().input.schema, &body),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
 }

@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::schemas::fingerprint;
+use crate::config::SchemaRegistrySettings;
 
 /// Most writer schemas kept in memory; far above the number of versions a topic ever has, and a
 /// bound against a stream of records naming ever-new ids.
@@ -129,6 +130,18 @@ impl SchemaRegistryClient {
             by_fingerprint: RwLock::default(),
             registered: Mutex::default(),
         })
+    }
+
+    /// A client from the `[schema_registry]` settings; basic auth when a username is set.
+    pub fn from_settings(settings: &SchemaRegistrySettings) -> Result<Self, RegistryError> {
+        let basic_auth = settings.username.as_ref().map(|user| {
+            let password = settings
+                .password
+                .as_ref()
+                .map_or_else(String::new, |p| p.expose().to_owned());
+            (user.clone(), SecretString::from(password))
+        });
+        Self::new(&settings.url, basic_auth, settings.request_timeout)
     }
 
     /// The writer schema with this id, from the cache or `GET /schemas/ids/{id}`.

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use apache_avro::Schema;
-use apache_avro::rabin::Rabin;
 
 /// One schema file of `schemas/`, as built into the binary.
 #[derive(Debug, Clone, Copy)]
@@ -36,13 +35,48 @@ pub const OUTCOME_SCHEMA: SchemaFile = SchemaFile {
 /// The CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form, as the `u64` whose
 /// little-endian bytes follow `0xC3 0x01` in single-object encoding.
 pub fn fingerprint(schema: &Schema) -> u64 {
-    let bytes = schema.fingerprint::<Rabin>().bytes;
-    let mut le = [0u8; 8];
-    // Rabin always yields 8 bytes; copying what is there keeps this total regardless.
-    for (dst, src) in le.iter_mut().zip(bytes) {
-        *dst = src;
+    crc64_avro(canonical_form(schema).as_bytes())
+}
+
+/// The schema's Parsing Canonical Form as the Avro specification defines it.
+///
+/// apache-avro 0.21 strips `logicalType` but leaves the stripped primitive as an object
+/// (`{"type":"string"}` for a uuid), where the specification's [PRIMITIVES] rule, Java and
+/// fastavro write the plain name (`"string"`). The fingerprints then differ and single-object
+/// records from other producers would not be recognised (AVRO-4004; found by the fastavro
+/// cross-check in `tests/codec.rs`). Names and symbols cannot contain quotes or braces, and
+/// defaults are stripped, so the patterns below can only match a schema.
+pub fn canonical_form(schema: &Schema) -> String {
+    const PRIMITIVES: [&str; 8] = [
+        "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+    ];
+    let mut form = schema.canonical_form();
+    for primitive in PRIMITIVES {
+        form = form.replace(
+            &format!(r#"{{"type":"{primitive}"}}"#),
+            &format!(r#""{primitive}""#),
+        );
     }
-    u64::from_le_bytes(le)
+    form
+}
+
+/// CRC-64-AVRO as given in the Avro specification ("Schema Fingerprints").
+fn crc64_avro(bytes: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    static TABLE: LazyLock<[u64; 256]> = LazyLock::new(|| {
+        let mut table = [0u64; 256];
+        for (i, slot) in (0u64..).zip(table.iter_mut()) {
+            let mut fp = i;
+            for _ in 0..8 {
+                fp = (fp >> 1) ^ (EMPTY & (fp & 1).wrapping_neg());
+            }
+            *slot = fp;
+        }
+        table
+    });
+    bytes.iter().fold(EMPTY, |fp, &b| {
+        (fp >> 8) ^ TABLE[usize::from((fp as u8) ^ b)]
+    })
 }
 
 /// A parsed schema with its fingerprint, ready for decoding and single-object framing.
@@ -163,6 +197,32 @@ mod tests {
                 "sourceOffset",
                 "error"
             ]
+        );
+    }
+
+    #[test]
+    fn crc64_avro_agrees_with_apache_avro_rabin() {
+        use apache_avro::rabin::Rabin;
+        let schema = Schema::parse_str(r#"{"type":"enum","name":"E","symbols":["A"]}"#)
+            .expect("enum parses");
+        let theirs = schema.fingerprint::<Rabin>().bytes;
+        assert_eq!(
+            fingerprint(&schema).to_le_bytes().as_slice(),
+            theirs.as_slice()
+        );
+    }
+
+    #[test]
+    fn logical_types_collapse_to_their_primitive_in_canonical_form() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"r","fields":[
+                {"name":"a","type":{"type":"string","logicalType":"uuid"}},
+                {"name":"b","type":["null",{"type":"long","logicalType":"timestamp-millis"}]}]}"#,
+        )
+        .expect("record parses");
+        assert_eq!(
+            canonical_form(&schema),
+            r#"{"name":"r","type":"record","fields":[{"name":"a","type":"string"},{"name":"b","type":["null","long"]}]}"#
         );
     }
 

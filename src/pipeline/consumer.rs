@@ -17,6 +17,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::config::KafkaSettings;
+use crate::observe::Health;
 use crate::pipeline::record::InputRecord;
 
 /// How long one poll waits for a record; bounds how late the thread notices a stop.
@@ -45,9 +46,21 @@ pub struct PipelineContext {
     events: mpsc::Sender<ConsumerEvent>,
     topic: String,
     revoke_wait: Duration,
+    health: Arc<Health>,
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::observe::kafka_statistics(&self.health, &statistics, &self.topic);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_kafka_reachable(false);
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -98,10 +111,8 @@ impl ConsumerContext for PipelineContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let partitions = partitions_of(tpl, &self.topic);
-            if !partitions.is_empty() {
-                self.send(ConsumerEvent::Assigned(partitions));
-            }
+            // Sent even when empty: an instance with no partitions has still joined the group.
+            self.send(ConsumerEvent::Assigned(partitions_of(tpl, &self.topic)));
         }
     }
 }
@@ -139,6 +150,10 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
+    if !kafka.consumer.0.contains_key("statistics.interval.ms") {
+        // Feeds the lag gauges and the broker-reachability check of `/readyz`.
+        config.set("statistics.interval.ms", "5000");
+    }
     if !kafka.consumer.0.contains_key("auto.offset.reset") {
         config.set("auto.offset.reset", "earliest");
     }
@@ -157,11 +172,13 @@ pub fn start(
     kafka: &KafkaSettings,
     events: mpsc::Sender<ConsumerEvent>,
     drain_timeout: Duration,
+    health: Arc<Health>,
 ) -> anyhow::Result<ConsumerThread> {
     let context = PipelineContext {
         events: events.clone(),
         topic: kafka.input_topic.clone(),
         revoke_wait: drain_timeout + REVOKE_REPLY_GRACE,
+        health,
     };
     let consumer: PipelineConsumer = consumer_config(kafka).create_with_context(context)?;
     consumer.subscribe(&[&kafka.input_topic])?;

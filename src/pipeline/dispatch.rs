@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{DecodeError, EventDecoder};
 use crate::config::{Ordering, ProcessingSettings};
-use crate::observe;
+use crate::observe::{self, Health};
 use crate::pipeline::consumer::{ConsumerEvent, PipelineConsumer};
 use crate::pipeline::keyed::KeyedQueue;
 use crate::pipeline::watermark::CommitWatermark;
@@ -64,22 +64,13 @@ struct PendingRevoke {
     deadline: Instant,
 }
 
-/// Shared, read-only facts the admin endpoints and the demo look at.
-#[derive(Debug, Default)]
-pub struct DispatchStatus {
-    pub assigned_partitions: std::sync::atomic::AtomicUsize,
-    pub joined: std::sync::atomic::AtomicBool,
-    /// Bumped on every loop turn: proof the main loop is alive.
-    pub heartbeat: std::sync::atomic::AtomicU64,
-}
-
 pub struct Dispatcher {
     processing: ProcessingSettings,
     topic: String,
     consumer: Arc<PipelineConsumer>,
     decoder: Arc<EventDecoder>,
     worker: Arc<WorkerContext>,
-    status: Arc<DispatchStatus>,
+    status: Arc<Health>,
     partitions: HashMap<i32, PartitionState>,
     keyed: KeyedQueue<OrderKey, Job>,
     /// Jobs whose key is free, waiting for a slot under `max_in_flight`.
@@ -109,7 +100,7 @@ impl Dispatcher {
         consumer: Arc<PipelineConsumer>,
         decoder: Arc<EventDecoder>,
         worker: Arc<WorkerContext>,
-        status: Arc<DispatchStatus>,
+        status: Arc<Health>,
     ) -> Self {
         let (completions_tx, completions) = mpsc::unbounded_channel();
         Dispatcher {
@@ -141,9 +132,7 @@ impl Dispatcher {
         let mut commit_tick = tokio::time::interval(self.processing.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.status
-                .heartbeat
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.status.beat();
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             tokio::select! {
                 biased;
@@ -274,11 +263,7 @@ impl Dispatcher {
     }
 
     fn publish_assignment(&self) {
-        use std::sync::atomic::Ordering as AtomicOrdering;
-        self.status
-            .assigned_partitions
-            .store(self.partitions.len(), AtomicOrdering::Relaxed);
-        self.status.joined.store(true, AtomicOrdering::Relaxed);
+        self.status.assigned(self.partitions.len());
     }
 
     async fn on_record(

@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::alipayplus::AlipayPlusClient;
 use crate::codec::{EventDecoder, OutcomeEncoder, SchemaRegistryClient};
 use crate::config::{SchemaRegistrySettings, Settings};
-use crate::observe::Stats;
+use crate::observe::{Health, Stats};
 use crate::pipeline::backoff::RetryBudget;
-use crate::pipeline::dispatch::{DispatchStatus, Dispatcher};
+use crate::pipeline::dispatch::Dispatcher;
 use crate::pipeline::output::OutputPublisher;
 use crate::pipeline::worker::WorkerContext;
 
@@ -62,7 +62,7 @@ pub async fn run(
     settings: &Settings,
     client: Arc<AlipayPlusClient>,
     stats: Arc<Stats>,
-    status: Arc<DispatchStatus>,
+    status: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if settings.processing.exactly_once {
@@ -96,6 +96,7 @@ pub async fn run(
         publisher,
         budget,
         stats,
+        Arc::clone(&status),
         CancellationToken::new(),
     ));
     let (events_tx, events_rx) = mpsc::channel(CONSUMER_CHANNEL_CAPACITY);
@@ -103,6 +104,7 @@ pub async fn run(
         &settings.kafka,
         events_tx,
         processing.rebalance_drain_timeout,
+        Arc::clone(&status),
     )
     .context("cannot start kafka consumer")?;
     let dispatcher = Dispatcher::new(

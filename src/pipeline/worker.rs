@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alipayplus::{AlipayPlusClient, NotifyAttempt, ResultClass};
 use crate::codec::DecodeError;
 use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
-use crate::observe::{self, Stats};
+use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
 use crate::pipeline::output::OutputPublisher;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
@@ -58,6 +58,7 @@ pub struct WorkerContext {
     pub publisher: Arc<OutputPublisher>,
     pub budget: RetryBudget,
     pub stats: Arc<Stats>,
+    pub health: Arc<Health>,
     /// Fires when work in flight must stop at once.
     pub hard_stop: CancellationToken,
     send_rate: Mutex<AdaptiveRate>,
@@ -77,6 +78,7 @@ impl WorkerContext {
         publisher: Arc<OutputPublisher>,
         budget: RetryBudget,
         stats: Arc<Stats>,
+        health: Arc<Health>,
         hard_stop: CancellationToken,
     ) -> Self {
         WorkerContext {
@@ -84,6 +86,7 @@ impl WorkerContext {
             publisher,
             budget,
             stats,
+            health,
             hard_stop,
             // The configured ceiling is enforced by the client; this only slows down after
             // throttling answers, so it starts unlimited.
@@ -195,6 +198,7 @@ async fn notify_with_retries(ctx: &WorkerContext, event: &RegistrationDecided) -
         };
         attempts += 1;
         observe::notify_attempt(&ctx.stats, &attempt);
+        ctx.health.answered(attempt.class == ResultClass::Refused);
         if let Ok(mut rate) = ctx.send_rate.lock() {
             match attempt.class {
                 ResultClass::Throttled => rate.on_throttled(Instant::now()),

@@ -1,0 +1,146 @@
+//! The admin listener of `regnotify run` (SPEC section 8): Prometheus text at `/metrics`,
+//! liveness at `/healthz`, readiness at `/readyz`.
+//!
+//! It only reads what the pipeline publishes in [`Health`] and the metrics recorder; it never
+//! changes the pipeline's behaviour and never exposes an id, a key or a secret.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::observe::{Health, names};
+
+/// A main loop quieter than this is considered stuck (it turns at least every commit interval).
+pub const STALL_AFTER: Duration = Duration::from_secs(60);
+
+/// Histogram buckets, in seconds: HTTP calls and end-to-end latency span milliseconds to minutes.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// RSA signing takes about a millisecond.
+const SIGNING_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(names::SIGNING_TIME.into()),
+            &SIGNING_BUCKETS,
+        )?
+        .set_buckets(&LATENCY_BUCKETS)?
+        .install_recorder()?;
+    crate::observe::describe_metrics();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// What the admin routes read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: PrometheusHandle,
+    pub health: Arc<Health>,
+    pub refused_streak_threshold: u64,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").finish_non_exhaustive()
+    }
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Serves the admin routes on `listener` until `shutdown` fires. Also runs the recorder's upkeep.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let upkeep = tokio::spawn({
+        let handle = state.metrics.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handle.run_upkeep(),
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    });
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    upkeep.abort();
+    result
+}
+
+/// Binds the admin address; a bind failure names the setting.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| anyhow::anyhow!("invalid setting `admin.listen`: cannot bind {addr}: {error}"))
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    let quiet = state.health.since_last_beat();
+    if quiet > STALL_AFTER {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("main loop has not turned for {} s\n", quiet.as_secs()),
+        );
+    }
+    (StatusCode::OK, "ok\n".to_string())
+}
+
+/// Ready when the group is joined, Kafka answers, and Alipay+ is not refusing every request.
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let health = &state.health;
+    let mut problems = Vec::new();
+    if !health.joined() {
+        problems.push("consumer group not joined yet".to_string());
+    }
+    if !health.kafka_reachable() {
+        problems.push("no kafka broker reachable".to_string());
+    }
+    let streak = health.refused_streak();
+    if streak >= state.refused_streak_threshold {
+        problems.push(format!(
+            "alipay+ refused the last {streak} requests (check client id, keys and key version)"
+        ));
+    }
+    if problems.is_empty() {
+        return (
+            StatusCode::OK,
+            format!("ready: {} partitions assigned\n", health.assigned_partitions()),
+        );
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
+}
