@@ -97,14 +97,17 @@ pub async fn serve(
 
 /// Binds the admin address; a bind failure names the setting.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|error| anyhow::anyhow!("invalid setting `admin.listen`: cannot bind {addr}: {error}"))
+    tokio::net::TcpListener::bind(addr).await.map_err(|error| {
+        anyhow::anyhow!("invalid setting `admin.listen`: cannot bind {addr}: {error}")
+    })
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -139,8 +142,14 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if problems.is_empty() {
         return (
             StatusCode::OK,
-            format!("ready: {} partitions assigned\n", health.assigned_partitions()),
+            format!(
+                "ready: {} partitions assigned\n",
+                health.assigned_partitions()
+            ),
         );
     }
-    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {}\n", problems.join("; ")),
+    )
 }

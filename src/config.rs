@@ -134,7 +134,9 @@ impl<'de> Deserialize<'de> for KafkaProperties {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = BTreeMap::<String, PropertyValue>::deserialize(deserializer)?;
         Ok(KafkaProperties(
-            raw.into_iter().map(|(name, value)| (name, value.0)).collect(),
+            raw.into_iter()
+                .map(|(name, value)| (name, value.0))
+                .collect(),
         ))
     }
 }
@@ -143,9 +145,15 @@ impl KafkaProperties {
     /// Whether a librdkafka property holds a secret (passwords, private keys, client secrets).
     pub fn is_sensitive(name: &str) -> bool {
         let name = name.to_ascii_lowercase();
-        ["password", "secret", "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config"]
-            .iter()
-            .any(|marker| name.contains(marker))
+        [
+            "password",
+            "secret",
+            "ssl.key.pem",
+            "ssl_key",
+            "sasl.oauthbearer.config",
+        ]
+        .iter()
+        .any(|marker| name.contains(marker))
     }
 
     fn redacted(&self) -> BTreeMap<&str, &str> {
@@ -595,7 +603,11 @@ impl KafkaSettings {
 
 impl AlipayPlusSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        check_http_url("alipayplus.base_url", &self.base_url, self.allow_insecure_http)?;
+        check_http_url(
+            "alipayplus.base_url",
+            &self.base_url,
+            self.allow_insecure_http,
+        )?;
         if self.private_key.is_some() && self.private_key_file.is_some() {
             return Err(ConfigError::invalid(
                 "alipayplus.private_key",
@@ -663,7 +675,10 @@ impl ProcessingSettings {
             ));
         }
         positive("processing.commit_interval", self.commit_interval)?;
-        positive("processing.rebalance_drain_timeout", self.rebalance_drain_timeout)?;
+        positive(
+            "processing.rebalance_drain_timeout",
+            self.rebalance_drain_timeout,
+        )?;
         positive("processing.shutdown_timeout", self.shutdown_timeout)?;
         positive("processing.transaction_interval", self.transaction_interval)?;
         at_least(
@@ -758,7 +773,11 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn load(toml: &str, env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    fn load(
+        toml: &str,
+        env: &[(&str, &str)],
+        overrides: &[(&str, &str)],
+    ) -> Result<Settings, ConfigError> {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(toml.as_bytes()).unwrap();
         let sources = Sources {
@@ -814,7 +833,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = load("[kafka]\ngroup = \"x\"\n", &[], &[]).unwrap_err().to_string();
+        let err = load("[kafka]\ngroup = \"x\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kafka.group"), "{err}");
         let err = load("", &[("REGNOTIFY_PROCESSING__MAX_INFLIGHT", "3")], &[])
             .unwrap_err()
@@ -825,15 +846,36 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("[processing]\nmax_retry_elapsed = \"ten minutes\"\n", "processing.max_retry_elapsed"),
-            ("[processing]\nmax_in_flight = 0\n", "processing.max_in_flight"),
-            ("[processing]\nordering = \"random\"\n", "processing.ordering"),
-            ("[alipayplus]\nbase_url = \"http://localhost:1\"\n", "alipayplus.base_url"),
-            ("[kafka]\ninput_topic = \"bad topic\"\n", "kafka.input_topic"),
-            ("[kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n", "enable.auto.commit"),
+            (
+                "[processing]\nmax_retry_elapsed = \"ten minutes\"\n",
+                "processing.max_retry_elapsed",
+            ),
+            (
+                "[processing]\nmax_in_flight = 0\n",
+                "processing.max_in_flight",
+            ),
+            (
+                "[processing]\nordering = \"random\"\n",
+                "processing.ordering",
+            ),
+            (
+                "[alipayplus]\nbase_url = \"http://localhost:1\"\n",
+                "alipayplus.base_url",
+            ),
+            (
+                "[kafka]\ninput_topic = \"bad topic\"\n",
+                "kafka.input_topic",
+            ),
+            (
+                "[kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n",
+                "enable.auto.commit",
+            ),
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
             ("[log]\nlevel = \"loud=\"\n", "log.level"),
-            ("[processing]\nbackoff_initial = \"1m\"\n", "processing.backoff_initial"),
+            (
+                "[processing]\nbackoff_initial = \"1m\"\n",
+                "processing.backoff_initial",
+            ),
         ];
         for (toml, key) in cases {
             let err = load(toml, &[], &[]).unwrap_err().to_string();
@@ -865,11 +907,17 @@ mod tests {
         "#;
         let s = load(
             toml,
-            &[("REGNOTIFY_ALIPAYPLUS__PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----pem-hunter2")],
+            &[(
+                "REGNOTIFY_ALIPAYPLUS__PRIVATE_KEY",
+                "-----BEGIN PRIVATE KEY-----pem-hunter2",
+            )],
             &[],
         )
         .unwrap();
-        assert_eq!(s.alipayplus.private_key.as_ref().unwrap().expose(), "-----BEGIN PRIVATE KEY-----pem-hunter2");
+        assert_eq!(
+            s.alipayplus.private_key.as_ref().unwrap().expose(),
+            "-----BEGIN PRIVATE KEY-----pem-hunter2"
+        );
         for printed in [format!("{s:?}"), format!("{s:#?}"), s.to_redacted_toml()] {
             assert!(!printed.contains("hunter2"), "{printed}");
             assert!(printed.contains("SASL_SSL"));
@@ -901,12 +949,27 @@ mod tests {
 
     #[test]
     fn result_policy_overrides_parse() {
-        let s = load("[alipayplus.result_policy]\nPROCESS_FAIL = \"retry\"\n", &[], &[]).unwrap();
-        assert_eq!(s.alipayplus.result_policy.get("PROCESS_FAIL"), Some(&ResultPolicy::Retry));
-        let err = load("[alipayplus.result_policy]\nPROCESS_FAIL = \"maybe\"\n", &[], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("alipayplus.result_policy.PROCESS_FAIL"), "{err}");
+        let s = load(
+            "[alipayplus.result_policy]\nPROCESS_FAIL = \"retry\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.alipayplus.result_policy.get("PROCESS_FAIL"),
+            Some(&ResultPolicy::Retry)
+        );
+        let err = load(
+            "[alipayplus.result_policy]\nPROCESS_FAIL = \"maybe\"\n",
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("alipayplus.result_policy.PROCESS_FAIL"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -915,7 +978,9 @@ mod tests {
             config_file: Some(PathBuf::from("/nonexistent/regnotify.toml")),
             overrides: vec![],
         };
-        let err = Settings::load_with_env(&sources, Vec::new()).unwrap_err().to_string();
+        let err = Settings::load_with_env(&sources, Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/regnotify.toml"), "{err}");
     }
 }

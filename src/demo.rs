@@ -230,10 +230,9 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
 
     let merchants_in_order = merchant_order_kept(&simulator_stats.arrivals);
     let expected = produced;
-    let verified = tokio::task::spawn_blocking(move || {
-        verify_topics(&bootstrap_owned, &group, &expected)
-    })
-    .await??;
+    let verified =
+        tokio::task::spawn_blocking(move || verify_topics(&bootstrap_owned, &group, &expected))
+            .await??;
     let elapsed_seconds = elapsed.as_secs_f64();
     let ms = |q: f64| {
         stats
@@ -425,9 +424,18 @@ struct Verified {
 /// Reads the outputs back from Kafka and checks them against what was produced.
 fn verify_topics(bootstrap: &str, group: &str, produced: &Produced) -> anyhow::Result<Verified> {
     let timeout = Duration::from_secs(10);
-    let outcomes = inspect::read_topic(bootstrap, RESULT_TOPIC, produced.decodable as usize, timeout)?;
-    let dead_letters =
-        inspect::read_topic(bootstrap, DLQ_TOPIC, produced.dead_letters as usize, timeout)?;
+    let outcomes = inspect::read_topic(
+        bootstrap,
+        RESULT_TOPIC,
+        produced.decodable as usize,
+        timeout,
+    )?;
+    let dead_letters = inspect::read_topic(
+        bootstrap,
+        DLQ_TOPIC,
+        produced.dead_letters as usize,
+        timeout,
+    )?;
     let mut per_event: HashMap<String, NotifyOutcome> = HashMap::new();
     let mut undecodable_outcomes = 0;
     for record in &outcomes {
@@ -488,11 +496,17 @@ impl DemoSummary {
         for (code, count) in &self.outcomes_by_result_code {
             line(&format!("  result code {code}"), count.to_string());
         }
-        line("dead letters in the DLQ topic", self.dlq_records.to_string());
+        line(
+            "dead letters in the DLQ topic",
+            self.dlq_records.to_string(),
+        );
         for (reason, count) in &self.dead_letters_by_reason {
             line(&format!("  reason {reason}"), count.to_string());
         }
-        line("outcomes in the result topic", self.result_records.to_string());
+        line(
+            "outcomes in the result topic",
+            self.result_records.to_string(),
+        );
         line("HTTP calls to Alipay+", self.http_calls.to_string());
         line("retries", self.retries.to_string());
         line(
@@ -503,7 +517,10 @@ impl DemoSummary {
             ),
         );
         line("elapsed", format!("{:.2} s", self.elapsed_seconds));
-        line("throughput", format!("{:.0} events/s", self.events_per_second));
+        line(
+            "throughput",
+            format!("{:.0} events/s", self.events_per_second),
+        );
         line(
             "notify latency p50 / p99",
             format!("{:.1} ms / {:.1} ms", self.p50_ms, self.p99_ms),

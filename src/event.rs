@@ -192,13 +192,20 @@ mod tests {
         e.reference_merchant_id.push('x');
         assert!(matches!(
             e.validate(),
-            Err(InvalidEvent::TooLong { field: "referenceMerchantId", chars: 65, .. })
+            Err(InvalidEvent::TooLong {
+                field: "referenceMerchantId",
+                chars: 65,
+                ..
+            })
         ));
         let mut e = event();
         e.rejection_reason = Some("a".repeat(MAX_REJECTION_REASON_CHARS + 1));
         assert!(matches!(
             e.validate(),
-            Err(InvalidEvent::TooLong { field: "rejectionReason", .. })
+            Err(InvalidEvent::TooLong {
+                field: "rejectionReason",
+                ..
+            })
         ));
     }
 
@@ -207,7 +214,11 @@ mod tests {
         for d in [Decision::Approved, Decision::Rejected] {
             assert_eq!(Decision::from_symbol(d.as_str()), Some(d));
         }
-        for o in [NotifyOutcome::Notified, NotifyOutcome::Rejected, NotifyOutcome::DeadLettered] {
+        for o in [
+            NotifyOutcome::Notified,
+            NotifyOutcome::Rejected,
+            NotifyOutcome::DeadLettered,
+        ] {
             assert_eq!(NotifyOutcome::from_symbol(o.as_str()), Some(o));
         }
     }

@@ -40,11 +40,7 @@ pub struct PartitionProgress {
     pub end: i64,
 }
 
-fn partitions(
-    consumer: &BaseConsumer,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<Vec<i32>> {
+fn partitions(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -126,12 +122,13 @@ pub fn group_progress(
     let mut progress = Vec::new();
     for partition in ids {
         let (_, end) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        let committed = committed
-            .find_partition(topic, partition)
-            .and_then(|element| match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            });
+        let committed =
+            committed
+                .find_partition(topic, partition)
+                .and_then(|element| match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
         progress.push(PartitionProgress {
             partition,
             committed,

@@ -11,7 +11,11 @@ use regnotify::config::{LogFormat, Settings, Sources};
 use regnotify::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "regnotify", version, about = "Alipay+ notifyRegistrationStatus from Kafka decisions")]
+#[command(
+    name = "regnotify",
+    version,
+    about = "Alipay+ notifyRegistrationStatus from Kafka decisions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +28,15 @@ enum Command {
     /// The whole flow on one machine with nothing installed: an in-process Kafka cluster, an
     /// Alipay+ simulator with fresh keys, sample events including bad ones; prints a summary.
     Demo(DemoArgs),
+    /// A standalone Alipay+ stand-in over HTTP: verifies request signatures, signs answers,
+    /// injects latency and faults.
+    Simulator(SimulatorArgs),
+    /// Print the exact content that is signed and the `Signature` header for a request body, to
+    /// debug INVALID_SIGNATURE.
+    Sign(SignArgs),
+    /// Write an RSA-2048 key pair for the MPP and one for a simulated Alipay+ (PEM; private keys
+    /// mode 0600).
+    Keygen(KeygenArgs),
     /// Validate a configuration file, load the keys it names and print the effective settings
     /// (secrets redacted).
     CheckConfig(ConfigArgs),
@@ -46,6 +59,61 @@ struct DemoArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SimulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: std::net::SocketAddr,
+    /// The simulated Alipay+'s private key; it signs every answer.
+    #[arg(long, value_name = "FILE")]
+    private_key_file: PathBuf,
+    /// The MPP's public key, to verify request signatures. Without it any signature is accepted.
+    #[arg(long, value_name = "FILE")]
+    mpp_public_key_file: Option<PathBuf>,
+    /// Fault-injection rules (TOML); see `regnotify::simulator::rules`.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Latency added to every answer, in milliseconds (a rules file may set its own).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Client ids accepted (repeatable); none given accepts any.
+    #[arg(long = "client-id")]
+    client_ids: Vec<String>,
+    /// Client ids answered INVALID_CLIENT until accepted at run time (repeatable).
+    #[arg(long = "refuse-client-id")]
+    refused_client_ids: Vec<String>,
+    /// keyVersion of response signatures.
+    #[arg(long, default_value_t = 1)]
+    key_version: u32,
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    #[arg(long)]
+    client_id: String,
+    /// The MPP's private key (PEM, PKCS#8 or PKCS#1).
+    #[arg(long, value_name = "FILE")]
+    private_key_file: PathBuf,
+    /// Request URI path (default: the notifyRegistrationStatus path).
+    #[arg(long)]
+    path: Option<String>,
+    /// Request-Time, RFC 3339 with an explicit offset (default: now).
+    #[arg(long)]
+    request_time: Option<String>,
+    /// The exact request body, byte for byte.
+    #[arg(long, value_name = "FILE")]
+    body_file: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    key_version: u32,
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// Directory to write the key files to (created if missing; existing files are kept).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -128,6 +196,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("error: not every event reached its terminal outcome and commit");
                 ExitCode::FAILURE
             })
+        }
+        Command::Simulator(args) => {
+            telemetry::init(LogFormat::Text, "info");
+            let mut config = regnotify::simulator::SimulatorConfig::from_files(
+                &args.private_key_file,
+                args.mpp_public_key_file.as_deref(),
+                None,
+            )?;
+            config.listen = args.listen;
+            config.latency = std::time::Duration::from_millis(args.latency_ms);
+            config.client_ids = args.client_ids;
+            config.refused_client_ids = args.refused_client_ids;
+            config.key_version = args.key_version;
+            if let Some(rules) = &args.rules {
+                config.apply_rules(regnotify::simulator::rules::SimulatorRules::load(rules)?);
+            }
+            runtime()?.block_on(async {
+                let handle = regnotify::simulator::Simulator::start(config).await?;
+                eprintln!("simulator listening on {}", handle.base_url());
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                regnotify::service::stop_on_signal(shutdown.clone()).await;
+                handle.shutdown().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign(args) => {
+            let body = std::fs::read(&args.body_file)
+                .with_context(|| format!("cannot read body file {}", args.body_file.display()))?;
+            let signed = regnotify::alipayplus::sign_command(
+                &args.private_key_file,
+                &args.client_id,
+                args.path.as_deref(),
+                args.request_time.as_deref(),
+                &body,
+                args.key_version,
+            )?;
+            println!("signed content (between the lines, byte for byte):");
+            println!("-----");
+            println!("{}", String::from_utf8_lossy(&signed.signed_content));
+            println!("-----");
+            println!("Signature: {}", signed.signature_header);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen(args) => {
+            let files = regnotify::keys::keygen(&args.out)?;
+            println!(
+                "MPP private key (mode 0600):        {}",
+                files.mpp_private_key.display()
+            );
+            println!(
+                "MPP public key (give to Alipay+):   {}",
+                files.mpp_public_key.display()
+            );
+            println!(
+                "simulator private key (mode 0600):  {}",
+                files.alipayplus_private_key.display()
+            );
+            println!(
+                "simulator public key:               {}",
+                files.alipayplus_public_key.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => {
             telemetry::init(LogFormat::Text, "warn");

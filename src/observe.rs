@@ -78,7 +78,8 @@ impl Health {
 
     /// The group assigned this instance `count` partitions (possibly none).
     pub fn assigned(&self, count: usize) {
-        self.assigned_partitions.store(count as u64, Ordering::Relaxed);
+        self.assigned_partitions
+            .store(count as u64, Ordering::Relaxed);
         self.joined.store(true, Ordering::Relaxed);
     }
 
@@ -181,20 +182,52 @@ impl Stats {
 /// Describes every metric with its unit, once at start-up.
 pub fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(names::EVENTS_CONSUMED, Unit::Count, "input records consumed");
-    describe_counter!(names::OUTCOMES, Unit::Count, "terminal outcomes by outcome and result code");
-    describe_counter!(names::NOTIFY_ATTEMPTS, Unit::Count, "alipay+ calls by result class");
-    describe_histogram!(names::NOTIFY_LATENCY, Unit::Seconds, "duration of one alipay+ call");
+    describe_counter!(
+        names::EVENTS_CONSUMED,
+        Unit::Count,
+        "input records consumed"
+    );
+    describe_counter!(
+        names::OUTCOMES,
+        Unit::Count,
+        "terminal outcomes by outcome and result code"
+    );
+    describe_counter!(
+        names::NOTIFY_ATTEMPTS,
+        Unit::Count,
+        "alipay+ calls by result class"
+    );
+    describe_histogram!(
+        names::NOTIFY_LATENCY,
+        Unit::Seconds,
+        "duration of one alipay+ call"
+    );
     describe_histogram!(
         names::END_TO_END_LATENCY,
         Unit::Seconds,
         "from the event's occurredAt to its terminal outcome"
     );
-    describe_counter!(names::RETRIES, Unit::Count, "alipay+ calls retried, by class");
-    describe_counter!(names::DEAD_LETTERS, Unit::Count, "dead letters written, by reason");
+    describe_counter!(
+        names::RETRIES,
+        Unit::Count,
+        "alipay+ calls retried, by class"
+    );
+    describe_counter!(
+        names::DEAD_LETTERS,
+        Unit::Count,
+        "dead letters written, by reason"
+    );
     describe_gauge!(names::IN_FLIGHT, Unit::Count, "events being notified now");
-    describe_gauge!(names::PENDING, Unit::Count, "uncommitted events per partition");
-    describe_gauge!(names::COMMITTED_OFFSET, Unit::Count, "last committed offset per partition");
+    describe_gauge!(
+        names::PENDING,
+        Unit::Count,
+        "uncommitted events per partition"
+    );
+    describe_gauge!(
+        names::COMMITTED_OFFSET,
+        Unit::Count,
+        "last committed offset per partition"
+    );
     describe_counter!(
         names::RESPONSE_SIGNATURE_FAILURES,
         Unit::Count,
@@ -205,17 +238,41 @@ pub fn describe_metrics() {
         Unit::Count,
         "failure answers acted on without a valid signature"
     );
-    describe_counter!(names::REBALANCES, Unit::Count, "partition assignments and revocations");
-    describe_counter!(names::PUBLISH_ERRORS, Unit::Count, "output writes kafka did not acknowledge");
-    describe_counter!(names::COMMIT_ERRORS, Unit::Count, "offset commits that failed");
+    describe_counter!(
+        names::REBALANCES,
+        Unit::Count,
+        "partition assignments and revocations"
+    );
+    describe_counter!(
+        names::PUBLISH_ERRORS,
+        Unit::Count,
+        "output writes kafka did not acknowledge"
+    );
+    describe_counter!(
+        names::COMMIT_ERRORS,
+        Unit::Count,
+        "offset commits that failed"
+    );
     describe_gauge!(
         names::CONSUMER_LAG,
         Unit::Count,
         "records between the committed offset and the partition end, per assigned partition"
     );
-    describe_histogram!(names::SIGNING_TIME, Unit::Seconds, "time to RSA-sign one request");
-    describe_gauge!(names::BUILD_INFO, Unit::Count, "always 1; the version is a label");
-    describe_gauge!(names::KAFKA_BROKERS_UP, Unit::Count, "brokers librdkafka sees as up");
+    describe_histogram!(
+        names::SIGNING_TIME,
+        Unit::Seconds,
+        "time to RSA-sign one request"
+    );
+    describe_gauge!(
+        names::BUILD_INFO,
+        Unit::Count,
+        "always 1; the version is a label"
+    );
+    describe_gauge!(
+        names::KAFKA_BROKERS_UP,
+        Unit::Count,
+        "brokers librdkafka sees as up"
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -284,7 +341,10 @@ pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_m
         "result_code" => bounded_code_label(code),
     )
     .increment(1);
-    let end_to_end_ms = outcome.completed_at_ms.saturating_sub(occurred_at_ms).max(0);
+    let end_to_end_ms = outcome
+        .completed_at_ms
+        .saturating_sub(occurred_at_ms)
+        .max(0);
     metrics::histogram!(names::END_TO_END_LATENCY).record(end_to_end_ms as f64 / 1000.0);
     let latency_ms = outcome
         .first_attempt_at_ms
@@ -306,9 +366,16 @@ pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_m
 
 /// A dead letter was acknowledged by Kafka.
 pub fn dead_letter(stats: &Stats, reason: DeadLetterReason, partition: i32, offset: i64) {
-    stats.dead_letter_counter(reason).fetch_add(1, Ordering::Relaxed);
+    stats
+        .dead_letter_counter(reason)
+        .fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
-    tracing::debug!(reason = reason.as_str(), partition, offset, "dead letter written");
+    tracing::debug!(
+        reason = reason.as_str(),
+        partition,
+        offset,
+        "dead letter written"
+    );
 }
 
 /// An undecodable record was dead-lettered; it has no outcome.
@@ -372,7 +439,10 @@ fn bounded_code_label(code: &str) -> &'static str {
         "REQUEST_TRAFFIC_EXCEED_LIMIT",
         "UNKNOWN_EXCEPTION",
     ];
-    KNOWN.into_iter().find(|known| *known == code).unwrap_or("other")
+    KNOWN
+        .into_iter()
+        .find(|known| *known == code)
+        .unwrap_or("other")
 }
 
 /// librdkafka's periodic statistics: brokers up, and lag per assigned partition of `topic`.

@@ -24,7 +24,9 @@ fn result(status: &str, code: &str) -> Fault {
     }
 }
 
-fn by_request(outcomes: &[RegistrationNotifyOutcome]) -> HashMap<String, RegistrationNotifyOutcome> {
+fn by_request(
+    outcomes: &[RegistrationNotifyOutcome],
+) -> HashMap<String, RegistrationNotifyOutcome> {
     outcomes
         .iter()
         .map(|o| (o.registration_request_id.clone(), o.clone()))
@@ -82,18 +84,36 @@ async fn every_class_of_answer_ends_as_specified() {
     expect("R-OK-1", NotifyOutcome::Notified, Some("SUCCESS"), 1);
     expect("R-OK-2", NotifyOutcome::Notified, Some("SUCCESS"), 1);
     expect("R-REJ-1", NotifyOutcome::Rejected, Some("PROCESS_FAIL"), 1);
-    expect("R-ABN-1", NotifyOutcome::Rejected, Some("ABNORMAL_REGISTRATION_STATUS"), 1);
-    expect("R-UNK-1", NotifyOutcome::DeadLettered, Some("UNKNOWN_EXCEPTION"), 3);
+    expect(
+        "R-ABN-1",
+        NotifyOutcome::Rejected,
+        Some("ABNORMAL_REGISTRATION_STATUS"),
+        1,
+    );
+    expect(
+        "R-UNK-1",
+        NotifyOutcome::DeadLettered,
+        Some("UNKNOWN_EXCEPTION"),
+        3,
+    );
     expect("R-U1-1", NotifyOutcome::Notified, Some("SUCCESS"), 2);
     expect("R-500-1", NotifyOutcome::DeadLettered, None, 3);
-    expect("R-REF-1", NotifyOutcome::DeadLettered, Some("INVALID_CLIENT"), 1);
+    expect(
+        "R-REF-1",
+        NotifyOutcome::DeadLettered,
+        Some("INVALID_CLIENT"),
+        1,
+    );
     expect("R-404-1", NotifyOutcome::DeadLettered, None, 1);
     expect("R-SIG-1", NotifyOutcome::DeadLettered, Some("SUCCESS"), 3);
     expect("R-GARB-1", NotifyOutcome::DeadLettered, None, 3);
 
     // Field by field for one outcome of each shape.
     let ok = &outcomes["R-OK-2"];
-    let source = events.iter().find(|e| e.registration_request_id == "R-OK-2").unwrap();
+    let source = events
+        .iter()
+        .find(|e| e.registration_request_id == "R-OK-2")
+        .unwrap();
     assert_eq!(ok.event_id, source.event_id);
     assert_eq!(ok.reference_merchant_id, "M-OK-2");
     assert_eq!(ok.decision, Decision::Rejected);
@@ -101,10 +121,19 @@ async fn every_class_of_answer_ends_as_specified() {
     assert_eq!(ok.http_status, Some(200));
     assert_eq!(ok.error, None);
     assert_eq!(ok.source_topic, harness.input);
-    assert!(ok.first_attempt_at_ms.is_some_and(|t| t <= ok.completed_at_ms));
+    assert!(
+        ok.first_attempt_at_ms
+            .is_some_and(|t| t <= ok.completed_at_ms)
+    );
     let unknown = &outcomes["R-UNK-1"];
     assert_eq!(unknown.result_status.as_deref(), Some("U"));
-    assert!(unknown.error.as_deref().unwrap().contains("retry budget exhausted"));
+    assert!(
+        unknown
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("retry budget exhausted")
+    );
     let refused = &outcomes["R-REF-1"];
     assert_eq!(refused.result_status.as_deref(), Some("F"));
     assert_eq!(refused.http_status, Some(200));
@@ -126,8 +155,14 @@ async fn every_class_of_answer_ends_as_specified() {
     for (merchant, reason) in &reasons {
         let letter = dead_letter_for(&letters, merchant);
         assert_eq!(letter.header("dlq.reason"), Some(*reason), "{merchant}");
-        let outcome = outcomes.values().find(|o| o.reference_merchant_id == *merchant).unwrap();
-        assert_eq!(letter.header("dlq.source.topic"), Some(harness.input.as_str()));
+        let outcome = outcomes
+            .values()
+            .find(|o| o.reference_merchant_id == *merchant)
+            .unwrap();
+        assert_eq!(
+            letter.header("dlq.source.topic"),
+            Some(harness.input.as_str())
+        );
         assert_eq!(
             letter.header("dlq.source.partition"),
             Some(outcome.source_partition.to_string().as_str())
@@ -136,22 +171,36 @@ async fn every_class_of_answer_ends_as_specified() {
             letter.header("dlq.source.offset"),
             Some(outcome.source_offset.to_string().as_str())
         );
-        assert_eq!(letter.header("dlq.consumer.group"), Some(harness.group.as_str()));
+        assert_eq!(
+            letter.header("dlq.consumer.group"),
+            Some(harness.group.as_str())
+        );
         assert_eq!(
             letter.header("dlq.attempts"),
             Some(outcome.attempts.to_string().as_str())
         );
         assert!(letter.header("dlq.source.timestamp").is_some());
-        assert!(letter.header("dlq.error").is_some_and(|e| !e.is_empty() && e.len() <= 1024));
+        assert!(
+            letter
+                .header("dlq.error")
+                .is_some_and(|e| !e.is_empty() && e.len() <= 1024)
+        );
         let failed_at = letter.header("dlq.failed.at").unwrap();
-        assert!(chrono::DateTime::parse_from_rfc3339(failed_at).is_ok(), "{failed_at}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(failed_at).is_ok(),
+            "{failed_at}"
+        );
     }
     let refused = dead_letter_for(&letters, "M-REF-1");
     assert_eq!(refused.header("dlq.result.code"), Some("INVALID_CLIENT"));
     assert_eq!(refused.header("dlq.http.status"), Some("200"));
     let http_500 = dead_letter_for(&letters, "M-500-1");
     assert_eq!(http_500.header("dlq.http.status"), Some("500"));
-    assert_eq!(http_500.header("dlq.result.code"), None, "absent facts are absent headers");
+    assert_eq!(
+        http_500.header("dlq.result.code"),
+        None,
+        "absent facts are absent headers"
+    );
 
     // The simulator saw exactly the calls the outcomes report.
     let total_attempts: i32 = outcomes.values().map(|o| o.attempts).sum();
@@ -168,17 +217,25 @@ async fn throttling_is_retried_then_dead_lettered() {
         result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT"),
     )];
     let harness = Harness::new(1, rules).await;
-    harness.produce(&[event("M-THR-1", "R-THR-1"), event("M-OK-1", "R-OK-1")]).await;
+    harness
+        .produce(&[event("M-THR-1", "R-THR-1"), event("M-OK-1", "R-OK-1")])
+        .await;
     let pipeline = harness.start_pipeline(harness.settings());
     let outcomes = by_request(&harness.outcomes(2, WAIT).await);
     let throttled = &outcomes["R-THR-1"];
     assert_eq!(throttled.outcome, NotifyOutcome::DeadLettered);
     assert_eq!(throttled.attempts, 3);
-    assert_eq!(throttled.result_code.as_deref(), Some("REQUEST_TRAFFIC_EXCEED_LIMIT"));
+    assert_eq!(
+        throttled.result_code.as_deref(),
+        Some("REQUEST_TRAFFIC_EXCEED_LIMIT")
+    );
     assert_eq!(outcomes["R-OK-1"].outcome, NotifyOutcome::Notified);
     let letters = harness.dead_letters(1, WAIT).await;
     assert_eq!(letters[0].header("dlq.reason"), Some("RETRIES_EXHAUSTED"));
-    assert_eq!(letters[0].header("dlq.result.code"), Some("REQUEST_TRAFFIC_EXCEED_LIMIT"));
+    assert_eq!(
+        letters[0].header("dlq.result.code"),
+        Some("REQUEST_TRAFFIC_EXCEED_LIMIT")
+    );
     pipeline.stop().await;
 }
 
@@ -187,9 +244,15 @@ async fn poison_and_invalid_records_are_dead_lettered_without_http_calls() {
     let harness = Harness::new(2, Vec::new()).await;
     let poison = b"\x00\x00\x00\x00\x07not avro at all";
     harness
-        .produce_raw(b"M-POISON", poison, &[("trace-id", b"abc-123"), ("origin", b"test")])
+        .produce_raw(
+            b"M-POISON",
+            poison,
+            &[("trace-id", b"abc-123"), ("origin", b"test")],
+        )
         .await;
-    harness.produce_raw(b"M-POISON-2", &[0xC3, 0x01, 0x02], &[]).await;
+    harness
+        .produce_raw(b"M-POISON-2", &[0xC3, 0x01, 0x02], &[])
+        .await;
     let mut too_long = event("M-LONG", "R-LONG");
     too_long.decision = Decision::Rejected;
     too_long.rejection_reason = Some("r".repeat(257));
@@ -217,10 +280,23 @@ async fn poison_and_invalid_records_are_dead_lettered_without_http_calls() {
     assert_eq!(letters.len(), 5);
     let poison_letter = dead_letter_for(&letters, "M-POISON");
     assert_eq!(poison_letter.header("dlq.reason"), Some("DECODE_ERROR"));
-    assert_eq!(poison_letter.value.as_deref(), Some(&poison[..]), "value kept byte for byte");
-    assert_eq!(poison_letter.header("trace-id"), Some("abc-123"), "input headers kept");
+    assert_eq!(
+        poison_letter.value.as_deref(),
+        Some(&poison[..]),
+        "value kept byte for byte"
+    );
+    assert_eq!(
+        poison_letter.header("trace-id"),
+        Some("abc-123"),
+        "input headers kept"
+    );
     assert_eq!(poison_letter.header("origin"), Some("test"));
-    assert!(poison_letter.header("dlq.error").unwrap().contains("schema"));
+    assert!(
+        poison_letter
+            .header("dlq.error")
+            .unwrap()
+            .contains("schema")
+    );
     assert_eq!(poison_letter.header("dlq.attempts"), None);
     let truncated = dead_letter_for(&letters, "M-POISON-2");
     assert_eq!(truncated.header("dlq.reason"), Some("DECODE_ERROR"));
@@ -251,7 +327,10 @@ async fn per_merchant_order_holds_under_concurrency() {
     let mut events = Vec::new();
     for round in 0..per_merchant {
         for merchant in 0..merchants {
-            events.push(event(&format!("M-{merchant:02}"), &format!("R-{merchant:02}-{round:02}")));
+            events.push(event(
+                &format!("M-{merchant:02}"),
+                &format!("R-{merchant:02}-{round:02}"),
+            ));
         }
     }
     harness.produce(&events).await;
@@ -260,7 +339,11 @@ async fn per_merchant_order_holds_under_concurrency() {
     let pipeline = harness.start_pipeline(settings);
     let outcomes = harness.outcomes(events.len(), WAIT).await;
     assert_eq!(outcomes.len(), events.len());
-    assert!(outcomes.iter().all(|o| o.outcome == NotifyOutcome::Notified));
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.outcome == NotifyOutcome::Notified)
+    );
     let stats = harness.simulator.stats();
     for merchant in 0..merchants {
         let id = format!("M-{merchant:02}");
@@ -272,10 +355,15 @@ async fn per_merchant_order_holds_under_concurrency() {
                 firsts.push(request);
             }
         }
-        let expected: Vec<String> = (0..per_merchant).map(|r| format!("R-{merchant:02}-{r:02}")).collect();
+        let expected: Vec<String> = (0..per_merchant)
+            .map(|r| format!("R-{merchant:02}-{r:02}"))
+            .collect();
         assert_eq!(firsts, expected, "merchant {id}");
     }
-    assert!(pipeline.stats.retries.load(Ordering::Relaxed) > 0, "some requests were retried");
+    assert!(
+        pipeline.stats.retries.load(Ordering::Relaxed) > 0,
+        "some requests were retried"
+    );
     pipeline.stop().await;
 }
 
@@ -318,7 +406,10 @@ async fn a_stop_mid_stream_and_restart_loses_nothing() {
     eventually("some outcomes", WAIT, || stats.terminal() >= 30).await;
     first.stop().await;
     let after_stop = harness.progress().await;
-    assert!(!fully_committed(&after_stop), "stopped mid-stream: {after_stop:?}");
+    assert!(
+        !fully_committed(&after_stop),
+        "stopped mid-stream: {after_stop:?}"
+    );
 
     let second = harness.start_pipeline(settings);
     let progress = harness.wait_fully_committed(WAIT).await;
@@ -328,10 +419,17 @@ async fn a_stop_mid_stream_and_restart_loses_nothing() {
     let outcomes = harness.outcomes(usize::MAX, Duration::from_secs(3)).await;
     let seen: HashSet<&str> = outcomes.iter().map(|o| o.event_id.as_str()).collect();
     for e in &events {
-        assert!(seen.contains(e.event_id.as_str()), "lost {}", e.registration_request_id);
+        assert!(
+            seen.contains(e.event_id.as_str()),
+            "lost {}",
+            e.registration_request_id
+        );
     }
     let repeats = outcomes.len() - seen.len();
-    assert!(repeats < 40, "only work unfinished at the stop is repeated, got {repeats}");
+    assert!(
+        repeats < 40,
+        "only work unfinished at the stop is repeated, got {repeats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +443,10 @@ async fn a_second_consumer_joining_rebalances_without_loss() {
     settings.processing.max_in_flight = 4;
     let first = harness.start_pipeline(settings.clone());
     let first_stats = first.stats.clone();
-    eventually("first consumer working", WAIT, || first_stats.terminal() >= 20).await;
+    eventually("first consumer working", WAIT, || {
+        first_stats.terminal() >= 20
+    })
+    .await;
     let second = harness.start_pipeline(settings);
     let progress = harness.wait_fully_committed(WAIT).await;
     assert!(fully_committed(&progress), "{progress:?}");
@@ -371,11 +472,20 @@ async fn shutdown_with_work_in_flight_commits_what_finished() {
     settings.processing.max_in_flight = 4;
     let pipeline = harness.start_pipeline(settings);
     let stats = pipeline.stats.clone();
-    eventually("work in flight", WAIT, || stats.http_calls.load(Ordering::Relaxed) >= 6).await;
+    eventually("work in flight", WAIT, || {
+        stats.http_calls.load(Ordering::Relaxed) >= 6
+    })
+    .await;
     let took = pipeline.stop().await;
-    assert!(took < Duration::from_secs(10), "stopped within shutdown_timeout: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped within shutdown_timeout: {took:?}"
+    );
     let finished = stats.terminal();
-    assert!(finished > 0 && finished < 40, "stopped mid-stream after {finished}");
+    assert!(
+        finished > 0 && finished < 40,
+        "stopped mid-stream after {finished}"
+    );
     // Everything below each committed offset has its outcome in Kafka.
     let progress = harness.progress().await;
     let outcomes = harness.outcomes(finished as usize, WAIT).await;
@@ -388,8 +498,15 @@ async fn shutdown_with_work_in_flight_commits_what_finished() {
         let committed = p.committed.unwrap_or(0);
         committed_total += committed;
         for offset in 0..committed {
-            assert!(done.contains(&(p.partition, offset)), "offset {offset} of {} committed without outcome", p.partition);
+            assert!(
+                done.contains(&(p.partition, offset)),
+                "offset {offset} of {} committed without outcome",
+                p.partition
+            );
         }
     }
-    assert!(committed_total >= (finished as i64) - 4, "what finished was committed: {progress:?}");
+    assert!(
+        committed_total >= (finished as i64) - 4,
+        "what finished was committed: {progress:?}"
+    );
 }

@@ -157,7 +157,11 @@ impl Dispatcher {
     }
 
     /// `false` when the pipeline must stop (shutdown fired while waiting on the registry).
-    async fn on_consumer_event(&mut self, event: ConsumerEvent, shutdown: &CancellationToken) -> bool {
+    async fn on_consumer_event(
+        &mut self,
+        event: ConsumerEvent,
+        shutdown: &CancellationToken,
+    ) -> bool {
         match event {
             ConsumerEvent::Assigned(partitions) => self.on_assigned(&partitions),
             ConsumerEvent::Revoked {
@@ -194,7 +198,11 @@ impl Dispatcher {
         lost: bool,
         reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
     ) {
-        observe::rebalance(&self.worker.stats, if lost { "lost" } else { "revoke" }, &partitions);
+        observe::rebalance(
+            &self.worker.stats,
+            if lost { "lost" } else { "revoke" },
+            &partitions,
+        );
         for partition in &partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
                 state.revoking = true;
@@ -477,7 +485,10 @@ impl Dispatcher {
         {
             tracing::debug!(%error, "cannot pause partitions for shutdown");
         }
-        tracing::info!(in_flight = self.in_flight, "stopping: finishing work in flight");
+        tracing::info!(
+            in_flight = self.in_flight,
+            "stopping: finishing work in flight"
+        );
         let deadline = Instant::now() + self.processing.shutdown_timeout;
         while self.in_flight > 0 {
             tokio::select! {

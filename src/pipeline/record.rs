@@ -55,7 +55,9 @@ impl DeadLetterReason {
     }
 
     pub fn from_symbol(symbol: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|reason| reason.as_str() == symbol)
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == symbol)
     }
 }
 
@@ -93,7 +95,10 @@ pub fn dead_letter_headers(
         .collect();
     let mut add = |name: &str, value: String| headers.push((name.to_string(), Some(value.into())));
     add("dlq.reason", letter.reason.as_str().to_string());
-    add("dlq.error", truncate_utf8(&letter.error, MAX_DLQ_ERROR_BYTES));
+    add(
+        "dlq.error",
+        truncate_utf8(&letter.error, MAX_DLQ_ERROR_BYTES),
+    );
     add("dlq.source.topic", record.topic.to_string());
     add("dlq.source.partition", record.partition.to_string());
     add("dlq.source.offset", record.offset.to_string());
@@ -180,12 +185,18 @@ mod tests {
         assert_eq!(header(&headers, "dlq.source.topic"), Some("in"));
         assert_eq!(header(&headers, "dlq.source.partition"), Some("2"));
         assert_eq!(header(&headers, "dlq.source.offset"), Some("41"));
-        assert_eq!(header(&headers, "dlq.source.timestamp"), Some("1764000000123"));
+        assert_eq!(
+            header(&headers, "dlq.source.timestamp"),
+            Some("1764000000123")
+        );
         assert_eq!(header(&headers, "dlq.consumer.group"), Some("regnotify"));
         assert_eq!(header(&headers, "dlq.attempts"), Some("1"));
         assert_eq!(header(&headers, "dlq.result.code"), Some("INVALID_CLIENT"));
         assert_eq!(header(&headers, "dlq.http.status"), Some("200"));
-        assert_eq!(header(&headers, "dlq.failed.at"), Some("2026-11-25T21:40:05.000Z"));
+        assert_eq!(
+            header(&headers, "dlq.failed.at"),
+            Some("2026-11-25T21:40:05.000Z")
+        );
     }
 
     #[test]

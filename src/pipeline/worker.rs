@@ -103,7 +103,11 @@ pub async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
     }
 }
 
-async fn dead_letter_poison(ctx: &WorkerContext, record: &InputRecord, error: &DecodeError) -> Finish {
+async fn dead_letter_poison(
+    ctx: &WorkerContext,
+    record: &InputRecord,
+    error: &DecodeError,
+) -> Finish {
     let letter = DeadLetter {
         reason: DeadLetterReason::DecodeError,
         error: error.to_string(),
@@ -112,7 +116,9 @@ async fn dead_letter_poison(ctx: &WorkerContext, record: &InputRecord, error: &D
         http_status: None,
         failed_at: Utc::now(),
     };
-    let published = publish_until_acknowledged(ctx, || ctx.publisher.publish_dead_letter(record, &letter)).await;
+    let published =
+        publish_until_acknowledged(ctx, || ctx.publisher.publish_dead_letter(record, &letter))
+            .await;
     if published.is_none() {
         return Finish::Abandoned;
     }
@@ -130,7 +136,11 @@ struct Verdict {
     first_attempt_at_ms: Option<i64>,
 }
 
-async fn notify_event(ctx: &WorkerContext, record: &InputRecord, event: &RegistrationDecided) -> Finish {
+async fn notify_event(
+    ctx: &WorkerContext,
+    record: &InputRecord,
+    event: &RegistrationDecided,
+) -> Finish {
     let verdict = match event.validate() {
         Err(invalid) => Verdict {
             outcome: NotifyOutcome::DeadLettered,
@@ -145,14 +155,17 @@ async fn notify_event(ctx: &WorkerContext, record: &InputRecord, event: &Registr
         },
     };
     let outcome = outcome_record(record, event, &verdict);
-    let letter = verdict.dead_letter.as_ref().map(|(reason, error)| DeadLetter {
-        reason: *reason,
-        error: error.clone(),
-        attempts: (verdict.attempts > 0).then_some(verdict.attempts),
-        result_code: outcome.result_code.clone(),
-        http_status: verdict.last.as_ref().and_then(|a| a.http_status),
-        failed_at: Utc::now(),
-    });
+    let letter = verdict
+        .dead_letter
+        .as_ref()
+        .map(|(reason, error)| DeadLetter {
+            reason: *reason,
+            error: error.clone(),
+            attempts: (verdict.attempts > 0).then_some(verdict.attempts),
+            result_code: outcome.result_code.clone(),
+            http_status: verdict.last.as_ref().and_then(|a| a.http_status),
+            failed_at: Utc::now(),
+        });
     let published = publish_until_acknowledged(ctx, || async {
         match &letter {
             Some(letter) => {
@@ -259,7 +272,10 @@ fn describe(attempt: &NotifyAttempt) -> String {
         }
     }
     if !attempt.signature.is_trusted() && attempt.result.is_some() {
-        text.push_str(&format!(", response signature {}", attempt.signature.as_str()));
+        text.push_str(&format!(
+            ", response signature {}",
+            attempt.signature.as_str()
+        ));
     }
     if let Some(error) = &attempt.error {
         text.push_str(&format!(": {error}"));

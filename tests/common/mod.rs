@@ -251,7 +251,11 @@ impl Harness {
     }
 
     /// Reads the result topic until `expected` outcomes arrived (or `timeout`).
-    pub async fn outcomes(&self, expected: usize, timeout: Duration) -> Vec<RegistrationNotifyOutcome> {
+    pub async fn outcomes(
+        &self,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<RegistrationNotifyOutcome> {
         let records = self.read(&self.result, expected, timeout).await;
         records
             .iter()
