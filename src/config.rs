@@ -871,7 +871,7 @@ mod tests {
                 "enable.auto.commit",
             ),
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
-            ("[log]\nlevel = \"loud=\"\n", "log.level"),
+            ("[log]\nlevel = \"regnotify=loudest\"\n", "log.level"),
             (
                 "[processing]\nbackoff_initial = \"1m\"\n",
                 "processing.backoff_initial",
