@@ -396,6 +396,11 @@ pub fn publish_failed(stats: &Stats, error: &dyn std::error::Error, retry_in: Du
     tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "output not written, retrying");
 }
 
+/// One request was RSA-signed in `took`.
+pub fn signing_time(took: Duration) {
+    metrics::histogram!(names::SIGNING_TIME).record(took.as_secs_f64());
+}
+
 pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
     stats.rebalances.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::REBALANCES, "kind" => kind).increment(1);

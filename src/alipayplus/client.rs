@@ -84,6 +84,13 @@ pub enum ClientBuildError {
     MissingPublicKey,
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A key file named by a setting does not load.
+    #[error("invalid setting `{setting}`: {source}")]
+    KeyFile {
+        setting: &'static str,
+        #[source]
+        source: KeyError,
+    },
     #[error("cannot build the http client: {0}")]
     Http(String),
 }
@@ -201,14 +208,24 @@ impl AlipayPlusClient {
     pub fn from_settings(settings: &AlipayPlusSettings) -> Result<Self, ClientBuildError> {
         let signing_key = match (&settings.private_key, &settings.private_key_file) {
             (Some(pem), _) => PrivateSigningKey::from_pem(pem.expose(), "alipayplus.private_key")?,
-            (None, Some(path)) => PrivateSigningKey::from_file(path)?,
+            (None, Some(path)) => {
+                PrivateSigningKey::from_file(path).map_err(|source| ClientBuildError::KeyFile {
+                    setting: "alipayplus.private_key_file",
+                    source,
+                })?
+            }
             (None, None) => return Err(ClientBuildError::MissingPrivateKey),
         };
         let public_key = match (
             settings.verify_response_signature,
             &settings.alipayplus_public_key_file,
         ) {
-            (true, Some(path)) => Some(PublicVerifyingKey::from_file(path)?),
+            (true, Some(path)) => Some(PublicVerifyingKey::from_file(path).map_err(|source| {
+                ClientBuildError::KeyFile {
+                    setting: "alipayplus.alipayplus_public_key_file",
+                    source,
+                }
+            })?),
             _ => None,
         };
         Self::new(
@@ -265,7 +282,10 @@ impl AlipayPlusClient {
         let request_time = request_time.to_owned();
         let key_version = self.key_version;
         let signed = tokio::task::spawn_blocking(move || {
-            sign_request(&key, &path, &client_id, &request_time, &body, key_version)
+            let started = Instant::now();
+            let signed = sign_request(&key, &path, &client_id, &request_time, &body, key_version);
+            crate::observe::signing_time(started.elapsed());
+            signed
         })
         .await
         .map_err(|e| AttemptError::Signing(format!("signing task failed: {e}")))?

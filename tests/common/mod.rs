@@ -199,6 +199,15 @@ impl Harness {
     }
 
     pub fn start_pipeline(&self, settings: Settings) -> RunningPipeline {
+        self.start_pipeline_with_health(settings, Arc::new(Health::default()))
+    }
+
+    /// As [`Harness::start_pipeline`], reporting into `status` (which admin routes may read).
+    pub fn start_pipeline_with_health(
+        &self,
+        settings: Settings,
+        status: Arc<Health>,
+    ) -> RunningPipeline {
         let client = Arc::new(
             AlipayPlusClient::new(
                 ClientOptions::from_settings(&settings.alipayplus),
@@ -208,7 +217,6 @@ impl Harness {
             .expect("client"),
         );
         let stats = Arc::new(Stats::default());
-        let status = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (stats, status, shutdown) = (stats.clone(), status.clone(), shutdown.clone());

@@ -1,0 +1,168 @@
+//! The `regnotify` binary as an operator meets it: `--help` everywhere, `check-config` naming the
+//! bad key, `keygen` and `sign` producing what the library would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn regnotify(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_regnotify"))
+        .args(args)
+        .env_remove("REGNOTIFY_CONFIG")
+        .output()
+        .expect("regnotify runs")
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+#[test]
+fn every_command_has_help() {
+    for command in ["run", "demo", "simulator", "sign", "keygen", "check-config"] {
+        let output = regnotify(&[command, "--help"]);
+        assert!(output.status.success(), "{command}: {}", text(&output));
+        assert!(text(&output).contains("Usage"), "{command}");
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> String {
+    let path = dir.join("regnotify.toml");
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[processing]\nmax_in_flight = 0\n",
+            "processing.max_in_flight",
+        ),
+        (
+            "[processing]\nbackoff_max = \"soon\"\n",
+            "processing.backoff_max",
+        ),
+        ("[kafka]\ngroupid = \"x\"\n", "kafka.groupid"),
+        (
+            "[alipayplus]\nbase_url = \"http://insecure\"\n",
+            "alipayplus.base_url",
+        ),
+        ("[kafka]\n", "alipayplus.client_id"),
+    ];
+    for (body, key) in cases {
+        let config = write_config(dir.path(), body);
+        let output = regnotify(&["check-config", "--config", &config]);
+        assert!(!output.status.success(), "{body:?} accepted");
+        assert!(text(&output).contains(key), "{body:?}: {}", text(&output));
+    }
+    let output = regnotify(&["check-config", "--config", "/nonexistent.toml"]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("/nonexistent.toml"));
+}
+
+#[test]
+fn check_config_loads_the_keys_and_prints_redacted_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let output = regnotify(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    for name in ["mpp_private_key.pem", "alipayplus_private_key.pem"] {
+        let mode = std::fs::metadata(keys.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    let again = regnotify(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(!again.status.success(), "keygen never overwrites keys");
+
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[schema_registry]
+url = "https://registry.example"
+username = "svc"
+password = "registry-password-123"
+[alipayplus]
+client_id = "2022123456789012"
+private_key_file = "{keys}/mpp_private_key.pem"
+alipayplus_public_key_file = "{keys}/alipayplus_public_key.pem"
+"#,
+            keys = keys.display()
+        ),
+    );
+    let output = regnotify(&[
+        "check-config",
+        "--config",
+        &config,
+        "--set",
+        "processing.max_in_flight=64",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let printed = text(&output);
+    assert!(
+        printed.contains("max_in_flight = 64"),
+        "flags override the file: {printed}"
+    );
+    assert!(printed.contains("client_id = \"2022123456789012\""));
+    assert!(!printed.contains("registry-password-123"), "{printed}");
+    assert!(printed.contains("[redacted]"));
+
+    // A key file that is not a key is refused, naming the setting.
+    std::fs::write(keys.join("mpp_private_key.pem"), "not a key").unwrap();
+    let output = regnotify(&["check-config", "--config", &config]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("private_key_file"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn sign_prints_the_signed_content_and_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, r#"{"referenceMerchantId":"M1"}"#).unwrap();
+    let output = regnotify(&[
+        "sign",
+        "--client-id",
+        "TEST_CLIENT",
+        "--private-key-file",
+        "tests/fixtures/mpp_private_key.pem",
+        "--request-time",
+        "2026-11-25T21:40:05+08:00",
+        "--body-file",
+        body.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let printed = text(&output);
+    let expected_content = "POST /aps/api/v1/merchants/notifyRegistrationStatus\nTEST_CLIENT.2026-11-25T21:40:05+08:00.{\"referenceMerchantId\":\"M1\"}";
+    assert!(printed.contains(expected_content), "{printed}");
+    let key = regnotify::keys::PrivateSigningKey::from_file(Path::new(
+        "tests/fixtures/mpp_private_key.pem",
+    ))
+    .unwrap();
+    let signed = regnotify::alipayplus::sign_request(
+        &key,
+        "/aps/api/v1/merchants/notifyRegistrationStatus",
+        "TEST_CLIENT",
+        "2026-11-25T21:40:05+08:00",
+        br#"{"referenceMerchantId":"M1"}"#,
+        1,
+    )
+    .unwrap();
+    assert!(
+        printed.contains(&format!("Signature: {}", signed.signature_header)),
+        "{printed}"
+    );
+    assert!(
+        signed
+            .signature_header
+            .starts_with("algorithm=RSA256,keyVersion=1,signature=")
+    );
+}
