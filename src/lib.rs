@@ -15,6 +15,7 @@
 //! - [`service`]: `regnotify run`, wiring settings, pipeline and signals.
 //! - [`demo`]: the whole flow on one machine (mock Kafka cluster, simulator).
 //! - [`inspect`]: read-only views of topics and group offsets.
+//! - [`tools`]: `produce` and `replay-dlq`, the operator tools that write to Kafka.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: logging set-up.
 
@@ -31,3 +32,4 @@ pub mod pipeline;
 pub mod service;
 pub mod simulator;
 pub mod telemetry;
+pub mod tools;

@@ -40,6 +40,56 @@ enum Command {
     /// Validate a configuration file, load the keys it names and print the effective settings
     /// (secrets redacted).
     CheckConfig(ConfigArgs),
+    /// Publish decisions written as JSON lines (the input schema's fields in camelCase) as Avro
+    /// events on `kafka.input_topic`, in the configured framing, keyed by referenceMerchantId.
+    #[command(
+        after_help = "Lines that cannot be parsed or encoded are reported on stderr with \
+        their line numbers and skipped; blank lines are ignored; events breaking a field rule are \
+        sent (the service dead-letters them as INVALID_EVENT). Prints `sent N, refused M` once \
+        Kafka has acknowledged every record.\n\nExit status: 0 every line sent, 3 some lines \
+        refused, 1 fatal error (e.g. Kafka did not acknowledge), 2 usage error."
+    )]
+    Produce(ProduceArgs),
+    /// Send dead letters back to `kafka.input_topic` with their original key, value and headers,
+    /// every `dlq.*` header stripped.
+    #[command(
+        after_help = "Reads `kafka.dlq_topic` up to its end as seen at start, from where \
+        the replay group left off: `<group_id>-replay-dlq`, or `<group_id>-replay-dlq-<reason>` \
+        with --reason (e.g. regnotify-replay-dlq-request-refused), so a filtered run never takes \
+        other reasons' dead letters away from a later run. Each dead letter is committed in that \
+        group once its copy is acknowledged, so a second run does not replay it again; reset the \
+        group's offsets to replay again. Do not run two replays of the same group at once.\n\n\
+        Exit status: 0 done (also when nothing was replayed), 1 error, 2 usage error."
+    )]
+    ReplayDlq(ReplayDlqArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// JSON lines to publish, one event per line; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Header put on every record, repeatable: `--header trace-id=abc`.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_override)]
+    headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+struct ReplayDlqArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Only dead letters with this `dlq.reason`: DECODE_ERROR, INVALID_EVENT, RETRIES_EXHAUSTED
+    /// or REQUEST_REFUSED.
+    #[arg(long, value_parser = regnotify::tools::parse_dead_letter_reason)]
+    reason: Option<regnotify::pipeline::record::DeadLetterReason>,
+    /// Stop after this many dead letters replayed.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Print what would be sent; send and commit nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +317,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("the alipay+ client cannot be built from these settings")?;
             print!("{}", settings.to_redacted_toml());
             eprintln!("configuration is valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Produce(args) => {
+            telemetry::init(LogFormat::Text, "warn");
+            let settings = args.config.load()?;
+            let input: Box<dyn std::io::BufRead + Send> = if args.input.as_os_str() == "-" {
+                Box::new(std::io::BufReader::new(std::io::stdin()))
+            } else {
+                let file = std::fs::File::open(&args.input)
+                    .with_context(|| format!("cannot open {}", args.input.display()))?;
+                Box::new(std::io::BufReader::new(file))
+            };
+            let options = regnotify::tools::ProduceOptions {
+                headers: args.headers,
+            };
+            let report =
+                runtime()?.block_on(regnotify::tools::produce_jsonl(&settings, input, &options))?;
+            for refused in &report.refused {
+                eprintln!("line {}: refused: {}", refused.line, refused.error);
+            }
+            println!("sent {}, refused {}", report.sent, report.refused.len());
+            Ok(if report.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::ReplayDlq(args) => {
+            telemetry::init(LogFormat::Text, "warn");
+            let settings = args.config.load()?;
+            let options = regnotify::tools::ReplayOptions {
+                reason: args.reason,
+                limit: args.limit,
+                dry_run: args.dry_run,
+            };
+            let verb = if options.dry_run {
+                "would send"
+            } else {
+                "sent"
+            };
+            let report = runtime()?.block_on(regnotify::tools::replay_dead_letters(
+                &settings,
+                &options,
+                |record| println!("{verb} {record}"),
+            ))?;
+            println!(
+                "{} {}, skipped {} of {} read (group {})",
+                if report.dry_run {
+                    "would replay"
+                } else {
+                    "replayed"
+                },
+                report.replayed,
+                report.skipped,
+                report.scanned,
+                report.group,
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -166,3 +166,46 @@ fn sign_prints_the_signed_content_and_header() {
             .starts_with("algorithm=RSA256,keyVersion=1,signature=")
     );
 }
+
+/// Every key of the settings type appears in the README's reference block, and the block names no
+/// key the type lacks.
+#[test]
+fn readme_documents_every_setting() {
+    use regnotify::config::{SchemaRegistrySettings, Secret, Settings};
+    let mut settings = Settings::default();
+    settings.schema_registry = Some(SchemaRegistrySettings {
+        username: Some("svc".into()),
+        password: Some(Secret::new("x")),
+        ..SchemaRegistrySettings::default()
+    });
+    settings.alipayplus.private_key = Some(Secret::new("x"));
+    settings.alipayplus.private_key_file = Some("k.pem".into());
+    settings.alipayplus.alipayplus_public_key_file = Some("p.pem".into());
+    let rendered = settings.to_redacted_toml();
+    let keys_of = |toml: &str| -> std::collections::BTreeSet<String> {
+        let mut table = String::new();
+        let mut keys = std::collections::BTreeSet::new();
+        for line in toml.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+                table = name.to_string();
+                keys.insert(table.clone());
+            } else if let Some((key, _)) = line.split_once(" = ")
+                && !line.starts_with('#')
+            {
+                keys.insert(format!("{table}.{}", key.trim()));
+            }
+        }
+        keys
+    };
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let block = readme
+        .split("<!-- settings-reference:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- settings-reference:end -->").next())
+        .expect("settings reference block in README.md");
+    assert_eq!(
+        keys_of(block),
+        keys_of(&rendered),
+        "README.md settings reference"
+    );
+}

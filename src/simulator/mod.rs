@@ -14,7 +14,7 @@ pub mod rules;
 pub mod stats;
 pub mod validate;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -130,6 +130,7 @@ impl Simulator {
         }
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
+            signatures: Mutex::default(),
             private_key: Arc::new(config.private_key),
             mpp_public_key: config.mpp_public_key.map(Arc::new),
             key_version: config.key_version,
@@ -236,8 +237,15 @@ struct Shared {
     behaviour: RwLock<Behaviour>,
     counters: Mutex<RuleCounters>,
     stats: Mutex<StatsRecorder>,
+    /// Recent answer signatures by signed content. Answers are timed to the second, so within one
+    /// second identical answers (most successes) share a signature: the simulator then costs the
+    /// demo and benchmarks one RSA signature per distinct answer, not per call.
+    signatures: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     shutdown: CancellationToken,
 }
+
+/// Bound on remembered answer signatures; the map is cleared when it is reached.
+const MAX_CACHED_SIGNATURES: usize = 256;
 
 impl Shared {
     fn set_rules(&self, rules: SimulatorRules) {
@@ -330,9 +338,27 @@ async fn signed_response(
         if signing == Signing::Wrong {
             content.push(b' ');
         }
-        let key = Arc::clone(&shared.private_key);
-        let signed = tokio::task::spawn_blocking(move || key.sign(&content)).await;
-        if let Ok(Ok(raw)) = signed {
+        let cached = lock(&shared.signatures).get(&content).cloned();
+        let signed = match cached {
+            Some(raw) => Some(raw),
+            None => {
+                let key = Arc::clone(&shared.private_key);
+                let signing = content.clone();
+                let raw = tokio::task::spawn_blocking(move || key.sign(&signing))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                if let Some(raw) = &raw {
+                    let mut cache = lock(&shared.signatures);
+                    if cache.len() >= MAX_CACHED_SIGNATURES {
+                        cache.clear();
+                    }
+                    cache.insert(content, raw.clone());
+                }
+                raw
+            }
+        };
+        if let Some(raw) = signed {
             let value = signature_header_value(shared.key_version, &encode_signature(&raw));
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert("signature", value);
