@@ -337,8 +337,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for refused in &report.refused {
                 eprintln!("line {}: refused: {}", refused.line, refused.error);
             }
-            println!("sent {}, refused {}", report.sent, report.refused.len());
-            Ok(if report.refused.is_empty() {
+            if report.refused_count > report.refused.len() {
+                eprintln!(
+                    "{} more refused lines not listed",
+                    report.refused_count - report.refused.len()
+                );
+            }
+            println!("sent {}, refused {}", report.sent, report.refused_count);
+            Ok(if report.refused_count == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)

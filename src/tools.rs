@@ -33,6 +33,8 @@ use crate::pipeline::record::{DLQ_HEADER_PREFIX, DeadLetterReason};
 
 /// Longest accepted input line of `produce`, in bytes; a longer line is refused, not buffered.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Refused lines `produce` describes one by one; beyond them it only counts.
+pub const MAX_REPORTED_REFUSALS: usize = 1000;
 /// Records `produce` hands to the producer before it waits for the oldest acknowledgement.
 const PRODUCE_WINDOW: usize = 1000;
 /// Lines buffered between the reading thread and the producing task.
@@ -58,8 +60,19 @@ pub struct RefusedLine {
 pub struct ProduceReport {
     /// Records acknowledged by Kafka.
     pub sent: usize,
-    /// Lines that could not be parsed or encoded, in input order.
+    /// Lines that could not be parsed or encoded.
+    pub refused_count: usize,
+    /// The first [`MAX_REPORTED_REFUSALS`] of them, in input order.
     pub refused: Vec<RefusedLine>,
+}
+
+impl ProduceReport {
+    fn refuse(&mut self, refused: RefusedLine) {
+        self.refused_count += 1;
+        if self.refused.len() < MAX_REPORTED_REFUSALS {
+            self.refused.push(refused);
+        }
+    }
 }
 
 /// Options of `produce` beyond the settings.
@@ -120,7 +133,7 @@ pub async fn produce_jsonl(
         let (line, text) = match input_line {
             InputLine::Text { line, text } => (line, text),
             InputLine::Refused(refused) => {
-                report.refused.push(refused);
+                report.refuse(refused);
                 continue;
             }
             InputLine::Failed(error) => {
@@ -130,7 +143,7 @@ pub async fn produce_jsonl(
         let event = match event_from_json(&text) {
             Ok(event) => event,
             Err(error) => {
-                report.refused.push(RefusedLine {
+                report.refuse(RefusedLine {
                     line,
                     error: error.to_string(),
                 });
@@ -140,7 +153,7 @@ pub async fn produce_jsonl(
         let value = match encoder.encode(&event).await {
             Ok(value) => value,
             Err(error) if is_line_fault(&error) => {
-                report.refused.push(RefusedLine {
+                report.refuse(RefusedLine {
                     line,
                     error: error.to_string(),
                 });

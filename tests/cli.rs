@@ -172,12 +172,14 @@ fn sign_prints_the_signed_content_and_header() {
 #[test]
 fn readme_documents_every_setting() {
     use regnotify::config::{SchemaRegistrySettings, Secret, Settings};
-    let mut settings = Settings::default();
-    settings.schema_registry = Some(SchemaRegistrySettings {
-        username: Some("svc".into()),
-        password: Some(Secret::new("x")),
-        ..SchemaRegistrySettings::default()
-    });
+    let mut settings = Settings {
+        schema_registry: Some(SchemaRegistrySettings {
+            username: Some("svc".into()),
+            password: Some(Secret::new("x")),
+            ..SchemaRegistrySettings::default()
+        }),
+        ..Settings::default()
+    };
     settings.alipayplus.private_key = Some(Secret::new("x"));
     settings.alipayplus.private_key_file = Some("k.pem".into());
     settings.alipayplus.alipayplus_public_key_file = Some("p.pem".into());
