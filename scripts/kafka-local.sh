@@ -55,11 +55,13 @@ fetch() {
   rm -rf "$cache/libs"
   mkdir -p "$cache"
   # copy-dependencies writes nothing next to the pom, so the repository stays clean.
-  mvn -q -B -ntp -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+  if ! mvn -q -B -ntp -f "$pom" dependency:copy-dependencies \
     -Dkafka.version="$KAFKA_VERSION" \
     -DincludeScope=runtime \
-    -DoutputDirectory="$cache/libs" >&2 ||
-    die "mvn could not fetch the broker's jars (see above)"
+    -DoutputDirectory="$cache/libs" >"$cache/fetch.log" 2>&1; then
+    cat "$cache/fetch.log" >&2
+    die "mvn could not fetch the broker's jars (output above)"
+  fi
   [[ -f "$cache/libs/kafka_2.13-$KAFKA_VERSION.jar" ]] || die "kafka_2.13-$KAFKA_VERSION.jar missing after fetch"
   touch "$cache/.complete"
 }
@@ -123,6 +125,7 @@ start() {
     return
   fi
   need python3 "to pick free ports and probe the broker"
+  need java "the broker is a JVM program"
   fetch
   rm -rf "$run_dir"
   mkdir -p "$run_dir/data" "$run_dir/logs"

@@ -23,6 +23,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const CONFIG_ENV: &str = "REGNOTIFY_CONFIG";
 /// Prefix of every environment override; `__` separates levels.
 pub const ENV_PREFIX: &str = "REGNOTIFY_";
+/// The top-level tables of the settings; every setting lives in one of them.
+const SETTINGS_TABLES: [&str; 6] = [
+    "kafka",
+    "schema_registry",
+    "alipayplus",
+    "processing",
+    "admin",
+    "log",
+];
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -472,7 +481,25 @@ impl Settings {
             if name == CONFIG_ENV || key.is_empty() {
                 continue;
             }
-            let key = key.to_ascii_lowercase().replace("__", ".");
+            let key = key.to_ascii_lowercase();
+            if !key.contains("__") {
+                // Every setting sits in a table, so a variable without `__` is not one (test and
+                // tool variables share the prefix) — unless it looks like a table with a single
+                // underscore, which is surely a typo worth stopping for.
+                if let Some(table) = SETTINGS_TABLES
+                    .iter()
+                    .find(|table| key.starts_with(&format!("{table}_")))
+                {
+                    let rest = key[table.len() + 1..].to_ascii_uppercase();
+                    return Err(ConfigError::Load(format!(
+                        "unknown setting from environment variable {name}: did you mean \
+                         {ENV_PREFIX}{}__{rest}?",
+                        table.to_ascii_uppercase()
+                    )));
+                }
+                continue;
+            }
+            let key = key.replace("__", ".");
             figment = figment.merge(Serialized::default(&key, parse_value(value)));
         }
         for (key, value) in &sources.overrides {
@@ -708,9 +735,16 @@ fn non_empty(key: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Longest duration any setting may take; longer values are surely typos and would overflow
+/// deadline arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::invalid(key, "must be longer than zero"));
+    }
+    if value > MAX_DURATION {
+        return Err(ConfigError::invalid(key, "must be at most 7 days"));
     }
     Ok(())
 }
@@ -876,6 +910,10 @@ mod tests {
                 "[processing]\nbackoff_initial = \"1m\"\n",
                 "processing.backoff_initial",
             ),
+            (
+                "[processing]\nshutdown_timeout = \"100years\"\n",
+                "processing.shutdown_timeout",
+            ),
         ];
         for (toml, key) in cases {
             let err = load(toml, &[], &[]).unwrap_err().to_string();
@@ -922,6 +960,23 @@ mod tests {
             assert!(!printed.contains("hunter2"), "{printed}");
             assert!(printed.contains("SASL_SSL"));
         }
+    }
+
+    #[test]
+    fn environment_variables_outside_the_tables_are_not_settings() {
+        let s = load(
+            "",
+            &[
+                ("REGNOTIFY_TEST_BOOTSTRAP", "x:1"),
+                ("REGNOTIFY_REQUIRE_EXTERNAL", "1"),
+            ],
+            &[],
+        );
+        assert!(s.is_ok());
+        let err = load("", &[("REGNOTIFY_KAFKA_GROUP_ID", "g")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REGNOTIFY_KAFKA__GROUP_ID"), "{err}");
     }
 
     #[test]

@@ -401,6 +401,13 @@ pub fn signing_time(took: Duration) {
     metrics::histogram!(names::SIGNING_TIME).record(took.as_secs_f64());
 }
 
+/// An output can never be written; the service stops.
+pub fn publish_fatal(stats: &Stats, error: &dyn std::error::Error) {
+    stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(names::PUBLISH_ERRORS).increment(1);
+    tracing::error!(error = %error, "output can never be written; stopping");
+}
+
 pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
     stats.rebalances.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::REBALANCES, "kind" => kind).increment(1);

@@ -72,4 +72,10 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
         () = terminate => tracing::info!("SIGTERM received, stopping"),
     }
     shutdown.cancel();
+    // A second Ctrl-C means the operator will not wait: leave now. Nothing is lost, since only
+    // acknowledged work was ever committed.
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::warn!("second SIGINT, exiting without finishing work in flight");
+        std::process::exit(130);
+    }
 }

@@ -136,11 +136,19 @@ level = "info"
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_regnotify"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_regnotify"));
+        // Every `REGNOTIFY_*` variable is a setting to `regnotify run`, and an unknown one stops
+        // it: the test's own (`REGNOTIFY_TEST_BOOTSTRAP`, CI's `REGNOTIFY_REQUIRE_EXTERNAL`) must
+        // not reach it.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("REGNOTIFY_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
-            .env_remove("REGNOTIFY_CONFIG")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -164,10 +172,6 @@ struct RunningService {
 }
 
 impl RunningService {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
     /// Panics (with the end of its log) if the process already exited.
     fn assert_alive(&mut self) {
         if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -298,10 +302,11 @@ fn assert_nothing_lost(
 }
 
 /// Produces `events` from a background task with a producer of its own (idempotent, acks=all),
-/// in acknowledged chunks of 100, while the service runs.
+/// in acknowledged chunks of 50 with `pause` after each, while the service runs.
 fn produce_in_background(
     harness: &Harness,
     events: Vec<RegistrationDecided>,
+    pause: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let (bootstrap, topic) = (harness.kafka.bootstrap.clone(), harness.input.clone());
     tokio::spawn(async move {
@@ -311,7 +316,7 @@ fn produce_in_background(
             .create()
             .expect("producer");
         let encoder = EventEncoder::new(InputEncoding::SingleObject, None, &topic).unwrap();
-        for chunk in events.chunks(100) {
+        for chunk in events.chunks(50) {
             let mut acks = Vec::with_capacity(chunk.len());
             for event in chunk {
                 let value = encoder.encode(event).await.unwrap();
@@ -323,6 +328,7 @@ fn produce_in_background(
             for ack in acks {
                 ack.await.expect("delivery").expect("input record written");
             }
+            tokio::time::sleep(pause).await;
         }
     })
 }
@@ -368,7 +374,7 @@ async fn sigkill_mid_stream_and_restart_loses_nothing() {
     )
     .await;
     let events = merchant_events(2000, 200);
-    let producing = produce_in_background(&harness, events.clone());
+    let producing = produce_in_background(&harness, events.clone(), Duration::ZERO);
 
     let mut running = service.spawn("run");
     let kills = 3;
@@ -426,13 +432,12 @@ async fn a_member_killed_mid_stream_is_replaced_after_its_session_times_out() {
     let harness = Harness::new(4, Vec::new()).await;
     let service = Service::new(&harness, Duration::from_millis(10), "max_in_flight = 16").await;
     let events = merchant_events(1000, 100);
-    produce_in_background(&harness, events[..500].to_vec())
-        .await
-        .expect("first half produced");
+    // A steady stream (about 7 s long), so that the kill below lands mid-stream.
+    let producing = produce_in_background(&harness, events.clone(), Duration::from_millis(350));
 
     let mut first = service.spawn("first");
     let mut second = service.spawn("second");
-    wait_for_calls(&service, &mut [&mut first, &mut second], 150).await;
+    wait_for_calls(&service, &mut [&mut first, &mut second], 100).await;
     // Both members hold partitions before one dies.
     let deadline = Instant::now() + WAIT;
     while stable_members(&harness.kafka.bootstrap, &harness.group).await != 2 {
@@ -444,7 +449,10 @@ async fn a_member_killed_mid_stream_is_replaced_after_its_session_times_out() {
     let killed_at = service.calls();
     let killed = Instant::now();
     first.crash();
-    let producing = produce_in_background(&harness, events[500..].to_vec());
+    assert!(
+        killed_at < events.len() as u64,
+        "killed before the stream was done ({killed_at} calls)"
+    );
     producing.await.expect("all events produced");
     wait_committed(&harness, &mut [&mut second]).await;
     let took_over = killed.elapsed();

@@ -1,20 +1,25 @@
-//! The Kafka consumer: a dedicated thread polls librdkafka and hands records, assignments and
-//! revocations to the dispatcher, in the order librdkafka produced them, over one bounded channel.
+//! The Kafka consumer: a dedicated thread polls librdkafka and hands records and assignments to
+//! the dispatcher, in the order librdkafka produced them, over one bounded data channel.
+//! Revocations and commit results travel on an unbounded control channel, so the dispatcher sees
+//! them at once even when the data channel is full.
 //!
 //! Rebalance callbacks run on that thread. On revoke the callback only signals the dispatcher and
-//! waits, within a deadline, for the offsets it may commit; it then commits them synchronously
-//! before librdkafka takes the partitions away. This module never decides what is committed and
-//! never blocks an async worker thread.
+//! waits, until a deadline it sets itself, for the offsets it may commit; it then commits them
+//! synchronously before librdkafka takes the partitions away. This module never decides what is
+//! committed and never blocks an async worker thread.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
 use crate::observe::Health;
@@ -25,27 +30,36 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Extra time a revoke callback waits beyond the drain timeout for the dispatcher's answer.
 const REVOKE_REPLY_GRACE: Duration = Duration::from_secs(5);
 
-/// What the consumer thread tells the dispatcher.
+/// Records and assignments, in librdkafka's order.
 #[derive(Debug)]
 pub enum ConsumerEvent {
     Assigned(Vec<i32>),
-    /// The dispatcher answers with the commit positions of the finished prefixes (partition,
-    /// next offset); `lost` means the group already gave the partitions away, so nothing may be
-    /// committed.
-    Revoked {
-        partitions: Vec<i32>,
-        lost: bool,
-        reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
-    },
     Record(InputRecord),
 }
 
-/// The librdkafka context: rebalance hooks that talk to the dispatcher.
+/// What must reach the dispatcher without waiting behind records.
+#[derive(Debug)]
+pub enum Control {
+    /// The dispatcher answers with the commit positions of the finished prefixes (partition,
+    /// next offset) by `deadline`; `lost` means the group already gave the partitions away, so
+    /// nothing may be committed.
+    Revoked {
+        partitions: Vec<i32>,
+        lost: bool,
+        deadline: Instant,
+        reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
+    },
+    /// An asynchronous commit of these partitions failed; their positions must be offered again.
+    CommitFailed(Vec<i32>),
+}
+
+/// The librdkafka context: rebalance hooks and commit results that talk to the dispatcher.
 #[derive(Debug)]
 pub struct PipelineContext {
     events: mpsc::Sender<ConsumerEvent>,
+    control: mpsc::UnboundedSender<Control>,
     topic: String,
-    revoke_wait: Duration,
+    drain_timeout: Duration,
     health: Arc<Health>,
 }
 
@@ -72,16 +86,18 @@ impl ConsumerContext for PipelineContext {
             return;
         }
         let lost = consumer.assignment_lost();
+        let deadline = Instant::now() + self.drain_timeout;
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let event = ConsumerEvent::Revoked {
+        let event = Control::Revoked {
             partitions,
             lost,
+            deadline,
             reply,
         };
-        if !self.send(event) {
+        if self.control.send(event).is_err() {
             return;
         }
-        let offsets = match answer.recv_timeout(self.revoke_wait) {
+        let offsets = match answer.recv_timeout(self.drain_timeout + REVOKE_REPLY_GRACE) {
             Ok(offsets) => offsets,
             Err(_) => {
                 tracing::warn!("dispatcher did not answer the revoke in time; nothing committed");
@@ -113,6 +129,27 @@ impl ConsumerContext for PipelineContext {
         if let Rebalance::Assign(tpl) = rebalance {
             // Sent even when empty: an instance with no partitions has still joined the group.
             self.send(ConsumerEvent::Assigned(partitions_of(tpl, &self.topic)));
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let ours = offsets
+            .elements()
+            .into_iter()
+            .filter(|element| element.topic() == self.topic);
+        match result {
+            Ok(()) => {
+                for element in ours {
+                    if let Offset::Offset(offset) = element.offset() {
+                        crate::observe::committed(element.partition(), offset);
+                    }
+                }
+            }
+            Err(error) => {
+                crate::observe::commit_failed(&error);
+                let partitions = ours.map(|element| element.partition()).collect();
+                let _ = self.control.send(Control::CommitFailed(partitions));
+            }
         }
     }
 }
@@ -164,38 +201,8 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
 pub struct ConsumerThread {
     pub consumer: Arc<PipelineConsumer>,
     stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
-}
-
-/// Creates the consumer, subscribes and starts polling on its own thread.
-pub fn start(
-    kafka: &KafkaSettings,
-    events: mpsc::Sender<ConsumerEvent>,
-    drain_timeout: Duration,
-    health: Arc<Health>,
-) -> anyhow::Result<ConsumerThread> {
-    let context = PipelineContext {
-        events: events.clone(),
-        topic: kafka.input_topic.clone(),
-        revoke_wait: drain_timeout + REVOKE_REPLY_GRACE,
-        health,
-    };
-    let consumer: PipelineConsumer = consumer_config(kafka).create_with_context(context)?;
-    consumer.subscribe(&[&kafka.input_topic])?;
-    let consumer = Arc::new(consumer);
-    let stop = Arc::new(AtomicBool::new(false));
-    let handle = std::thread::Builder::new()
-        .name("regnotify-consumer".into())
-        .spawn({
-            let consumer = Arc::clone(&consumer);
-            let stop = Arc::clone(&stop);
-            move || poll_loop(&consumer, &events, &stop)
-        })?;
-    Ok(ConsumerThread {
-        consumer,
-        stop,
-        handle: Some(handle),
-    })
 }
 
 impl std::fmt::Debug for ConsumerThread {
@@ -204,15 +211,70 @@ impl std::fmt::Debug for ConsumerThread {
     }
 }
 
+/// The channels a consumer thread reports on.
+#[derive(Debug)]
+pub struct ConsumerChannels {
+    pub events: mpsc::Sender<ConsumerEvent>,
+    pub control: mpsc::UnboundedSender<Control>,
+}
+
+/// Creates the consumer, subscribes and starts polling on its own thread. Should the thread die,
+/// `fatal` is cancelled, which stops the pipeline.
+pub fn start(
+    kafka: &KafkaSettings,
+    channels: ConsumerChannels,
+    drain_timeout: Duration,
+    health: Arc<Health>,
+    fatal: CancellationToken,
+) -> anyhow::Result<ConsumerThread> {
+    let context = PipelineContext {
+        events: channels.events.clone(),
+        control: channels.control,
+        topic: kafka.input_topic.clone(),
+        drain_timeout,
+        health,
+    };
+    let consumer: PipelineConsumer = consumer_config(kafka).create_with_context(context)?;
+    consumer.subscribe(&[&kafka.input_topic])?;
+    let consumer = Arc::new(consumer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let events = channels.events;
+    let handle = std::thread::Builder::new()
+        .name("regnotify-consumer".into())
+        .spawn({
+            let consumer = Arc::clone(&consumer);
+            let (stop, failed) = (Arc::clone(&stop), Arc::clone(&failed));
+            move || {
+                let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    poll_loop(&consumer, &events, &stop)
+                }));
+                if polled.is_err() {
+                    tracing::error!("consumer thread failed; stopping the pipeline");
+                    failed.store(true, Ordering::SeqCst);
+                    fatal.cancel();
+                }
+            }
+        })?;
+    Ok(ConsumerThread {
+        consumer,
+        stop,
+        failed,
+        handle: Some(handle),
+    })
+}
+
 impl ConsumerThread {
-    /// Stops polling and waits for the thread. Call from a blocking context.
-    pub fn stop_and_join(mut self) {
+    /// Stops polling and waits for the thread; `false` when the thread had failed. Call from a
+    /// blocking context.
+    pub fn stop_and_join(mut self) -> bool {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(handle) = self.handle.take()
             && handle.join().is_err()
         {
-            tracing::error!("consumer thread panicked");
+            return false;
         }
+        !self.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -233,18 +295,35 @@ fn poll_loop(consumer: &PipelineConsumer, events: &mpsc::Sender<ConsumerEvent>, 
             timestamp_ms: message.timestamp().to_millis(),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: read_headers(&message),
         };
         if events.blocking_send(ConsumerEvent::Record(record)).is_err() {
             break;
         }
     }
+}
+
+/// Copies a record's headers. rdkafka panics on a header name that is not UTF-8 (Kafka allows
+/// any bytes there); such a header cannot be read through its API, so it is left out with a
+/// warning instead of taking the consumer thread down.
+fn read_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    let mut copied = Vec::with_capacity(headers.count());
+    for index in 0..headers.count() {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| headers.try_get(index))) {
+            Ok(Some(header)) => {
+                copied.push((header.key.to_string(), header.value.map(<[u8]>::to_vec)));
+            }
+            Ok(None) => {}
+            Err(_) => tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                index,
+                "record header with a name that is not UTF-8 left out"
+            ),
+        }
+    }
+    copied
 }

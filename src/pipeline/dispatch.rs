@@ -13,23 +13,29 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{DecodeError, EventDecoder};
 use crate::config::{Ordering, ProcessingSettings};
 use crate::observe::{self, Health};
-use crate::pipeline::consumer::{ConsumerEvent, PipelineConsumer};
+use crate::pipeline::consumer::{ConsumerEvent, Control, PipelineConsumer};
 use crate::pipeline::keyed::KeyedQueue;
+use crate::pipeline::record::InputRecord;
 use crate::pipeline::watermark::CommitWatermark;
 use crate::pipeline::worker::{Finish, Job, Work, WorkerContext, run_job};
 
 /// Pause between attempts to decode a record while the schema registry does not answer.
 const REGISTRY_RETRY_INITIAL: Duration = Duration::from_millis(200);
 const REGISTRY_RETRY_MAX: Duration = Duration::from_secs(10);
-/// How long a stopping pipeline waits for abandoned workers to notice the hard stop.
-const ABANDON_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping pipeline waits for cancelled workers to notice.
+const ABANDON_GRACE: Duration = Duration::from_secs(2);
+/// Bound on the producer flush at shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Jobs waiting (for their key or a slot) beyond this many times `max_in_flight` pause every
+/// partition; they resume at half of it.
+const WAITING_FACTOR: usize = 4;
 
 /// Which events must wait for each other.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,9 +58,12 @@ struct Completion {
 struct PartitionState {
     watermark: CommitWatermark,
     generation: u64,
+    /// Paused because its own window is full.
     paused: bool,
     in_flight: usize,
     revoking: bool,
+    /// Cancels this assignment's jobs once the partition is gone.
+    cancel: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -62,6 +71,15 @@ struct PendingRevoke {
     partitions: Vec<i32>,
     reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
     deadline: Instant,
+}
+
+/// Why the dispatcher loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Shutdown was asked for.
+    Requested,
+    /// An output can never be written, or the consumer thread died: the service must fail.
+    Fatal,
 }
 
 pub struct Dispatcher {
@@ -76,11 +94,16 @@ pub struct Dispatcher {
     /// Jobs whose key is free, waiting for a slot under `max_in_flight`.
     ready: VecDeque<Job>,
     in_flight: usize,
+    /// Every partition is paused because too many jobs wait.
+    globally_paused: bool,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions: mpsc::UnboundedReceiver<Completion>,
+    control: mpsc::UnboundedReceiver<Control>,
     tasks: TaskTracker,
     next_generation: u64,
     pending_revoke: Option<PendingRevoke>,
+    commit_tick: Interval,
+    exit: Exit,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -101,8 +124,11 @@ impl Dispatcher {
         decoder: Arc<EventDecoder>,
         worker: Arc<WorkerContext>,
         status: Arc<Health>,
+        control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         let (completions_tx, completions) = mpsc::unbounded_channel();
+        let mut commit_tick = tokio::time::interval(processing.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Dispatcher {
             processing,
             topic,
@@ -114,69 +140,84 @@ impl Dispatcher {
             keyed: KeyedQueue::new(),
             ready: VecDeque::new(),
             in_flight: 0,
+            globally_paused: false,
             completions_tx,
             completions,
+            control,
             tasks: TaskTracker::new(),
             next_generation: 0,
             pending_revoke: None,
+            commit_tick,
+            exit: Exit::Requested,
         }
     }
 
-    /// Runs until `shutdown` fires or the consumer thread ends, then stops cleanly: finishes the
-    /// work in flight within `shutdown_timeout`, commits the finished prefix and flushes.
+    /// Runs until `shutdown` fires, the consumer thread ends or an output can never be written;
+    /// then stops cleanly: finishes the work in flight within `shutdown_timeout`, commits the
+    /// finished prefix and flushes.
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<ConsumerEvent>,
         shutdown: CancellationToken,
-    ) {
-        let mut commit_tick = tokio::time::interval(self.processing.commit_interval);
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ) -> Exit {
         loop {
             self.status.beat();
+            if self.exit == Exit::Fatal {
+                break;
+            }
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(control) = self.control.recv() => self.on_control(control),
                 Some(completion) = self.completions.recv() => self.on_completion(completion),
                 () = sleep_until_opt(revoke_deadline) => {
                     tracing::warn!("rebalance drain timeout passed with work in flight");
                     self.finish_revoke();
                 }
-                event = events.recv(), if self.pending_revoke.is_none() => match event {
-                    Some(event) => {
-                        if !self.on_consumer_event(event, &shutdown).await {
+                _ = self.commit_tick.tick() => self.commit_async(),
+                event = events.recv() => match event {
+                    Some(ConsumerEvent::Assigned(partitions)) => self.on_assigned(&partitions),
+                    Some(ConsumerEvent::Record(record)) => {
+                        if !self.on_record(record, &shutdown).await {
                             break;
                         }
                     }
                     None => break,
                 },
-                _ = commit_tick.tick() => self.commit_async(),
             }
         }
-        self.stop(events).await;
+        self.stop(events).await
     }
 
-    /// `false` when the pipeline must stop (shutdown fired while waiting on the registry).
-    async fn on_consumer_event(
-        &mut self,
-        event: ConsumerEvent,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        match event {
-            ConsumerEvent::Assigned(partitions) => self.on_assigned(&partitions),
-            ConsumerEvent::Revoked {
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Revoked {
                 partitions,
                 lost,
+                deadline,
                 reply,
-            } => self.on_revoked(partitions, lost, reply),
-            ConsumerEvent::Record(record) => return self.on_record(record, shutdown).await,
+            } => self.on_revoked(partitions, lost, deadline.into(), reply),
+            Control::CommitFailed(partitions) => {
+                for partition in partitions {
+                    if let Some(state) = self.partitions.get_mut(&partition) {
+                        state.watermark.forget_taken();
+                    }
+                }
+            }
         }
-        true
     }
 
     fn on_assigned(&mut self, partitions: &[i32]) {
         observe::rebalance(&self.worker.stats, "assign", partitions);
+        let mut resume = TopicPartitionList::new();
         for &partition in partitions {
+            resume.add_partition(&self.topic, partition);
+            // A partition still owned (cooperative rebalancing never re-sends those) keeps its
+            // state; replacing it would orphan its jobs in flight.
+            if self.partitions.contains_key(&partition) {
+                continue;
+            }
             self.next_generation += 1;
             self.partitions.insert(
                 partition,
@@ -186,8 +227,17 @@ impl Dispatcher {
                     paused: false,
                     in_flight: 0,
                     revoking: false,
+                    cancel: self.worker.hard_stop.child_token(),
                 },
             );
+        }
+        // librdkafka keeps a partition's application pause across unassign and assign: one
+        // paused when it was revoked would otherwise never fetch again after coming back.
+        if resume.count() > 0
+            && !self.globally_paused
+            && let Err(error) = self.consumer.resume(&resume)
+        {
+            tracing::warn!(%error, "cannot resume newly assigned partitions");
         }
         self.publish_assignment();
     }
@@ -196,6 +246,7 @@ impl Dispatcher {
         &mut self,
         partitions: Vec<i32>,
         lost: bool,
+        deadline: Instant,
         reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
     ) {
         observe::rebalance(
@@ -206,12 +257,17 @@ impl Dispatcher {
         for partition in &partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
                 state.revoking = true;
+                if lost {
+                    // Another member may already be working on these events.
+                    state.cancel.cancel();
+                }
             }
         }
         // Work not started yet for these partitions is dropped: its offsets stay uncommitted
         // and the partitions' next owner consumes it again.
         let revoked = |partition: i32| partitions.contains(&partition);
-        self.keyed
+        let _ = self
+            .keyed
             .retain_queued(|_, job| !revoked(job.record.partition));
         let (dropped, kept): (Vec<Job>, Vec<Job>) = self
             .ready
@@ -224,16 +280,11 @@ impl Dispatcher {
             }
         }
         self.pending_revoke = Some(PendingRevoke {
-            partitions,
+            // Nothing may be committed for a lost assignment.
+            partitions: if lost { Vec::new() } else { partitions },
             reply,
-            deadline: Instant::now() + self.processing.rebalance_drain_timeout,
+            deadline,
         });
-        if lost {
-            // The group already gave these partitions away: nothing may be committed.
-            if let Some(revoke) = &mut self.pending_revoke {
-                revoke.partitions.clear();
-            }
-        }
         self.finish_revoke_if_drained();
         self.start_ready();
     }
@@ -251,8 +302,10 @@ impl Dispatcher {
         }
     }
 
-    /// Answers the revoke callback with the finished prefixes and forgets the partitions; late
-    /// completions for them are dropped by generation.
+    /// Answers the revoke callback with the finished prefixes and forgets the partitions; their
+    /// jobs still running are cancelled (so a merchant's old event can never reach Alipay+ after
+    /// the partition's next owner sent a newer one), and late completions are dropped by
+    /// generation.
     fn finish_revoke(&mut self) {
         let Some(revoke) = self.pending_revoke.take() else {
             return;
@@ -265,7 +318,13 @@ impl Dispatcher {
                 offsets.push((*partition, position));
             }
         }
-        self.partitions.retain(|_, state| !state.revoking);
+        self.partitions.retain(|partition, state| {
+            if state.revoking {
+                state.cancel.cancel();
+                observe::pending(*partition, 0);
+            }
+            !state.revoking
+        });
         let _ = revoke.reply.send(offsets);
         self.publish_assignment();
     }
@@ -274,11 +333,8 @@ impl Dispatcher {
         self.status.assigned(self.partitions.len());
     }
 
-    async fn on_record(
-        &mut self,
-        record: crate::pipeline::record::InputRecord,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    /// `false` when the pipeline must stop (shutdown fired while waiting on the registry).
+    async fn on_record(&mut self, record: InputRecord, shutdown: &CancellationToken) -> bool {
         let partition = record.partition;
         let Some(state) = self.partitions.get_mut(&partition) else {
             return true;
@@ -291,15 +347,24 @@ impl Dispatcher {
             return true;
         }
         let generation = state.generation;
+        let cancel = state.cancel.clone();
         observe::record_consumed(&self.worker.stats, partition);
-        let work = match self.decode(record.value.as_deref(), shutdown).await {
-            Some(work) => work,
-            None => return false,
+        let Some(work) = self.decode(record.value.as_deref(), shutdown).await else {
+            return false;
         };
+        // A revoke handled while the registry was awaited may have taken the partition away.
+        let still_owned = self
+            .partitions
+            .get(&partition)
+            .is_some_and(|state| state.generation == generation && !state.revoking);
+        if !still_owned {
+            return true;
+        }
         let job = Job {
             record,
             work,
             generation,
+            cancel,
         };
         match self.order_key(&job) {
             Some(key) => {
@@ -314,8 +379,9 @@ impl Dispatcher {
         true
     }
 
-    /// Decodes a value, waiting out registry outages. `None` when shutdown fired meanwhile.
-    async fn decode(&self, value: Option<&[u8]>, shutdown: &CancellationToken) -> Option<Work> {
+    /// Decodes a value, waiting out registry outages while still serving revokes, completions
+    /// and commits. `None` when shutdown fired meanwhile.
+    async fn decode(&mut self, value: Option<&[u8]>, shutdown: &CancellationToken) -> Option<Work> {
         let Some(bytes) = value else {
             return Some(Work::Poison(DecodeError::Truncated {
                 what: "record: it has no value",
@@ -323,13 +389,26 @@ impl Dispatcher {
         };
         let mut delay = REGISTRY_RETRY_INITIAL;
         loop {
-            match self.decoder.decode(bytes).await {
+            let decoder = Arc::clone(&self.decoder);
+            match decoder.decode(bytes).await {
                 Ok(event) => return Some(Work::Event(event)),
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot decode yet");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => return None,
+                    let retry_at = Instant::now() + delay;
+                    loop {
+                        let revoke_deadline =
+                            self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => return None,
+                            Some(control) = self.control.recv() => self.on_control(control),
+                            Some(completion) = self.completions.recv() => {
+                                self.on_completion(completion);
+                            }
+                            () = sleep_until_opt(revoke_deadline) => self.finish_revoke(),
+                            _ = self.commit_tick.tick() => self.commit_async(),
+                            () = tokio::time::sleep_until(retry_at) => break,
+                        }
                     }
                     delay = (delay * 2).min(REGISTRY_RETRY_MAX);
                 }
@@ -364,6 +443,7 @@ impl Dispatcher {
             self.spawn(job);
         }
         observe::in_flight(self.in_flight);
+        self.update_global_pause();
     }
 
     fn spawn(&mut self, job: Job) {
@@ -400,6 +480,9 @@ impl Dispatcher {
                 state.watermark.complete(completion.offset);
             }
         }
+        if completion.finish == Finish::Fatal {
+            self.exit = Exit::Fatal;
+        }
         self.update_pause(partition);
         self.finish_revoke_if_drained();
         self.start_ready();
@@ -413,29 +496,58 @@ impl Dispatcher {
         };
         let window = state.watermark.window_len();
         observe::pending(partition, window);
-        let change = if !state.paused && window >= max {
-            Some(true)
+        let pause = if !state.paused && window >= max {
+            true
         } else if state.paused && window <= max / 2 {
-            Some(false)
+            false
         } else {
-            None
-        };
-        let Some(pause) = change else {
             return;
         };
+        state.paused = pause;
+        tracing::debug!(partition, paused = pause, window, "partition flow control");
+        // While everything is paused globally, the global resume takes care of this partition.
+        if !self.globally_paused {
+            self.set_paused(&[partition], pause);
+        }
+    }
+
+    /// Pauses every partition while too many jobs wait for their key or a slot, so that memory
+    /// stays bounded however many partitions are assigned.
+    fn update_global_pause(&mut self) {
+        let waiting = self.ready.len() + self.keyed.queued_len();
+        let limit = self.processing.max_in_flight.saturating_mul(WAITING_FACTOR);
+        if !self.globally_paused && waiting >= limit {
+            self.globally_paused = true;
+            let all: Vec<i32> = self.partitions.keys().copied().collect();
+            self.set_paused(&all, true);
+            tracing::debug!(waiting, "all partitions paused: too many events waiting");
+        } else if self.globally_paused && waiting <= limit / 2 {
+            self.globally_paused = false;
+            let unpaused: Vec<i32> = self
+                .partitions
+                .iter()
+                .filter(|(_, state)| !state.paused)
+                .map(|(partition, _)| *partition)
+                .collect();
+            self.set_paused(&unpaused, false);
+        }
+    }
+
+    fn set_paused(&self, partitions: &[i32], pause: bool) {
+        if partitions.is_empty() {
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, partition);
+        for partition in partitions {
+            tpl.add_partition(&self.topic, *partition);
+        }
         let result = if pause {
             self.consumer.pause(&tpl)
         } else {
             self.consumer.resume(&tpl)
         };
-        match result {
-            Ok(()) => {
-                state.paused = pause;
-                tracing::debug!(partition, paused = pause, window, "partition flow control");
-            }
-            Err(error) => tracing::warn!(%error, partition, "cannot pause or resume partition"),
+        if let Err(error) = result {
+            tracing::warn!(%error, ?partitions, pause, "cannot pause or resume partitions");
         }
     }
 
@@ -451,11 +563,10 @@ impl Dispatcher {
                 state.watermark.committable()
             };
             if let Some(position) = position
-                && tpl
-                    .add_partition_offset(&self.topic, *partition, Offset::Offset(position))
-                    .is_ok()
+                && let Err(error) =
+                    tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(position))
             {
-                observe::committed(*partition, position);
+                tracing::warn!(%error, partition, "cannot express commit position");
             }
         }
         tpl
@@ -468,39 +579,36 @@ impl Dispatcher {
         }
         if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
             observe::commit_failed(&error);
+            for element in tpl.elements() {
+                if let Some(state) = self.partitions.get_mut(&element.partition()) {
+                    state.watermark.forget_taken();
+                }
+            }
         }
     }
 
-    /// Stops taking work, lets work in flight finish within `shutdown_timeout`, abandons the
-    /// rest, then commits the finished prefixes synchronously and flushes the producer.
-    async fn stop(mut self, mut events: mpsc::Receiver<ConsumerEvent>) {
+    /// Stops taking work, lets work in flight finish within `shutdown_timeout` (committing as it
+    /// goes), cancels the rest, commits the finished prefixes synchronously and flushes.
+    async fn stop(mut self, mut events: mpsc::Receiver<ConsumerEvent>) -> Exit {
         self.ready.clear();
         let all: Vec<i32> = self.partitions.keys().copied().collect();
-        let mut tpl = TopicPartitionList::new();
-        for partition in &all {
-            tpl.add_partition(&self.topic, *partition);
-        }
-        if tpl.count() > 0
-            && let Err(error) = self.consumer.pause(&tpl)
-        {
-            tracing::debug!(%error, "cannot pause partitions for shutdown");
-        }
+        self.set_paused(&all, true);
         tracing::info!(
             in_flight = self.in_flight,
             "stopping: finishing work in flight"
         );
         let deadline = Instant::now() + self.processing.shutdown_timeout;
-        while self.in_flight > 0 {
+        let mut events_open = true;
+        while self.in_flight > 0 && self.exit != Exit::Fatal {
             tokio::select! {
-                Some(completion) = self.completions.recv() => {
-                    self.on_stop_completion(completion);
+                Some(completion) = self.completions.recv() => self.on_stop_completion(completion),
+                Some(control) = self.control.recv() => self.on_control(control),
+                _ = self.commit_tick.tick() => self.commit_async(),
+                event = events.recv(), if events_open => {
+                    // Records are no longer taken; the channel is drained so the consumer
+                    // thread is never left blocked on it.
+                    events_open = event.is_some();
                 }
-                event = events.recv() => match event {
-                    // Answer a revoke at once so the consumer thread is never left waiting.
-                    Some(ConsumerEvent::Revoked { reply, .. }) => { let _ = reply.send(Vec::new()); }
-                    Some(_) => {}
-                    None => {}
-                },
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(in_flight = self.in_flight, "shutdown timeout passed, abandoning work in flight");
                     break;
@@ -513,18 +621,27 @@ impl Dispatcher {
         while let Ok(completion) = self.completions.try_recv() {
             self.on_stop_completion(completion);
         }
+        // A revoke still waiting gets its answer now, so those partitions' prefix is committed.
+        while let Ok(control) = self.control.try_recv() {
+            self.on_control(control);
+        }
+        self.finish_revoke();
         drop(events);
+        // Outputs counted here are already acknowledged, so the commit need not wait for the
+        // flush; committing first keeps it inside the shutdown budget.
         let tpl = self.commit_positions(false);
         let consumer = Arc::clone(&self.consumer);
         let publisher = Arc::clone(&self.worker.publisher);
         let committed = tokio::task::spawn_blocking(move || {
-            if let Err(error) = publisher.flush(Duration::from_secs(10)) {
+            let committed = if tpl.count() == 0 {
+                Ok(())
+            } else {
+                consumer.commit(&tpl, CommitMode::Sync)
+            };
+            if let Err(error) = publisher.flush(FLUSH_TIMEOUT) {
                 tracing::warn!(%error, "producer flush incomplete");
             }
-            if tpl.count() == 0 {
-                return Ok(());
-            }
-            consumer.commit(&tpl, CommitMode::Sync)
+            committed
         })
         .await;
         match committed {
@@ -532,10 +649,14 @@ impl Dispatcher {
             Ok(Err(error)) => observe::commit_failed(&error),
             Err(error) => tracing::error!(%error, "final commit task failed"),
         }
+        self.exit
     }
 
     fn on_stop_completion(&mut self, completion: Completion) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if completion.finish == Finish::Fatal {
+            self.exit = Exit::Fatal;
+        }
         if let Some(state) = self.partitions.get_mut(&completion.partition)
             && state.generation == completion.generation
         {
@@ -544,6 +665,7 @@ impl Dispatcher {
                 state.watermark.complete(completion.offset);
             }
         }
+        self.finish_revoke_if_drained();
     }
 }
 

@@ -100,11 +100,18 @@ pub async fn run(
         CancellationToken::new(),
     ));
     let (events_tx, events_rx) = mpsc::channel(CONSUMER_CHANNEL_CAPACITY);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    // Fired by the consumer thread should it die: the pipeline then stops and the service fails.
+    let fatal = CancellationToken::new();
     let consumer_thread = consumer::start(
         &settings.kafka,
-        events_tx,
+        consumer::ConsumerChannels {
+            events: events_tx,
+            control: control_tx,
+        },
         processing.rebalance_drain_timeout,
         Arc::clone(&status),
+        fatal.clone(),
     )
     .context("cannot start kafka consumer")?;
     let dispatcher = Dispatcher::new(
@@ -114,11 +121,34 @@ pub async fn run(
         decoder,
         worker,
         status,
+        control_rx,
     );
-    dispatcher.run(events_rx, shutdown).await;
+    let stop = CancellationToken::new();
+    let exit = {
+        let trigger = stop.clone();
+        let watch = tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = fatal.cancelled() => {}
+            }
+            trigger.cancel();
+        });
+        let exit = dispatcher.run(events_rx, stop).await;
+        watch.abort();
+        exit
+    };
     // The consumer leaves the group on its own thread: closing it polls and may block.
-    tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())
+    let consumer_healthy = tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())
         .await
         .context("consumer thread did not stop cleanly")?;
+    anyhow::ensure!(
+        consumer_healthy,
+        "the kafka consumer thread failed; see the log above"
+    );
+    anyhow::ensure!(
+        exit != dispatch::Exit::Fatal,
+        "an output record can never be written to kafka (see the log above); stopped without \
+         committing the events concerned"
+    );
     Ok(())
 }

@@ -30,6 +30,32 @@ pub enum PublishError {
     },
 }
 
+impl PublishError {
+    /// Whether writing the same record again can never succeed: too large for the topic, not
+    /// authorised, a schema the registry refuses, or a producer in a fatal state (fenced,
+    /// idempotence broken). Everything else — brokers down, timeouts — is retried.
+    pub fn is_permanent(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match self {
+            PublishError::Encode(error) => !error.is_transient(),
+            PublishError::Kafka { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(
+                    Code::MessageSizeTooLarge
+                        | Code::InvalidMessageSize
+                        | Code::InvalidMessage
+                        | Code::TopicAuthorizationFailed
+                        | Code::ClusterAuthorizationFailed
+                        | Code::UnknownTopic
+                        | Code::Fatal
+                        | Code::ProducerFenced
+                        | Code::InvalidProducerEpoch
+                )
+            ),
+        }
+    }
+}
+
 /// The producer side of the pipeline.
 pub struct OutputPublisher {
     producer: FutureProducer,

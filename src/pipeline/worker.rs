@@ -2,9 +2,11 @@
 //! then write its outcome and any dead letter and wait for Kafka to acknowledge them.
 //!
 //! A worker never commits offsets and never touches another event: it reports back to the
-//! dispatcher, which alone decides what may be committed. It gives up only when the hard stop
-//! fires (shutdown or drain deadline passed), and then reports the event as abandoned so that its
-//! offset is never committed.
+//! dispatcher, which alone decides what may be committed. It gives up only when its job's cancel
+//! token fires (shutdown, or its partition was revoked and the drain deadline passed), and then
+//! reports the event as abandoned so that its offset is never committed. A write Kafka can never
+//! accept (too large, not authorised, producer fenced) is reported as fatal: the service stops
+//! rather than leave a partition silently stuck.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +43,8 @@ pub struct Job {
     pub work: Work,
     /// The assignment generation of the record's partition when it was consumed.
     pub generation: u64,
+    /// Fires when this job must stop at once: shutdown, or its partition is gone.
+    pub cancel: CancellationToken,
 }
 
 /// How a worker finished.
@@ -50,6 +54,8 @@ pub enum Finish {
     Terminal,
     /// Stopped before the outputs were acknowledged: the offset must not be committed.
     Abandoned,
+    /// An output can never be written; the service must stop (the offset stays uncommitted).
+    Fatal,
 }
 
 /// What every worker shares.
@@ -59,7 +65,7 @@ pub struct WorkerContext {
     pub budget: RetryBudget,
     pub stats: Arc<Stats>,
     pub health: Arc<Health>,
-    /// Fires when work in flight must stop at once.
+    /// Fires when all work in flight must stop at once; every job's token is a child of it.
     pub hard_stop: CancellationToken,
     send_rate: Mutex<AdaptiveRate>,
 }
@@ -97,14 +103,16 @@ impl WorkerContext {
 
 /// Runs one job to its end.
 pub async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
+    let cancel = &job.cancel;
     match &job.work {
-        Work::Poison(error) => dead_letter_poison(ctx, &job.record, error).await,
-        Work::Event(event) => notify_event(ctx, &job.record, event).await,
+        Work::Poison(error) => dead_letter_poison(ctx, cancel, &job.record, error).await,
+        Work::Event(event) => notify_event(ctx, cancel, &job.record, event).await,
     }
 }
 
 async fn dead_letter_poison(
     ctx: &WorkerContext,
+    cancel: &CancellationToken,
     record: &InputRecord,
     error: &DecodeError,
 ) -> Finish {
@@ -116,11 +124,12 @@ async fn dead_letter_poison(
         http_status: None,
         failed_at: Utc::now(),
     };
-    let published =
-        publish_until_acknowledged(ctx, || ctx.publisher.publish_dead_letter(record, &letter))
-            .await;
-    if published.is_none() {
-        return Finish::Abandoned;
+    let published = publish_until_acknowledged(ctx, cancel, || {
+        ctx.publisher.publish_dead_letter(record, &letter)
+    })
+    .await;
+    if published != Finish::Terminal {
+        return published;
     }
     observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
     observe::poison(&ctx.stats, record.partition, record.offset, &letter.error);
@@ -138,6 +147,7 @@ struct Verdict {
 
 async fn notify_event(
     ctx: &WorkerContext,
+    cancel: &CancellationToken,
     record: &InputRecord,
     event: &RegistrationDecided,
 ) -> Finish {
@@ -149,7 +159,7 @@ async fn notify_event(
             attempts: 0,
             first_attempt_at_ms: None,
         },
-        Ok(()) => match notify_with_retries(ctx, event).await {
+        Ok(()) => match notify_with_retries(ctx, cancel, event).await {
             Some(verdict) => verdict,
             None => return Finish::Abandoned,
         },
@@ -166,21 +176,21 @@ async fn notify_event(
             http_status: verdict.last.as_ref().and_then(|a| a.http_status),
             failed_at: Utc::now(),
         });
-    let published = publish_until_acknowledged(ctx, || async {
-        match &letter {
-            Some(letter) => {
-                tokio::try_join!(
-                    ctx.publisher.publish_dead_letter(record, letter),
-                    ctx.publisher.publish_outcome(&outcome)
-                )?;
-                Ok(())
-            }
-            None => ctx.publisher.publish_outcome(&outcome).await,
+    // The dead letter first, then the outcome, each retried on its own: retrying them as a pair
+    // would write a new copy of an acknowledged dead letter on every retry of the outcome.
+    if let Some(letter) = &letter {
+        let published = publish_until_acknowledged(ctx, cancel, || {
+            ctx.publisher.publish_dead_letter(record, letter)
+        })
+        .await;
+        if published != Finish::Terminal {
+            return published;
         }
-    })
-    .await;
-    if published.is_none() {
-        return Finish::Abandoned;
+    }
+    let published =
+        publish_until_acknowledged(ctx, cancel, || ctx.publisher.publish_outcome(&outcome)).await;
+    if published != Finish::Terminal {
+        return published;
     }
     if let Some(letter) = &letter {
         observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
@@ -191,7 +201,11 @@ async fn notify_event(
 
 /// Calls Alipay+ until a terminal answer or the end of the retry budget. `None` when the hard stop
 /// fired first.
-async fn notify_with_retries(ctx: &WorkerContext, event: &RegistrationDecided) -> Option<Verdict> {
+async fn notify_with_retries(
+    ctx: &WorkerContext,
+    cancel: &CancellationToken,
+    event: &RegistrationDecided,
+) -> Option<Verdict> {
     let started = Instant::now();
     let mut attempts: u32 = 0;
     let mut first_attempt_at_ms = None;
@@ -201,13 +215,13 @@ async fn notify_with_retries(ctx: &WorkerContext, event: &RegistrationDecided) -
             .lock()
             .map(|mut rate| rate.reserve_send(Instant::now()))
             .unwrap_or_default();
-        if !wait.is_zero() && !sleep_unless_stopped(ctx, wait).await {
+        if !wait.is_zero() && !sleep_unless_stopped(cancel, wait).await {
             return None;
         }
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
         let attempt = tokio::select! {
             attempt = ctx.client.notify_registration_status(event) => attempt,
-            () = ctx.hard_stop.cancelled() => return None,
+            () = cancel.cancelled() => return None,
         };
         attempts += 1;
         observe::notify_attempt(&ctx.stats, &attempt);
@@ -231,7 +245,7 @@ async fn notify_with_retries(ctx: &WorkerContext, event: &RegistrationDecided) -
                     .next_delay(attempts, started.elapsed(), &mut rand::rng());
                 if let Some(delay) = delay {
                     observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
-                    if !sleep_unless_stopped(ctx, delay).await {
+                    if !sleep_unless_stopped(cancel, delay).await {
                         return None;
                     }
                     continue;
@@ -313,8 +327,13 @@ fn outcome_record(
     }
 }
 
-/// Retries a write until Kafka acknowledges it. `None` when the hard stop fired first.
-async fn publish_until_acknowledged<F, Fut>(ctx: &WorkerContext, mut publish: F) -> Option<()>
+/// Retries a write until Kafka acknowledges it: [`Finish::Terminal`]. [`Finish::Abandoned`] when
+/// the job was cancelled first; [`Finish::Fatal`] when Kafka can never accept the write.
+async fn publish_until_acknowledged<F, Fut>(
+    ctx: &WorkerContext,
+    cancel: &CancellationToken,
+    mut publish: F,
+) -> Finish
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), super::output::PublishError>>,
@@ -323,14 +342,18 @@ where
     loop {
         let result = tokio::select! {
             result = publish() => result,
-            () = ctx.hard_stop.cancelled() => return None,
+            () = cancel.cancelled() => return Finish::Abandoned,
         };
         match result {
-            Ok(()) => return Some(()),
+            Ok(()) => return Finish::Terminal,
+            Err(error) if error.is_permanent() => {
+                observe::publish_fatal(&ctx.stats, &error);
+                return Finish::Fatal;
+            }
             Err(error) => {
                 observe::publish_failed(&ctx.stats, &error, delay);
-                if !sleep_unless_stopped(ctx, delay).await {
-                    return None;
+                if !sleep_unless_stopped(cancel, delay).await {
+                    return Finish::Abandoned;
                 }
                 delay = (delay * 2).min(PUBLISH_RETRY_MAX);
             }
@@ -338,10 +361,10 @@ where
     }
 }
 
-/// Sleeps for `delay`; `false` when the hard stop fired first.
-async fn sleep_unless_stopped(ctx: &WorkerContext, delay: Duration) -> bool {
+/// Sleeps for `delay`; `false` when `cancel` fired first.
+async fn sleep_unless_stopped(cancel: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
-        () = ctx.hard_stop.cancelled() => false,
+        () = cancel.cancelled() => false,
     }
 }
