@@ -51,6 +51,14 @@ pub enum Control {
     },
     /// An asynchronous commit of these partitions failed; their positions must be offered again.
     CommitFailed(Vec<i32>),
+    /// Exactly-once: which commit positions would these settled offsets allow? (The books are
+    /// not changed until the transaction commits.)
+    PrepareCommit {
+        settled: Vec<crate::pipeline::transactions::SettledOffset>,
+        reply: tokio::sync::oneshot::Sender<Vec<(i32, i64)>>,
+    },
+    /// Exactly-once: the transaction with these outputs and offsets committed.
+    TransactionCommitted(Vec<crate::pipeline::transactions::SettledOffset>),
 }
 
 /// The librdkafka context: rebalance hooks and commit results that talk to the dispatcher.

@@ -23,6 +23,7 @@ use crate::observe::{self, Health};
 use crate::pipeline::consumer::{ConsumerEvent, Control, PipelineConsumer};
 use crate::pipeline::keyed::KeyedQueue;
 use crate::pipeline::record::InputRecord;
+use crate::pipeline::transactions::SettledOffset;
 use crate::pipeline::watermark::CommitWatermark;
 use crate::pipeline::worker::{Finish, Job, Work, WorkerContext, run_job};
 
@@ -64,6 +65,8 @@ struct PartitionState {
     revoking: bool,
     /// Cancels this assignment's jobs once the partition is gone.
     cancel: CancellationToken,
+    /// Exactly-once: the position last committed in a transaction.
+    committed_in_transaction: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -205,7 +208,46 @@ impl Dispatcher {
                     }
                 }
             }
+            Control::PrepareCommit { settled, reply } => {
+                let _ = reply.send(self.prospective_positions(&settled));
+            }
+            Control::TransactionCommitted(settled) => {
+                for offset in settled {
+                    if let Some(state) = self.partitions.get_mut(&offset.partition)
+                        && state.generation == offset.generation
+                    {
+                        state.watermark.complete(offset.offset);
+                        state.committed_in_transaction = state.watermark.committable();
+                    }
+                }
+            }
         }
+    }
+
+    /// Exactly-once: the commit positions the settled offsets would allow, beyond what earlier
+    /// transactions committed, for partitions still owned.
+    fn prospective_positions(&self, settled: &[SettledOffset]) -> Vec<(i32, i64)> {
+        let mut trial: HashMap<i32, CommitWatermark> = HashMap::new();
+        for offset in settled {
+            let Some(state) = self.partitions.get(&offset.partition) else {
+                continue;
+            };
+            if state.generation != offset.generation || state.revoking {
+                continue;
+            }
+            trial
+                .entry(offset.partition)
+                .or_insert_with(|| state.watermark.clone())
+                .complete(offset.offset);
+        }
+        trial
+            .into_iter()
+            .filter_map(|(partition, watermark)| {
+                let position = watermark.committable()?;
+                let before = self.partitions.get(&partition)?.committed_in_transaction;
+                (before < Some(position)).then_some((partition, position))
+            })
+            .collect()
     }
 
     fn on_assigned(&mut self, partitions: &[i32]) {
@@ -228,6 +270,7 @@ impl Dispatcher {
                     in_flight: 0,
                     revoking: false,
                     cancel: self.worker.hard_stop.child_token(),
+                    committed_in_transaction: None,
                 },
             );
         }
@@ -311,7 +354,13 @@ impl Dispatcher {
             return;
         };
         let mut offsets = Vec::new();
-        for partition in &revoke.partitions {
+        // Under exactly-once, drained work was committed by its transaction already.
+        let partitions = if self.processing.exactly_once {
+            &[][..]
+        } else {
+            &revoke.partitions[..]
+        };
+        for partition in partitions {
             if let Some(state) = self.partitions.get(partition)
                 && let Some(position) = state.watermark.committable()
             {
@@ -476,7 +525,8 @@ impl Dispatcher {
             && state.generation == completion.generation
         {
             state.in_flight = state.in_flight.saturating_sub(1);
-            if completion.finish == Finish::Terminal {
+            // Under exactly-once the committed transaction has already advanced the watermark.
+            if completion.finish == Finish::Terminal && !self.processing.exactly_once {
                 state.watermark.complete(completion.offset);
             }
         }
@@ -551,8 +601,13 @@ impl Dispatcher {
         }
     }
 
+    /// Positions for a consumer commit; none under exactly-once, where offsets are committed
+    /// only inside transactions.
     fn commit_positions(&mut self, only_new: bool) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
+        if self.processing.exactly_once {
+            return tpl;
+        }
         for (partition, state) in &mut self.partitions {
             if state.revoking {
                 continue;
@@ -661,7 +716,7 @@ impl Dispatcher {
             && state.generation == completion.generation
         {
             state.in_flight = state.in_flight.saturating_sub(1);
-            if completion.finish == Finish::Terminal {
+            if completion.finish == Finish::Terminal && !self.processing.exactly_once {
                 state.watermark.complete(completion.offset);
             }
         }

@@ -6,6 +6,7 @@
 //! - [`dispatch`]: the single owner of ordering, flow control and commit decisions.
 //! - [`worker`]: one event's notify-retry-publish life.
 //! - [`output`]: the idempotent producer for outcomes and dead letters.
+//! - [`transactions`]: exactly-once outputs, written with their offsets in Kafka transactions.
 //! - [`record`]: the consumed record and the dead-letter headers.
 //! - [`watermark`], [`keyed`], [`backoff`]: the pure rules, property-tested.
 
@@ -15,6 +16,7 @@ pub mod dispatch;
 pub mod keyed;
 pub mod output;
 pub mod record;
+pub mod transactions;
 pub mod watermark;
 pub mod worker;
 
@@ -65,24 +67,20 @@ pub async fn run(
     status: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if settings.processing.exactly_once {
-        anyhow::bail!(
-            "invalid setting `processing.exactly_once`: transactional outputs are not supported \
-             by this version; run with exactly_once = false (at-least-once, SPEC 5)"
-        );
-    }
     let registry = schema_registry(settings.schema_registry.as_ref())?;
     let decoder = Arc::new(EventDecoder::new(
         settings.kafka.input_encoding,
         registry.clone(),
     ));
-    let encoder = OutcomeEncoder::new(
-        settings.kafka.output_encoding,
-        registry,
-        &settings.kafka.result_topic,
-    );
+    let encoder = || {
+        OutcomeEncoder::new(
+            settings.kafka.output_encoding,
+            registry.clone(),
+            &settings.kafka.result_topic,
+        )
+    };
     let publisher = Arc::new(
-        OutputPublisher::new(&settings.kafka, encoder).context("cannot create kafka producer")?,
+        OutputPublisher::new(&settings.kafka, encoder()).context("cannot create kafka producer")?,
     );
     let processing = &settings.processing;
     let budget = RetryBudget {
@@ -91,29 +89,55 @@ pub async fn run(
         initial: processing.backoff_initial,
         max: processing.backoff_max,
     };
-    let worker = Arc::new(WorkerContext::new(
-        client,
-        publisher,
-        budget,
-        stats,
-        Arc::clone(&status),
-        CancellationToken::new(),
-    ));
     let (events_tx, events_rx) = mpsc::channel(CONSUMER_CHANNEL_CAPACITY);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    // Fired by the consumer thread should it die: the pipeline then stops and the service fails.
+    // Fired by the consumer thread or the transaction writer should either fail for good: the
+    // pipeline then stops and the service fails.
     let fatal = CancellationToken::new();
     let consumer_thread = consumer::start(
         &settings.kafka,
         consumer::ConsumerChannels {
             events: events_tx,
-            control: control_tx,
+            control: control_tx.clone(),
         },
         processing.rebalance_drain_timeout,
         Arc::clone(&status),
         fatal.clone(),
     )
     .context("cannot start kafka consumer")?;
+    let (submitter, writer) = if processing.exactly_once {
+        let kafka = settings.kafka.clone();
+        let producer =
+            tokio::task::spawn_blocking(move || transactions::transactional_producer(&kafka))
+                .await
+                .context("transactional producer set-up failed")?
+                .context("cannot initialise kafka transactions (processing.exactly_once)")?;
+        let (submitter, submissions) = mpsc::channel(processing.max_in_flight.max(1));
+        let writer = transactions::TransactionWriter {
+            producer: Arc::new(producer),
+            consumer: Arc::clone(&consumer_thread.consumer),
+            encoder: Arc::new(encoder()),
+            result_topic: settings.kafka.result_topic.clone(),
+            dlq_topic: settings.kafka.dlq_topic.clone(),
+            consumer_group: settings.kafka.group_id.clone(),
+            input_topic: settings.kafka.input_topic.clone(),
+            interval: processing.transaction_interval,
+            control: control_tx,
+            fatal: fatal.clone(),
+        };
+        (Some(submitter), Some(tokio::spawn(writer.run(submissions))))
+    } else {
+        (None, None)
+    };
+    let worker = Arc::new(WorkerContext::new(
+        client,
+        publisher,
+        budget,
+        stats,
+        Arc::clone(&status),
+        submitter,
+        CancellationToken::new(),
+    ));
     let dispatcher = Dispatcher::new(
         processing.clone(),
         settings.kafka.input_topic.clone(),
@@ -137,6 +161,12 @@ pub async fn run(
         watch.abort();
         exit
     };
+    // The dispatcher held the last submitter: the writer settles its last batch and ends.
+    if let Some(writer) = writer
+        && writer.await.is_err()
+    {
+        tracing::error!("transaction writer task failed");
+    }
     // The consumer leaves the group on its own thread: closing it polls and may block.
     let consumer_healthy = tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())
         .await

@@ -21,6 +21,7 @@ use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
 use crate::pipeline::output::OutputPublisher;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
+use crate::pipeline::transactions::{Settled, Submission, Submitter};
 
 /// How fast the send rate recovers after Alipay+ throttled us, in requests per second gained per
 /// second.
@@ -65,6 +66,8 @@ pub struct WorkerContext {
     pub budget: RetryBudget,
     pub stats: Arc<Stats>,
     pub health: Arc<Health>,
+    /// Exactly-once: where outputs go to be written in a transaction.
+    pub transactions: Option<Submitter>,
     /// Fires when all work in flight must stop at once; every job's token is a child of it.
     pub hard_stop: CancellationToken,
     send_rate: Mutex<AdaptiveRate>,
@@ -85,6 +88,7 @@ impl WorkerContext {
         budget: RetryBudget,
         stats: Arc<Stats>,
         health: Arc<Health>,
+        transactions: Option<Submitter>,
         hard_stop: CancellationToken,
     ) -> Self {
         WorkerContext {
@@ -93,6 +97,7 @@ impl WorkerContext {
             budget,
             stats,
             health,
+            transactions,
             hard_stop,
             // The configured ceiling is enforced by the client; this only slows down after
             // throttling answers, so it starts unlimited.
@@ -103,19 +108,14 @@ impl WorkerContext {
 
 /// Runs one job to its end.
 pub async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
-    let cancel = &job.cancel;
     match &job.work {
-        Work::Poison(error) => dead_letter_poison(ctx, cancel, &job.record, error).await,
-        Work::Event(event) => notify_event(ctx, cancel, &job.record, event).await,
+        Work::Poison(error) => dead_letter_poison(ctx, job, error).await,
+        Work::Event(event) => notify_event(ctx, job, event).await,
     }
 }
 
-async fn dead_letter_poison(
-    ctx: &WorkerContext,
-    cancel: &CancellationToken,
-    record: &InputRecord,
-    error: &DecodeError,
-) -> Finish {
+async fn dead_letter_poison(ctx: &WorkerContext, job: &Job, error: &DecodeError) -> Finish {
+    let record = &job.record;
     let letter = DeadLetter {
         reason: DeadLetterReason::DecodeError,
         error: error.to_string(),
@@ -124,12 +124,9 @@ async fn dead_letter_poison(
         http_status: None,
         failed_at: Utc::now(),
     };
-    let published = publish_until_acknowledged(ctx, cancel, || {
-        ctx.publisher.publish_dead_letter(record, &letter)
-    })
-    .await;
-    if published != Finish::Terminal {
-        return published;
+    let written = write_outputs(ctx, job, Some(&letter), None).await;
+    if written != Finish::Terminal {
+        return written;
     }
     observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
     observe::poison(&ctx.stats, record.partition, record.offset, &letter.error);
@@ -145,12 +142,8 @@ struct Verdict {
     first_attempt_at_ms: Option<i64>,
 }
 
-async fn notify_event(
-    ctx: &WorkerContext,
-    cancel: &CancellationToken,
-    record: &InputRecord,
-    event: &RegistrationDecided,
-) -> Finish {
+async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecided) -> Finish {
+    let (record, cancel) = (&job.record, &job.cancel);
     let verdict = match event.validate() {
         Err(invalid) => Verdict {
             outcome: NotifyOutcome::DeadLettered,
@@ -176,21 +169,9 @@ async fn notify_event(
             http_status: verdict.last.as_ref().and_then(|a| a.http_status),
             failed_at: Utc::now(),
         });
-    // The dead letter first, then the outcome, each retried on its own: retrying them as a pair
-    // would write a new copy of an acknowledged dead letter on every retry of the outcome.
-    if let Some(letter) = &letter {
-        let published = publish_until_acknowledged(ctx, cancel, || {
-            ctx.publisher.publish_dead_letter(record, letter)
-        })
-        .await;
-        if published != Finish::Terminal {
-            return published;
-        }
-    }
-    let published =
-        publish_until_acknowledged(ctx, cancel, || ctx.publisher.publish_outcome(&outcome)).await;
-    if published != Finish::Terminal {
-        return published;
+    let written = write_outputs(ctx, job, letter.as_ref(), Some(&outcome)).await;
+    if written != Finish::Terminal {
+        return written;
     }
     if let Some(letter) = &letter {
         observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
@@ -324,6 +305,58 @@ fn outcome_record(
         source_partition: record.partition,
         source_offset: record.offset,
         error: verdict.dead_letter.as_ref().map(|(_, error)| error.clone()),
+    }
+}
+
+/// Writes an event's outputs and waits until they are safe: acknowledged by Kafka, or under
+/// exactly-once committed in a transaction together with the event's offset.
+async fn write_outputs(
+    ctx: &WorkerContext,
+    job: &Job,
+    letter: Option<&DeadLetter>,
+    outcome: Option<&RegistrationNotifyOutcome>,
+) -> Finish {
+    let cancel = &job.cancel;
+    if let Some(submitter) = &ctx.transactions {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        let submission = Submission {
+            record: job.record.clone(),
+            generation: job.generation,
+            dead_letter: letter.cloned(),
+            outcome: outcome.cloned(),
+            done,
+        };
+        tokio::select! {
+            sent = submitter.send(submission) => if sent.is_err() {
+                return Finish::Abandoned;
+            },
+            () = cancel.cancelled() => return Finish::Abandoned,
+        }
+        return tokio::select! {
+            settled = settled => match settled {
+                Ok(Settled::Committed) => Finish::Terminal,
+                Ok(Settled::Fatal) => Finish::Fatal,
+                Err(_) => Finish::Abandoned,
+            },
+            () = cancel.cancelled() => Finish::Abandoned,
+        };
+    }
+    // The dead letter first, then the outcome, each retried on its own: retrying them as a pair
+    // would write a new copy of an acknowledged dead letter on every retry of the outcome.
+    if let Some(letter) = letter {
+        let published = publish_until_acknowledged(ctx, cancel, || {
+            ctx.publisher.publish_dead_letter(&job.record, letter)
+        })
+        .await;
+        if published != Finish::Terminal {
+            return published;
+        }
+    }
+    match outcome {
+        Some(outcome) => {
+            publish_until_acknowledged(ctx, cancel, || ctx.publisher.publish_outcome(outcome)).await
+        }
+        None => Finish::Terminal,
     }
 }
 
