@@ -448,12 +448,13 @@ async fn a_second_consumer_joining_rebalances_without_loss() {
     })
     .await;
     let second = harness.start_pipeline(settings);
+    let rebalances = first.stats.clone();
+    eventually("the first consumer saw the second join", WAIT, || {
+        rebalances.rebalances.load(Ordering::Relaxed) >= 2
+    })
+    .await;
     let progress = harness.wait_fully_committed(WAIT).await;
     assert!(fully_committed(&progress), "{progress:?}");
-    assert!(
-        first.stats.rebalances.load(Ordering::Relaxed) >= 2,
-        "the first consumer saw its assignment change"
-    );
     let outcomes = harness.outcomes(usize::MAX, Duration::from_secs(3)).await;
     let seen: HashSet<&str> = outcomes.iter().map(|o| o.event_id.as_str()).collect();
     assert_eq!(seen.len(), events.len(), "every event has an outcome");
@@ -540,10 +541,18 @@ async fn exactly_once_writes_outputs_and_offsets_in_transactions() {
     first.stop().await;
     let second = harness.start_pipeline(settings);
     let stats = second.stats.clone();
-    eventually("all terminal after restart", WAIT, || {
-        stats.terminal() >= if harness.kafka.is_real() { 1 } else { 62 }
-    })
-    .await;
+    if harness.kafka.is_real() {
+        let progress = harness.wait_fully_committed(WAIT).await;
+        assert!(
+            fully_committed(&progress),
+            "offsets committed in transactions: {progress:?}"
+        );
+    } else {
+        eventually("all terminal after restart", WAIT, || {
+            stats.terminal() >= 62
+        })
+        .await;
+    }
     let outcomes = harness.outcomes(usize::MAX, Duration::from_secs(5)).await;
     let mut per_event: HashMap<&str, usize> = HashMap::new();
     for outcome in &outcomes {

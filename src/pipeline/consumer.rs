@@ -55,7 +55,7 @@ pub enum Control {
     /// not changed until the transaction commits.)
     PrepareCommit {
         settled: Vec<crate::pipeline::transactions::SettledOffset>,
-        reply: tokio::sync::oneshot::Sender<Vec<(i32, i64)>>,
+        reply: tokio::sync::oneshot::Sender<crate::pipeline::transactions::Prepared>,
     },
     /// Exactly-once: the transaction with these outputs and offsets committed.
     TransactionCommitted(Vec<crate::pipeline::transactions::SettledOffset>),

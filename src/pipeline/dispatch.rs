@@ -23,7 +23,7 @@ use crate::observe::{self, Health};
 use crate::pipeline::consumer::{ConsumerEvent, Control, PipelineConsumer};
 use crate::pipeline::keyed::KeyedQueue;
 use crate::pipeline::record::InputRecord;
-use crate::pipeline::transactions::SettledOffset;
+use crate::pipeline::transactions::{Prepared, SettledOffset};
 use crate::pipeline::watermark::CommitWatermark;
 use crate::pipeline::worker::{Finish, Job, Work, WorkerContext, run_job};
 
@@ -67,6 +67,9 @@ struct PartitionState {
     cancel: CancellationToken,
     /// Exactly-once: the position last committed in a transaction.
     committed_in_transaction: Option<i64>,
+    /// Started jobs whose offset is not settled yet: running, or (exactly-once) handed to the
+    /// transaction writer and not committed. A revoke drains to zero.
+    unsettled: usize,
 }
 
 #[derive(Debug)]
@@ -209,17 +212,33 @@ impl Dispatcher {
                 }
             }
             Control::PrepareCommit { settled, reply } => {
-                let _ = reply.send(self.prospective_positions(&settled));
+                let prepared = Prepared {
+                    positions: self.prospective_positions(&settled),
+                    owned: self
+                        .partitions
+                        .iter()
+                        .map(|(partition, state)| (*partition, state.generation))
+                        .collect(),
+                };
+                let _ = reply.send(prepared);
             }
             Control::TransactionCommitted(settled) => {
+                let mut touched = Vec::new();
                 for offset in settled {
                     if let Some(state) = self.partitions.get_mut(&offset.partition)
                         && state.generation == offset.generation
                     {
                         state.watermark.complete(offset.offset);
                         state.committed_in_transaction = state.watermark.committable();
+                        state.unsettled = state.unsettled.saturating_sub(1);
+                        touched.push(offset.partition);
                     }
                 }
+                touched.dedup();
+                for partition in touched {
+                    self.update_pause(partition);
+                }
+                self.finish_revoke_if_drained();
             }
         }
     }
@@ -232,7 +251,9 @@ impl Dispatcher {
             let Some(state) = self.partitions.get(&offset.partition) else {
                 continue;
             };
-            if state.generation != offset.generation || state.revoking {
+            // Revoking partitions are still owned until the revoke is answered: their finished
+            // work is committed in the meantime, which is what lets the drain finish.
+            if state.generation != offset.generation {
                 continue;
             }
             trial
@@ -271,6 +292,7 @@ impl Dispatcher {
                     revoking: false,
                     cancel: self.worker.hard_stop.child_token(),
                     committed_in_transaction: None,
+                    unsettled: 0,
                 },
             );
         }
@@ -337,7 +359,7 @@ impl Dispatcher {
             revoke.partitions.iter().all(|partition| {
                 self.partitions
                     .get(partition)
-                    .is_none_or(|state| state.in_flight == 0)
+                    .is_none_or(|state| state.unsettled == 0)
             })
         });
         if drained {
@@ -500,6 +522,7 @@ impl Dispatcher {
         self.in_flight += 1;
         if let Some(state) = self.partitions.get_mut(&job.record.partition) {
             state.in_flight += 1;
+            state.unsettled += 1;
         }
         let worker = Arc::clone(&self.worker);
         let completions = self.completions_tx.clone();
@@ -525,8 +548,12 @@ impl Dispatcher {
             && state.generation == completion.generation
         {
             state.in_flight = state.in_flight.saturating_sub(1);
-            // Under exactly-once the committed transaction has already advanced the watermark.
-            if completion.finish == Finish::Terminal && !self.processing.exactly_once {
+            // A submitted job is settled by its transaction's commit, which also advances the
+            // watermark.
+            if completion.finish != Finish::Submitted {
+                state.unsettled = state.unsettled.saturating_sub(1);
+            }
+            if completion.finish == Finish::Terminal {
                 state.watermark.complete(completion.offset);
             }
         }
@@ -654,7 +681,7 @@ impl Dispatcher {
         );
         let deadline = Instant::now() + self.processing.shutdown_timeout;
         let mut events_open = true;
-        while self.in_flight > 0 && self.exit != Exit::Fatal {
+        while self.exit != Exit::Fatal && (self.in_flight > 0 || self.unsettled() > 0) {
             tokio::select! {
                 Some(completion) = self.completions.recv() => self.on_stop_completion(completion),
                 Some(control) = self.control.recv() => self.on_control(control),
@@ -707,6 +734,11 @@ impl Dispatcher {
         self.exit
     }
 
+    /// Started jobs not settled yet, over all partitions.
+    fn unsettled(&self) -> usize {
+        self.partitions.values().map(|state| state.unsettled).sum()
+    }
+
     fn on_stop_completion(&mut self, completion: Completion) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if completion.finish == Finish::Fatal {
@@ -716,7 +748,10 @@ impl Dispatcher {
             && state.generation == completion.generation
         {
             state.in_flight = state.in_flight.saturating_sub(1);
-            if completion.finish == Finish::Terminal && !self.processing.exactly_once {
+            if completion.finish != Finish::Submitted {
+                state.unsettled = state.unsettled.saturating_sub(1);
+            }
+            if completion.finish == Finish::Terminal {
                 state.watermark.complete(completion.offset);
             }
         }

@@ -2,12 +2,15 @@
 //! input offsets they settle are written in one Kafka transaction, so a `read_committed` reader
 //! sees exactly one outcome per event even across crashes.
 //!
-//! One task owns the transactional producer. Workers hand it their finished outputs; every
-//! `transaction_interval` it writes the batch, asks the dispatcher which commit positions the
-//! batch settles (without changing its books), adds them with `send_offsets_to_transaction`
-//! (the group's metadata fences zombies, KIP-447) and commits. Only after the commit does the
-//! dispatcher advance its watermarks and do the workers finish. An aborted transaction is retried
-//! whole; a fenced or fatal producer stops the service. HTTP calls stay at-least-once.
+//! One task owns the transactional producer. Workers hand it their finished outputs and move on.
+//! Every `transaction_interval` it asks the dispatcher which commit positions the outputs it holds
+//! would allow (without changing the dispatcher's books), writes exactly the outputs those
+//! positions cover, adds the positions with `send_offsets_to_transaction` (the group's metadata
+//! fences zombies, KIP-447) and commits. Outputs of an event finished ahead of an earlier one
+//! still in flight wait for a later transaction: a transaction never carries an output whose
+//! offset it does not commit, or a crash would repeat that output. Only after the commit does the
+//! dispatcher advance its watermarks. An aborted transaction is retried; a fenced or fatally
+//! failed producer stops the service. HTTP calls stay at-least-once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,16 +44,56 @@ pub struct Submission {
     pub generation: u64,
     pub dead_letter: Option<DeadLetter>,
     pub outcome: Option<RegistrationNotifyOutcome>,
-    pub done: oneshot::Sender<Settled>,
 }
 
-/// What became of a submission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
-    /// Written and committed with its offset.
-    Committed,
-    /// The producer is fenced or broken: the service must stop.
-    Fatal,
+impl Submission {
+    fn settled_offset(&self) -> SettledOffset {
+        SettledOffset {
+            partition: self.record.partition,
+            generation: self.generation,
+            offset: self.record.offset,
+        }
+    }
+}
+
+/// The dispatcher's answer to "what would these settled offsets allow?".
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// New commit positions, per partition.
+    pub positions: Vec<(i32, i64)>,
+    /// Partition assignments (partition, generation) still owned; outputs of any other are
+    /// dropped, their events belong to another member now.
+    pub owned: Vec<(i32, u64)>,
+}
+
+/// How the held outputs split for one transaction.
+#[derive(Debug, Default)]
+struct Split {
+    covered: Vec<Submission>,
+    waiting: Vec<Submission>,
+    orphaned: usize,
+}
+
+fn split(held: Vec<Submission>, prepared: &Prepared) -> Split {
+    let mut parts = Split::default();
+    for submission in held {
+        let owned = prepared
+            .owned
+            .contains(&(submission.record.partition, submission.generation));
+        if !owned {
+            parts.orphaned += 1;
+            continue;
+        }
+        let covered = prepared.positions.iter().any(|(partition, position)| {
+            *partition == submission.record.partition && submission.record.offset < *position
+        });
+        if covered {
+            parts.covered.push(submission);
+        } else {
+            parts.waiting.push(submission);
+        }
+    }
+    parts
 }
 
 /// One input offset a committed transaction settled.
@@ -63,6 +106,52 @@ pub struct SettledOffset {
 
 /// A handle workers submit through.
 pub type Submitter = mpsc::Sender<Submission>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(partition: i32, generation: u64, offset: i64) -> Submission {
+        Submission {
+            record: InputRecord {
+                topic: Arc::from("in"),
+                partition,
+                offset,
+                timestamp_ms: None,
+                key: None,
+                value: None,
+                headers: Vec::new(),
+            },
+            generation,
+            dead_letter: None,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn a_transaction_carries_only_outputs_its_offsets_cover() {
+        let held = vec![
+            submission(0, 1, 10),
+            submission(0, 1, 12), // 11 still in flight: must wait
+            submission(1, 1, 5),
+            submission(2, 7, 3), // an assignment no longer owned
+        ];
+        let prepared = Prepared {
+            positions: vec![(0, 11), (1, 6)],
+            owned: vec![(0, 1), (1, 1), (2, 8)],
+        };
+        let parts = split(held, &prepared);
+        let covered: Vec<(i32, i64)> = parts
+            .covered
+            .iter()
+            .map(|s| (s.record.partition, s.record.offset))
+            .collect();
+        assert_eq!(covered, vec![(0, 10), (1, 5)]);
+        assert_eq!(parts.waiting.len(), 1);
+        assert_eq!(parts.waiting[0].record.offset, 12);
+        assert_eq!(parts.orphaned, 1);
+    }
+}
 
 /// Creates the transactional producer and initialises its transactions.
 pub fn transactional_producer(kafka: &KafkaSettings) -> anyhow::Result<FutureProducer> {
@@ -102,34 +191,74 @@ impl std::fmt::Debug for TransactionWriter {
 
 impl TransactionWriter {
     pub async fn run(self, mut submissions: mpsc::Receiver<Submission>) {
-        while let Some(first) = submissions.recv().await {
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.interval;
-            while batch.len() < MAX_BATCH {
-                match tokio::time::timeout_at(deadline, submissions.recv()).await {
-                    Ok(Some(submission)) => batch.push(submission),
-                    Ok(None) | Err(_) => break,
+        let mut held: Vec<Submission> = Vec::new();
+        let mut open = true;
+        while open || !held.is_empty() {
+            // Wait for something new to settle, then gather what else arrives this interval.
+            if open {
+                match submissions.recv().await {
+                    Some(submission) => held.push(submission),
+                    None => open = false,
                 }
             }
-            let settled = self.settle(&batch).await;
-            for submission in batch {
-                let _ = submission.done.send(settled);
+            let deadline = tokio::time::Instant::now() + self.interval;
+            while open && held.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, submissions.recv()).await {
+                    Ok(Some(submission)) => held.push(submission),
+                    Ok(None) => open = false,
+                    Err(_) => break,
+                }
             }
-            if settled == Settled::Fatal {
-                self.fatal.cancel();
+            match self.settle(std::mem::take(&mut held)).await {
+                Ok(waiting) => held = waiting,
+                Err(()) => {
+                    self.fatal.cancel();
+                    return;
+                }
+            }
+            if !open {
+                // Stopping: what is still waiting cannot be covered any more; its events were
+                // not committed and will be consumed again.
                 return;
             }
         }
     }
 
-    /// Writes and commits one batch, retrying aborted transactions.
-    async fn settle(&self, batch: &[Submission]) -> Settled {
+    /// Commits every held output whose offset the transaction also commits; returns the rest.
+    async fn settle(&self, held: Vec<Submission>) -> Result<Vec<Submission>, ()> {
+        let mut held = held;
         loop {
-            match self.try_transaction(batch).await {
-                Ok(()) => return Settled::Committed,
+            let candidates: Vec<SettledOffset> =
+                held.iter().map(Submission::settled_offset).collect();
+            let Some(prepared) = self.prepare(candidates).await else {
+                return Ok(Vec::new());
+            };
+            let parts = split(held, &prepared);
+            if parts.orphaned > 0 {
+                tracing::debug!(
+                    orphaned = parts.orphaned,
+                    "outputs of revoked partitions dropped"
+                );
+            }
+            if parts.covered.is_empty() {
+                return Ok(parts.waiting);
+            }
+            match self
+                .try_transaction(&parts.covered, &prepared.positions)
+                .await
+            {
+                Ok(()) => {
+                    let settled = parts
+                        .covered
+                        .iter()
+                        .map(Submission::settled_offset)
+                        .collect();
+                    let _ = self.control.send(Control::TransactionCommitted(settled));
+                    return Ok(parts.waiting);
+                }
                 Err(error) if is_fatal(&error) => {
                     tracing::error!(error = %error, "transactional producer failed for good");
-                    return Settled::Fatal;
+                    return Err(());
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, "transaction aborted, retrying");
@@ -142,15 +271,30 @@ impl TransactionWriter {
                         && is_fatal(&TransactionError::Kafka(abort_error.clone()))
                     {
                         tracing::error!(error = %abort_error, "transaction cannot be aborted");
-                        return Settled::Fatal;
+                        return Err(());
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
+                    held = parts.covered;
+                    held.extend(parts.waiting);
                 }
             }
         }
     }
 
-    async fn try_transaction(&self, batch: &[Submission]) -> Result<(), TransactionError> {
+    /// Asks the dispatcher; `None` once it is gone.
+    async fn prepare(&self, settled: Vec<SettledOffset>) -> Option<Prepared> {
+        let (reply, prepared) = oneshot::channel();
+        self.control
+            .send(Control::PrepareCommit { settled, reply })
+            .ok()?;
+        prepared.await.ok()
+    }
+
+    async fn try_transaction(
+        &self,
+        batch: &[Submission],
+        positions: &[(i32, i64)],
+    ) -> Result<(), TransactionError> {
         let producer = Arc::clone(&self.producer);
         blocking(move || producer.begin_transaction()).await?;
         let mut deliveries = Vec::new();
@@ -202,44 +346,25 @@ impl TransactionWriter {
                 Err(_) => return Err(TransactionError::Closed),
             }
         }
-        let settled: Vec<SettledOffset> = batch
-            .iter()
-            .map(|submission| SettledOffset {
-                partition: submission.record.partition,
-                generation: submission.generation,
-                offset: submission.record.offset,
-            })
-            .collect();
-        let (reply, positions) = oneshot::channel();
-        self.control
-            .send(Control::PrepareCommit {
-                settled: settled.clone(),
-                reply,
-            })
-            .map_err(|_| TransactionError::Closed)?;
-        let positions = positions.await.map_err(|_| TransactionError::Closed)?;
-        if !positions.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (partition, position) in &positions {
-                tpl.add_partition_offset(&self.input_topic, *partition, Offset::Offset(*position))
-                    .map_err(TransactionError::Kafka)?;
-            }
-            let metadata = self
-                .consumer
-                .group_metadata()
-                .ok_or(TransactionError::NoGroupMetadata)?;
-            let producer = Arc::clone(&self.producer);
-            blocking(move || {
-                producer.send_offsets_to_transaction(&tpl, &metadata, TRANSACTION_CALL_TIMEOUT)
-            })
-            .await?;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, position) in positions {
+            tpl.add_partition_offset(&self.input_topic, *partition, Offset::Offset(*position))
+                .map_err(TransactionError::Kafka)?;
         }
+        let metadata = self
+            .consumer
+            .group_metadata()
+            .ok_or(TransactionError::NoGroupMetadata)?;
+        let producer = Arc::clone(&self.producer);
+        blocking(move || {
+            producer.send_offsets_to_transaction(&tpl, &metadata, TRANSACTION_CALL_TIMEOUT)
+        })
+        .await?;
         let producer = Arc::clone(&self.producer);
         blocking(move || producer.commit_transaction(TRANSACTION_CALL_TIMEOUT)).await?;
         for (partition, position) in positions {
-            crate::observe::committed(partition, position);
+            crate::observe::committed(*partition, *position);
         }
-        let _ = self.control.send(Control::TransactionCommitted(settled));
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
 use crate::pipeline::output::OutputPublisher;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
-use crate::pipeline::transactions::{Settled, Submission, Submitter};
+use crate::pipeline::transactions::{Submission, Submitter};
 
 /// How fast the send rate recovers after Alipay+ throttled us, in requests per second gained per
 /// second.
@@ -57,6 +57,8 @@ pub enum Finish {
     Abandoned,
     /// An output can never be written; the service must stop (the offset stays uncommitted).
     Fatal,
+    /// Exactly-once: the outputs are with the transaction writer, which settles the offset.
+    Submitted,
 }
 
 /// What every worker shares.
@@ -125,12 +127,13 @@ async fn dead_letter_poison(ctx: &WorkerContext, job: &Job, error: &DecodeError)
         failed_at: Utc::now(),
     };
     let written = write_outputs(ctx, job, Some(&letter), None).await;
-    if written != Finish::Terminal {
+    // Under exactly-once the outcome is decided and handed over; it is counted then.
+    if !matches!(written, Finish::Terminal | Finish::Submitted) {
         return written;
     }
     observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
     observe::poison(&ctx.stats, record.partition, record.offset, &letter.error);
-    Finish::Terminal
+    written
 }
 
 /// What the notify phase ended with.
@@ -170,14 +173,15 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
             failed_at: Utc::now(),
         });
     let written = write_outputs(ctx, job, letter.as_ref(), Some(&outcome)).await;
-    if written != Finish::Terminal {
+    // Under exactly-once the outcome is decided and handed over; it is counted then.
+    if !matches!(written, Finish::Terminal | Finish::Submitted) {
         return written;
     }
     if let Some(letter) = &letter {
         observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
     }
     observe::outcome(&ctx.stats, &outcome, event.occurred_at_ms);
-    Finish::Terminal
+    written
 }
 
 /// Calls Alipay+ until a terminal answer or the end of the retry budget. `None` when the hard stop
@@ -308,8 +312,8 @@ fn outcome_record(
     }
 }
 
-/// Writes an event's outputs and waits until they are safe: acknowledged by Kafka, or under
-/// exactly-once committed in a transaction together with the event's offset.
+/// Writes an event's outputs and waits until Kafka acknowledged them; under exactly-once, hands
+/// them to the transaction writer, which commits them together with the event's offset.
 async fn write_outputs(
     ctx: &WorkerContext,
     job: &Job,
@@ -318,24 +322,15 @@ async fn write_outputs(
 ) -> Finish {
     let cancel = &job.cancel;
     if let Some(submitter) = &ctx.transactions {
-        let (done, settled) = tokio::sync::oneshot::channel();
         let submission = Submission {
             record: job.record.clone(),
             generation: job.generation,
             dead_letter: letter.cloned(),
             outcome: outcome.cloned(),
-            done,
         };
-        tokio::select! {
-            sent = submitter.send(submission) => if sent.is_err() {
-                return Finish::Abandoned;
-            },
-            () = cancel.cancelled() => return Finish::Abandoned,
-        }
         return tokio::select! {
-            settled = settled => match settled {
-                Ok(Settled::Committed) => Finish::Terminal,
-                Ok(Settled::Fatal) => Finish::Fatal,
+            sent = submitter.send(submission) => match sent {
+                Ok(()) => Finish::Submitted,
                 Err(_) => Finish::Abandoned,
             },
             () = cancel.cancelled() => Finish::Abandoned,

@@ -195,6 +195,12 @@ impl Harness {
             .consumer
             .0
             .insert("session.timeout.ms".into(), "6000".into());
+        // Members notice a rebalance within half a second, not librdkafka's default 3 s.
+        settings
+            .kafka
+            .consumer
+            .0
+            .insert("heartbeat.interval.ms".into(), "500".into());
         settings
     }
 
