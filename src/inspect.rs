@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// One record read back, owned.
@@ -21,6 +21,17 @@ pub struct ReadRecord {
 }
 
 impl ReadRecord {
+    /// Copies a consumed message out of librdkafka's buffers.
+    pub fn copy(message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
+        ReadRecord {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers: crate::pipeline::consumer::read_headers(message),
+        }
+    }
+
     /// The first header with this name, as UTF-8 text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -85,22 +96,7 @@ pub fn read_topic(
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = message?;
-        records.push(ReadRecord {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
+        records.push(ReadRecord::copy(&message?));
     }
     Ok(records)
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -570,22 +570,7 @@ fn poll_owned(consumer: &BaseConsumer) -> Result<Option<ReadRecord>, KafkaError>
     let Some(message) = consumer.poll(POLL_INTERVAL) else {
         return Ok(None);
     };
-    let message = message?;
-    Ok(Some(ReadRecord {
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        headers: message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }))
+    Ok(Some(ReadRecord::copy(&message?)))
 }
 
 /// Sends a dead letter's key, value and non-`dlq.*` headers to the input topic and waits for the

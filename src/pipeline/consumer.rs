@@ -314,7 +314,7 @@ fn poll_loop(consumer: &PipelineConsumer, events: &mpsc::Sender<ConsumerEvent>, 
 /// Copies a record's headers. rdkafka panics on a header name that is not UTF-8 (Kafka allows
 /// any bytes there); such a header cannot be read through its API, so it is left out with a
 /// warning instead of taking the consumer thread down.
-fn read_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+pub fn read_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
     let Some(headers) = message.headers() else {
         return Vec::new();
     };

@@ -539,27 +539,11 @@ impl Dispatcher {
     }
 
     fn on_completion(&mut self, completion: Completion) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(key) = completion.order_key {
+        if let Some(key) = completion.order_key.clone() {
             self.release_key(key);
         }
         let partition = completion.partition;
-        if let Some(state) = self.partitions.get_mut(&partition)
-            && state.generation == completion.generation
-        {
-            state.in_flight = state.in_flight.saturating_sub(1);
-            // A submitted job is settled by its transaction's commit, which also advances the
-            // watermark.
-            if completion.finish != Finish::Submitted {
-                state.unsettled = state.unsettled.saturating_sub(1);
-            }
-            if completion.finish == Finish::Terminal {
-                state.watermark.complete(completion.offset);
-            }
-        }
-        if completion.finish == Finish::Fatal {
-            self.exit = Exit::Fatal;
-        }
+        self.settle(&completion);
         self.update_pause(partition);
         self.finish_revoke_if_drained();
         self.start_ready();
@@ -740,6 +724,13 @@ impl Dispatcher {
     }
 
     fn on_stop_completion(&mut self, completion: Completion) {
+        self.settle(&completion);
+        self.finish_revoke_if_drained();
+    }
+
+    /// Books a worker's report: frees its slot, and advances the watermark when its outputs are
+    /// acknowledged. A submitted job (exactly-once) is settled later by its transaction's commit.
+    fn settle(&mut self, completion: &Completion) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if completion.finish == Finish::Fatal {
             self.exit = Exit::Fatal;
@@ -755,7 +746,6 @@ impl Dispatcher {
                 state.watermark.complete(completion.offset);
             }
         }
-        self.finish_revoke_if_drained();
     }
 }
 
