@@ -530,6 +530,12 @@ impl Settings {
         }
         self.alipayplus.validate()?;
         self.processing.validate()?;
+        if self.kafka.producer.0.contains_key("transactional.id") && !self.processing.exactly_once {
+            return Err(ConfigError::invalid(
+                "kafka.producer.\"transactional.id\"",
+                "is only used with processing.exactly_once = true",
+            ));
+        }
         self.admin.listen_addr()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| ConfigError::invalid("log.level", err.to_string()))?;
@@ -615,7 +621,6 @@ impl KafkaSettings {
             "acks",
             "request.required.acks",
             "bootstrap.servers",
-            "transactional.id",
         ] {
             if self.producer.0.contains_key(name) {
                 return Err(ConfigError::invalid(
@@ -905,6 +910,10 @@ mod tests {
                 "enable.auto.commit",
             ),
             ("[admin]\nlisten = \"nowhere\"\n", "admin.listen"),
+            (
+                "[kafka.producer]\n\"transactional.id\" = \"t\"\n",
+                "transactional.id",
+            ),
             ("[log]\nlevel = \"regnotify=loudest\"\n", "log.level"),
             (
                 "[processing]\nbackoff_initial = \"1m\"\n",

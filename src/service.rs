@@ -74,8 +74,10 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
     // A second Ctrl-C means the operator will not wait: leave now. Nothing is lost, since only
     // acknowledged work was ever committed.
-    if tokio::signal::ctrl_c().await.is_ok() {
-        tracing::warn!("second SIGINT, exiting without finishing work in flight");
-        std::process::exit(130);
-    }
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("second SIGINT, exiting without finishing work in flight");
+            std::process::exit(130);
+        }
+    });
 }

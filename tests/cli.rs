@@ -211,3 +211,99 @@ fn readme_documents_every_setting() {
         "README.md settings reference"
     );
 }
+
+/// `regnotify simulator` as an integration environment runs it: the real client is answered,
+/// a rules file injects faults, and SIGTERM stops it cleanly.
+#[test]
+fn the_simulator_command_serves_signed_answers_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nmerchant_prefix = \"M-FAIL-\"\nfault = { kind = \"result\", status = \"F\", code = \"PROCESS_FAIL\" }\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regnotify"))
+        .args([
+            "simulator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--private-key-file",
+            "tests/fixtures/alipayplus_private_key.pem",
+            "--mpp-public-key-file",
+            "tests/fixtures/mpp_public_key.pem",
+            "--client-id",
+            "TEST_CLIENT",
+            "--rules",
+            rules.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("simulator listening on") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "simulator ended early"
+        );
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let classes = runtime.block_on(async {
+        let mut settings = regnotify::config::AlipayPlusSettings {
+            base_url: format!("http://127.0.0.1:{port}"),
+            allow_insecure_http: true,
+            client_id: "TEST_CLIENT".into(),
+            private_key_file: Some("tests/fixtures/mpp_private_key.pem".into()),
+            alipayplus_public_key_file: Some("tests/fixtures/alipayplus_public_key.pem".into()),
+            ..Default::default()
+        };
+        settings.request_timeout = std::time::Duration::from_secs(5);
+        let client = regnotify::alipayplus::AlipayPlusClient::from_settings(&settings).unwrap();
+        let mut classes = Vec::new();
+        for merchant in ["M-OK-1", "M-FAIL-1"] {
+            let event = regnotify::event::RegistrationDecided {
+                event_id: "0b5f7c1e-6c8a-4a57-9d62-4a1d1f0e9a11".into(),
+                occurred_at_ms: 0,
+                reference_merchant_id: merchant.into(),
+                registration_request_id: "R-1".into(),
+                decision: regnotify::event::Decision::Approved,
+                rejection_reason: None,
+                psp_id: None,
+            };
+            let attempt = client.notify_registration_status(&event).await;
+            classes.push((attempt.class, attempt.signature));
+        }
+        classes
+    });
+    use regnotify::alipayplus::{ResultClass, SignatureCheck};
+    assert_eq!(classes[0], (ResultClass::Success, SignatureCheck::Verified));
+    assert_eq!(classes[1].0, ResultClass::Rejected);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the simulator did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}

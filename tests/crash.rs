@@ -369,10 +369,18 @@ async fn sigkill_three_times(
 ) -> (Vec<RegistrationDecided>, Vec<RegistrationNotifyOutcome>) {
     let started = Instant::now();
     let harness = Harness::new(3, Vec::new()).await;
-    let processing = format!(
+    let mut processing = format!(
         "max_in_flight = 32\nmax_pending_per_partition = 500\nexactly_once = {exactly_once}\n\
          transaction_interval = \"50ms\""
     );
+    if exactly_once {
+        // One instance restarted in place keeps its transactional id, so each restart aborts
+        // the killed process's open transaction at once (see README, exactly-once).
+        processing.push_str(&format!(
+            "\n\n[kafka.producer]\n\"transactional.id\" = \"{}-eos\"\n",
+            harness.group
+        ));
+    }
     let service = Service::new(&harness, Duration::from_millis(10), &processing).await;
     let events = merchant_events(2000, 200);
     let producing = produce_in_background(&harness, events.clone(), Duration::ZERO);

@@ -77,8 +77,11 @@ impl std::fmt::Debug for OutputPublisher {
 /// The producer configuration regnotify insists on, on top of the pass-through properties.
 pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
+    // The transaction writer sets its own transactional.id; this producer is never transactional.
     for (name, value) in &kafka.producer.0 {
-        config.set(name, value);
+        if name != "transactional.id" {
+            config.set(name, value);
+        }
     }
     config
         .set("bootstrap.servers", &kafka.bootstrap_servers)

@@ -156,11 +156,22 @@ mod tests {
 /// Creates the transactional producer and initialises its transactions.
 pub fn transactional_producer(kafka: &KafkaSettings) -> anyhow::Result<FutureProducer> {
     let mut config = producer_config(kafka);
-    // Unique per process: with KIP-447 the group's generation, not the id, fences zombies.
-    config.set(
-        "transactional.id",
-        format!("{}-{}", kafka.group_id, uuid::Uuid::new_v4().simple()),
-    );
+    // With KIP-447 the group's generation, not the id, fences zombies, so a unique id per process
+    // is safe. A stable id (`[kafka.producer] "transactional.id"`, one per instance, e.g. a
+    // StatefulSet pod name) lets a restarted instance abort its predecessor's open transaction at
+    // once instead of after `transaction.timeout.ms`, during which read_committed readers wait.
+    let id = kafka
+        .producer
+        .0
+        .get("transactional.id")
+        .cloned()
+        .unwrap_or_else(|| format!("{}-{}", kafka.group_id, uuid::Uuid::new_v4().simple()));
+    config.set("transactional.id", id);
+    if !kafka.producer.0.contains_key("transaction.timeout.ms") {
+        // Our transactions last a transaction_interval plus a round trip; a crashed instance's
+        // open transaction then blocks read_committed readers for seconds, not a minute.
+        config.set("transaction.timeout.ms", "10000");
+    }
     let producer: FutureProducer = config.create()?;
     producer.init_transactions(TRANSACTION_CALL_TIMEOUT)?;
     Ok(producer)
