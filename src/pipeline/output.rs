@@ -56,6 +56,30 @@ impl PublishError {
     }
 }
 
+/// The dead-letter record of `input` (SPEC 3.3): its key, value and headers, plus `dlq.*`.
+pub fn dead_letter_record<'a>(
+    dlq_topic: &'a str,
+    consumer_group: &str,
+    input: &'a InputRecord,
+    letter: &DeadLetter,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in dead_letter_headers(input, consumer_group, letter) {
+        headers = headers.insert(Header {
+            key: &key,
+            value: value.as_deref(),
+        });
+    }
+    let mut record = FutureRecord::to(dlq_topic).headers(headers);
+    if let Some(key) = &input.key {
+        record = record.key(key.as_slice());
+    }
+    if let Some(value) = &input.value {
+        record = record.payload(value.as_slice());
+    }
+    record
+}
+
 /// The producer side of the pipeline.
 pub struct OutputPublisher {
     producer: FutureProducer,
@@ -130,21 +154,7 @@ impl OutputPublisher {
         input: &InputRecord,
         letter: &DeadLetter,
     ) -> Result<(), PublishError> {
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in dead_letter_headers(input, &self.consumer_group, letter) {
-            headers = headers.insert(Header {
-                key: &key,
-                value: value.as_deref(),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.dlq_topic).headers(headers);
-        if let Some(key) = &input.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(value) = &input.value {
-            record = record.payload(value.as_slice());
-        }
+        let record = dead_letter_record(&self.dlq_topic, &self.consumer_group, input, letter);
         self.producer
             .send(record, Timeout::Never)
             .await

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
@@ -27,8 +26,8 @@ use crate::codec::OutcomeEncoder;
 use crate::config::KafkaSettings;
 use crate::event::RegistrationNotifyOutcome;
 use crate::pipeline::consumer::{Control, PipelineConsumer};
-use crate::pipeline::output::producer_config;
-use crate::pipeline::record::{DeadLetter, InputRecord, dead_letter_headers};
+use crate::pipeline::output::{dead_letter_record, producer_config};
+use crate::pipeline::record::{DeadLetter, InputRecord};
 
 /// Bound on one blocking transaction call (begin, offsets, commit, abort).
 const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -311,23 +310,12 @@ impl TransactionWriter {
         let mut deliveries = Vec::new();
         for submission in batch {
             if let Some(letter) = &submission.dead_letter {
-                let mut headers = OwnedHeaders::new();
-                for (key, value) in
-                    dead_letter_headers(&submission.record, &self.consumer_group, letter)
-                {
-                    headers = headers.insert(Header {
-                        key: &key,
-                        value: value.as_deref(),
-                    });
-                }
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&self.dlq_topic).headers(headers);
-                if let Some(key) = &submission.record.key {
-                    record = record.key(key.as_slice());
-                }
-                if let Some(value) = &submission.record.value {
-                    record = record.payload(value.as_slice());
-                }
+                let record = dead_letter_record(
+                    &self.dlq_topic,
+                    &self.consumer_group,
+                    &submission.record,
+                    letter,
+                );
                 deliveries.push(
                     self.producer
                         .send_result(record)
