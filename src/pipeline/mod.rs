@@ -11,11 +11,14 @@
 //! - [`watermark`], [`keyed`], [`backoff`]: the pure rules, property-tested.
 
 pub mod backoff;
+pub mod book;
 pub mod consumer;
+pub mod decisions;
 pub mod dispatch;
 pub mod keyed;
 pub mod output;
 pub mod record;
+pub mod scheduler;
 pub mod transactions;
 pub mod watermark;
 pub mod worker;

@@ -1,0 +1,520 @@
+//! The partition book: which partitions this member owns, in which assignment (generation), what
+//! became of every offset consumed in that assignment, and therefore what may be committed.
+//!
+//! It owns the delivery law of SPEC section 5 — a commit position never passes an offset whose
+//! outputs are not acknowledged, never names a partition this member does not own, and never moves
+//! backwards within an assignment — and the flow-control decision of each partition (pause when
+//! its window is full, resume at half). It never talks to Kafka, never spawns, never reads a
+//! clock: the dispatcher feeds it what the consumer and the workers report, in the order the
+//! consumer saw it, and applies what it answers.
+//!
+//! Every consumed offset is in one [`Stage`] until its outputs are acknowledged, when it leaves
+//! the book. A revoke or a shutdown waits only for work that can still settle: an offset that will
+//! never finish in this assignment ([`Stage::Dropped`]) blocks every commit position behind it, so
+//! work behind it cannot settle and is not waited for.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::pipeline::watermark::CommitWatermark;
+
+/// One consumed record in one assignment of its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot {
+    pub partition: i32,
+    pub generation: u64,
+    pub offset: i64,
+}
+
+/// What became of a consumed offset whose outputs are not acknowledged yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Consumed, not started: being decoded, or waiting for its key or a slot.
+    Waiting,
+    /// A worker has it.
+    Running,
+    /// Exactly-once: its outputs are with the transaction writer, not committed yet.
+    Submitted,
+    /// It will not finish in this assignment (abandoned, dropped by a revoke or a shutdown, or an
+    /// output Kafka can never accept): every commit position stays below it.
+    Dropped,
+}
+
+/// How a worker's job ended, as far as the book is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Every output is acknowledged by Kafka.
+    Acknowledged,
+    /// Exactly-once: the outputs wait in the transaction writer.
+    Submitted,
+    /// The outputs were not written.
+    Abandoned,
+}
+
+/// What the book makes of a consumed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    /// Tracked: process it.
+    Track(Slot),
+    /// The offset is not above the last one consumed in this assignment: the log was truncated
+    /// (unclean leader election) or the topic recreated. The partition starts a new generation
+    /// from this record; everything of `stale` is void (its jobs must be cancelled, its waiting
+    /// work forgotten, and nothing of it is ever committed).
+    Restart { slot: Slot, stale: u64 },
+    /// Not a partition this member processes now (not owned, revoking, or stopping).
+    Ignore,
+}
+
+/// The exactly-once answer to "what would committing these settled offsets allow?".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// New commit positions (partition, next offset), beyond what earlier transactions committed.
+    pub positions: Vec<(i32, i64)>,
+    /// The assignments (partition, generation) owned now; outputs of any other are orphans.
+    pub owned: Vec<(i32, u64)>,
+}
+
+#[derive(Debug, Clone)]
+struct Partition {
+    generation: u64,
+    watermark: CommitWatermark,
+    /// Offsets consumed in this generation and not acknowledged yet.
+    stages: BTreeMap<i64, Stage>,
+    /// The highest position committed (or handed out to be committed) in this assignment.
+    committed: Option<i64>,
+    /// Paused because its window is full.
+    paused: bool,
+    revoking: bool,
+}
+
+impl Partition {
+    fn new(generation: u64) -> Partition {
+        Partition {
+            generation,
+            watermark: CommitWatermark::new(),
+            stages: BTreeMap::new(),
+            committed: None,
+            paused: false,
+            revoking: false,
+        }
+    }
+
+    /// True when no work of it can still move its commit position: nothing runs or waits in a
+    /// transaction before the first offset that will never finish.
+    fn settled(&self) -> bool {
+        let blocked = self
+            .stages
+            .iter()
+            .find(|(_, stage)| matches!(stage, Stage::Waiting | Stage::Dropped))
+            .map(|(offset, _)| *offset);
+        !self.stages.iter().any(|(offset, stage)| {
+            matches!(stage, Stage::Running | Stage::Submitted)
+                && blocked.is_none_or(|blocked| *offset < blocked)
+        })
+    }
+
+    fn position_beyond_committed(&self, position: Option<i64>) -> Option<i64> {
+        let position = position?;
+        (self.committed < Some(position)).then_some(position)
+    }
+}
+
+/// The books of every owned partition.
+#[derive(Debug, Clone)]
+pub struct PartitionBook {
+    exactly_once: bool,
+    max_pending_per_partition: usize,
+    partitions: BTreeMap<i32, Partition>,
+    next_generation: u64,
+    /// Offsets in [`Stage::Waiting`], over all partitions.
+    waiting: usize,
+    stopping: bool,
+}
+
+impl PartitionBook {
+    pub fn new(exactly_once: bool, max_pending_per_partition: usize) -> PartitionBook {
+        PartitionBook {
+            exactly_once,
+            max_pending_per_partition: max_pending_per_partition.max(1),
+            partitions: BTreeMap::new(),
+            next_generation: 0,
+            waiting: 0,
+            stopping: false,
+        }
+    }
+
+    /// Partitions assigned to this member. One already owned keeps its books (cooperative
+    /// rebalancing never re-sends those); returns the ones that start afresh.
+    pub fn assign(&mut self, partitions: &[i32]) -> Vec<i32> {
+        let mut fresh = Vec::new();
+        for &partition in partitions {
+            if self.partitions.contains_key(&partition) {
+                continue;
+            }
+            let generation = self.new_generation();
+            self.partitions
+                .insert(partition, Partition::new(generation));
+            fresh.push(partition);
+        }
+        fresh
+    }
+
+    /// Starts a revoke. Waiting work of these partitions is dropped: it must not start, and the
+    /// next owner consumes it again because its offsets are never committed. Returns the
+    /// waiting slots dropped, for the caller to forget.
+    pub fn begin_revoke(&mut self, partitions: &[i32]) -> Vec<Slot> {
+        let mut dropped = Vec::new();
+        for partition in partitions {
+            let Some(state) = self.partitions.get_mut(partition) else {
+                continue;
+            };
+            state.revoking = true;
+            for (offset, stage) in &mut state.stages {
+                if *stage == Stage::Waiting {
+                    *stage = Stage::Dropped;
+                    dropped.push(Slot {
+                        partition: *partition,
+                        generation: state.generation,
+                        offset: *offset,
+                    });
+                }
+            }
+        }
+        self.waiting -= dropped.len();
+        dropped
+    }
+
+    /// True when every revoking partition has no work that can still settle.
+    pub fn revoke_settled(&self) -> bool {
+        self.partitions
+            .values()
+            .filter(|state| state.revoking)
+            .all(Partition::settled)
+    }
+
+    /// Ends the revoke: forgets the revoking partitions and returns their assignments (whose
+    /// jobs still running must be cancelled) and, at least-once, the positions to commit before
+    /// librdkafka lets them go. (Exactly-once commits only inside transactions; a lost assignment
+    /// must commit nothing: the caller drops the positions then.)
+    pub fn finish_revoke(&mut self) -> (Vec<(i32, u64)>, Vec<(i32, i64)>) {
+        let mut removed = Vec::new();
+        let mut positions = Vec::new();
+        let revoking: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, state)| state.revoking)
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in revoking {
+            let Some(state) = self.partitions.remove(&partition) else {
+                continue;
+            };
+            removed.push((partition, state.generation));
+            if !self.exactly_once
+                && let Some(position) =
+                    state.position_beyond_committed(state.watermark.committable())
+            {
+                positions.push((partition, position));
+            }
+        }
+        (removed, positions)
+    }
+
+    /// Books a consumed record.
+    pub fn consume(&mut self, partition: i32, offset: i64) -> Consumed {
+        if self.stopping {
+            return Consumed::Ignore;
+        }
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return Consumed::Ignore;
+        };
+        if state.revoking {
+            return Consumed::Ignore;
+        }
+        if state.watermark.track(offset).is_ok() {
+            state.stages.insert(offset, Stage::Waiting);
+            self.waiting += 1;
+            return Consumed::Track(Slot {
+                partition,
+                generation: state.generation,
+                offset,
+            });
+        }
+        if offset < 0 {
+            return Consumed::Ignore;
+        }
+        let stale = state.generation;
+        let void_waiting = state
+            .stages
+            .values()
+            .filter(|stage| **stage == Stage::Waiting)
+            .count();
+        self.waiting -= void_waiting;
+        let generation = self.new_generation();
+        let mut fresh = Partition::new(generation);
+        fresh.paused = self
+            .partitions
+            .get(&partition)
+            .is_some_and(|state| state.paused);
+        let _ = fresh.watermark.track(offset);
+        fresh.stages.insert(offset, Stage::Waiting);
+        self.waiting += 1;
+        self.partitions.insert(partition, fresh);
+        Consumed::Restart {
+            slot: Slot {
+                partition,
+                generation,
+                offset,
+            },
+            stale,
+        }
+    }
+
+    /// The stage of a slot, when it is still in the books.
+    pub fn stage(&self, slot: Slot) -> Option<Stage> {
+        let state = self.partitions.get(&slot.partition)?;
+        if state.generation != slot.generation {
+            return None;
+        }
+        state.stages.get(&slot.offset).copied()
+    }
+
+    /// A waiting slot was handed to a worker.
+    pub fn start(&mut self, slot: Slot) {
+        if self.stage(slot) == Some(Stage::Waiting) {
+            self.set_stage(slot, Stage::Running);
+            self.waiting -= 1;
+        }
+    }
+
+    /// A waiting slot will not be started (dropped by shutdown).
+    pub fn drop_waiting(&mut self, slot: Slot) {
+        if self.stage(slot) == Some(Stage::Waiting) {
+            self.set_stage(slot, Stage::Dropped);
+            self.waiting -= 1;
+        }
+    }
+
+    /// A worker's report. Reports of an assignment no longer current change nothing.
+    pub fn settle(&mut self, slot: Slot, settle: Settle) {
+        if self.stage(slot) != Some(Stage::Running) {
+            return;
+        }
+        match settle {
+            Settle::Acknowledged => self.acknowledge(slot),
+            Settle::Submitted => self.set_stage(slot, Stage::Submitted),
+            Settle::Abandoned => self.set_stage(slot, Stage::Dropped),
+        }
+    }
+
+    /// Exactly-once: the positions these settled offsets allow, if their transaction commits;
+    /// the books do not change until it does.
+    pub fn prepare(&self, settled: &[Slot]) -> Prepared {
+        let mut trial: BTreeMap<i32, CommitWatermark> = BTreeMap::new();
+        for slot in settled {
+            if self.stage(*slot) != Some(Stage::Submitted) {
+                continue;
+            }
+            let Some(state) = self.partitions.get(&slot.partition) else {
+                continue;
+            };
+            trial
+                .entry(slot.partition)
+                .or_insert_with(|| state.watermark.clone())
+                .complete(slot.offset);
+        }
+        let positions = trial
+            .into_iter()
+            .filter_map(|(partition, watermark)| {
+                let state = self.partitions.get(&partition)?;
+                let position = state.position_beyond_committed(watermark.committable())?;
+                Some((partition, position))
+            })
+            .collect();
+        Prepared {
+            positions,
+            owned: self.owned(),
+        }
+    }
+
+    /// Exactly-once: the transaction carrying these offsets and their outputs committed.
+    pub fn transaction_committed(&mut self, settled: &[Slot]) {
+        for slot in settled {
+            if self.stage(*slot) == Some(Stage::Submitted) {
+                self.acknowledge(*slot);
+            }
+        }
+        for state in self.partitions.values_mut() {
+            let position = state.watermark.committable();
+            if state.committed < position {
+                state.committed = position;
+            }
+        }
+    }
+
+    /// At-least-once: positions that moved since the last call, for a periodic commit. They
+    /// count as committed from now on; [`commit_failed`](Self::commit_failed) offers them again.
+    pub fn take_commits(&mut self) -> Vec<(i32, i64)> {
+        if self.exactly_once {
+            return Vec::new();
+        }
+        let mut positions = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            if state.revoking {
+                continue;
+            }
+            if let Some(position) = state.position_beyond_committed(state.watermark.committable()) {
+                state.committed = Some(position);
+                positions.push((*partition, position));
+            }
+        }
+        positions
+    }
+
+    /// At-least-once: a commit of these partitions failed; their positions are offered again.
+    pub fn commit_failed(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            if let Some(state) = self.partitions.get_mut(partition) {
+                state.committed = None;
+            }
+        }
+    }
+
+    /// Stops taking records: every waiting slot is dropped. Returns them, for the caller to
+    /// forget.
+    pub fn begin_stop(&mut self) -> Vec<Slot> {
+        self.stopping = true;
+        let mut dropped = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            for (offset, stage) in &mut state.stages {
+                if *stage == Stage::Waiting {
+                    *stage = Stage::Dropped;
+                    dropped.push(Slot {
+                        partition: *partition,
+                        generation: state.generation,
+                        offset: *offset,
+                    });
+                }
+            }
+        }
+        self.waiting = 0;
+        dropped
+    }
+
+    /// True when no partition has work that can still settle.
+    pub fn all_settled(&self) -> bool {
+        self.partitions.values().all(Partition::settled)
+    }
+
+    /// At-least-once: the positions of every finished prefix not committed yet, for the last
+    /// commit at shutdown.
+    pub fn final_commits(&mut self) -> Vec<(i32, i64)> {
+        let mut positions = Vec::new();
+        if self.exactly_once {
+            return positions;
+        }
+        for (partition, state) in &mut self.partitions {
+            if state.revoking {
+                continue;
+            }
+            if let Some(position) = state.position_beyond_committed(state.watermark.committable()) {
+                state.committed = Some(position);
+                positions.push((*partition, position));
+            }
+        }
+        positions
+    }
+
+    /// Re-decides the flow control of `partition` after its window changed: `Some(true)` to
+    /// pause it (window full), `Some(false)` to resume it (drained to half), `None` for no change.
+    pub fn update_pause(&mut self, partition: i32) -> Option<bool> {
+        let max = self.max_pending_per_partition;
+        let state = self.partitions.get_mut(&partition)?;
+        let window = state.watermark.window_len();
+        let pause = if !state.paused && window >= max {
+            true
+        } else if state.paused && window <= max / 2 {
+            false
+        } else {
+            return None;
+        };
+        state.paused = pause;
+        Some(pause)
+    }
+
+    /// Owned partitions paused because their own window is full.
+    pub fn paused(&self) -> BTreeSet<i32> {
+        self.partitions
+            .iter()
+            .filter(|(_, state)| state.paused)
+            .map(|(partition, _)| *partition)
+            .collect()
+    }
+
+    /// The assignments (partition, generation) owned now, revoking ones included.
+    pub fn owned(&self) -> Vec<(i32, u64)> {
+        self.partitions
+            .iter()
+            .map(|(partition, state)| (*partition, state.generation))
+            .collect()
+    }
+
+    /// The generation of an owned partition.
+    pub fn generation(&self, partition: i32) -> Option<u64> {
+        self.partitions
+            .get(&partition)
+            .map(|state| state.generation)
+    }
+
+    /// True once [`begin_stop`](Self::begin_stop) was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    pub fn is_revoking(&self) -> bool {
+        self.partitions.values().any(|state| state.revoking)
+    }
+
+    /// Offsets held for `partition`: what `max_pending_per_partition` bounds.
+    pub fn window_len(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |state| state.watermark.window_len())
+    }
+
+    /// Consumed offsets not started yet, over all partitions.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Owned partitions.
+    pub fn len(&self) -> usize {
+        self.partitions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+
+    fn new_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn set_stage(&mut self, slot: Slot, stage: Stage) {
+        if let Some(entry) = self
+            .partitions
+            .get_mut(&slot.partition)
+            .and_then(|state| state.stages.get_mut(&slot.offset))
+        {
+            *entry = stage;
+        }
+    }
+
+    fn acknowledge(&mut self, slot: Slot) {
+        if let Some(state) = self.partitions.get_mut(&slot.partition) {
+            state.stages.remove(&slot.offset);
+            let completed = state.watermark.complete(slot.offset);
+            debug_assert!(completed, "an acknowledged offset was not in the window");
+        }
+    }
+}

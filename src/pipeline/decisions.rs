@@ -1,0 +1,982 @@
+//! The dispatcher's decisions, with no I/O: the [`PartitionBook`] and the [`Scheduler`] kept in
+//! step, and the global flow control over both.
+//!
+//! The dispatcher loop ([`super::dispatch`]) feeds this core what the consumer and the workers
+//! report, in the order the consumer saw it, and carries out what it answers: start these jobs,
+//! cancel that assignment's work, commit these positions, pause those partitions. The core never
+//! talks to Kafka, never spawns, never reads a clock; the model test at the bottom drives it
+//! through random interleavings against a reference model.
+
+use std::collections::BTreeSet;
+
+use crate::pipeline::book::{Consumed, PartitionBook, Prepared, Settle, Slot, Stage};
+use crate::pipeline::scheduler::{Schedule, Scheduler};
+
+/// Jobs waiting (decoding, or for their key or a slot) beyond this many times `max_in_flight`
+/// pause every partition; they resume at half of it.
+pub const WAITING_FACTOR: usize = 4;
+
+/// Which events must wait for each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OrderKey {
+    Merchant(String),
+    Partition(i32),
+}
+
+/// A decoded record on its way to a worker.
+#[derive(Debug)]
+pub struct Ticket<P> {
+    pub slot: Slot,
+    pub key: Option<OrderKey>,
+    pub payload: P,
+}
+
+impl<P> Schedule for Ticket<P> {
+    type Key = OrderKey;
+    fn order_key(&self) -> Option<&OrderKey> {
+        self.key.as_ref()
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Every output record is acknowledged by Kafka: the offset may be committed.
+    Terminal,
+    /// Stopped before the outputs were acknowledged: the offset must not be committed.
+    Abandoned,
+    /// An output can never be written; the service must stop (the offset stays uncommitted).
+    Fatal,
+    /// Exactly-once: the outputs are with the transaction writer, which settles the offset.
+    Submitted,
+}
+
+/// The end of a revoke: what to cancel and, at least-once, what to commit before the partitions
+/// go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevokeEnd {
+    /// Assignments (partition, generation) whose work still running must stop.
+    pub cancel: Vec<(i32, u64)>,
+    /// Commit positions (partition, next offset).
+    pub commit: Vec<(i32, i64)>,
+}
+
+/// Which partitions should not fetch now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PausePlan {
+    /// Every partition, also ones assigned later, until the plan changes.
+    pub all: bool,
+    /// Partitions whose own window is full.
+    pub partitions: BTreeSet<i32>,
+}
+
+impl PausePlan {
+    pub fn is_paused(&self, partition: i32) -> bool {
+        self.all || self.partitions.contains(&partition)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingRevoke {
+    lost: bool,
+}
+
+/// The book and the scheduler, kept in step.
+#[derive(Debug)]
+pub struct DispatchCore<P> {
+    book: PartitionBook,
+    scheduler: Scheduler<Ticket<P>>,
+    waiting_limit: usize,
+    globally_paused: bool,
+    /// Bumped whenever the pause plan changes.
+    pause_version: u64,
+    revoke: Option<PendingRevoke>,
+    fatal: bool,
+}
+
+impl<P> DispatchCore<P> {
+    pub fn new(exactly_once: bool, max_in_flight: usize, max_pending_per_partition: usize) -> Self {
+        let max_in_flight = max_in_flight.max(1);
+        DispatchCore {
+            book: PartitionBook::new(exactly_once, max_pending_per_partition),
+            scheduler: Scheduler::new(max_in_flight),
+            waiting_limit: max_in_flight.saturating_mul(WAITING_FACTOR),
+            globally_paused: false,
+            pause_version: 0,
+            revoke: None,
+            fatal: false,
+        }
+    }
+
+    /// Partitions assigned. A revoke still pending is over (the consumer moved on without our
+    /// answer): it is finished first, and its end returned. Returns the partitions that start
+    /// afresh as well.
+    pub fn assign(&mut self, partitions: &[i32]) -> (Option<RevokeEnd>, Vec<i32>) {
+        let previous = self.finish_revoke();
+        let fresh = self.book.assign(partitions);
+        (previous, fresh)
+    }
+
+    /// Partitions revoked (`lost`: the group gave them away already, nothing may be committed).
+    /// Returns the end of an earlier revoke still pending, and the assignments whose running work
+    /// must stop at once (a lost assignment's: another member may be working on those events).
+    pub fn revoke(
+        &mut self,
+        partitions: &[i32],
+        lost: bool,
+    ) -> (Option<RevokeEnd>, Vec<(i32, u64)>) {
+        let previous = self.finish_revoke();
+        let owned: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|partition| self.book.generation(*partition).is_some())
+            .collect();
+        let cancel_now = if lost {
+            owned
+                .iter()
+                .filter_map(|partition| Some((*partition, self.book.generation(*partition)?)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dropped = self.book.begin_revoke(&owned);
+        if !dropped.is_empty() {
+            self.scheduler
+                .remove_waiting(|ticket| owned.contains(&ticket.slot.partition));
+        }
+        self.revoke = Some(PendingRevoke { lost });
+        self.update_global_pause();
+        (previous, cancel_now)
+    }
+
+    /// True when a revoke is pending and nothing of its partitions can still settle.
+    pub fn revoke_settled(&self) -> bool {
+        // A lost assignment commits nothing, so there is nothing to wait for.
+        self.revoke
+            .is_some_and(|revoke| revoke.lost || self.book.revoke_settled())
+    }
+
+    pub fn revoke_pending(&self) -> bool {
+        self.revoke.is_some()
+    }
+
+    /// Ends the pending revoke, if any: the partitions are forgotten.
+    pub fn finish_revoke(&mut self) -> Option<RevokeEnd> {
+        let revoke = self.revoke.take()?;
+        let (cancel, commit) = self.book.finish_revoke();
+        self.pause_version += 1;
+        Some(RevokeEnd {
+            cancel,
+            commit: if revoke.lost { Vec::new() } else { commit },
+        })
+    }
+
+    /// Books a consumed record. On [`Consumed::Restart`] the stale assignment's waiting jobs are
+    /// dropped here; the caller cancels its running ones and forgets its undecoded records.
+    pub fn consume(&mut self, partition: i32, offset: i64) -> Consumed {
+        let consumed = self.book.consume(partition, offset);
+        if let Consumed::Restart { stale, .. } = consumed {
+            self.scheduler.remove_waiting(|ticket| {
+                ticket.slot.partition == partition && ticket.slot.generation == stale
+            });
+        }
+        if consumed != Consumed::Ignore {
+            self.update_pause(partition);
+            self.update_global_pause();
+        }
+        consumed
+    }
+
+    /// A consumed record is decoded: it queues behind its key. `false` (and the ticket is
+    /// discarded) when its slot was dropped meanwhile.
+    pub fn decoded(&mut self, ticket: Ticket<P>) -> bool {
+        if self.book.stage(ticket.slot) != Some(Stage::Waiting) {
+            return false;
+        }
+        self.scheduler.push(ticket);
+        true
+    }
+
+    /// The next job to start now, if any.
+    pub fn next_start(&mut self) -> Option<Ticket<P>> {
+        let ticket = self.scheduler.next()?;
+        debug_assert_eq!(self.book.stage(ticket.slot), Some(Stage::Waiting));
+        self.book.start(ticket.slot);
+        self.update_global_pause();
+        Some(ticket)
+    }
+
+    /// A started job ended.
+    pub fn finished(&mut self, slot: Slot, key: Option<&OrderKey>, finish: Finish) {
+        self.scheduler.finished(key);
+        let settle = match finish {
+            Finish::Terminal => Settle::Acknowledged,
+            Finish::Submitted => Settle::Submitted,
+            Finish::Abandoned => Settle::Abandoned,
+            Finish::Fatal => {
+                self.fatal = true;
+                Settle::Abandoned
+            }
+        };
+        self.book.settle(slot, settle);
+        self.update_pause(slot.partition);
+    }
+
+    /// Exactly-once: what committing these settled offsets would allow.
+    pub fn prepare(&self, settled: &[Slot]) -> Prepared {
+        self.book.prepare(settled)
+    }
+
+    /// Exactly-once: the transaction carrying these offsets committed.
+    pub fn transaction_committed(&mut self, settled: &[Slot]) {
+        self.book.transaction_committed(settled);
+        let mut partitions: Vec<i32> = settled.iter().map(|slot| slot.partition).collect();
+        partitions.dedup();
+        for partition in partitions {
+            self.update_pause(partition);
+        }
+    }
+
+    /// At-least-once: positions to commit now.
+    pub fn take_commits(&mut self) -> Vec<(i32, i64)> {
+        self.book.take_commits()
+    }
+
+    pub fn commit_failed(&mut self, partitions: &[i32]) {
+        self.book.commit_failed(partitions);
+    }
+
+    /// Stops taking work: records no longer count, waiting jobs are dropped.
+    pub fn begin_stop(&mut self) {
+        self.book.begin_stop();
+        self.scheduler.remove_waiting(|_| true);
+        self.pause_version += 1;
+        self.update_global_pause();
+    }
+
+    /// True when nothing can settle any more: a stopping pipeline may end.
+    pub fn stop_settled(&self) -> bool {
+        self.book.all_settled()
+    }
+
+    /// At-least-once: the last commit positions at shutdown.
+    pub fn final_commits(&mut self) -> Vec<(i32, i64)> {
+        self.book.final_commits()
+    }
+
+    /// Which partitions should not fetch now.
+    pub fn pause_plan(&self) -> PausePlan {
+        PausePlan {
+            all: self.globally_paused || self.book_stopping(),
+            partitions: self.book.paused(),
+        }
+    }
+
+    /// Changes whenever [`pause_plan`](Self::pause_plan) may have changed.
+    pub fn pause_version(&self) -> u64 {
+        self.pause_version
+    }
+
+    /// True once a job reported an output Kafka can never accept.
+    pub fn is_fatal(&self) -> bool {
+        self.fatal
+    }
+
+    pub fn book(&self) -> &PartitionBook {
+        &self.book
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.scheduler.in_flight()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.book.waiting()
+    }
+
+    fn book_stopping(&self) -> bool {
+        // A stopping book ignores records; fetching them only costs memory.
+        self.book.is_stopping()
+    }
+
+    fn update_pause(&mut self, partition: i32) {
+        if self.book.update_pause(partition).is_some() {
+            self.pause_version += 1;
+        }
+    }
+
+    fn update_global_pause(&mut self) {
+        let waiting = self.book.waiting();
+        let pause = if !self.globally_paused && waiting >= self.waiting_limit {
+            true
+        } else if self.globally_paused && waiting <= self.waiting_limit / 2 {
+            false
+        } else {
+            return;
+        };
+        self.globally_paused = pause;
+        self.pause_version += 1;
+    }
+}
+
+#[cfg(test)]
+mod model {
+    //! The model test: random interleavings of records, decodes, starts, completions of every
+    //! kind, transactions, commits, assigns, revokes (lost or not, answered or timed out),
+    //! truncated logs and shutdown, checked at every step against a reference model that keeps
+    //! its own plain record of every consumed offset.
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::{BTreeMap, HashMap, VecDeque};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PARTITIONS: i32 = 3;
+    const KEYS: u8 = 4;
+    const MAX_IN_FLIGHT: usize = 3;
+    const MAX_PENDING: usize = 6;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A record of a partition, with an offset gap (compaction, transaction markers) and a
+        /// merchant (`None`: undecodable).
+        Consume {
+            partition: i32,
+            gap: i64,
+            key: Option<u8>,
+        },
+        /// A record whose offset is below the last one: the log was truncated.
+        Truncate {
+            partition: i32,
+            back: i64,
+        },
+        Decode,
+        Start,
+        Complete {
+            pick: prop::sample::Index,
+            kind: u8,
+        },
+        Transaction {
+            pick: prop::sample::Index,
+            commit: bool,
+        },
+        CommitTick {
+            fail: bool,
+        },
+        Assign {
+            partitions: Vec<i32>,
+        },
+        Revoke {
+            partitions: Vec<i32>,
+            lost: bool,
+        },
+        RevokeDeadline,
+        Shutdown,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let partition = 0..PARTITIONS;
+        let partitions = prop::collection::vec(0..PARTITIONS, 1..=PARTITIONS as usize);
+        prop_oneof![
+            12 => (partition.clone(), 1i64..3, prop::option::weighted(0.9, 0..KEYS))
+                .prop_map(|(partition, gap, key)| Op::Consume { partition, gap, key }),
+            1 => (partition, 1i64..4).prop_map(|(partition, back)| Op::Truncate { partition, back }),
+            8 => Just(Op::Decode),
+            6 => Just(Op::Start),
+            10 => (any::<prop::sample::Index>(), 0u8..20)
+                .prop_map(|(pick, kind)| Op::Complete { pick, kind }),
+            3 => (any::<prop::sample::Index>(), prop::bool::weighted(0.8))
+                .prop_map(|(pick, commit)| Op::Transaction { pick, commit }),
+            3 => prop::bool::weighted(0.2).prop_map(|fail| Op::CommitTick { fail }),
+            2 => partitions.clone().prop_map(|partitions| Op::Assign { partitions }),
+            2 => (partitions, prop::bool::weighted(0.2))
+                .prop_map(|(partitions, lost)| Op::Revoke { partitions, lost }),
+            1 => Just(Op::RevokeDeadline),
+            1 => Just(Op::Shutdown),
+        ]
+    }
+
+    /// What the reference model knows of one consumed offset.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fate {
+        Waiting,
+        Running,
+        Submitted,
+        /// Outputs acknowledged (at-least-once) or committed in a transaction (exactly-once).
+        Acknowledged,
+        /// Will not finish in this assignment.
+        Lost,
+    }
+
+    #[derive(Debug)]
+    struct Assignment {
+        generation: u64,
+        next_offset: i64,
+        /// Every offset consumed in this assignment, in order.
+        consumed: BTreeMap<i64, Fate>,
+        /// The highest position committed in this assignment.
+        committed: Option<i64>,
+    }
+
+    #[derive(Debug)]
+    struct Running {
+        slot: Slot,
+        key: Option<OrderKey>,
+        /// Its assignment was cancelled: it can only be abandoned now.
+        cancelled: bool,
+    }
+
+    struct Model {
+        exactly_once: bool,
+        core: DispatchCore<()>,
+        owned: BTreeMap<i32, Assignment>,
+        /// What the group has committed per partition (survives assignments).
+        group_committed: HashMap<i32, i64>,
+        undecoded: VecDeque<(Slot, Option<OrderKey>)>,
+        running: Vec<Running>,
+        submitted: Vec<Slot>,
+        /// Sequence of consumption per key, to check start order.
+        sequence: HashMap<Slot, u64>,
+        next_sequence: u64,
+        last_started: HashMap<OrderKey, u64>,
+        revoking: Vec<i32>,
+        revoke_lost: bool,
+        stopping: bool,
+    }
+
+    impl Model {
+        fn new(exactly_once: bool) -> Model {
+            Model {
+                exactly_once,
+                core: DispatchCore::new(exactly_once, MAX_IN_FLIGHT, MAX_PENDING),
+                owned: BTreeMap::new(),
+                group_committed: HashMap::new(),
+                undecoded: VecDeque::new(),
+                running: Vec::new(),
+                submitted: Vec::new(),
+                sequence: HashMap::new(),
+                next_sequence: 0,
+                last_started: HashMap::new(),
+                revoking: Vec::new(),
+                revoke_lost: false,
+                stopping: false,
+            }
+        }
+
+        fn fate(&mut self, slot: Slot) -> Option<&mut Fate> {
+            let assignment = self.owned.get_mut(&slot.partition)?;
+            if assignment.generation != slot.generation {
+                return None;
+            }
+            assignment.consumed.get_mut(&slot.offset)
+        }
+
+        /// A commit of `position` for `partition`: owned, every offset below it acknowledged
+        /// (or, in a transaction, acknowledged by this very commit), never backwards.
+        fn check_commit(
+            &mut self,
+            partition: i32,
+            position: i64,
+            in_transaction: &[Slot],
+        ) -> Result<(), TestCaseError> {
+            let Some(assignment) = self.owned.get_mut(&partition) else {
+                return Err(TestCaseError::fail(format!(
+                    "commit of partition {partition}, which is not owned"
+                )));
+            };
+            for (offset, fate) in assignment.consumed.range(..position) {
+                let in_this = in_transaction.iter().any(|slot| {
+                    slot.partition == partition
+                        && slot.generation == assignment.generation
+                        && slot.offset == *offset
+                });
+                prop_assert!(
+                    *fate == Fate::Acknowledged || (in_this && *fate == Fate::Submitted),
+                    "commit {position} of partition {partition} passes offset {offset} ({fate:?})"
+                );
+            }
+            prop_assert!(
+                assignment
+                    .committed
+                    .is_none_or(|committed| position >= committed),
+                "partition {partition} position went back from {:?} to {position}",
+                assignment.committed
+            );
+            assignment.committed = Some(position);
+            self.group_committed.insert(partition, position);
+            Ok(())
+        }
+
+        fn apply_revoke_end(&mut self, end: RevokeEnd) -> Result<(), TestCaseError> {
+            for (partition, position) in &end.commit {
+                prop_assert!(!self.revoke_lost, "a lost assignment committed");
+                self.check_commit(*partition, *position, &[])?;
+            }
+            for (partition, generation) in end.cancel {
+                self.cancel(partition, generation);
+                if self
+                    .owned
+                    .get(&partition)
+                    .is_some_and(|a| a.generation == generation)
+                {
+                    self.owned.remove(&partition);
+                }
+            }
+            self.revoking.clear();
+            Ok(())
+        }
+
+        fn cancel(&mut self, partition: i32, generation: u64) {
+            for job in &mut self.running {
+                if job.slot.partition == partition && job.slot.generation == generation {
+                    job.cancelled = true;
+                }
+            }
+        }
+
+        fn forget_undecoded(&mut self) {
+            let core = &self.core;
+            self.undecoded
+                .retain(|(slot, _)| core.book().stage(*slot) == Some(Stage::Waiting));
+        }
+
+        /// What the loop does after every event: answer a revoke whose work has settled.
+        fn after_event(&mut self) -> Result<(), TestCaseError> {
+            if self.core.revoke_settled() {
+                let end = self.core.finish_revoke().unwrap();
+                self.apply_revoke_end(end)?;
+            }
+            if self.core.is_fatal() && !self.stopping {
+                self.stop()?;
+            }
+            Ok(())
+        }
+
+        fn stop(&mut self) -> Result<(), TestCaseError> {
+            self.stopping = true;
+            self.core.begin_stop();
+            self.forget_undecoded();
+            for assignment in self.owned.values_mut() {
+                for fate in assignment.consumed.values_mut() {
+                    if *fate == Fate::Waiting {
+                        *fate = Fate::Lost;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
+            match op {
+                Op::Consume {
+                    partition,
+                    gap,
+                    key,
+                } => {
+                    // The consumer honours the pause plan (librdkafka fetches nothing else).
+                    if self.core.pause_plan().is_paused(partition) || self.stopping {
+                        return Ok(());
+                    }
+                    let Some(assignment) = self.owned.get_mut(&partition) else {
+                        return Ok(());
+                    };
+                    if self.revoking.contains(&partition) {
+                        return Ok(());
+                    }
+                    let offset = assignment.next_offset + gap - 1;
+                    assignment.next_offset = offset + 1;
+                    let consumed = self.core.consume(partition, offset);
+                    let Consumed::Track(slot) = consumed else {
+                        return Err(TestCaseError::fail(format!(
+                            "owned partition {partition} offset {offset}: {consumed:?}"
+                        )));
+                    };
+                    prop_assert_eq!(slot.generation, assignment.generation);
+                    assignment.consumed.insert(offset, Fate::Waiting);
+                    self.sequence.insert(slot, self.next_sequence);
+                    self.next_sequence += 1;
+                    let key = key.map(|key| OrderKey::Merchant(format!("m{key}")));
+                    self.undecoded.push_back((slot, key));
+                }
+                Op::Truncate { partition, back } => {
+                    if self.core.pause_plan().is_paused(partition)
+                        || self.stopping
+                        || self.revoking.contains(&partition)
+                    {
+                        return Ok(());
+                    }
+                    let Some(assignment) = self.owned.get(&partition) else {
+                        return Ok(());
+                    };
+                    // Only an offset at or below one already consumed in this assignment is a
+                    // truncation; the book cannot know of offsets it never saw.
+                    let Some(last) = assignment.consumed.keys().last().copied() else {
+                        return Ok(());
+                    };
+                    let offset = (last + 1 - back).max(0);
+                    let stale_generation = assignment.generation;
+                    let consumed = self.core.consume(partition, offset);
+                    let Consumed::Restart { slot, stale } = consumed else {
+                        return Err(TestCaseError::fail(format!(
+                            "truncated partition {partition} offset {offset}: {consumed:?}"
+                        )));
+                    };
+                    prop_assert_eq!(stale, stale_generation);
+                    self.cancel(partition, stale);
+                    self.forget_undecoded();
+                    self.submitted
+                        .retain(|s| !(s.partition == partition && s.generation == stale));
+                    let mut consumed = BTreeMap::new();
+                    consumed.insert(offset, Fate::Waiting);
+                    self.owned.insert(
+                        partition,
+                        Assignment {
+                            generation: slot.generation,
+                            next_offset: offset + 1,
+                            consumed,
+                            committed: None,
+                        },
+                    );
+                    self.sequence.insert(slot, self.next_sequence);
+                    self.next_sequence += 1;
+                    self.undecoded.push_back((slot, None));
+                }
+                Op::Decode => {
+                    self.forget_undecoded();
+                    if let Some((slot, key)) = self.undecoded.pop_front() {
+                        let ticket = Ticket {
+                            slot,
+                            key,
+                            payload: (),
+                        };
+                        prop_assert!(self.core.decoded(ticket), "a waiting slot was refused");
+                    }
+                }
+                Op::Start => {
+                    while let Some(ticket) = self.core.next_start() {
+                        let fate = self.fate(ticket.slot);
+                        prop_assert_eq!(
+                            fate.as_deref().copied(),
+                            Some(Fate::Waiting),
+                            "started a slot that is not waiting: {:?}",
+                            ticket.slot
+                        );
+                        *self.fate(ticket.slot).unwrap() = Fate::Running;
+                        if let Some(key) = &ticket.key {
+                            prop_assert!(
+                                !self.running.iter().any(|job| job.key.as_ref() == Some(key)),
+                                "two events of {key:?} in flight"
+                            );
+                            let sequence = self.sequence[&ticket.slot];
+                            if let Some(previous) = self.last_started.get(key) {
+                                prop_assert!(sequence > *previous, "{key:?} started out of order");
+                            }
+                            self.last_started.insert(key.clone(), sequence);
+                        }
+                        self.running.push(Running {
+                            slot: ticket.slot,
+                            key: ticket.key,
+                            cancelled: false,
+                        });
+                    }
+                    prop_assert!(
+                        self.running.len() <= MAX_IN_FLIGHT,
+                        "in-flight bound broken"
+                    );
+                }
+                Op::Complete { pick, kind } => {
+                    if self.running.is_empty() {
+                        return Ok(());
+                    }
+                    let job = self.running.remove(pick.index(self.running.len()));
+                    let finish = match kind {
+                        _ if job.cancelled => Finish::Abandoned,
+                        0..=1 => Finish::Abandoned,
+                        2 => Finish::Fatal,
+                        _ if self.exactly_once => Finish::Submitted,
+                        _ => Finish::Terminal,
+                    };
+                    if let Some(fate) = self.fate(job.slot) {
+                        *fate = match finish {
+                            Finish::Terminal => Fate::Acknowledged,
+                            Finish::Submitted => Fate::Submitted,
+                            Finish::Abandoned | Finish::Fatal => Fate::Lost,
+                        };
+                    }
+                    if finish == Finish::Submitted {
+                        self.submitted.push(job.slot);
+                    }
+                    self.core.finished(job.slot, job.key.as_ref(), finish);
+                }
+                Op::Transaction { pick, commit } => {
+                    if !self.submitted.is_empty() {
+                        let held = pick.index(self.submitted.len()) + 1;
+                        self.transaction(held, commit)?;
+                    }
+                }
+                Op::CommitTick { fail } => {
+                    let positions = self.core.take_commits();
+                    prop_assert!(!self.exactly_once || positions.is_empty());
+                    if fail {
+                        let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
+                        self.core.commit_failed(&partitions);
+                    } else {
+                        for (partition, position) in positions {
+                            self.check_commit(partition, position, &[])?;
+                        }
+                    }
+                }
+                Op::Assign { partitions } => {
+                    if !self.revoking.is_empty() {
+                        // The consumer moved on without an answer (its callback timed out).
+                        self.revoke_timed_out()?;
+                    }
+                    let (previous, fresh) = self.core.assign(&partitions);
+                    prop_assert!(previous.is_none());
+                    for partition in fresh {
+                        prop_assert!(!self.owned.contains_key(&partition));
+                        let start = self.group_committed.get(&partition).copied().unwrap_or(0);
+                        self.owned.insert(
+                            partition,
+                            Assignment {
+                                generation: self.core.book().generation(partition).unwrap(),
+                                next_offset: start,
+                                consumed: BTreeMap::new(),
+                                committed: None,
+                            },
+                        );
+                    }
+                }
+                Op::Revoke { partitions, lost } => {
+                    if !self.revoking.is_empty() {
+                        self.revoke_timed_out()?;
+                    }
+                    let (previous, cancel_now) = self.core.revoke(&partitions, lost);
+                    prop_assert!(previous.is_none());
+                    for (partition, generation) in cancel_now {
+                        self.cancel(partition, generation);
+                    }
+                    self.revoke_lost = lost;
+                    self.revoking = partitions
+                        .iter()
+                        .copied()
+                        .filter(|p| self.owned.contains_key(p))
+                        .collect();
+                    for partition in self.revoking.clone() {
+                        let assignment = self.owned.get_mut(&partition).unwrap();
+                        for fate in assignment.consumed.values_mut() {
+                            if *fate == Fate::Waiting {
+                                *fate = Fate::Lost;
+                            }
+                        }
+                    }
+                    self.forget_undecoded();
+                }
+                Op::RevokeDeadline => self.revoke_timed_out()?,
+                Op::Shutdown => {
+                    if !self.stopping {
+                        self.stop()?;
+                    }
+                }
+            }
+            self.after_event()?;
+            self.check_state()
+        }
+
+        /// The transaction writer holds the first `held` submissions: it asks what they allow,
+        /// drops orphans, and commits (or aborts) the covered ones with their positions.
+        fn transaction(&mut self, held: usize, commit: bool) -> Result<(), TestCaseError> {
+            if !self.exactly_once {
+                return Ok(());
+            }
+            let held: Vec<Slot> = self.submitted[..held.min(self.submitted.len())].to_vec();
+            let prepared = self.core.prepare(&held);
+            let mut covered = Vec::new();
+            for slot in &held {
+                let owned = prepared.owned.contains(&(slot.partition, slot.generation));
+                let is_covered = prepared
+                    .positions
+                    .iter()
+                    .any(|(p, position)| *p == slot.partition && slot.offset < *position);
+                if !owned {
+                    self.submitted.retain(|s| s != slot);
+                } else if is_covered {
+                    covered.push(*slot);
+                }
+            }
+            if !commit {
+                return Ok(());
+            }
+            for (partition, position) in &prepared.positions {
+                self.check_commit(*partition, *position, &covered)?;
+            }
+            for slot in &covered {
+                if let Some(fate) = self.fate(*slot) {
+                    *fate = Fate::Acknowledged;
+                }
+            }
+            self.submitted.retain(|s| !covered.contains(s));
+            self.core.transaction_committed(&covered);
+            Ok(())
+        }
+
+        fn revoke_timed_out(&mut self) -> Result<(), TestCaseError> {
+            if let Some(end) = self.core.finish_revoke() {
+                self.apply_revoke_end(end)?;
+            }
+            Ok(())
+        }
+
+        /// Whether some work of `partition` can still move its commit position, by the model's
+        /// own record.
+        fn can_settle(&self, partition: i32) -> bool {
+            let Some(assignment) = self.owned.get(&partition) else {
+                return false;
+            };
+            for fate in assignment.consumed.values() {
+                match fate {
+                    Fate::Running | Fate::Submitted => return true,
+                    Fate::Acknowledged => {}
+                    Fate::Waiting | Fate::Lost => return false,
+                }
+            }
+            false
+        }
+
+        fn check_state(&mut self) -> Result<(), TestCaseError> {
+            let book = self.core.book();
+            // The book owns exactly the model's assignments.
+            let owned: Vec<(i32, u64)> =
+                self.owned.iter().map(|(p, a)| (*p, a.generation)).collect();
+            prop_assert_eq!(book.owned(), owned);
+            // Memory stays within the bounds.
+            for partition in self.owned.keys() {
+                prop_assert!(
+                    book.window_len(*partition) <= MAX_PENDING,
+                    "partition {partition} window {} over {MAX_PENDING}",
+                    book.window_len(*partition)
+                );
+            }
+            prop_assert!(book.waiting() <= MAX_IN_FLIGHT * WAITING_FACTOR);
+            let waiting = self
+                .owned
+                .values()
+                .flat_map(|a| a.consumed.values())
+                .filter(|fate| **fate == Fate::Waiting)
+                .count();
+            prop_assert_eq!(book.waiting(), waiting);
+            prop_assert_eq!(self.core.in_flight(), self.running.len());
+            // A revoke or a shutdown waits exactly while some work can still settle.
+            if !self.revoking.is_empty() {
+                let settleable =
+                    !self.revoke_lost && self.revoking.iter().any(|p| self.can_settle(*p));
+                prop_assert_eq!(
+                    self.core.revoke_settled(),
+                    !settleable,
+                    "revoke settled flag disagrees with the model"
+                );
+            }
+            if self.stopping {
+                let settleable = self.owned.keys().any(|p| self.can_settle(*p));
+                prop_assert_eq!(self.core.stop_settled(), !settleable);
+            }
+            Ok(())
+        }
+
+        /// Lets every job and transaction finish well: every revoke and the shutdown must then
+        /// settle, and the last commits must cover exactly the acknowledged prefixes.
+        fn drain(&mut self) -> Result<(), TestCaseError> {
+            if !self.stopping {
+                self.stop()?;
+            }
+            for _ in 0..1_000 {
+                if let Some(job) = self.running.pop() {
+                    let finish = if job.cancelled {
+                        Finish::Abandoned
+                    } else if self.exactly_once {
+                        Finish::Submitted
+                    } else {
+                        Finish::Terminal
+                    };
+                    if let Some(fate) = self.fate(job.slot) {
+                        *fate = match finish {
+                            Finish::Terminal => Fate::Acknowledged,
+                            Finish::Submitted => Fate::Submitted,
+                            _ => Fate::Lost,
+                        };
+                    }
+                    if finish == Finish::Submitted {
+                        self.submitted.push(job.slot);
+                    }
+                    self.core.finished(job.slot, job.key.as_ref(), finish);
+                } else if !self.submitted.is_empty() {
+                    let before = self.submitted.len();
+                    self.transaction(before, true)?;
+                    if self.submitted.len() == before {
+                        // What is left can never be covered: it waits behind lost work.
+                        break;
+                    }
+                } else {
+                    break;
+                }
+                self.after_event()?;
+                self.check_state()?;
+            }
+            prop_assert!(!self.core.revoke_pending(), "a revoke never settled");
+            prop_assert!(self.core.stop_settled(), "the shutdown never settled");
+            for (partition, position) in self.core.final_commits() {
+                self.check_commit(partition, position, &[])?;
+            }
+            // Nothing acknowledged at-least-once is left behind a commit that could pass it.
+            if !self.exactly_once {
+                for assignment in self.owned.values() {
+                    let last_of_prefix = assignment
+                        .consumed
+                        .iter()
+                        .take_while(|(_, fate)| **fate == Fate::Acknowledged)
+                        .last()
+                        .map(|(offset, _)| offset + 1);
+                    if last_of_prefix.is_some() {
+                        prop_assert_eq!(
+                            assignment.committed,
+                            last_of_prefix,
+                            "the finished prefix was not committed at shutdown"
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(10_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: cases(),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn the_core_keeps_every_delivery_invariant(
+            exactly_once in any::<bool>(),
+            initial in prop::collection::vec(0..PARTITIONS, 1..=PARTITIONS as usize),
+            ops in prop::collection::vec(op(), 0..120),
+        ) {
+            let mut model = Model::new(exactly_once);
+            model.step(Op::Assign { partitions: initial })?;
+            for op in ops {
+                model.step(op)?;
+            }
+            model.drain()?;
+        }
+    }
+}

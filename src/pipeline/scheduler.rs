@@ -1,0 +1,105 @@
+//! The scheduler: which decoded job starts next. Jobs of one key run one at a time in the order
+//! they were pushed ([`KeyedQueue`]); jobs whose key is free wait in arrival order for a slot
+//! under `max_in_flight`.
+//!
+//! It owns ordering and the in-flight bound, nothing else: it never runs a job, never waits, and
+//! knows nothing of offsets or Kafka.
+
+use std::collections::VecDeque;
+use std::hash::Hash;
+
+use crate::pipeline::keyed::KeyedQueue;
+
+/// A job as the scheduler sees it.
+pub trait Schedule {
+    type Key: Hash + Eq + Clone;
+    /// The key it must wait for, if any (an undecodable record has none).
+    fn order_key(&self) -> Option<&Self::Key>;
+}
+
+/// Per-key order and the in-flight bound.
+#[derive(Debug)]
+pub struct Scheduler<J: Schedule> {
+    keyed: KeyedQueue<J::Key, J>,
+    /// Jobs whose key is free (they hold it), waiting for a slot.
+    ready: VecDeque<J>,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+impl<J: Schedule> Scheduler<J> {
+    pub fn new(max_in_flight: usize) -> Self {
+        Scheduler {
+            keyed: KeyedQueue::new(),
+            ready: VecDeque::new(),
+            in_flight: 0,
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    /// Queues a decoded job behind its key.
+    pub fn push(&mut self, job: J) {
+        let ready = match job.order_key().cloned() {
+            Some(key) => self.keyed.push(key, job),
+            None => Some(job),
+        };
+        if let Some(job) = ready {
+            self.ready.push_back(job);
+        }
+    }
+
+    /// The next job to start now, if a slot is free; it counts as in flight until
+    /// [`finished`](Self::finished).
+    pub fn next(&mut self) -> Option<J> {
+        if self.in_flight >= self.max_in_flight {
+            return None;
+        }
+        let job = self.ready.pop_front()?;
+        self.in_flight += 1;
+        Some(job)
+    }
+
+    /// A started job ended: its slot and its key are free.
+    pub fn finished(&mut self, key: Option<&J::Key>) {
+        debug_assert!(self.in_flight > 0, "a job finished that never started");
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(key) = key {
+            self.release(key);
+        }
+    }
+
+    /// Removes every job not started yet for which `drop` is true; returns how many.
+    pub fn remove_waiting(&mut self, mut drop: impl FnMut(&J) -> bool) -> usize {
+        let queued = self.keyed.retain_queued(|_, job| !drop(job));
+        let before = self.ready.len();
+        let mut released = Vec::new();
+        self.ready.retain(|job| {
+            if !drop(job) {
+                return true;
+            }
+            released.extend(job.order_key().cloned());
+            false
+        });
+        let ready = before - self.ready.len();
+        // A dropped ready job held its key: the key's next job (one that is kept) becomes ready.
+        for key in released {
+            self.release(&key);
+        }
+        queued + ready
+    }
+
+    /// Jobs waiting for their key or a slot.
+    pub fn waiting(&self) -> usize {
+        self.ready.len() + self.keyed.queued_len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn release(&mut self, key: &J::Key) {
+        if let Some(next) = self.keyed.finish(key) {
+            self.ready.push_back(next);
+        }
+    }
+}
