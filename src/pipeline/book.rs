@@ -64,6 +64,16 @@ pub enum Consumed {
     Ignore,
 }
 
+/// The end of a revoke: what to cancel and, at least-once, what to commit before the partitions
+/// go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevokeEnd {
+    /// Assignments (partition, generation) whose work still running must stop.
+    pub cancel: Vec<(i32, u64)>,
+    /// Commit positions (partition, next offset).
+    pub commit: Vec<(i32, i64)>,
+}
+
 /// The exactly-once answer to "what would committing these settled offsets allow?".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prepared {
@@ -195,9 +205,8 @@ impl PartitionBook {
     /// jobs still running must be cancelled) and, at least-once, the positions to commit before
     /// librdkafka lets them go. (Exactly-once commits only inside transactions; a lost assignment
     /// must commit nothing: the caller drops the positions then.)
-    pub fn finish_revoke(&mut self) -> (Vec<(i32, u64)>, Vec<(i32, i64)>) {
-        let mut removed = Vec::new();
-        let mut positions = Vec::new();
+    pub fn finish_revoke(&mut self) -> RevokeEnd {
+        let mut end = RevokeEnd::default();
         let revoking: Vec<i32> = self
             .partitions
             .iter()
@@ -208,15 +217,15 @@ impl PartitionBook {
             let Some(state) = self.partitions.remove(&partition) else {
                 continue;
             };
-            removed.push((partition, state.generation));
+            end.cancel.push((partition, state.generation));
             if !self.exactly_once
                 && let Some(position) =
                     state.position_beyond_committed(state.watermark.committable())
             {
-                positions.push((partition, position));
+                end.commit.push((partition, position));
             }
         }
-        (removed, positions)
+        end
     }
 
     /// Books a consumed record.

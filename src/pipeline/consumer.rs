@@ -1,16 +1,20 @@
-//! The Kafka consumer: a dedicated thread polls librdkafka and hands records and assignments to
-//! the dispatcher, in the order librdkafka produced them, over one bounded data channel.
-//! Revocations and commit results travel on an unbounded control channel, so the dispatcher sees
-//! them at once even when the data channel is full.
+//! The Kafka consumer: a dedicated thread polls librdkafka and hands assignments, revocations and
+//! records to the dispatcher over one channel, in the order librdkafka produced them, so that a
+//! revoke can never overtake the assignment it cancels. The thread never blocks on the
+//! dispatcher (the channel is unbounded): it keeps polling, so rebalance callbacks always run and
+//! the member stays in its group however slow the dispatcher is. Memory stays bounded by pausing
+//! instead: the thread applies the dispatcher's [`PausePlan`], and pauses every partition while
+//! too many records wait in the channel.
 //!
 //! Rebalance callbacks run on that thread. On revoke the callback only signals the dispatcher and
 //! waits, until a deadline it sets itself, for the offsets it may commit; it then commits them
 //! synchronously before librdkafka takes the partitions away. This module never decides what is
 //! committed and never blocks an async worker thread.
 
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,23 +27,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
 use crate::observe::Health;
+use crate::pipeline::book::Slot;
+use crate::pipeline::decisions::PausePlan;
 use crate::pipeline::record::InputRecord;
 
 /// How long one poll waits for a record; bounds how late the thread notices a stop.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Extra time a revoke callback waits beyond the drain timeout for the dispatcher's answer.
 const REVOKE_REPLY_GRACE: Duration = Duration::from_secs(5);
+/// Records waiting in the channel beyond this pause every partition; they resume at half.
+pub const CHANNEL_BACKLOG_LIMIT: usize = 1024;
 
-/// Records and assignments, in librdkafka's order.
+/// Assignments, revocations and records, in librdkafka's order.
 #[derive(Debug)]
 pub enum ConsumerEvent {
     Assigned(Vec<i32>),
-    Record(InputRecord),
-}
-
-/// What must reach the dispatcher without waiting behind records.
-#[derive(Debug)]
-pub enum Control {
     /// The dispatcher answers with the commit positions of the finished prefixes (partition,
     /// next offset) by `deadline`; `lost` means the group already gave the partitions away, so
     /// nothing may be committed.
@@ -49,26 +51,79 @@ pub enum Control {
         deadline: Instant,
         reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
     },
+    Record(InputRecord),
+}
+
+/// What reaches the dispatcher from outside the consumer's order: commit results and the
+/// transaction writer.
+#[derive(Debug)]
+pub enum Control {
     /// An asynchronous commit of these partitions failed; their positions must be offered again.
     CommitFailed(Vec<i32>),
     /// Exactly-once: which commit positions would these settled offsets allow? (The books are
     /// not changed until the transaction commits.)
     PrepareCommit {
-        settled: Vec<crate::pipeline::transactions::SettledOffset>,
-        reply: tokio::sync::oneshot::Sender<crate::pipeline::transactions::Prepared>,
+        settled: Vec<Slot>,
+        reply: tokio::sync::oneshot::Sender<crate::pipeline::book::Prepared>,
     },
     /// Exactly-once: the transaction with these outputs and offsets committed.
-    TransactionCommitted(Vec<crate::pipeline::transactions::SettledOffset>),
+    TransactionCommitted(Vec<Slot>),
+}
+
+/// The pause plan the dispatcher publishes and the consumer thread applies.
+#[derive(Debug, Default)]
+pub struct PauseBoard {
+    version: AtomicU64,
+    plan: Mutex<PausePlan>,
+}
+
+impl PauseBoard {
+    pub fn publish(&self, plan: PausePlan) {
+        if let Ok(mut current) = self.plan.lock() {
+            *current = plan;
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn plan(&self) -> PausePlan {
+        self.plan
+            .lock()
+            .map(|plan| plan.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What the consumer thread shares with the dispatcher besides the channels.
+#[derive(Debug, Default)]
+pub struct Flow {
+    pub pause: PauseBoard,
+    /// Records sent on the channel and not received yet.
+    pub backlog: AtomicUsize,
 }
 
 /// The librdkafka context: rebalance hooks and commit results that talk to the dispatcher.
 #[derive(Debug)]
 pub struct PipelineContext {
-    events: mpsc::Sender<ConsumerEvent>,
+    events: mpsc::UnboundedSender<ConsumerEvent>,
     control: mpsc::UnboundedSender<Control>,
+    flow: Arc<Flow>,
     topic: String,
     drain_timeout: Duration,
     health: Arc<Health>,
+    /// What the consumer thread last applied: the plan's version, whether the channel was
+    /// backlogged, and the partitions it paused.
+    applied: Mutex<Applied>,
+}
+
+#[derive(Debug, Default)]
+struct Applied {
+    version: u64,
+    backlogged: bool,
+    paused: BTreeSet<i32>,
 }
 
 impl ClientContext for PipelineContext {
@@ -96,13 +151,13 @@ impl ConsumerContext for PipelineContext {
         let lost = consumer.assignment_lost();
         let deadline = Instant::now() + self.drain_timeout;
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let event = Control::Revoked {
+        let event = ConsumerEvent::Revoked {
             partitions,
             lost,
             deadline,
             reply,
         };
-        if self.control.send(event).is_err() {
+        if self.events.send(event).is_err() {
             return;
         }
         let offsets = match answer.recv_timeout(self.drain_timeout + REVOKE_REPLY_GRACE) {
@@ -133,10 +188,14 @@ impl ConsumerContext for PipelineContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            let partitions = partitions_of(tpl, &self.topic);
+            // librdkafka keeps a partition's pause across unassign and assign, and a partition
+            // assigned while everything is paused must not fetch: set each one as the plan says.
+            self.set_pause_of(consumer, &partitions, true);
             // Sent even when empty: an instance with no partitions has still joined the group.
-            self.send(ConsumerEvent::Assigned(partitions_of(tpl, &self.topic)));
+            let _ = self.events.send(ConsumerEvent::Assigned(partitions));
         }
     }
 
@@ -163,13 +222,86 @@ impl ConsumerContext for PipelineContext {
 }
 
 impl PipelineContext {
-    /// Sends from the consumer thread; `false` once the dispatcher is gone. Inside an async
-    /// runtime (a consumer dropped there) it must not block, so it gives up instead.
-    fn send(&self, event: ConsumerEvent) -> bool {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return self.events.try_send(event).is_ok();
+    /// Applies the dispatcher's plan, and the channel's own back-pressure, when either changed.
+    fn apply_pause(&self, consumer: &PipelineConsumer) {
+        let backlog = self.flow.backlog.load(Ordering::Acquire);
+        let version = self.flow.pause.version();
+        {
+            let Ok(applied) = self.applied.lock() else {
+                return;
+            };
+            let backlogged = backlogged(applied.backlogged, backlog);
+            if version == applied.version && backlogged == applied.backlogged {
+                return;
+            }
         }
-        self.events.blocking_send(event).is_ok()
+        let assigned = match consumer.assignment() {
+            Ok(assignment) => partitions_of(&assignment, &self.topic),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the assignment to pause or resume");
+                return;
+            }
+        };
+        self.set_pause_of(consumer, &assigned, false);
+    }
+
+    /// Pauses or resumes `partitions` as the plan says: only those whose state changes, or all
+    /// of them when `fresh` (just assigned: librdkafka's own flags are unknown).
+    fn set_pause_of(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], fresh: bool) {
+        let Ok(mut applied) = self.applied.lock() else {
+            return;
+        };
+        let backlog = self.flow.backlog.load(Ordering::Acquire);
+        applied.backlogged = backlogged(applied.backlogged, backlog);
+        applied.version = self.flow.pause.version();
+        let plan = self.flow.pause.plan();
+        let mut pause = Vec::new();
+        let mut resume = Vec::new();
+        for &partition in partitions {
+            let wanted = applied.backlogged || plan.is_paused(partition);
+            let was = applied.paused.contains(&partition);
+            if wanted && (fresh || !was) {
+                pause.push(partition);
+                applied.paused.insert(partition);
+            } else if !wanted && (fresh || was) {
+                resume.push(partition);
+                applied.paused.remove(&partition);
+            }
+        }
+        set_paused(consumer, &self.topic, &pause, true);
+        set_paused(consumer, &self.topic, &resume, false);
+    }
+}
+
+/// Whether the channel counts as backlogged, with hysteresis: on at the limit, off at half.
+fn backlogged(was: bool, backlog: usize) -> bool {
+    if was {
+        backlog > CHANNEL_BACKLOG_LIMIT / 2
+    } else {
+        backlog >= CHANNEL_BACKLOG_LIMIT
+    }
+}
+
+fn set_paused<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    pause: bool,
+) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for partition in partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, ?partitions, pause, "cannot pause or resume partitions");
     }
 }
 
@@ -219,11 +351,12 @@ impl std::fmt::Debug for ConsumerThread {
     }
 }
 
-/// The channels a consumer thread reports on.
+/// The channels a consumer thread reports on, and the flow state it shares with the dispatcher.
 #[derive(Debug)]
 pub struct ConsumerChannels {
-    pub events: mpsc::Sender<ConsumerEvent>,
+    pub events: mpsc::UnboundedSender<ConsumerEvent>,
     pub control: mpsc::UnboundedSender<Control>,
+    pub flow: Arc<Flow>,
 }
 
 /// Creates the consumer, subscribes and starts polling on its own thread. Should the thread die,
@@ -238,6 +371,8 @@ pub fn start(
     let context = PipelineContext {
         events: channels.events.clone(),
         control: channels.control,
+        flow: Arc::clone(&channels.flow),
+        applied: Mutex::new(Applied::default()),
         topic: kafka.input_topic.clone(),
         drain_timeout,
         health,
@@ -248,6 +383,7 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
     let events = channels.events;
+    let flow = channels.flow;
     let handle = std::thread::Builder::new()
         .name("regnotify-consumer".into())
         .spawn({
@@ -255,7 +391,7 @@ pub fn start(
             let (stop, failed) = (Arc::clone(&stop), Arc::clone(&failed));
             move || {
                 let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    poll_loop(&consumer, &events, &stop)
+                    poll_loop(&consumer, &events, &flow, &stop)
                 }));
                 if polled.is_err() {
                     tracing::error!("consumer thread failed; stopping the pipeline");
@@ -286,8 +422,14 @@ impl ConsumerThread {
     }
 }
 
-fn poll_loop(consumer: &PipelineConsumer, events: &mpsc::Sender<ConsumerEvent>, stop: &AtomicBool) {
+fn poll_loop(
+    consumer: &PipelineConsumer,
+    events: &mpsc::UnboundedSender<ConsumerEvent>,
+    flow: &Flow,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::SeqCst) {
+        consumer.context().apply_pause(consumer);
         let message = match consumer.poll(POLL_INTERVAL) {
             None => continue,
             Some(Err(error)) => {
@@ -305,7 +447,8 @@ fn poll_loop(consumer: &PipelineConsumer, events: &mpsc::Sender<ConsumerEvent>, 
             value: message.payload().map(<[u8]>::to_vec),
             headers: read_headers(&message),
         };
-        if events.blocking_send(ConsumerEvent::Record(record)).is_err() {
+        flow.backlog.fetch_add(1, Ordering::AcqRel);
+        if events.send(ConsumerEvent::Record(record)).is_err() {
             break;
         }
     }

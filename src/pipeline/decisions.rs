@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+pub use crate::pipeline::book::RevokeEnd;
 use crate::pipeline::book::{Consumed, PartitionBook, Prepared, Settle, Slot, Stage};
 use crate::pipeline::scheduler::{Schedule, Scheduler};
 
@@ -49,16 +50,6 @@ pub enum Finish {
     Fatal,
     /// Exactly-once: the outputs are with the transaction writer, which settles the offset.
     Submitted,
-}
-
-/// The end of a revoke: what to cancel and, at least-once, what to commit before the partitions
-/// go.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RevokeEnd {
-    /// Assignments (partition, generation) whose work still running must stop.
-    pub cancel: Vec<(i32, u64)>,
-    /// Commit positions (partition, next offset).
-    pub commit: Vec<(i32, i64)>,
 }
 
 /// Which partitions should not fetch now.
@@ -163,12 +154,12 @@ impl<P> DispatchCore<P> {
     /// Ends the pending revoke, if any: the partitions are forgotten.
     pub fn finish_revoke(&mut self) -> Option<RevokeEnd> {
         let revoke = self.revoke.take()?;
-        let (cancel, commit) = self.book.finish_revoke();
+        let mut end = self.book.finish_revoke();
+        if revoke.lost {
+            end.commit.clear();
+        }
         self.pause_version += 1;
-        Some(RevokeEnd {
-            cancel,
-            commit: if revoke.lost { Vec::new() } else { commit },
-        })
+        Some(end)
     }
 
     /// Books a consumed record. On [`Consumed::Restart`] the stale assignment's waiting jobs are
@@ -199,7 +190,7 @@ impl<P> DispatchCore<P> {
 
     /// The next job to start now, if any.
     pub fn next_start(&mut self) -> Option<Ticket<P>> {
-        let ticket = self.scheduler.next()?;
+        let ticket = self.scheduler.start_next()?;
         debug_assert_eq!(self.book.stage(ticket.slot), Some(Stage::Waiting));
         self.book.start(ticket.slot);
         self.update_global_pause();

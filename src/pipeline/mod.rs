@@ -3,7 +3,8 @@
 //! before it is acknowledged by Kafka (SPEC sections 1, 4, 5).
 //!
 //! - [`consumer`]: the polling thread and the rebalance hooks.
-//! - [`dispatch`]: the single owner of ordering, flow control and commit decisions.
+//! - [`dispatch`]: the loop that carries out the decisions of [`decisions`] (the [`book`] of
+//!   partitions and offsets, and the [`scheduler`]), which hold no I/O and are model-tested.
 //! - [`worker`]: one event's notify-retry-publish life.
 //! - [`output`]: the idempotent producer for outcomes and dead letters.
 //! - [`transactions`]: exactly-once outputs, written with their offsets in Kafka transactions.
@@ -34,12 +35,10 @@ use crate::codec::{EventDecoder, OutcomeEncoder, SchemaRegistryClient};
 use crate::config::{SchemaRegistrySettings, Settings};
 use crate::observe::{Health, Stats};
 use crate::pipeline::backoff::RetryBudget;
-use crate::pipeline::dispatch::Dispatcher;
+use crate::pipeline::consumer::Flow;
+use crate::pipeline::dispatch::{Dispatcher, DispatcherParts};
 use crate::pipeline::output::OutputPublisher;
 use crate::pipeline::worker::WorkerContext;
-
-/// Records buffered between the consumer thread and the dispatcher.
-const CONSUMER_CHANNEL_CAPACITY: usize = 1024;
 
 /// Builds the Schema Registry client the settings describe, if any.
 pub fn schema_registry(
@@ -92,8 +91,11 @@ pub async fn run(
         initial: processing.backoff_initial,
         max: processing.backoff_max,
     };
-    let (events_tx, events_rx) = mpsc::channel(CONSUMER_CHANNEL_CAPACITY);
+    // Unbounded, so the consumer thread never blocks and keeps serving rebalances; the records
+    // in it are bounded by pausing (`consumer::CHANNEL_BACKLOG_LIMIT`).
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let flow = Arc::new(Flow::default());
     // Fired by the consumer thread or the transaction writer should either fail for good: the
     // pipeline then stops and the service fails.
     let fatal = CancellationToken::new();
@@ -102,6 +104,7 @@ pub async fn run(
         consumer::ConsumerChannels {
             events: events_tx,
             control: control_tx.clone(),
+            flow: Arc::clone(&flow),
         },
         processing.rebalance_drain_timeout,
         Arc::clone(&status),
@@ -125,6 +128,7 @@ pub async fn run(
             consumer_group: settings.kafka.group_id.clone(),
             input_topic: settings.kafka.input_topic.clone(),
             interval: processing.transaction_interval,
+            call_timeout: transactions::TRANSACTION_CALL_TIMEOUT,
             control: control_tx,
             fatal: fatal.clone(),
         };
@@ -141,15 +145,16 @@ pub async fn run(
         submitter,
         CancellationToken::new(),
     ));
-    let dispatcher = Dispatcher::new(
-        processing.clone(),
-        settings.kafka.input_topic.clone(),
-        Arc::clone(&consumer_thread.consumer),
+    let dispatcher = Dispatcher::new(DispatcherParts {
+        processing: processing.clone(),
+        topic: settings.kafka.input_topic.clone(),
+        consumer: Arc::clone(&consumer_thread.consumer),
         decoder,
         worker,
         status,
-        control_rx,
-    );
+        flow,
+        control: control_rx,
+    });
     let stop = CancellationToken::new();
     let exit = {
         let trigger = stop.clone();

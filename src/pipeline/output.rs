@@ -31,29 +31,41 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Whether writing the same record again can never succeed: too large for the topic, not
-    /// authorised, a schema the registry refuses, or a producer in a fatal state (fenced,
-    /// idempotence broken). Everything else — brokers down, timeouts — is retried.
+    /// Whether writing the same record again can never succeed (see [`is_permanent`]); an
+    /// outcome the registry refuses for good counts too. Everything else is retried.
     pub fn is_permanent(&self) -> bool {
-        use rdkafka::types::RDKafkaErrorCode as Code;
         match self {
             PublishError::Encode(error) => !error.is_transient(),
-            PublishError::Kafka { source, .. } => matches!(
-                source.rdkafka_error_code(),
-                Some(
-                    Code::MessageSizeTooLarge
-                        | Code::InvalidMessageSize
-                        | Code::InvalidMessage
-                        | Code::TopicAuthorizationFailed
-                        | Code::ClusterAuthorizationFailed
-                        | Code::UnknownTopic
-                        | Code::Fatal
-                        | Code::ProducerFenced
-                        | Code::InvalidProducerEpoch
-                )
-            ),
+            PublishError::Kafka { source, .. } => is_permanent(source),
         }
     }
+}
+
+/// The one rule, for both delivery modes, of which Kafka errors no retry can mend: a record too
+/// large or malformed for the topic, a topic or cluster we are not authorised for, a topic that
+/// does not exist, or a producer in a fatal state (fenced, idempotence or epoch broken). Brokers
+/// down, timeouts and leader changes are not: they are retried.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    if let KafkaError::Transaction(error) = error {
+        return error.is_fatal();
+    }
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::TransactionalIdAuthorizationFailed
+                | Code::UnknownTopic
+                | Code::Fatal
+                | Code::ProducerFenced
+                | Code::InvalidProducerEpoch
+                | Code::InvalidProducerIdMapping
+        )
+    )
 }
 
 /// The dead-letter record of `input` (SPEC 3.3): its key, value and headers, plus `dlq.*`.

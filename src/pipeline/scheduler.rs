@@ -50,7 +50,7 @@ impl<J: Schedule> Scheduler<J> {
 
     /// The next job to start now, if a slot is free; it counts as in flight until
     /// [`finished`](Self::finished).
-    pub fn next(&mut self) -> Option<J> {
+    pub fn start_next(&mut self) -> Option<J> {
         if self.in_flight >= self.max_in_flight {
             return None;
         }

@@ -25,12 +25,15 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::OutcomeEncoder;
 use crate::config::KafkaSettings;
 use crate::event::RegistrationNotifyOutcome;
+use crate::pipeline::book::{Prepared, Slot};
 use crate::pipeline::consumer::{Control, PipelineConsumer};
-use crate::pipeline::output::{dead_letter_record, producer_config};
+use crate::pipeline::output::{dead_letter_record, is_permanent, producer_config};
 use crate::pipeline::record::{DeadLetter, InputRecord};
 
 /// Bound on one blocking transaction call (begin, offsets, commit, abort).
-const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often one timed-out call is resumed before the transaction is aborted instead.
+const MAX_RESUMES: u32 = 10;
 /// Most submissions written in one transaction.
 const MAX_BATCH: usize = 5_000;
 /// Pause before retrying an aborted transaction.
@@ -46,23 +49,13 @@ pub struct Submission {
 }
 
 impl Submission {
-    fn settled_offset(&self) -> SettledOffset {
-        SettledOffset {
+    fn slot(&self) -> Slot {
+        Slot {
             partition: self.record.partition,
             generation: self.generation,
             offset: self.record.offset,
         }
     }
-}
-
-/// The dispatcher's answer to "what would these settled offsets allow?".
-#[derive(Debug, Default)]
-pub struct Prepared {
-    /// New commit positions, per partition.
-    pub positions: Vec<(i32, i64)>,
-    /// Partition assignments (partition, generation) still owned; outputs of any other are
-    /// dropped, their events belong to another member now.
-    pub owned: Vec<(i32, u64)>,
 }
 
 /// How the held outputs split for one transaction.
@@ -93,14 +86,6 @@ fn split(held: Vec<Submission>, prepared: &Prepared) -> Split {
         }
     }
     parts
-}
-
-/// One input offset a committed transaction settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SettledOffset {
-    pub partition: i32,
-    pub generation: u64,
-    pub offset: i64,
 }
 
 /// A handle workers submit through.
@@ -187,6 +172,8 @@ pub struct TransactionWriter {
     pub consumer_group: String,
     pub input_topic: String,
     pub interval: Duration,
+    /// Bound on one blocking transaction call.
+    pub call_timeout: Duration,
     pub control: mpsc::UnboundedSender<Control>,
     pub fatal: CancellationToken,
 }
@@ -238,8 +225,13 @@ impl TransactionWriter {
     async fn settle(&self, held: Vec<Submission>) -> Result<Vec<Submission>, ()> {
         let mut held = held;
         loop {
-            let candidates: Vec<SettledOffset> =
-                held.iter().map(Submission::settled_offset).collect();
+            // Read before the positions are prepared: a partition revoked after this point is
+            // refused by the group coordinator (its generation is older), never committed.
+            let Some(metadata) = self.consumer.group_metadata() else {
+                tracing::debug!("no group metadata yet; outputs wait");
+                return Ok(held);
+            };
+            let candidates: Vec<Slot> = held.iter().map(Submission::slot).collect();
             let Some(prepared) = self.prepare(candidates).await else {
                 return Ok(Vec::new());
             };
@@ -254,33 +246,27 @@ impl TransactionWriter {
                 return Ok(parts.waiting);
             }
             match self
-                .try_transaction(&parts.covered, &prepared.positions)
+                .try_transaction(&parts.covered, &prepared.positions, metadata)
                 .await
             {
                 Ok(()) => {
-                    let settled = parts
-                        .covered
-                        .iter()
-                        .map(Submission::settled_offset)
-                        .collect();
+                    let settled = parts.covered.iter().map(Submission::slot).collect();
                     let _ = self.control.send(Control::TransactionCommitted(settled));
                     return Ok(parts.waiting);
                 }
-                Err(error) if is_fatal(&error) => {
-                    tracing::error!(error = %error, "transactional producer failed for good");
+                Err(Failure::Fatal(error)) => {
+                    tracing::error!(%error, "transactional producer failed for good");
                     return Err(());
                 }
-                Err(error) => {
-                    tracing::warn!(error = %error, "transaction aborted, retrying");
-                    let producer = Arc::clone(&self.producer);
-                    let aborted = tokio::task::spawn_blocking(move || {
-                        producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
-                    })
-                    .await;
-                    if let Ok(Err(abort_error)) = aborted
-                        && is_fatal(&TransactionError::Kafka(abort_error.clone()))
+                Err(Failure::Abort(error)) => {
+                    tracing::warn!(%error, "transaction aborted, retrying");
+                    if let Err(error) = self
+                        .call("abort", |producer, timeout| {
+                            producer.abort_transaction(timeout)
+                        })
+                        .await
                     {
-                        tracing::error!(error = %abort_error, "transaction cannot be aborted");
+                        tracing::error!(%error, "transaction cannot be aborted");
                         return Err(());
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -292,7 +278,7 @@ impl TransactionWriter {
     }
 
     /// Asks the dispatcher; `None` once it is gone.
-    async fn prepare(&self, settled: Vec<SettledOffset>) -> Option<Prepared> {
+    async fn prepare(&self, settled: Vec<Slot>) -> Option<Prepared> {
         let (reply, prepared) = oneshot::channel();
         self.control
             .send(Control::PrepareCommit { settled, reply })
@@ -300,13 +286,47 @@ impl TransactionWriter {
         prepared.await.ok()
     }
 
+    /// One blocking transaction call, resumed while librdkafka says it may be (a timed-out
+    /// commit during a coordinator failover stays open and must be called again, not aborted).
+    async fn call(
+        &self,
+        what: &'static str,
+        call: impl Fn(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + Sync + 'static,
+    ) -> Result<(), Failure> {
+        let call = Arc::new(call);
+        let mut resumed = 0;
+        loop {
+            let producer = Arc::clone(&self.producer);
+            let attempt = Arc::clone(&call);
+            let timeout = self.call_timeout;
+            let result = tokio::task::spawn_blocking(move || attempt(&producer, timeout))
+                .await
+                .map_err(|_| Failure::Fatal(TransactionError::Closed))?;
+            let Err(error) = result else {
+                return Ok(());
+            };
+            match next_step(&error) {
+                Step::Resume if resumed < MAX_RESUMES => {
+                    resumed += 1;
+                    tracing::warn!(%error, what, resumed, "transaction call timed out, resuming it");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Step::Resume | Step::Abort => {
+                    return Err(Failure::Abort(TransactionError::Kafka(error)));
+                }
+                Step::Fatal => return Err(Failure::Fatal(TransactionError::Kafka(error))),
+            }
+        }
+    }
+
     async fn try_transaction(
         &self,
         batch: &[Submission],
         positions: &[(i32, i64)],
-    ) -> Result<(), TransactionError> {
-        let producer = Arc::clone(&self.producer);
-        blocking(move || producer.begin_transaction()).await?;
+        metadata: rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), Failure> {
+        self.call("begin", |producer, _| producer.begin_transaction())
+            .await?;
         let mut deliveries = Vec::new();
         for submission in batch {
             if let Some(letter) = &submission.dead_letter {
@@ -319,52 +339,95 @@ impl TransactionWriter {
                 deliveries.push(
                     self.producer
                         .send_result(record)
-                        .map_err(|(error, _)| TransactionError::Kafka(error))?,
+                        .map_err(|(error, _)| Failure::from_delivery(error))?,
                 );
             }
             if let Some(outcome) = &submission.outcome {
-                let value = self
-                    .encoder
-                    .encode(outcome)
-                    .await
-                    .map_err(TransactionError::Encode)?;
+                let value = self.encoder.encode(outcome).await.map_err(|error| {
+                    if error.is_transient() {
+                        Failure::Abort(TransactionError::Encode(error))
+                    } else {
+                        Failure::Fatal(TransactionError::Encode(error))
+                    }
+                })?;
                 let record = FutureRecord::to(&self.result_topic)
                     .key(outcome.reference_merchant_id.as_bytes())
                     .payload(&value);
                 deliveries.push(
                     self.producer
                         .send_result(record)
-                        .map_err(|(error, _)| TransactionError::Kafka(error))?,
+                        .map_err(|(error, _)| Failure::from_delivery(error))?,
                 );
             }
         }
         for delivery in deliveries {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(TransactionError::Kafka(error)),
-                Err(_) => return Err(TransactionError::Closed),
+                Ok(Err((error, _))) => return Err(Failure::from_delivery(error)),
+                Err(_) => return Err(Failure::Fatal(TransactionError::Closed)),
             }
         }
         let mut tpl = TopicPartitionList::new();
         for (partition, position) in positions {
             tpl.add_partition_offset(&self.input_topic, *partition, Offset::Offset(*position))
-                .map_err(TransactionError::Kafka)?;
+                .map_err(|error| Failure::Fatal(TransactionError::Kafka(error)))?;
         }
-        let metadata = self
-            .consumer
-            .group_metadata()
-            .ok_or(TransactionError::NoGroupMetadata)?;
-        let producer = Arc::clone(&self.producer);
-        blocking(move || {
-            producer.send_offsets_to_transaction(&tpl, &metadata, TRANSACTION_CALL_TIMEOUT)
+        let metadata = Arc::new(metadata);
+        self.call("send offsets", move |producer, timeout| {
+            producer.send_offsets_to_transaction(&tpl, &metadata, timeout)
         })
         .await?;
-        let producer = Arc::clone(&self.producer);
-        blocking(move || producer.commit_transaction(TRANSACTION_CALL_TIMEOUT)).await?;
+        self.call("commit", |producer, timeout| {
+            producer.commit_transaction(timeout)
+        })
+        .await?;
         for (partition, position) in positions {
             crate::observe::committed(*partition, *position);
         }
         Ok(())
+    }
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug)]
+enum Failure {
+    /// Abort it and try the batch again.
+    Abort(TransactionError),
+    /// The producer can never commit again: stop the service.
+    Fatal(TransactionError),
+}
+
+impl Failure {
+    fn from_delivery(error: KafkaError) -> Failure {
+        if is_permanent(&error) {
+            Failure::Fatal(TransactionError::Kafka(error))
+        } else {
+            Failure::Abort(TransactionError::Kafka(error))
+        }
+    }
+}
+
+/// What to do after a transaction call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The call may be made again as it is (librdkafka keeps it open: a timeout).
+    Resume,
+    /// The transaction must be aborted; the next one may succeed.
+    Abort,
+    /// Nothing can succeed any more.
+    Fatal,
+}
+
+/// librdkafka's transaction error flags, in the order its documentation gives them: fatal first,
+/// then "requires abort", then "retriable" (call again). An error with none of them is a misuse
+/// of the API state machine; aborting resets it.
+fn next_step(error: &KafkaError) -> Step {
+    match error {
+        KafkaError::Transaction(error) if error.is_fatal() => Step::Fatal,
+        KafkaError::Transaction(error) if error.txn_requires_abort() => Step::Abort,
+        KafkaError::Transaction(error) if error.is_retriable() => Step::Resume,
+        other if is_permanent(other) => Step::Fatal,
+        _ => Step::Abort,
     }
 }
 
@@ -374,37 +437,14 @@ enum TransactionError {
     Kafka(KafkaError),
     #[error("outcome could not be encoded: {0}")]
     Encode(crate::codec::EncodeError),
-    #[error("the consumer has no group metadata yet")]
-    NoGroupMetadata,
     #[error("the pipeline is stopping")]
     Closed,
 }
 
-fn is_fatal(error: &TransactionError) -> bool {
-    match error {
-        TransactionError::Kafka(KafkaError::Transaction(error)) => {
-            error.is_fatal() || !(error.is_retriable() || error.txn_requires_abort())
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Abort(error) | Failure::Fatal(error) => error.fmt(f),
         }
-        TransactionError::Kafka(error) => matches!(
-            error.rdkafka_error_code(),
-            Some(
-                rdkafka::types::RDKafkaErrorCode::Fatal
-                    | rdkafka::types::RDKafkaErrorCode::ProducerFenced
-                    | rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
-                    | rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
-            )
-        ),
-        TransactionError::Encode(error) => !error.is_transient(),
-        TransactionError::NoGroupMetadata => false,
-        TransactionError::Closed => true,
     }
-}
-
-async fn blocking(
-    call: impl FnOnce() -> Result<(), KafkaError> + Send + 'static,
-) -> Result<(), TransactionError> {
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|_| TransactionError::Closed)?
-        .map_err(TransactionError::Kafka)
 }

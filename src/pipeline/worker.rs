@@ -19,6 +19,7 @@ use crate::codec::DecodeError;
 use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
+pub use crate::pipeline::decisions::Finish;
 use crate::pipeline::output::OutputPublisher;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
 use crate::pipeline::transactions::{Submission, Submitter};
@@ -46,19 +47,6 @@ pub struct Job {
     pub generation: u64,
     /// Fires when this job must stop at once: shutdown, or its partition is gone.
     pub cancel: CancellationToken,
-}
-
-/// How a worker finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// Every output record is acknowledged by Kafka: the offset may be committed.
-    Terminal,
-    /// Stopped before the outputs were acknowledged: the offset must not be committed.
-    Abandoned,
-    /// An output can never be written; the service must stop (the offset stays uncommitted).
-    Fatal,
-    /// Exactly-once: the outputs are with the transaction writer, which settles the offset.
-    Submitted,
 }
 
 /// What every worker shares.
