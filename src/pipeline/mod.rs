@@ -40,6 +40,9 @@ use crate::pipeline::dispatch::{Dispatcher, DispatcherParts};
 use crate::pipeline::output::OutputPublisher;
 use crate::pipeline::worker::WorkerContext;
 
+/// How long a stopping pipeline waits for the transaction writer's last commit.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Builds the Schema Registry client the settings describe, if any.
 pub fn schema_registry(
     settings: Option<&SchemaRegistrySettings>,
@@ -170,10 +173,16 @@ pub async fn run(
         exit
     };
     // The dispatcher held the last submitter: the writer settles its last batch and ends.
-    if let Some(writer) = writer
-        && writer.await.is_err()
-    {
-        tracing::error!("transaction writer task failed");
+    if let Some(writer) = writer {
+        // A coordinator that never answers would keep the writer resuming its last commit.
+        match tokio::time::timeout(WRITER_GRACE, writer).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("transaction writer task failed"),
+            Err(_) => tracing::warn!(
+                "the last transaction did not finish in time; its events were not committed \
+                 and will be consumed again"
+            ),
+        }
     }
     // The consumer leaves the group on its own thread: closing it polls and may block.
     let consumer_healthy = tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())

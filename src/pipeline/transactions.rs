@@ -32,8 +32,6 @@ use crate::pipeline::record::{DeadLetter, InputRecord};
 
 /// Bound on one blocking transaction call (begin, offsets, commit, abort).
 pub const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often one timed-out call is resumed before the transaction is aborted instead.
-const MAX_RESUMES: u32 = 10;
 /// Most submissions written in one transaction.
 const MAX_BATCH: usize = 5_000;
 /// Pause before retrying an aborted transaction.
@@ -135,6 +133,126 @@ mod tests {
         assert_eq!(parts.waiting[0].record.offset, 12);
         assert_eq!(parts.orphaned, 1);
     }
+
+    /// A coordinator that does not answer a commit in time (a failover): librdkafka keeps the
+    /// commit open, and the writer must resume it. Aborting instead conflicts with the open call
+    /// and no transaction could ever commit again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    async fn a_commit_that_times_out_is_resumed_until_it_commits() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+        use crate::pipeline::consumer::{self, ConsumerChannels, ConsumerEvent, Flow};
+        use crate::pipeline::record::{DeadLetter, DeadLetterReason};
+
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let mut kafka = crate::config::KafkaSettings::default();
+        kafka.bootstrap_servers = mock.bootstrap_servers();
+        kafka.input_topic = "in".into();
+        kafka.result_topic = "out".into();
+        kafka.dlq_topic = "dlq".into();
+        kafka.group_id = "resume".into();
+        for topic in ["in", "out", "dlq"] {
+            mock.create_topic(topic, 1, 1).expect("topic");
+        }
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (control_tx, mut control) = mpsc::unbounded_channel();
+        let consumer_thread = consumer::start(
+            &kafka,
+            ConsumerChannels {
+                events: events_tx,
+                control: control_tx.clone(),
+                flow: Arc::new(Flow::default()),
+            },
+            Duration::from_secs(5),
+            Arc::new(crate::observe::Health::default()),
+            CancellationToken::new(),
+        )
+        .expect("consumer");
+        // Joined: the group metadata now carries a generation.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(event) = events.recv().await {
+                if matches!(event, ConsumerEvent::Assigned(_)) {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("assigned");
+        let producer = {
+            let kafka = kafka.clone();
+            tokio::task::spawn_blocking(move || transactional_producer(&kafka))
+                .await
+                .unwrap()
+                .expect("transactional producer")
+        };
+        let fatal = CancellationToken::new();
+        let writer = TransactionWriter {
+            producer: Arc::new(producer),
+            consumer: Arc::clone(&consumer_thread.consumer),
+            encoder: Arc::new(OutcomeEncoder::new(
+                crate::config::OutputEncoding::Json,
+                None,
+                "out",
+            )),
+            result_topic: "out".into(),
+            dlq_topic: "dlq".into(),
+            consumer_group: "resume".into(),
+            input_topic: "in".into(),
+            interval: Duration::from_millis(20),
+            call_timeout: Duration::from_millis(500),
+            control: control_tx,
+            fatal: fatal.clone(),
+        };
+        // The coordinator answers every EndTxn "loading" for a while: the commit times out.
+        mock.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 8],
+        );
+        let (submitter, submissions) = mpsc::channel(8);
+        let writer = tokio::spawn(writer.run(submissions));
+        let mut letter = submission(0, 1, 0);
+        letter.dead_letter = Some(DeadLetter {
+            reason: DeadLetterReason::DecodeError,
+            error: "test".into(),
+            attempts: None,
+            result_code: None,
+            http_status: None,
+            failed_at: chrono::Utc::now(),
+        });
+        submitter.send(letter).await.expect("submitted");
+        // Act as the dispatcher until the transaction commits.
+        let committed = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(message) = control.recv().await {
+                match message {
+                    Control::PrepareCommit { settled, reply } => {
+                        let _ = reply.send(Prepared {
+                            positions: vec![(0, 1)],
+                            owned: settled
+                                .iter()
+                                .map(|s| (s.partition, s.generation))
+                                .collect(),
+                        });
+                    }
+                    Control::TransactionCommitted(settled) => return settled,
+                    Control::CommitFailed(_) => {}
+                }
+            }
+            Vec::new()
+        })
+        .await
+        .expect("the transaction committed after the coordinator recovered");
+        assert_eq!(committed.len(), 1);
+        assert!(!fatal.is_cancelled(), "the writer gave up");
+        drop(submitter);
+        drop(control);
+        let _ = writer.await;
+        tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())
+            .await
+            .unwrap();
+    }
 }
 
 /// Creates the transactional producer and initialises its transactions.
@@ -225,6 +343,9 @@ impl TransactionWriter {
     async fn settle(&self, held: Vec<Submission>) -> Result<Vec<Submission>, ()> {
         let mut held = held;
         loop {
+            if held.is_empty() {
+                return Ok(held);
+            }
             // Read before the positions are prepared: a partition revoked after this point is
             // refused by the group coordinator (its generation is older), never committed.
             let Some(metadata) = self.consumer.group_metadata() else {
@@ -306,14 +427,15 @@ impl TransactionWriter {
                 return Ok(());
             };
             match next_step(&error) {
-                Step::Resume if resumed < MAX_RESUMES => {
+                // Resumed for as long as librdkafka says so: the call is still open, and any
+                // other call (an abort) would only conflict with it. The shutdown bounds the
+                // wait (`pipeline::run` stops waiting for the writer).
+                Step::Resume => {
                     resumed += 1;
                     tracing::warn!(%error, what, resumed, "transaction call timed out, resuming it");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                Step::Resume | Step::Abort => {
-                    return Err(Failure::Abort(TransactionError::Kafka(error)));
-                }
+                Step::Abort => return Err(Failure::Abort(TransactionError::Kafka(error))),
                 Step::Fatal => return Err(Failure::Fatal(TransactionError::Kafka(error))),
             }
         }
