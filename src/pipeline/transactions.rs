@@ -148,12 +148,14 @@ mod tests {
 
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let mock = MockCluster::new(1).expect("mock cluster");
-        let mut kafka = crate::config::KafkaSettings::default();
-        kafka.bootstrap_servers = mock.bootstrap_servers();
-        kafka.input_topic = "in".into();
-        kafka.result_topic = "out".into();
-        kafka.dlq_topic = "dlq".into();
-        kafka.group_id = "resume".into();
+        let kafka = crate::config::KafkaSettings {
+            bootstrap_servers: mock.bootstrap_servers(),
+            input_topic: "in".into(),
+            result_topic: "out".into(),
+            dlq_topic: "dlq".into(),
+            group_id: "resume".into(),
+            ..Default::default()
+        };
         for topic in ["in", "out", "dlq"] {
             mock.create_topic(topic, 1, 1).expect("topic");
         }
