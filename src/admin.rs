@@ -123,7 +123,8 @@ async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
     (StatusCode::OK, "ok\n".to_string())
 }
 
-/// Ready when the group is joined, Kafka answers, and Alipay+ is not refusing every request.
+/// Ready when the group is joined, Kafka answers, no consumer error persists, and Alipay+ is not
+/// refusing every request.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let health = &state.health;
     let mut problems = Vec::new();
@@ -132,6 +133,33 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
     if !health.kafka_reachable() {
         problems.push("no kafka broker reachable".to_string());
+    }
+    let consumer_errors = crate::observe::consumer_error_status(health);
+    for error in &consumer_errors.persistent {
+        let partition = match error.partition {
+            Some(partition) => format!("on partition {partition}"),
+            None => "(librdkafka does not say which partition)".to_string(),
+        };
+        problems.push(format!(
+            "kafka consumer error {} {partition} for {} s ({} reports, the last {} s ago)",
+            error.code,
+            error.lasting.as_secs(),
+            error.reports,
+            error.last_report_ago.as_secs()
+        ));
+    }
+    if !consumer_errors.not_advancing.is_empty() {
+        let partitions: Vec<String> = consumer_errors
+            .not_advancing
+            .iter()
+            .map(i32::to_string)
+            .collect();
+        problems.push(format!(
+            "partitions {} have records waiting and a fetch position that has not moved for {} s \
+             (librdkafka statistics)",
+            partitions.join(", "),
+            crate::observe::CONSUMER_ERROR_PERSIST_AFTER.as_secs()
+        ));
     }
     let streak = health.refused_streak();
     if streak >= state.refused_streak_threshold {

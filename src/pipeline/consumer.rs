@@ -132,10 +132,7 @@ impl ClientContext for PipelineContext {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_kafka_reachable(false);
-        }
-        tracing::warn!(%error, reason, "kafka client error");
+        crate::observe::kafka_client_error(&self.health, &error, reason);
     }
 }
 
@@ -428,16 +425,18 @@ fn poll_loop(
     flow: &Flow,
     stop: &AtomicBool,
 ) {
+    let health = &consumer.context().health;
     while !stop.load(Ordering::SeqCst) {
         consumer.context().apply_pause(consumer);
         let message = match consumer.poll(POLL_INTERVAL) {
             None => continue,
             Some(Err(error)) => {
-                tracing::warn!(%error, "kafka consumer error");
+                crate::observe::consumer_error(health, &error);
                 continue;
             }
             Some(Ok(message)) => message,
         };
+        crate::observe::consumer_record(health, message.partition());
         let record = InputRecord {
             topic: Arc::from(message.topic()),
             partition: message.partition(),
