@@ -27,8 +27,9 @@ use crate::config::{InputEncoding, Ordering, Settings};
 use crate::event::{Decision, NotifyOutcome, RegistrationDecided};
 use crate::inspect;
 use crate::keys::PrivateSigningKey;
-use crate::observe::{Health, Stats};
-use crate::pipeline::{self, record::DeadLetterReason};
+use crate::observe::Stats;
+use crate::pipeline::record::DeadLetterReason;
+use crate::service::Application;
 use crate::simulator::rules::{Fault, FaultRule};
 use crate::simulator::{Simulator, SimulatorConfig};
 
@@ -199,16 +200,17 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
         mpp_key,
         Some(alipayplus_key.public_key()),
     )?);
-    let stats = Arc::new(Stats::default());
-    let status = Arc::new(Health::default());
+    let application = Application::build_with_client(settings.clone(), client).await?;
+    let stats = application.stats();
+    if options.progress {
+        eprintln!(
+            "metrics and health while the demo runs: http://{}/metrics /readyz",
+            application.admin_addr()
+        );
+    }
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let pipeline = tokio::spawn({
-        let settings = settings.clone();
-        let stats = Arc::clone(&stats);
-        let shutdown = shutdown.clone();
-        async move { pipeline::run(&settings, client, stats, status, shutdown).await }
-    });
+    let pipeline = tokio::spawn(application.run_until_stopped(shutdown.clone()));
 
     let total = options.events as u64;
     let progress = progress_bar(options.progress, total);
@@ -279,6 +281,8 @@ fn demo_settings(bootstrap: &str, simulator_url: &str, options: &DemoOptions) ->
     settings.alipayplus.base_url = simulator_url.to_string();
     settings.alipayplus.allow_insecure_http = true;
     settings.alipayplus.client_id = CLIENT_ID.into();
+    // Any free port on loopback: the demo must never collide with a running service.
+    settings.admin.listen = "127.0.0.1:0".into();
     // Short backoff so the U-then-S samples finish quickly; the budget itself is the default.
     settings.processing.backoff_initial = Duration::from_millis(50);
     settings.processing.backoff_max = Duration::from_secs(1);

@@ -1,11 +1,15 @@
-//! `regnotify run`: builds the Alipay+ client from settings, starts the pipeline and stops it
-//! cleanly on SIGTERM or SIGINT (SPEC 5, section 7).
+//! The service, built once: [`Application::build`] makes the Alipay+ client, installs the
+//! metrics recorder and binds the admin listener (port 0 works; the bound address is reported),
+//! and [`Application::run_until_stopped`] serves the admin routes and runs the pipeline until a
+//! shutdown. `regnotify run`, `regnotify demo` and the tests all start the service this way.
 //!
 //! This is wiring only; every decision about events lives in [`crate::pipeline`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::alipayplus::AlipayPlusClient;
@@ -13,45 +17,110 @@ use crate::config::Settings;
 use crate::observe::{Health, Stats};
 use crate::pipeline;
 
-/// Runs the service until SIGTERM or SIGINT, then shuts down within `shutdown_timeout`.
+/// The service, built and bound, not running yet.
+pub struct Application {
+    settings: Settings,
+    client: Arc<AlipayPlusClient>,
+    metrics: PrometheusHandle,
+    listener: tokio::net::TcpListener,
+    admin_addr: SocketAddr,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds the service from its settings: the Alipay+ client from the configured keys.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.alipayplus.require_credentials()?;
+        let client = Arc::new(
+            AlipayPlusClient::from_settings(&settings.alipayplus)
+                .context("the alipay+ client cannot be built from these settings")?,
+        );
+        Self::build_with_client(settings, client).await
+    }
+
+    /// Builds the service around a client made elsewhere (the demo and the tests hold their
+    /// keys in memory).
+    pub async fn build_with_client(
+        settings: Settings,
+        client: Arc<AlipayPlusClient>,
+    ) -> anyhow::Result<Application> {
+        let metrics = crate::admin::install_metrics()?;
+        let listener = crate::admin::bind(settings.admin.listen_addr()?).await?;
+        let admin_addr = listener
+            .local_addr()
+            .context("cannot read the admin listener's address")?;
+        Ok(Application {
+            settings,
+            client,
+            metrics,
+            listener,
+            admin_addr,
+            stats: Arc::new(Stats::default()),
+            health: Arc::new(Health::default()),
+        })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
+    /// Serves the admin routes and runs the pipeline until `shutdown` fires, then stops within
+    /// `shutdown_timeout` (SPEC 5).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let settings = self.settings;
+        tracing::info!(
+            input_topic = %settings.kafka.input_topic,
+            group_id = %settings.kafka.group_id,
+            endpoint = self.client.endpoint(),
+            "regnotify starting"
+        );
+        let admin_stop = CancellationToken::new();
+        let admin = tokio::spawn(crate::admin::serve(
+            self.listener,
+            crate::admin::AdminState {
+                metrics: self.metrics,
+                health: Arc::clone(&self.health),
+                refused_streak_threshold: u64::from(settings.processing.refused_streak_threshold),
+            },
+            admin_stop.clone(),
+        ));
+        tracing::info!(listen = %self.admin_addr, "admin listener up: /metrics /healthz /readyz");
+        let result = pipeline::run(&settings, self.client, self.stats, self.health, shutdown).await;
+        admin_stop.cancel();
+        if let Ok(Err(error)) = admin.await {
+            tracing::warn!(%error, "admin listener failed");
+        }
+        result?;
+        tracing::info!("regnotify stopped");
+        Ok(())
+    }
+}
+
+/// `regnotify run`: the service until SIGTERM or SIGINT, then a clean stop within
+/// `shutdown_timeout`.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    settings.alipayplus.require_credentials()?;
-    let client = Arc::new(
-        AlipayPlusClient::from_settings(&settings.alipayplus)
-            .context("the alipay+ client cannot be built from these settings")?,
-    );
-    let metrics = crate::admin::install_metrics()?;
-    let listen = settings.admin.listen_addr()?;
-    let listener = crate::admin::bind(listen).await?;
+    let application = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    tracing::info!(
-        input_topic = %settings.kafka.input_topic,
-        group_id = %settings.kafka.group_id,
-        endpoint = client.endpoint(),
-        "regnotify starting"
-    );
-    let stats = Arc::new(Stats::default());
-    let status = Arc::new(Health::default());
-    let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(crate::admin::serve(
-        listener,
-        crate::admin::AdminState {
-            metrics,
-            health: Arc::clone(&status),
-            refused_streak_threshold: u64::from(settings.processing.refused_streak_threshold),
-        },
-        admin_stop.clone(),
-    ));
-    tracing::info!(%listen, "admin listener up: /metrics /healthz /readyz");
-    let result = pipeline::run(&settings, client, stats, status, shutdown).await;
-    admin_stop.cancel();
-    if let Ok(Err(error)) = admin.await {
-        tracing::warn!(%error, "admin listener failed");
-    }
-    result?;
-    tracing::info!("regnotify stopped");
-    Ok(())
+    application.run_until_stopped(shutdown).await
 }
 
 /// Fires `shutdown` on the first SIGTERM or SIGINT.
