@@ -534,14 +534,14 @@ impl Dispatcher {
         let positions = self.core.final_commits();
         let tpl = self.positions(&positions);
         let consumer = Arc::clone(&self.consumer);
-        let publisher = Arc::clone(&self.worker.publisher);
+        let sink = self.worker.sink.clone();
         let committed = tokio::task::spawn_blocking(move || {
             let committed = if tpl.count() == 0 {
                 Ok(())
             } else {
                 consumer.commit(&tpl, CommitMode::Sync)
             };
-            if let Err(error) = publisher.flush(FLUSH_TIMEOUT) {
+            if let Err(error) = sink.flush(FLUSH_TIMEOUT) {
                 tracing::warn!(%error, "producer flush incomplete");
             }
             committed

@@ -37,7 +37,7 @@ use crate::observe::{Health, Stats};
 use crate::pipeline::backoff::RetryBudget;
 use crate::pipeline::consumer::Flow;
 use crate::pipeline::dispatch::{Dispatcher, DispatcherParts};
-use crate::pipeline::output::OutputPublisher;
+use crate::pipeline::output::{OutputPublisher, OutputSink};
 use crate::pipeline::worker::WorkerContext;
 
 /// How long a stopping pipeline waits for the transaction writer's last commit.
@@ -84,9 +84,6 @@ pub async fn run(
             &settings.kafka.result_topic,
         )
     };
-    let publisher = Arc::new(
-        OutputPublisher::new(&settings.kafka, encoder()).context("cannot create kafka producer")?,
-    );
     let processing = &settings.processing;
     let budget = RetryBudget {
         max_attempts: processing.max_attempts,
@@ -114,7 +111,7 @@ pub async fn run(
         fatal.clone(),
     )
     .context("cannot start kafka consumer")?;
-    let (submitter, writer) = if processing.exactly_once {
+    let (sink, writer) = if processing.exactly_once {
         let kafka = settings.kafka.clone();
         let producer =
             tokio::task::spawn_blocking(move || transactions::transactional_producer(&kafka))
@@ -135,17 +132,21 @@ pub async fn run(
             control: control_tx,
             fatal: fatal.clone(),
         };
-        (Some(submitter), Some(tokio::spawn(writer.run(submissions))))
+        (
+            OutputSink::Transactional(submitter),
+            Some(tokio::spawn(writer.run(submissions))),
+        )
     } else {
-        (None, None)
+        let publisher = OutputPublisher::new(&settings.kafka, encoder())
+            .context("cannot create kafka producer")?;
+        (OutputSink::Idempotent(Arc::new(publisher)), None)
     };
     let worker = Arc::new(WorkerContext::new(
         client,
-        publisher,
+        sink,
         budget,
         stats,
         Arc::clone(&status),
-        submitter,
         CancellationToken::new(),
     ));
     let dispatcher = Dispatcher::new(DispatcherParts {

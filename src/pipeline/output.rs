@@ -1,8 +1,11 @@
 //! Publishing what became of each event: outcomes on the result topic and dead letters on the DLQ
-//! topic, through one idempotent producer with `acks=all` (SPEC 3.2, 3.3, 5).
+//! topic (SPEC 3.2, 3.3, 5), through one [`OutputSink`] for both delivery modes: an idempotent
+//! producer with `acks=all`, or (exactly-once) the transaction writer. One rule,
+//! [`is_permanent`], says which Kafka errors no retry can mend, in both.
 //!
-//! A publish returns only once Kafka has acknowledged the record; the caller commits the input
-//! offset only after that. This module never decides an outcome and never commits offsets.
+//! A write ends only once Kafka has acknowledged the records, or the transaction writer holds
+//! them; the caller commits the input offset only after that. This module never decides an
+//! outcome and never commits offsets.
 
 use std::time::Duration;
 
@@ -12,10 +15,122 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use std::sync::Arc;
+
 use crate::codec::{EncodeError, OutcomeEncoder};
 use crate::config::KafkaSettings;
 use crate::event::RegistrationNotifyOutcome;
+use crate::observe::{self, Stats};
+use crate::pipeline::decisions::Finish;
 use crate::pipeline::record::{DeadLetter, InputRecord, dead_letter_headers};
+use crate::pipeline::transactions::{Submission, Submitter};
+use crate::pipeline::worker::{Job, sleep_unless_stopped};
+
+/// Bounds of the pause between attempts to write an output Kafka did not acknowledge.
+const PUBLISH_RETRY_INITIAL: Duration = Duration::from_millis(100);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Where an event's outputs go.
+#[derive(Debug, Clone)]
+pub enum OutputSink {
+    /// At-least-once: written by the idempotent producer, each retried until acknowledged.
+    Idempotent(Arc<OutputPublisher>),
+    /// Exactly-once: handed to the transaction writer, which commits them with the offset.
+    Transactional(Submitter),
+}
+
+impl OutputSink {
+    /// Writes an event's outputs: [`Finish::Terminal`] once Kafka acknowledged them,
+    /// [`Finish::Submitted`] once the transaction writer holds them, [`Finish::Abandoned`] when
+    /// the job was cancelled first, [`Finish::Fatal`] when Kafka can never accept them.
+    pub async fn write(
+        &self,
+        stats: &Stats,
+        job: &Job,
+        letter: Option<&DeadLetter>,
+        outcome: Option<&RegistrationNotifyOutcome>,
+    ) -> Finish {
+        let cancel = &job.cancel;
+        let publisher = match self {
+            OutputSink::Transactional(submitter) => {
+                let submission = Submission {
+                    record: job.record.clone(),
+                    generation: job.generation,
+                    dead_letter: letter.cloned(),
+                    outcome: outcome.cloned(),
+                };
+                return tokio::select! {
+                    sent = submitter.send(submission) => match sent {
+                        Ok(()) => Finish::Submitted,
+                        Err(_) => Finish::Abandoned,
+                    },
+                    () = cancel.cancelled() => Finish::Abandoned,
+                };
+            }
+            OutputSink::Idempotent(publisher) => publisher,
+        };
+        // The dead letter first, then the outcome, each retried on its own: retrying them as a
+        // pair would write a new copy of an acknowledged dead letter on every retry of the
+        // outcome.
+        if let Some(letter) = letter {
+            let published = until_acknowledged(stats, cancel, || {
+                publisher.publish_dead_letter(&job.record, letter)
+            })
+            .await;
+            if published != Finish::Terminal {
+                return published;
+            }
+        }
+        match outcome {
+            Some(outcome) => {
+                until_acknowledged(stats, cancel, || publisher.publish_outcome(outcome)).await
+            }
+            None => Finish::Terminal,
+        }
+    }
+
+    /// Waits until every record handed to the idempotent producer is acknowledged or `timeout`
+    /// passes. (The transaction writer settles its own records.)
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        match self {
+            OutputSink::Idempotent(publisher) => publisher.flush(timeout),
+            OutputSink::Transactional(_) => Ok(()),
+        }
+    }
+}
+
+/// Retries a write until Kafka acknowledges it.
+async fn until_acknowledged<F, Fut>(
+    stats: &Stats,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut publish: F,
+) -> Finish
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), PublishError>>,
+{
+    let mut delay = PUBLISH_RETRY_INITIAL;
+    loop {
+        let result = tokio::select! {
+            result = publish() => result,
+            () = cancel.cancelled() => return Finish::Abandoned,
+        };
+        match result {
+            Ok(()) => return Finish::Terminal,
+            Err(error) if error.is_permanent() => {
+                observe::publish_fatal(stats, &error);
+                return Finish::Fatal;
+            }
+            Err(error) => {
+                observe::publish_failed(stats, &error, delay);
+                if !sleep_unless_stopped(cancel, delay).await {
+                    return Finish::Abandoned;
+                }
+                delay = (delay * 2).min(PUBLISH_RETRY_MAX);
+            }
+        }
+    }
+}
 
 /// Why an output record was not (yet) written.
 #[derive(Debug, thiserror::Error)]

@@ -20,16 +20,12 @@ use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome
 use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
 pub use crate::pipeline::decisions::Finish;
-use crate::pipeline::output::OutputPublisher;
+use crate::pipeline::output::OutputSink;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
-use crate::pipeline::transactions::{Submission, Submitter};
 
 /// How fast the send rate recovers after Alipay+ throttled us, in requests per second gained per
 /// second.
 const RATE_RECOVERY_PER_SECOND: f64 = 5.0;
-/// Bounds of the pause between attempts to write an output Kafka did not acknowledge.
-const PUBLISH_RETRY_INITIAL: Duration = Duration::from_millis(100);
-const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What a worker is given: a decoded event, or a record that could not be decoded.
 #[derive(Debug)]
@@ -52,12 +48,10 @@ pub struct Job {
 /// What every worker shares.
 pub struct WorkerContext {
     pub client: Arc<AlipayPlusClient>,
-    pub publisher: Arc<OutputPublisher>,
+    pub sink: OutputSink,
     pub budget: RetryBudget,
     pub stats: Arc<Stats>,
     pub health: Arc<Health>,
-    /// Exactly-once: where outputs go to be written in a transaction.
-    pub transactions: Option<Submitter>,
     /// Fires when all work in flight must stop at once; every job's token is a child of it.
     pub hard_stop: CancellationToken,
     send_rate: Mutex<AdaptiveRate>,
@@ -74,20 +68,18 @@ impl std::fmt::Debug for WorkerContext {
 impl WorkerContext {
     pub fn new(
         client: Arc<AlipayPlusClient>,
-        publisher: Arc<OutputPublisher>,
+        sink: OutputSink,
         budget: RetryBudget,
         stats: Arc<Stats>,
         health: Arc<Health>,
-        transactions: Option<Submitter>,
         hard_stop: CancellationToken,
     ) -> Self {
         WorkerContext {
             client,
-            publisher,
+            sink,
             budget,
             stats,
             health,
-            transactions,
             hard_stop,
             // The configured ceiling is enforced by the client; this only slows down after
             // throttling answers, so it starts unlimited.
@@ -300,85 +292,17 @@ fn outcome_record(
     }
 }
 
-/// Writes an event's outputs and waits until Kafka acknowledged them; under exactly-once, hands
-/// them to the transaction writer, which commits them together with the event's offset.
 async fn write_outputs(
     ctx: &WorkerContext,
     job: &Job,
     letter: Option<&DeadLetter>,
     outcome: Option<&RegistrationNotifyOutcome>,
 ) -> Finish {
-    let cancel = &job.cancel;
-    if let Some(submitter) = &ctx.transactions {
-        let submission = Submission {
-            record: job.record.clone(),
-            generation: job.generation,
-            dead_letter: letter.cloned(),
-            outcome: outcome.cloned(),
-        };
-        return tokio::select! {
-            sent = submitter.send(submission) => match sent {
-                Ok(()) => Finish::Submitted,
-                Err(_) => Finish::Abandoned,
-            },
-            () = cancel.cancelled() => Finish::Abandoned,
-        };
-    }
-    // The dead letter first, then the outcome, each retried on its own: retrying them as a pair
-    // would write a new copy of an acknowledged dead letter on every retry of the outcome.
-    if let Some(letter) = letter {
-        let published = publish_until_acknowledged(ctx, cancel, || {
-            ctx.publisher.publish_dead_letter(&job.record, letter)
-        })
-        .await;
-        if published != Finish::Terminal {
-            return published;
-        }
-    }
-    match outcome {
-        Some(outcome) => {
-            publish_until_acknowledged(ctx, cancel, || ctx.publisher.publish_outcome(outcome)).await
-        }
-        None => Finish::Terminal,
-    }
-}
-
-/// Retries a write until Kafka acknowledges it: [`Finish::Terminal`]. [`Finish::Abandoned`] when
-/// the job was cancelled first; [`Finish::Fatal`] when Kafka can never accept the write.
-async fn publish_until_acknowledged<F, Fut>(
-    ctx: &WorkerContext,
-    cancel: &CancellationToken,
-    mut publish: F,
-) -> Finish
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), super::output::PublishError>>,
-{
-    let mut delay = PUBLISH_RETRY_INITIAL;
-    loop {
-        let result = tokio::select! {
-            result = publish() => result,
-            () = cancel.cancelled() => return Finish::Abandoned,
-        };
-        match result {
-            Ok(()) => return Finish::Terminal,
-            Err(error) if error.is_permanent() => {
-                observe::publish_fatal(&ctx.stats, &error);
-                return Finish::Fatal;
-            }
-            Err(error) => {
-                observe::publish_failed(&ctx.stats, &error, delay);
-                if !sleep_unless_stopped(cancel, delay).await {
-                    return Finish::Abandoned;
-                }
-                delay = (delay * 2).min(PUBLISH_RETRY_MAX);
-            }
-        }
-    }
+    ctx.sink.write(&ctx.stats, job, letter, outcome).await
 }
 
 /// Sleeps for `delay`; `false` when `cancel` fired first.
-async fn sleep_unless_stopped(cancel: &CancellationToken, delay: Duration) -> bool {
+pub(crate) async fn sleep_unless_stopped(cancel: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
         () = cancel.cancelled() => false,
