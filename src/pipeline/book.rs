@@ -172,25 +172,12 @@ impl PartitionBook {
     /// next owner consumes it again because its offsets are never committed. Returns the
     /// waiting slots dropped, for the caller to forget.
     pub fn begin_revoke(&mut self, partitions: &[i32]) -> Vec<Slot> {
-        let mut dropped = Vec::new();
         for partition in partitions {
-            let Some(state) = self.partitions.get_mut(partition) else {
-                continue;
-            };
-            state.revoking = true;
-            for (offset, stage) in &mut state.stages {
-                if *stage == Stage::Waiting {
-                    *stage = Stage::Dropped;
-                    dropped.push(Slot {
-                        partition: *partition,
-                        generation: state.generation,
-                        offset: *offset,
-                    });
-                }
+            if let Some(state) = self.partitions.get_mut(partition) {
+                state.revoking = true;
             }
         }
-        self.waiting -= dropped.len();
-        dropped
+        self.drop_waiting_where(|partition| partitions.contains(&partition))
     }
 
     /// True when every revoking partition has no work that can still settle.
@@ -392,45 +379,12 @@ impl PartitionBook {
     /// forget.
     pub fn begin_stop(&mut self) -> Vec<Slot> {
         self.stopping = true;
-        let mut dropped = Vec::new();
-        for (partition, state) in &mut self.partitions {
-            for (offset, stage) in &mut state.stages {
-                if *stage == Stage::Waiting {
-                    *stage = Stage::Dropped;
-                    dropped.push(Slot {
-                        partition: *partition,
-                        generation: state.generation,
-                        offset: *offset,
-                    });
-                }
-            }
-        }
-        self.waiting = 0;
-        dropped
+        self.drop_waiting_where(|_| true)
     }
 
     /// True when no partition has work that can still settle.
     pub fn all_settled(&self) -> bool {
         self.partitions.values().all(Partition::settled)
-    }
-
-    /// At-least-once: the positions of every finished prefix not committed yet, for the last
-    /// commit at shutdown.
-    pub fn final_commits(&mut self) -> Vec<(i32, i64)> {
-        let mut positions = Vec::new();
-        if self.exactly_once {
-            return positions;
-        }
-        for (partition, state) in &mut self.partitions {
-            if state.revoking {
-                continue;
-            }
-            if let Some(position) = state.position_beyond_committed(state.watermark.committable()) {
-                state.committed = Some(position);
-                positions.push((*partition, position));
-            }
-        }
-        positions
     }
 
     /// Re-decides the flow control of `partition` after its window changed: `Some(true)` to
@@ -502,6 +456,28 @@ impl PartitionBook {
 
     pub fn is_empty(&self) -> bool {
         self.partitions.is_empty()
+    }
+
+    /// Drops the waiting slots of the partitions `pick` names, and returns them.
+    fn drop_waiting_where(&mut self, mut pick: impl FnMut(i32) -> bool) -> Vec<Slot> {
+        let mut dropped = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            if !pick(*partition) {
+                continue;
+            }
+            for (offset, stage) in &mut state.stages {
+                if *stage == Stage::Waiting {
+                    *stage = Stage::Dropped;
+                    dropped.push(Slot {
+                        partition: *partition,
+                        generation: state.generation,
+                        offset: *offset,
+                    });
+                }
+            }
+        }
+        self.waiting -= dropped.len();
+        dropped
     }
 
     fn new_generation(&mut self) -> u64 {

@@ -252,7 +252,7 @@ impl<P> DispatchCore<P> {
 
     /// At-least-once: the last commit positions at shutdown.
     pub fn final_commits(&mut self) -> Vec<(i32, i64)> {
-        self.book.final_commits()
+        self.book.take_commits()
     }
 
     /// Which partitions should not fetch now.
