@@ -24,8 +24,8 @@ use common::service::{
 };
 use common::{
     Framing, Harness, assert_nothing_lost, assert_one_outcome_each,
-    assert_repeats_follow_at_least_once, broker, event, eventually, merchant_events, note,
-    produce_events, real_broker_or_skip, real_broker_required,
+    assert_repeats_follow_at_least_once, broker, event, merchant_events, note, produce_events,
+    real_broker_or_skip, real_broker_required,
 };
 
 /// Generous bound on waiting for the service to catch up after a fault.
@@ -117,20 +117,15 @@ async fn broker_killed_mid_stream(test: &str, exactly_once: bool) {
     let mut settings = harness.settings();
     settings.processing.exactly_once = exactly_once;
     settings.processing.max_in_flight = 32;
-    // Outputs wait through the outage instead of failing (librdkafka's default is 300 s).
-    settings
-        .kafka
-        .producer
-        .0
-        .insert("message.timeout.ms".into(), "120000".into());
 
     let sampler = harness.sample_commits();
     let mut pipeline = harness.start_pipeline(settings);
     // A steady stream of about 10 s (longer with the outage), so the kill lands mid-stream.
     let producing = produce_in_background(&harness, events.clone(), Duration::from_millis(300));
     let stats = pipeline.stats.clone();
-    eventually("300 events finished", WAIT, || stats.terminal() >= 300).await;
-    pipeline.assert_running();
+    pipeline
+        .wait_for("300 events finished", WAIT, || stats.terminal() >= 300)
+        .await;
 
     let finished_at_kill = stats.terminal();
     let outage = broker::kill();

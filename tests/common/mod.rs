@@ -70,6 +70,20 @@ pub fn real_broker_required() -> bool {
     std::env::var(REQUIRE_REAL_BROKER_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// With `REGNOTIFY_TEST_LOG` set to a tracing filter (e.g. `regnotify=debug`), the in-process
+/// pipeline logs to the test output (shown for failed tests, or with `--nocapture`).
+pub const TEST_LOG_ENV: &str = "REGNOTIFY_TEST_LOG";
+
+fn init_test_log() {
+    let Ok(filter) = std::env::var(TEST_LOG_ENV) else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
 /// Writes past libtest's output capture (it captures only `print!`/`eprint!`).
 pub fn note(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
@@ -178,7 +192,7 @@ pub enum Framing {
 /// Encodes the `index`-th event of a stream in `framing`.
 pub fn encode(event: &RegistrationDecided, framing: Framing, index: usize) -> Vec<u8> {
     let framing = match framing {
-        Framing::Mixed if index % 2 == 0 => Framing::Confluent,
+        Framing::Mixed if index.is_multiple_of(2) => Framing::Confluent,
         Framing::Mixed => Framing::SingleObject,
         other => other,
     };
@@ -225,6 +239,25 @@ impl RunningPipeline {
         started.elapsed()
     }
 
+    /// Polls `done` until it holds, like [`eventually`], but fails at once, with the
+    /// pipeline's error, should the pipeline end on its own meanwhile.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            if self.task.is_finished() {
+                let ended = (&mut self.task).await;
+                panic!("the pipeline ended on its own while waiting for {what}: {ended:?}");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Panics when the pipeline already ended (it should run until stopped).
     pub fn assert_running(&self) {
         assert!(
@@ -244,6 +277,7 @@ impl Harness {
         rules: Vec<FaultRule>,
         latency: Duration,
     ) -> Harness {
+        init_test_log();
         let kafka = TestKafka::start();
         let input = unique("decided");
         let result = unique("result");
@@ -685,11 +719,11 @@ pub fn read_whole_topic(
                 at_end.insert(partition);
             }
             Some(Err(error)) => panic!("reading {topic}: {error}"),
-            Some(Ok(message)) => {
-                if message.offset() < ends[&message.partition()] {
-                    records.push(ReadRecord::copy(&message));
-                }
+            Some(Ok(message)) if message.offset() < ends[&message.partition()] => {
+                records.push(ReadRecord::copy(&message));
             }
+            // Written after the read started: not part of the topic as it was.
+            Some(Ok(_)) => {}
         }
     }
     records.sort_by_key(|r| (r.partition, r.offset));
