@@ -18,13 +18,16 @@
 #   restart  start the broker stopped by `kill` again, same ports and data; waits until it
 #            answers and prints host:port
 #
-# Environment:
-#   REGNOTIFY_KAFKA_CACHE     jar cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-VERSION)
-#   REGNOTIFY_KAFKA_RUN_DIR   pid file, config, logs and data (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-run);
-#                             give each broker on one machine its own
-#   REGNOTIFY_KAFKA_PORT      the broker's port (default: a free one picked at start)
-#   REGNOTIFY_KAFKA_HEAP      JVM heap options (default -Xms256m -Xmx512m)
-#   REGNOTIFY_KAFKA_START_TIMEOUT  seconds to wait for the broker (default 120)
+# Environment (named REGNOTIFY_TEST_KAFKA_*: the service refuses to start beside a variable that
+# begins like one of its settings tables, such as REGNOTIFY_KAFKA_…, so the names this script
+# once read, REGNOTIFY_KAFKA_CACHE, _RUN_DIR, _HEAP and _START_TIMEOUT, are read only as fallbacks):
+#   REGNOTIFY_TEST_KAFKA_CACHE    jar cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-VERSION)
+#   REGNOTIFY_TEST_KAFKA_RUN_DIR  pid file, config, logs and data (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-run);
+#                                 give each broker on one machine its own, and export it to the tests
+#                                 that stop the broker (tests/faults.rs runs this script)
+#   REGNOTIFY_TEST_KAFKA_PORT     the broker's port (default: a free one picked at start)
+#   REGNOTIFY_TEST_KAFKA_HEAP     JVM heap options (default -Xms256m -Xmx512m)
+#   REGNOTIFY_TEST_KAFKA_START_TIMEOUT  seconds to wait for the broker (default 120)
 #
 # Everything but the bootstrap address goes to stderr, so `$(... start)` captures one line.
 set -euo pipefail
@@ -33,13 +36,13 @@ KAFKA_VERSION=4.1.0 # keep in step with <kafka.version> in scripts/kafka/pom.xml
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 pom="$here/kafka/pom.xml"
 cache_base="${XDG_CACHE_HOME:-$HOME/.cache}/regnotify"
-cache="${REGNOTIFY_KAFKA_CACHE:-$cache_base/kafka-$KAFKA_VERSION}"
-run_dir="${REGNOTIFY_KAFKA_RUN_DIR:-$cache_base/kafka-run}"
-heap="${REGNOTIFY_KAFKA_HEAP:--Xms256m -Xmx512m}"
-start_timeout="${REGNOTIFY_KAFKA_START_TIMEOUT:-120}"
+cache="${REGNOTIFY_TEST_KAFKA_CACHE:-${REGNOTIFY_KAFKA_CACHE:-$cache_base/kafka-$KAFKA_VERSION}}"
+run_dir="${REGNOTIFY_TEST_KAFKA_RUN_DIR:-${REGNOTIFY_KAFKA_RUN_DIR:-$cache_base/kafka-run}}"
+heap="${REGNOTIFY_TEST_KAFKA_HEAP:-${REGNOTIFY_KAFKA_HEAP:--Xms256m -Xmx512m}}"
+start_timeout="${REGNOTIFY_TEST_KAFKA_START_TIMEOUT:-${REGNOTIFY_KAFKA_START_TIMEOUT:-120}}"
 pid_file="$run_dir/kafka.pid"
 bootstrap_file="$run_dir/bootstrap"
-fixed_port="${REGNOTIFY_KAFKA_PORT:-}"
+fixed_port="${REGNOTIFY_TEST_KAFKA_PORT:-}"
 
 log() { printf 'kafka-local: %s\n' "$*" >&2; }
 die() {

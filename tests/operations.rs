@@ -385,6 +385,8 @@ group_id = "{group}"
 input_topic = "{input}"
 result_topic = "{result}"
 dlq_topic = "{dlq}"
+[schema_registry]
+url = "{registry}"
 [alipayplus]
 base_url = "{proxy_url}"
 allow_insecure_http = true
@@ -407,12 +409,13 @@ level = "trace"
             input = harness.input,
             result = harness.result,
             dlq = harness.dlq,
+            registry = harness.registry.url,
             client = common::CLIENT_ID,
             keys = keys.display(),
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_regnotify"))
+    let child = common::regnotify_binary()
         .args(["run", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")
@@ -464,7 +467,7 @@ level = "trace"
         "one line per terminal outcome"
     );
 
-    let check_config = Command::new(env!("CARGO_BIN_EXE_regnotify"))
+    let check_config = common::regnotify_binary()
         .args(["check-config", "--config"])
         .arg(&config)
         .env("REGNOTIFY_ALIPAYPLUS__PRIVATE_KEY", &mpp_pem)

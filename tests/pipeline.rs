@@ -596,6 +596,8 @@ async fn exactly_once_writes_outputs_and_offsets_in_transactions() {
             stats.terminal() >= 62
         })
         .await;
+        // Terminal is counted before the transaction carrying the outcome commits.
+        harness.wait_outcomes_of(&events, WAIT).await;
     }
     let outcomes = harness.outcomes().await;
     assert_nothing_lost(&events, &outcomes);

@@ -281,9 +281,8 @@ async fn the_binary_produces_and_reports_refused_lines() {
 
     let run = |args: Vec<std::ffi::OsString>| async move {
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_regnotify"))
+            common::regnotify_binary()
                 .args(args)
-                .env_remove("REGNOTIFY_CONFIG")
                 .output()
                 .expect("run the binary")
         })

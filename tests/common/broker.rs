@@ -1,7 +1,7 @@
 //! Stopping and restarting the real broker under a running test, through
 //! `scripts/kafka-local.sh kill` and `restart` (same ports, same data). Only the broker that
-//! script runs can be controlled: its run directory comes from `REGNOTIFY_KAFKA_RUN_DIR` as the
-//! script reads it, and `status` must name the broker the tests use.
+//! script runs can be controlled: its run directory comes from `REGNOTIFY_TEST_KAFKA_RUN_DIR` as
+//! the script reads it, and `status` must name the broker the tests use.
 //!
 //! Tests in one binary run in parallel: one that stops the broker holds [`exclusive`], every
 //! other real-broker test of that binary holds [`shared`], so no test sees an outage it did not
@@ -52,8 +52,8 @@ pub fn controllable(bootstrap: &str) -> Result<(), String> {
     let (running, printed, log) = run("status");
     if !running {
         return Err(format!(
-            "scripts/kafka-local.sh runs no broker here (REGNOTIFY_KAFKA_RUN_DIR={:?}): {log}",
-            std::env::var("REGNOTIFY_KAFKA_RUN_DIR").ok()
+            "scripts/kafka-local.sh runs no broker here (REGNOTIFY_TEST_KAFKA_RUN_DIR={:?}): {log}",
+            std::env::var("REGNOTIFY_TEST_KAFKA_RUN_DIR").ok()
         ));
     }
     if printed != bootstrap {

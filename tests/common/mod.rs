@@ -65,6 +65,19 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// `regnotify` (the binary under test) with none of this process's `REGNOTIFY_*` variables: its
+/// settings come from the test alone, not from the test run's (`REGNOTIFY_TEST_BOOTSTRAP`, CI's
+/// `REGNOTIFY_REQUIRE_*`) or a developer's environment.
+pub fn regnotify_binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regnotify"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("REGNOTIFY_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Whether a real broker is required here (see [`REQUIRE_REAL_BROKER_ENV`]).
 pub fn real_broker_required() -> bool {
     std::env::var(REQUIRE_REAL_BROKER_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
@@ -460,6 +473,32 @@ impl Harness {
         timeout: Duration,
     ) -> Vec<RegistrationNotifyOutcome> {
         decode_outcomes(&self.wait_records(&self.result, at_least, timeout).await)
+    }
+
+    /// Waits until every one of `events` has an outcome on the result topic (as a
+    /// `read_committed` reader sees it), then returns the whole topic.
+    pub async fn wait_outcomes_of(
+        &self,
+        events: &[RegistrationDecided],
+        timeout: Duration,
+    ) -> Vec<RegistrationNotifyOutcome> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let outcomes = self.outcomes().await;
+            let seen = outcomes_per_event(&outcomes);
+            let missing = events
+                .iter()
+                .filter(|e| !seen.contains_key(e.event_id.as_str()))
+                .count();
+            if missing == 0 {
+                return outcomes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the outcomes of {missing} events"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until the dead-letter topic holds at least `at_least` records, then returns it whole.

@@ -17,7 +17,7 @@ use regnotify::inspect::fully_committed;
 use regnotify::keys::{PrivateSigningKey, PublicVerifyingKey, keygen};
 use regnotify::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 
-use super::{CLIENT_ID, Framing, Harness, produce_events};
+use super::{CLIENT_ID, Framing, Harness, produce_events, regnotify_binary};
 
 /// Bound on waiting for the children to make progress.
 pub const WAIT: Duration = Duration::from_secs(120);
@@ -129,16 +129,8 @@ level = "info"
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_regnotify"));
-        // The child's settings come from its config file alone: no `REGNOTIFY_*` override (the
-        // test's `REGNOTIFY_TEST_BOOTSTRAP`, CI's `REGNOTIFY_REQUIRE_EXTERNAL`, a developer's own)
-        // reaches it.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("REGNOTIFY_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
+        // The child's settings come from its config file alone.
+        let child = regnotify_binary()
             .arg("run")
             .arg("--config")
             .arg(&config)
