@@ -9,16 +9,25 @@
 # The broker's jars come from Maven Central only (scripts/kafka/pom.xml, fetched with Maven into a
 # cache outside the repository; later runs reuse it). Needs java (17+), mvn and python3.
 #
-#   start   fetch if needed, format, start, wait until the broker answers; prints host:port
-#   stop    stop the broker started by `start` and delete its data
-#   status  prints host:port and exits 0 when running, exits 1 otherwise
-#   fetch   only fill the jar cache; prints its folder
+#   start    fetch if needed, format, start, wait until the broker answers; prints host:port
+#   stop     stop the broker started by `start` and delete its data
+#   status   prints host:port and exits 0 when running, exits 1 otherwise
+#   fetch    only fill the jar cache; prints its folder
+#   kill     SIGKILL the broker's JVM, as a crash would; keeps its data, config and ports, so
+#            `restart` brings the same broker back (fault tests: tests/faults.rs)
+#   restart  start the broker stopped by `kill` again, same ports and data; waits until it
+#            answers and prints host:port
 #
-# Environment:
-#   REGNOTIFY_KAFKA_CACHE     jar cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-VERSION)
-#   REGNOTIFY_KAFKA_RUN_DIR   pid file, config, logs and data (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-run)
-#   REGNOTIFY_KAFKA_HEAP      JVM heap options (default -Xms256m -Xmx512m)
-#   REGNOTIFY_KAFKA_START_TIMEOUT  seconds to wait for the broker (default 120)
+# Environment (named REGNOTIFY_TEST_KAFKA_*: the service refuses to start beside a variable that
+# begins like one of its settings tables, such as REGNOTIFY_KAFKA_…, so the names this script
+# once read, REGNOTIFY_KAFKA_CACHE, _RUN_DIR, _HEAP and _START_TIMEOUT, are read only as fallbacks):
+#   REGNOTIFY_TEST_KAFKA_CACHE    jar cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-VERSION)
+#   REGNOTIFY_TEST_KAFKA_RUN_DIR  pid file, config, logs and data (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-run);
+#                                 give each broker on one machine its own, and export it to the tests
+#                                 that stop the broker (tests/faults.rs runs this script)
+#   REGNOTIFY_TEST_KAFKA_PORT     the broker's port (default: a free one picked at start)
+#   REGNOTIFY_TEST_KAFKA_HEAP     JVM heap options (default -Xms256m -Xmx512m)
+#   REGNOTIFY_TEST_KAFKA_START_TIMEOUT  seconds to wait for the broker (default 120)
 #
 # Everything but the bootstrap address goes to stderr, so `$(... start)` captures one line.
 set -euo pipefail
@@ -27,12 +36,13 @@ KAFKA_VERSION=4.1.0 # keep in step with <kafka.version> in scripts/kafka/pom.xml
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 pom="$here/kafka/pom.xml"
 cache_base="${XDG_CACHE_HOME:-$HOME/.cache}/regnotify"
-cache="${REGNOTIFY_KAFKA_CACHE:-$cache_base/kafka-$KAFKA_VERSION}"
-run_dir="${REGNOTIFY_KAFKA_RUN_DIR:-$cache_base/kafka-run}"
-heap="${REGNOTIFY_KAFKA_HEAP:--Xms256m -Xmx512m}"
-start_timeout="${REGNOTIFY_KAFKA_START_TIMEOUT:-120}"
+cache="${REGNOTIFY_TEST_KAFKA_CACHE:-${REGNOTIFY_KAFKA_CACHE:-$cache_base/kafka-$KAFKA_VERSION}}"
+run_dir="${REGNOTIFY_TEST_KAFKA_RUN_DIR:-${REGNOTIFY_KAFKA_RUN_DIR:-$cache_base/kafka-run}}"
+heap="${REGNOTIFY_TEST_KAFKA_HEAP:-${REGNOTIFY_KAFKA_HEAP:--Xms256m -Xmx512m}}"
+start_timeout="${REGNOTIFY_TEST_KAFKA_START_TIMEOUT:-${REGNOTIFY_KAFKA_START_TIMEOUT:-120}}"
 pid_file="$run_dir/kafka.pid"
 bootstrap_file="$run_dir/bootstrap"
+fixed_port="${REGNOTIFY_TEST_KAFKA_PORT:-}"
 
 log() { printf 'kafka-local: %s\n' "$*" >&2; }
 die() {
@@ -130,7 +140,7 @@ start() {
   rm -rf "$run_dir"
   mkdir -p "$run_dir/data" "$run_dir/logs"
   local port controller_port
-  port="$(free_port)"
+  port="${fixed_port:-$(free_port)}"
   controller_port="$(free_port)"
   while [[ "$controller_port" == "$port" ]]; do controller_port="$(free_port)"; done
   cat >"$run_dir/server.properties" <<EOF
@@ -176,10 +186,7 @@ logger.state.name = state.change.logger
 logger.state.level = WARN
 EOF
   local -a java_opts
-  # shellcheck disable=SC2206 # heap options are words on purpose
-  java_opts=($heap -XX:+UseG1GC -Djava.awt.headless=true
-    "-Dlog4j2.configurationFile=$run_dir/log4j2.properties"
-    "-Dkafka.logs.dir=$run_dir/logs")
+  java_options
   local classpath="$cache/libs/*"
   local cluster_id
   cluster_id="$(java -cp "$classpath" "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>>"$run_dir/logs/storage.log")" ||
@@ -187,9 +194,29 @@ EOF
   java -cp "$classpath" "${java_opts[@]}" kafka.tools.StorageTool format \
     -t "$cluster_id" -c "$run_dir/server.properties" >>"$run_dir/logs/storage.log" 2>&1 ||
     die "StorageTool format failed: $(tail -n 20 "$run_dir/logs/storage.log")"
+  printf '%s\n' "$port" >"$run_dir/port"
   log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (controller $controller_port, logs in $run_dir/logs)"
-  nohup java -cp "$classpath" "${java_opts[@]}" kafka.Kafka "$run_dir/server.properties" \
-    >"$run_dir/logs/kafka.out" 2>&1 </dev/null &
+  launch "$port"
+  printf '127.0.0.1:%s\n' "$port" >"$bootstrap_file"
+  log "ready (pid $(cat "$pid_file"))"
+  cat "$bootstrap_file"
+}
+
+java_options() {
+  # shellcheck disable=SC2206 # heap options are words on purpose
+  java_opts=($heap -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$run_dir/log4j2.properties"
+    "-Dkafka.logs.dir=$run_dir/logs")
+}
+
+# Starts the JVM on the formatted run dir and waits until the broker on port $1 answers; on
+# failure prints the end of its logs and exits 1 (after stopping it when it hangs).
+launch() {
+  local port=$1 pid
+  local -a java_opts
+  java_options
+  nohup java -cp "$cache/libs/*" "${java_opts[@]}" kafka.Kafka "$run_dir/server.properties" \
+    >>"$run_dir/logs/kafka.out" 2>&1 </dev/null &
   pid=$!
   printf '%s\n' "$pid" >"$pid_file"
   local deadline=$((SECONDS + start_timeout))
@@ -208,8 +235,34 @@ EOF
     fi
     sleep 0.5
   done
-  printf '127.0.0.1:%s\n' "$port" >"$bootstrap_file"
-  log "ready (pid $pid)"
+}
+
+kill_broker() {
+  local pid
+  pid="$(running_pid)" || die "no broker of $run_dir is running"
+  log "killing the broker (pid $pid, SIGKILL); its data stays for restart"
+  kill -KILL "$pid"
+  local waited=0
+  while kill -0 "$pid" 2>/dev/null && ((waited < 100)); do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  kill -0 "$pid" 2>/dev/null && die "pid $pid still exists after SIGKILL"
+  rm -f "$pid_file"
+}
+
+restart() {
+  local pid
+  if pid="$(running_pid)"; then
+    die "the broker is running (pid $pid); restart follows kill"
+  fi
+  [[ -f "$run_dir/server.properties" && -d "$run_dir/data" && -f "$bootstrap_file" ]] ||
+    die "nothing to restart in $run_dir (start it first)"
+  local port
+  port="$(cat "$run_dir/port")"
+  log "restarting Apache Kafka on 127.0.0.1:$port with the data in $run_dir/data"
+  launch "$port"
+  log "ready again (pid $(cat "$pid_file"))"
   cat "$bootstrap_file"
 }
 
@@ -230,7 +283,7 @@ stop() {
   else
     log "not running"
   fi
-  rm -f "$pid_file" "$bootstrap_file"
+  rm -f "$pid_file" "$bootstrap_file" "$run_dir/port"
   # The data goes; the logs stay for a look after a failed run (the next start replaces them).
   rm -rf "$run_dir/data"
 }
@@ -250,12 +303,14 @@ case "${1:-}" in
 start) start ;;
 stop) stop ;;
 status) status ;;
+kill) kill_broker ;;
+restart) restart ;;
 fetch)
   fetch
   printf '%s\n' "$cache"
   ;;
 *)
-  printf 'usage: %s start|stop|status|fetch\n' "$0" >&2
+  printf 'usage: %s start|stop|status|fetch|kill|restart\n' "$0" >&2
   exit 2
   ;;
 esac

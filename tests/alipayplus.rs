@@ -111,6 +111,57 @@ async fn success_is_verified_and_recorded_in_arrival_order() {
     simulator.shutdown().await.unwrap();
 }
 
+/// The simulator's gate and concurrency counts, which the pipeline tests build on: held calls
+/// count as open, `release` lets them through one by one in arrival order, `open` lets all go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_calls_count_as_concurrent_and_pass_when_released() {
+    let simulator = start_simulator(vec![]).await;
+    let client = std::sync::Arc::new(client(&simulator));
+    simulator.hold();
+    let mut calls = Vec::new();
+    for (merchant, request) in [("M-A", "R1"), ("M-A", "R2"), ("M-B", "R3")] {
+        let client = std::sync::Arc::clone(&client);
+        calls.push(tokio::spawn(async move {
+            client
+                .notify_registration_status(&event(merchant, request))
+                .await
+        }));
+        // In this order at the gate.
+        let waiting = calls.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while simulator.stats().held_calls < waiting {
+            assert!(Instant::now() < deadline, "{waiting} calls held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let stats = simulator.stats();
+    assert_eq!(stats.total_calls, 3);
+    assert!(stats.answers.is_empty(), "nothing answered while held");
+    assert_eq!(stats.max_concurrent_calls, 3);
+    assert_eq!(stats.max_concurrency_of("M-A"), 2);
+    assert_eq!(stats.max_concurrency_of("M-B"), 1);
+    assert_eq!(
+        stats.merchants_with_overlapping_calls(),
+        [("M-A", 2)].into_iter().collect()
+    );
+
+    simulator.release(1);
+    let first = calls.remove(0).await.unwrap();
+    assert_eq!(first.class, ResultClass::Success, "{first:?}");
+    assert_eq!(simulator.stats().held_calls, 2);
+    simulator.open();
+    for call in calls {
+        assert_eq!(call.await.unwrap().class, ResultClass::Success);
+    }
+    let stats = simulator.stats();
+    assert_eq!(stats.held_calls, 0);
+    assert_eq!(stats.requests_of("M-A"), vec!["R1", "R2"]);
+    // Later calls no longer wait.
+    let after = client.notify_registration_status(&event("M-C", "R4")).await;
+    assert_eq!(after.class, ResultClass::Success);
+    simulator.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn f_codes_are_rejected_throttled_or_refused() {
     let simulator = start_simulator(vec![

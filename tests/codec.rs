@@ -5,20 +5,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
-use axum::Json;
-use axum::Router;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::http::StatusCode;
 use proptest::prelude::*;
 use regnotify::codec::{
     self, DecodeError, EventDecoder, EventEncoder, OutcomeEncoder, SchemaRegistryClient, schemas,
@@ -76,101 +70,12 @@ fn dead_lettered_outcome() -> RegistrationNotifyOutcome {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A fake Confluent Schema Registry on 127.0.0.1:0.
+// The Schema Registry stand-in the pipeline tests use too (without their Kafka harness).
 
-#[derive(Default)]
-struct RegistryState {
-    schemas: Mutex<HashMap<u32, String>>,
-    registered: Mutex<Vec<(String, String, Option<String>)>>,
-    fetches: AtomicUsize,
-    /// Status to answer every request with instead of the normal behaviour.
-    fail_with: Mutex<Option<StatusCode>>,
-}
+#[path = "common/registry.rs"]
+mod registry;
 
-struct FakeRegistry {
-    url: String,
-    state: Arc<RegistryState>,
-}
-
-impl FakeRegistry {
-    async fn start() -> FakeRegistry {
-        let state = Arc::new(RegistryState::default());
-        let app = Router::new()
-            .route("/schemas/ids/{id}", get(schema_by_id))
-            .route("/subjects/{subject}/versions", post(register))
-            .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeRegistry {
-            url: format!("http://{addr}/"),
-            state,
-        }
-    }
-
-    fn add(&self, id: u32, schema: &str) {
-        self.state
-            .schemas
-            .lock()
-            .unwrap()
-            .insert(id, schema.to_owned());
-    }
-
-    fn fetches(&self) -> usize {
-        self.state.fetches.load(Ordering::SeqCst)
-    }
-
-    fn client(&self) -> Arc<SchemaRegistryClient> {
-        Arc::new(SchemaRegistryClient::new(&self.url, None, Duration::from_secs(5)).unwrap())
-    }
-}
-
-async fn schema_by_id(
-    State(state): State<Arc<RegistryState>>,
-    UrlPath(id): UrlPath<u32>,
-) -> (StatusCode, Json<serde_json::Value>) {
-    state.fetches.fetch_add(1, Ordering::SeqCst);
-    if let Some(status) = *state.fail_with.lock().unwrap() {
-        return (
-            status,
-            Json(json!({"error_code": 50001, "message": "boom"})),
-        );
-    }
-    match state.schemas.lock().unwrap().get(&id) {
-        Some(schema) => (StatusCode::OK, Json(json!({ "schema": schema }))),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error_code": 40403, "message": "Schema not found"})),
-        ),
-    }
-}
-
-async fn register(
-    State(state): State<Arc<RegistryState>>,
-    UrlPath(subject): UrlPath<String>,
-    headers: HeaderMap,
-    Json(body): Json<serde_json::Value>,
-) -> (StatusCode, Json<serde_json::Value>) {
-    let schema = body["schema"].as_str().unwrap().to_owned();
-    let content_type = headers
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
-    state
-        .registered
-        .lock()
-        .unwrap()
-        .push((subject, schema.clone(), content_type));
-    let mut schemas = state.schemas.lock().unwrap();
-    let id = match schemas.iter().find(|(_, s)| **s == schema) {
-        Some((id, _)) => *id,
-        None => {
-            let id = 100 + u32::try_from(schemas.len()).unwrap();
-            schemas.insert(id, schema);
-            id
-        }
-    };
-    (StatusCode::OK, Json(json!({ "id": id })))
-}
+use registry::RegistryStub;
 
 /// A URL on which nothing listens.
 async fn closed_port_url() -> String {
@@ -185,7 +90,7 @@ async fn closed_port_url() -> String {
 
 #[tokio::test]
 async fn input_events_round_trip_in_every_framing() {
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     let client = registry.client();
     let e = event();
 
@@ -211,7 +116,7 @@ async fn input_events_round_trip_in_every_framing() {
         let decoder = EventDecoder::new(mode, Some(Arc::clone(&client)));
         assert_eq!(decoder.decode(&confluent).await, Ok(e.clone()));
     }
-    let registered = registry.state.registered.lock().unwrap().clone();
+    let registered = registry.registered();
     assert_eq!(
         registered.len(),
         1,
@@ -229,7 +134,7 @@ async fn input_events_round_trip_in_every_framing() {
 
 #[tokio::test]
 async fn outcomes_round_trip_in_every_framing() {
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     for o in [outcome(), dead_lettered_outcome()] {
         let single = OutcomeEncoder::new(OutputEncoding::Auto, None, "out")
             .encode(&o)
@@ -249,7 +154,7 @@ async fn outcomes_round_trip_in_every_framing() {
             .unwrap();
         assert_eq!(codec::decode_outcome(&json_bytes), Ok(o.clone()));
     }
-    let registered = registry.state.registered.lock().unwrap().clone();
+    let registered = registry.registered();
     let (subject, schema, content_type) = &registered[0];
     assert_eq!(subject, "out-value");
     assert_eq!(schema, schemas::OUTCOME_SCHEMA.json);
@@ -376,7 +281,7 @@ fn body_written_with(writer: &Schema) -> Vec<u8> {
 
 #[tokio::test]
 async fn evolved_writer_schemas_resolve_via_confluent_and_are_cached() {
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     registry.add(7, &schema_with_extra_field());
     registry.add(8, &schema_without_psp_id());
     let decoder = EventDecoder::new(InputEncoding::Auto, Some(registry.client()));
@@ -414,7 +319,7 @@ async fn single_object_needs_a_known_writer_schema() {
     );
 
     // Once the registry cache holds that writer schema, its fingerprint is known too.
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     registry.add(7, &schema_with_extra_field());
     let client = registry.client();
     client.schema_by_id(7).await.unwrap();
@@ -424,7 +329,7 @@ async fn single_object_needs_a_known_writer_schema() {
 
 #[tokio::test]
 async fn an_incompatible_writer_schema_is_a_schema_mismatch() {
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     let incompatible = r#"{"type":"record","name":"Other","fields":[{"name":"x","type":"int"}]}"#;
     registry.add(9, incompatible);
     let writer = Schema::parse_str(incompatible).unwrap();
@@ -444,7 +349,7 @@ async fn an_incompatible_writer_schema_is_a_schema_mismatch() {
 
 #[tokio::test]
 async fn unknown_schema_id_is_permanent() {
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     let decoder = EventDecoder::new(InputEncoding::Auto, Some(registry.client()));
     let record = codec::encode_event_confluent(41, &event()).unwrap();
     let error = decoder.decode(&record).await.unwrap_err();
@@ -479,7 +384,7 @@ async fn registry_down_is_transient() {
 
 #[tokio::test]
 async fn registry_errors_other_than_schema_not_found_are_transient() {
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     let decoder = EventDecoder::new(InputEncoding::Auto, Some(registry.client()));
     let record = codec::encode_event_confluent(1, &event()).unwrap();
     for status in [
@@ -488,10 +393,28 @@ async fn registry_errors_other_than_schema_not_found_are_transient() {
         // A 404 without Confluent's 40403 is a wrong URL or a proxy, not an unknown id.
         StatusCode::NOT_FOUND,
     ] {
-        *registry.state.fail_with.lock().unwrap() = Some(status);
+        registry.fail_with(Some(status));
         let error = decoder.decode(&record).await.unwrap_err();
         assert!(error.is_transient(), "{status}: {error:?}");
     }
+}
+
+#[tokio::test]
+async fn a_registry_outage_is_transient_and_ends_when_the_registry_is_back() {
+    let registry = RegistryStub::start().await;
+    registry.add(5, schemas::INPUT_SCHEMA_VERSIONS[0].json);
+    let decoder = EventDecoder::new(InputEncoding::Auto, Some(registry.client()));
+    let record = codec::encode_event_confluent(5, &event()).unwrap();
+    registry.go_down().await;
+    let error = decoder.decode(&record).await.unwrap_err();
+    assert!(
+        matches!(error, DecodeError::RegistryUnavailable(_)),
+        "{error:?}"
+    );
+    assert_eq!(registry.fetches(), 0, "nothing answered during the outage");
+    registry.come_back().await;
+    assert_eq!(decoder.decode(&record).await, Ok(event()));
+    assert_eq!(registry.fetches(), 1);
 }
 
 #[tokio::test]
@@ -565,7 +488,7 @@ fn valid_records() -> Vec<(InputEncoding, Vec<u8>)> {
 
 #[tokio::test]
 async fn every_truncation_of_a_valid_record_is_an_error() {
-    let registry = FakeRegistry::start().await;
+    let registry = RegistryStub::start().await;
     let client = registry.client();
     let confluent = EventEncoder::new(InputEncoding::Confluent, Some(Arc::clone(&client)), "in")
         .unwrap()

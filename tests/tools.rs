@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use regnotify::codec::EventDecoder;
+use regnotify::codec::{EventDecoder, framing};
 use regnotify::config::InputEncoding;
 use regnotify::event::{Decision, NotifyOutcome};
 use regnotify::inspect::{self, ReadRecord};
@@ -20,22 +20,6 @@ use regnotify::tools::{
 use common::{CLIENT_ID, Harness};
 
 const WAIT: Duration = Duration::from_secs(60);
-/// How long a read waits for records that must not arrive.
-const QUIET: Duration = Duration::from_secs(3);
-
-async fn read(
-    harness: &Harness,
-    topic: &str,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<ReadRecord> {
-    let (bootstrap, topic) = (harness.kafka.bootstrap.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        inspect::read_topic(&bootstrap, &topic, expected, timeout).expect("read topic")
-    })
-    .await
-    .unwrap()
-}
 
 fn jsonl(lines: &[&str]) -> std::io::Cursor<Vec<u8>> {
     std::io::Cursor::new(lines.join("\n").into_bytes())
@@ -96,15 +80,16 @@ async fn produce_sends_good_lines_and_names_the_bad_ones() {
         report.refused
     );
 
-    let records = read(&harness, &harness.input, 3, WAIT).await;
-    assert_eq!(records.len(), 3);
-    let decoder = EventDecoder::new(InputEncoding::Auto, None);
+    // `produce` waited for every ack: the whole topic is what it sent.
+    let records = harness.read_whole(&harness.input).await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    // With a schema registry configured, `produce` writes Confluent framing.
+    let decoder = EventDecoder::new(InputEncoding::Auto, Some(harness.registry.client()));
     let mut events = Vec::new();
     for record in &records {
-        let event = decoder
-            .decode(record.value.as_deref().unwrap())
-            .await
-            .unwrap();
+        let value = record.value.as_deref().unwrap();
+        assert_eq!(value[0], framing::CONFLUENT_MAGIC);
+        let event = decoder.decode(value).await.unwrap();
         assert_eq!(
             record.key.as_deref(),
             Some(event.reference_merchant_id.as_bytes())
@@ -148,11 +133,11 @@ async fn produce_run_replay_round_trip() {
     assert_eq!((report.sent, report.refused_count), (1, 0));
 
     let pipeline = harness.start_pipeline(harness.settings());
-    let first = harness.outcomes(1, WAIT).await;
-    assert_eq!(first.len(), 1);
+    let first = harness.wait_outcomes(1, WAIT).await;
+    assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!(first[0].outcome, NotifyOutcome::DeadLettered);
-    let letters = harness.dead_letters(1, WAIT).await;
-    assert_eq!(letters.len(), 1);
+    let letters = harness.wait_dead_letters(1, WAIT).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(
         letters[0].header("dlq.reason"),
         Some(DeadLetterReason::RequestRefused.as_str())
@@ -178,7 +163,7 @@ async fn produce_run_replay_round_trip() {
         Some(harness.input.as_str())
     );
     assert_eq!(would_send[0].source_offset, Some(0));
-    assert_eq!(read(&harness, &harness.input, 2, QUIET).await.len(), 1);
+    assert_eq!(harness.read_whole(&harness.input).await.len(), 1);
 
     // Another reason's filter skips it, and does not take it away from the right filter.
     let (other, none) = replay(
@@ -208,8 +193,8 @@ async fn produce_run_replay_round_trip() {
     assert_eq!(sent, would_send);
 
     // The replayed record: same key and value, the original header, no diagnostics.
-    let inputs = read(&harness, &harness.input, 2, WAIT).await;
-    assert_eq!(inputs.len(), 2);
+    let inputs = harness.read_whole(&harness.input).await;
+    assert_eq!(inputs.len(), 2, "{inputs:?}");
     let is_original = |r: &ReadRecord| {
         Some(r.partition) == sent[0].source_partition && Some(r.offset) == sent[0].source_offset
     };
@@ -233,7 +218,7 @@ async fn produce_run_replay_round_trip() {
     );
 
     // The still-running pipeline notifies the replayed event.
-    let outcomes = harness.outcomes(2, WAIT).await;
+    let outcomes = harness.wait_outcomes(2, WAIT).await;
     let trip: Vec<NotifyOutcome> = outcomes
         .iter()
         .filter(|o| o.registration_request_id == "R-TRIP")
@@ -255,9 +240,14 @@ async fn produce_run_replay_round_trip() {
     .await;
     assert_eq!((again.replayed, again.scanned), (0, 0));
     assert!(nothing.is_empty());
-    assert_eq!(read(&harness, &harness.input, 3, QUIET).await.len(), 2);
+    assert_eq!(harness.read_whole(&harness.input).await.len(), 2);
 
+    // Every input committed: the whole output topics are final, with nothing extra.
+    let progress = harness.wait_fully_committed(WAIT).await;
+    assert!(inspect::fully_committed(&progress), "{progress:?}");
     pipeline.stop().await;
+    assert_eq!(harness.outcomes().await.len(), 2);
+    assert_eq!(harness.dead_letters().await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,9 +281,8 @@ async fn the_binary_produces_and_reports_refused_lines() {
 
     let run = |args: Vec<std::ffi::OsString>| async move {
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_regnotify"))
+            common::regnotify_binary()
                 .args(args)
-                .env_remove("REGNOTIFY_CONFIG")
                 .output()
                 .expect("run the binary")
         })
@@ -313,7 +302,7 @@ async fn the_binary_produces_and_reports_refused_lines() {
     assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
     assert!(stdout.contains("sent 2, refused 1"), "{stdout}");
     assert!(stderr.contains("line 2: refused"), "{stderr}");
-    assert_eq!(read(&harness, &harness.input, 2, WAIT).await.len(), 2);
+    assert_eq!(harness.read_whole(&harness.input).await.len(), 2);
 
     // An unknown reason is a usage error that names the valid ones.
     let output = run(vec![

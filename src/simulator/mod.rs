@@ -7,6 +7,9 @@
 //! `…/accept` (answer `INVALID_CLIENT` to a client id, or stop doing so), `PUT /admin/rules`
 //! (replace the fault rules with a TOML rules document).
 //!
+//! Tests can also hold answers at a gate ([`SimulatorHandle::hold`]) and let them through one by
+//! one ([`SimulatorHandle::release`]), to stop the client's work at a known point.
+//!
 //! It is a test double, not a model of Alipay+'s internals: it keeps no state about
 //! registrations beyond counters, and never talks to anything else.
 
@@ -28,6 +31,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -142,6 +146,7 @@ impl Simulator {
             }),
             counters: Mutex::new(RuleCounters::default()),
             stats: Mutex::new(StatsRecorder::new(config.max_arrivals)),
+            gate: Mutex::new(None),
             shutdown: shutdown.clone(),
         });
         let app = Router::new()
@@ -198,6 +203,31 @@ impl SimulatorHandle {
         lock(&self.shared.refused).remove(client_id);
     }
 
+    /// Closes the gate: from now on every call waits before it is answered, until
+    /// [`release`](Self::release) lets it through or [`open`](Self::open) opens the gate. Waiting
+    /// calls count as open calls (and `held_calls`) in the stats.
+    pub fn hold(&self) {
+        let mut gate = lock(&self.shared.gate);
+        if gate.is_none() {
+            *gate = Some(Arc::new(Semaphore::new(0)));
+        }
+    }
+
+    /// Lets `calls` more calls through the closed gate (waiting ones first, in arrival order;
+    /// later arrivals use what is left). No effect while the gate is open.
+    pub fn release(&self, calls: usize) {
+        if let Some(gate) = lock(&self.shared.gate).as_ref() {
+            gate.add_permits(calls);
+        }
+    }
+
+    /// Opens the gate: every waiting call goes on, and later calls no longer wait.
+    pub fn open(&self) {
+        if let Some(gate) = lock(&self.shared.gate).take() {
+            gate.close();
+        }
+    }
+
     /// Replaces the fault rules (and the latency, when the document sets one).
     pub fn set_rules(&self, rules: SimulatorRules) {
         self.shared.set_rules(rules);
@@ -241,6 +271,8 @@ struct Shared {
     /// second identical answers (most successes) share a signature: the simulator then costs the
     /// demo and benchmarks one RSA signature per distinct answer, not per call.
     signatures: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    /// Closed gate: calls wait for a permit (see [`SimulatorHandle::hold`]).
+    gate: Mutex<Option<Arc<Semaphore>>>,
     shutdown: CancellationToken,
 }
 
@@ -266,6 +298,26 @@ impl Shared {
 
     fn record(&self, label: &str) {
         lock(&self.stats).answer(label);
+    }
+
+    /// Waits at a closed gate until let through; false when the simulator shuts down first.
+    async fn pass_gate(&self) -> bool {
+        let Some(gate) = lock(&self.gate).clone() else {
+            return true;
+        };
+        lock(&self.stats).held(true);
+        let passed = tokio::select! {
+            permit = gate.acquire() => {
+                // A closed semaphore means the gate was opened.
+                if let Ok(permit) = permit {
+                    permit.forget();
+                }
+                true
+            }
+            () = self.shutdown.cancelled() => false,
+        };
+        lock(&self.stats).held(false);
+        passed
     }
 
     /// Sleeps unless the simulator shuts down first; false when it did.
@@ -368,6 +420,37 @@ async fn signed_response(
     (StatusCode::OK, headers, body).into_response()
 }
 
+/// One open call in the stats, from arrival until the answer is sent or the client goes away
+/// (axum then drops the handler, and this with it).
+struct OpenCall {
+    shared: Arc<Shared>,
+    merchant_id: Option<String>,
+}
+
+impl OpenCall {
+    fn open(shared: &Arc<Shared>, body: &[u8]) -> OpenCall {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Merchant {
+            reference_merchant_id: String,
+        }
+        let merchant_id = serde_json::from_slice::<Merchant>(body)
+            .ok()
+            .map(|m| m.reference_merchant_id);
+        lock(&shared.stats).call_opened(merchant_id.as_deref());
+        OpenCall {
+            shared: Arc::clone(shared),
+            merchant_id,
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        lock(&self.shared.stats).call_closed(self.merchant_id.as_deref());
+    }
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -379,6 +462,10 @@ async fn notify(
     body: Bytes,
 ) -> Response {
     lock(&shared.stats).call();
+    let _open = OpenCall::open(&shared, &body);
+    if !shared.pass_gate().await {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let latency = shared
         .behaviour
         .read()

@@ -1,6 +1,11 @@
 //! What the simulator received and answered, for tests and the demo (`GET /stats`).
+//!
+//! Besides counters it records how many calls were open at once, overall and per
+//! `referenceMerchantId`, from the moment a request arrives until its answer is sent (or the
+//! client gives up): ordering tests assert "at most one call per merchant at a time" from these
+//! numbers instead of inferring it from arrival order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +33,19 @@ pub struct SimulatorStats {
     pub arrivals: Vec<Arrival>,
     /// Arrivals dropped from the front of `arrivals` to keep it bounded.
     pub arrivals_dropped: u64,
+    /// Most calls open at the same time, over all merchants.
+    #[serde(default)]
+    pub max_concurrent_calls: u32,
+    /// Most calls open at the same time for one `referenceMerchantId`, per merchant (requests
+    /// whose body names no merchant are left out). Bounded like `arrivals`.
+    #[serde(default)]
+    pub max_concurrent_calls_per_merchant: BTreeMap<String, u32>,
+    /// Merchants not entered in `max_concurrent_calls_per_merchant` because it was full.
+    #[serde(default)]
+    pub merchants_untracked: u64,
+    /// Calls waiting right now at a closed gate ([`crate::simulator::SimulatorHandle::hold`]).
+    #[serde(default)]
+    pub held_calls: u64,
 }
 
 impl SimulatorStats {
@@ -37,6 +55,23 @@ impl SimulatorStats {
             .iter()
             .filter(|a| a.reference_merchant_id == merchant_id)
             .map(|a| a.registration_request_id.as_str())
+            .collect()
+    }
+
+    /// Most calls of `merchant_id` that were open at the same time (0 when it never called).
+    pub fn max_concurrency_of(&self, merchant_id: &str) -> u32 {
+        self.max_concurrent_calls_per_merchant
+            .get(merchant_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The merchants that ever had more than one call open at the same time, with their maximum.
+    pub fn merchants_with_overlapping_calls(&self) -> BTreeMap<&str, u32> {
+        self.max_concurrent_calls_per_merchant
+            .iter()
+            .filter(|(_, max)| **max > 1)
+            .map(|(merchant, max)| (merchant.as_str(), *max))
             .collect()
     }
 
@@ -54,6 +89,12 @@ pub(crate) struct StatsRecorder {
     arrivals: VecDeque<Arrival>,
     arrivals_dropped: u64,
     max_arrivals: usize,
+    open_calls: u32,
+    open_by_merchant: HashMap<String, u32>,
+    max_concurrent_calls: u32,
+    max_by_merchant: BTreeMap<String, u32>,
+    merchants_untracked: u64,
+    held_calls: u64,
 }
 
 impl StatsRecorder {
@@ -65,6 +106,56 @@ impl StatsRecorder {
             arrivals: VecDeque::new(),
             arrivals_dropped: 0,
             max_arrivals,
+            open_calls: 0,
+            open_by_merchant: HashMap::new(),
+            max_concurrent_calls: 0,
+            max_by_merchant: BTreeMap::new(),
+            merchants_untracked: 0,
+            held_calls: 0,
+        }
+    }
+
+    /// A call opened; pair with [`StatsRecorder::call_closed`] with the same merchant.
+    pub(crate) fn call_opened(&mut self, merchant_id: Option<&str>) {
+        self.open_calls += 1;
+        self.max_concurrent_calls = self.max_concurrent_calls.max(self.open_calls);
+        let Some(merchant_id) = merchant_id else {
+            return;
+        };
+        let open = self
+            .open_by_merchant
+            .entry(merchant_id.to_owned())
+            .or_insert(0);
+        *open += 1;
+        let open = *open;
+        if let Some(max) = self.max_by_merchant.get_mut(merchant_id) {
+            *max = (*max).max(open);
+        } else if self.max_by_merchant.len() < self.max_arrivals {
+            self.max_by_merchant.insert(merchant_id.to_owned(), open);
+        } else {
+            self.merchants_untracked += 1;
+        }
+    }
+
+    pub(crate) fn call_closed(&mut self, merchant_id: Option<&str>) {
+        debug_assert!(self.open_calls > 0, "a call closed that never opened");
+        self.open_calls = self.open_calls.saturating_sub(1);
+        let Some(merchant_id) = merchant_id else {
+            return;
+        };
+        if let Some(open) = self.open_by_merchant.get_mut(merchant_id) {
+            *open -= 1;
+            if *open == 0 {
+                self.open_by_merchant.remove(merchant_id);
+            }
+        }
+    }
+
+    pub(crate) fn held(&mut self, waiting: bool) {
+        if waiting {
+            self.held_calls += 1;
+        } else {
+            self.held_calls = self.held_calls.saturating_sub(1);
         }
     }
 
@@ -99,6 +190,52 @@ impl StatsRecorder {
             signature_failures: self.signature_failures,
             arrivals: self.arrivals.iter().cloned().collect(),
             arrivals_dropped: self.arrivals_dropped,
+            max_concurrent_calls: self.max_concurrent_calls,
+            max_concurrent_calls_per_merchant: self.max_by_merchant.clone(),
+            merchants_untracked: self.merchants_untracked,
+            held_calls: self.held_calls,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_is_counted_per_merchant_and_overall() {
+        let mut stats = StatsRecorder::new(10);
+        stats.call_opened(Some("M-1"));
+        stats.call_opened(Some("M-2"));
+        stats.call_closed(Some("M-1"));
+        stats.call_opened(Some("M-1"));
+        stats.call_opened(Some("M-1"));
+        stats.call_opened(None);
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.max_concurrent_calls, 4);
+        assert_eq!(snapshot.max_concurrency_of("M-1"), 2);
+        assert_eq!(snapshot.max_concurrency_of("M-2"), 1);
+        assert_eq!(snapshot.max_concurrency_of("M-3"), 0);
+        assert_eq!(
+            snapshot.merchants_with_overlapping_calls(),
+            BTreeMap::from([("M-1", 2)])
+        );
+        for merchant in [Some("M-1"), Some("M-1"), Some("M-2"), None] {
+            stats.call_closed(merchant);
+        }
+        assert!(stats.open_by_merchant.is_empty());
+        assert_eq!(stats.open_calls, 0);
+    }
+
+    #[test]
+    fn the_per_merchant_table_is_bounded() {
+        let mut stats = StatsRecorder::new(2);
+        for merchant in ["A", "B", "C"] {
+            stats.call_opened(Some(merchant));
+            stats.call_closed(Some(merchant));
+        }
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.max_concurrent_calls_per_merchant.len(), 2);
+        assert_eq!(snapshot.merchants_untracked, 1);
     }
 }
