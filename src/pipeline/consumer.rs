@@ -11,9 +11,9 @@
 //! synchronously before librdkafka takes the partitions away. This module never decides what is
 //! committed and never blocks an async worker thread.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,9 +35,6 @@ use crate::pipeline::record::InputRecord;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Extra time a revoke callback waits beyond the drain timeout for the dispatcher's answer.
 const REVOKE_REPLY_GRACE: Duration = Duration::from_secs(5);
-/// Records waiting in the channel beyond this pause every partition; they resume at half.
-pub const CHANNEL_BACKLOG_LIMIT: usize = 1024;
-
 /// Assignments, revocations and records, in librdkafka's order.
 #[derive(Debug)]
 pub enum ConsumerEvent {
@@ -97,12 +94,88 @@ impl PauseBoard {
     }
 }
 
-/// What the consumer thread shares with the dispatcher besides the channels.
-#[derive(Debug, Default)]
+/// What the consumer thread shares with the dispatcher besides the channels: the pause plan,
+/// and the counts that let the consumer thread pause a partition the moment its window would be
+/// full, before the dispatcher has even seen the records in the channel. librdkafka drops what
+/// it had fetched of a paused partition and fetches it again on resume, so a pause taken here
+/// bounds memory exactly.
+#[derive(Debug)]
 pub struct Flow {
     pub pause: PauseBoard,
-    /// Records sent on the channel and not received yet.
-    pub backlog: AtomicUsize,
+    counts: Mutex<Counts>,
+    max_pending_per_partition: usize,
+    waiting_limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Per partition: offsets the dispatcher's book holds, and records in the channel.
+    book_window: HashMap<i32, usize>,
+    in_channel: HashMap<i32, usize>,
+    /// Over all partitions: offsets waiting in the book, and records in the channel.
+    book_waiting: usize,
+    in_channel_total: usize,
+}
+
+impl Flow {
+    pub fn new(max_pending_per_partition: usize, waiting_limit: usize) -> Flow {
+        Flow {
+            pause: PauseBoard::default(),
+            counts: Mutex::new(Counts::default()),
+            max_pending_per_partition: max_pending_per_partition.max(1),
+            waiting_limit: waiting_limit.max(1),
+        }
+    }
+
+    /// The consumer thread sent a record of `partition`: true when that fills its window or the
+    /// waiting limit, so the partition (or all) must pause now.
+    fn sent(&self, partition: i32) -> bool {
+        let Ok(mut counts) = self.counts.lock() else {
+            return false;
+        };
+        *counts.in_channel.entry(partition).or_default() += 1;
+        counts.in_channel_total += 1;
+        self.full(&counts, partition)
+    }
+
+    /// The dispatcher took the records of `received` (a partition each) off the channel, and its
+    /// book now holds these windows and this many waiting offsets. One step, so that a record
+    /// is never counted in neither place.
+    pub fn booked(
+        &self,
+        received: &[i32],
+        windows: impl Iterator<Item = (i32, usize)>,
+        waiting: usize,
+    ) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        for partition in received {
+            if let Some(count) = counts.in_channel.get_mut(partition) {
+                *count = count.saturating_sub(1);
+            }
+            counts.in_channel_total = counts.in_channel_total.saturating_sub(1);
+        }
+        counts.book_window.clear();
+        counts.book_window.extend(windows);
+        counts.book_waiting = waiting;
+    }
+
+    /// Whether `partition`'s window, or the events waiting overall, counting what is in the
+    /// channel, reached their bound.
+    fn over(&self, partition: i32) -> bool {
+        self.counts
+            .lock()
+            .map(|counts| self.full(&counts, partition))
+            .unwrap_or(false)
+    }
+
+    fn full(&self, counts: &Counts, partition: i32) -> bool {
+        let window = counts.book_window.get(&partition).copied().unwrap_or(0)
+            + counts.in_channel.get(&partition).copied().unwrap_or(0);
+        window >= self.max_pending_per_partition
+            || counts.book_waiting + counts.in_channel_total >= self.waiting_limit
+    }
 }
 
 /// The librdkafka context: rebalance hooks and commit results that talk to the dispatcher.
@@ -114,15 +187,15 @@ pub struct PipelineContext {
     topic: String,
     drain_timeout: Duration,
     health: Arc<Health>,
-    /// What the consumer thread last applied: the plan's version, whether the channel was
-    /// backlogged, and the partitions it paused.
+    /// What the consumer thread last applied: the plan's version, and the partitions it paused.
     applied: Mutex<Applied>,
 }
 
 #[derive(Debug, Default)]
 struct Applied {
     version: u64,
-    backlogged: bool,
+    /// Set when the counts may have changed what should pause.
+    recheck: bool,
     paused: BTreeSet<i32>,
 }
 
@@ -219,16 +292,14 @@ impl ConsumerContext for PipelineContext {
 }
 
 impl PipelineContext {
-    /// Applies the dispatcher's plan, and the channel's own back-pressure, when either changed.
+    /// Applies the dispatcher's plan and the flow counts, when either may have changed.
     fn apply_pause(&self, consumer: &PipelineConsumer) {
-        let backlog = self.flow.backlog.load(Ordering::Acquire);
         let version = self.flow.pause.version();
         {
             let Ok(applied) = self.applied.lock() else {
                 return;
             };
-            let backlogged = backlogged(applied.backlogged, backlog);
-            if version == applied.version && backlogged == applied.backlogged {
+            if version == applied.version && !applied.recheck {
                 return;
             }
         }
@@ -242,20 +313,38 @@ impl PipelineContext {
         self.set_pause_of(consumer, &assigned, false);
     }
 
-    /// Pauses or resumes `partitions` as the plan says: only those whose state changes, or all
-    /// of them when `fresh` (just assigned: librdkafka's own flags are unknown).
+    /// Asks for the pause state to be worked out again at the next poll.
+    fn recheck(&self) {
+        if let Ok(mut applied) = self.applied.lock() {
+            applied.recheck = true;
+        }
+    }
+
+    /// Whether some partition is paused by the counts rather than the plan; those are let go
+    /// only by a recheck.
+    fn paused_by_counts(&self) -> bool {
+        let plan = self.flow.pause.plan();
+        self.applied.lock().is_ok_and(|applied| {
+            applied
+                .paused
+                .iter()
+                .any(|partition| !plan.is_paused(*partition))
+        })
+    }
+
+    /// Pauses or resumes `partitions` as the plan and the counts say: only those whose state
+    /// changes, or all of them when `fresh` (just assigned: librdkafka's own flags are unknown).
     fn set_pause_of(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], fresh: bool) {
         let Ok(mut applied) = self.applied.lock() else {
             return;
         };
-        let backlog = self.flow.backlog.load(Ordering::Acquire);
-        applied.backlogged = backlogged(applied.backlogged, backlog);
         applied.version = self.flow.pause.version();
+        applied.recheck = false;
         let plan = self.flow.pause.plan();
         let mut pause = Vec::new();
         let mut resume = Vec::new();
         for &partition in partitions {
-            let wanted = applied.backlogged || plan.is_paused(partition);
+            let wanted = plan.is_paused(partition) || self.flow.over(partition);
             let was = applied.paused.contains(&partition);
             if wanted && (fresh || !was) {
                 pause.push(partition);
@@ -267,15 +356,6 @@ impl PipelineContext {
         }
         set_paused(consumer, &self.topic, &pause, true);
         set_paused(consumer, &self.topic, &resume, false);
-    }
-}
-
-/// Whether the channel counts as backlogged, with hysteresis: on at the limit, off at half.
-fn backlogged(was: bool, backlog: usize) -> bool {
-    if was {
-        backlog > CHANNEL_BACKLOG_LIMIT / 2
-    } else {
-        backlog >= CHANNEL_BACKLOG_LIMIT
     }
 }
 
@@ -429,7 +509,13 @@ fn poll_loop(
     while !stop.load(Ordering::SeqCst) {
         consumer.context().apply_pause(consumer);
         let message = match consumer.poll(POLL_INTERVAL) {
-            None => continue,
+            None => {
+                // Idle: a partition paused by the counts may be free again.
+                if consumer.context().paused_by_counts() {
+                    consumer.context().recheck();
+                }
+                continue;
+            }
             Some(Err(error)) => {
                 crate::observe::consumer_error(health, &error);
                 continue;
@@ -446,9 +532,14 @@ fn poll_loop(
             value: message.payload().map(<[u8]>::to_vec),
             headers: read_headers(&message),
         };
-        flow.backlog.fetch_add(1, Ordering::AcqRel);
+        let partition = record.partition;
+        let full = flow.sent(partition);
         if events.send(ConsumerEvent::Record(record)).is_err() {
             break;
+        }
+        if full {
+            // Worked out again before the next poll: nothing more of it is taken on.
+            consumer.context().recheck();
         }
     }
 }

@@ -17,6 +17,12 @@ use crate::pipeline::scheduler::{Schedule, Scheduler};
 /// pause every partition; they resume at half of it.
 pub const WAITING_FACTOR: usize = 4;
 
+/// How many consumed events may wait (decoding, or for their key or a slot) before every
+/// partition pauses.
+pub fn waiting_limit(max_in_flight: usize) -> usize {
+    max_in_flight.max(1).saturating_mul(WAITING_FACTOR)
+}
+
 /// Which events must wait for each other.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OrderKey {
@@ -91,7 +97,7 @@ impl<P> DispatchCore<P> {
         DispatchCore {
             book: PartitionBook::new(exactly_once, max_pending_per_partition),
             scheduler: Scheduler::new(max_in_flight),
-            waiting_limit: max_in_flight.saturating_mul(WAITING_FACTOR),
+            waiting_limit: waiting_limit(max_in_flight),
             globally_paused: false,
             pause_version: 0,
             revoke: None,

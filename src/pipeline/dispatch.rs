@@ -12,7 +12,6 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -98,6 +97,8 @@ pub struct Dispatcher {
     tasks: TaskTracker,
     pending_revoke: Option<PendingRevoke>,
     published_pause: Option<u64>,
+    /// Partitions of the records taken off the channel since the flow counts were last told.
+    received: Vec<i32>,
     commit_tick: Interval,
 }
 
@@ -154,6 +155,7 @@ impl Dispatcher {
             tasks: TaskTracker::new(),
             pending_revoke: None,
             published_pause: None,
+            received: Vec::new(),
             commit_tick,
         }
     }
@@ -223,6 +225,15 @@ impl Dispatcher {
         }
         self.pump_decode();
         observe::in_flight(self.core.in_flight());
+        let book = self.core.book();
+        self.flow.booked(
+            &self.received,
+            book.owned()
+                .into_iter()
+                .map(|(partition, _)| (partition, book.window_len(partition))),
+            book.waiting(),
+        );
+        self.received.clear();
     }
 
     fn on_control(&mut self, control: Control) {
@@ -308,7 +319,7 @@ impl Dispatcher {
     }
 
     fn on_record(&mut self, record: InputRecord) {
-        self.flow.backlog.fetch_sub(1, AtomicOrdering::AcqRel);
+        self.received.push(record.partition);
         let partition = record.partition;
         match self.core.consume(partition, record.offset) {
             Consumed::Ignore => return,

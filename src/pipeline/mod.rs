@@ -92,10 +92,13 @@ pub async fn run(
         max: processing.backoff_max,
     };
     // Unbounded, so the consumer thread never blocks and keeps serving rebalances; the records
-    // in it are bounded by pausing (`consumer::CHANNEL_BACKLOG_LIMIT`).
+    // in it are bounded by pausing (`consumer::Flow`).
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let flow = Arc::new(Flow::default());
+    let flow = Arc::new(Flow::new(
+        processing.max_pending_per_partition,
+        decisions::waiting_limit(processing.max_in_flight),
+    ));
     // Fired by the consumer thread or the transaction writer should either fail for good: the
     // pipeline then stops and the service fails.
     let fatal = CancellationToken::new();

@@ -166,7 +166,7 @@ mod tests {
             ConsumerChannels {
                 events: events_tx,
                 control: control_tx.clone(),
-                flow: Arc::new(Flow::default()),
+                flow: Arc::new(Flow::new(100, 100)),
             },
             Duration::from_secs(5),
             Arc::new(crate::observe::Health::default()),
