@@ -179,7 +179,6 @@ impl<P> DispatchCore<P> {
         }
         if consumed != Consumed::Ignore {
             self.update_pause(partition);
-            self.update_global_pause();
         }
         consumed
     }
@@ -195,11 +194,16 @@ impl<P> DispatchCore<P> {
     }
 
     /// The next job to start now, if any.
+    ///
+    /// The global pause is decided here, once nothing more can start: events count as waiting
+    /// only when no slot is free for them.
     pub fn next_start(&mut self) -> Option<Ticket<P>> {
-        let ticket = self.scheduler.start_next()?;
+        let Some(ticket) = self.scheduler.start_next() else {
+            self.update_global_pause();
+            return None;
+        };
         debug_assert_eq!(self.book.stage(ticket.slot), Some(Stage::Waiting));
         self.book.start(ticket.slot);
-        self.update_global_pause();
         Some(ticket)
     }
 
@@ -572,8 +576,9 @@ mod model {
                     gap,
                     key,
                 } => {
-                    // The consumer honours the pause plan (librdkafka fetches nothing else).
-                    if self.core.pause_plan().is_paused(partition) || self.stopping {
+                    // The consumer honours the pause plan and its own flow counts (it pauses a
+                    // partition whose window is full, and all while too many events wait).
+                    if self.consumer_paused(partition) || self.stopping {
                         return Ok(());
                     }
                     let Some(assignment) = self.owned.get_mut(&partition) else {
@@ -598,7 +603,7 @@ mod model {
                     self.undecoded.push_back((slot, key));
                 }
                 Op::Truncate { partition, back } => {
-                    if self.core.pause_plan().is_paused(partition)
+                    if self.consumer_paused(partition)
                         || self.stopping
                         || self.revoking.contains(&partition)
                     {
@@ -817,6 +822,14 @@ mod model {
             self.submitted.retain(|s| !covered.contains(s));
             self.core.transaction_committed(&covered);
             Ok(())
+        }
+
+        /// What the consumer thread would not fetch now: the plan, or its flow counts.
+        fn consumer_paused(&self, partition: i32) -> bool {
+            let book = self.core.book();
+            self.core.pause_plan().is_paused(partition)
+                || book.window_len(partition) >= MAX_PENDING
+                || book.waiting() >= MAX_IN_FLIGHT * WAITING_FACTOR
         }
 
         fn revoke_timed_out(&mut self) -> Result<(), TestCaseError> {

@@ -220,10 +220,10 @@ impl Dispatcher {
         if self.core.revoke_settled() {
             self.finish_revoke();
         }
+        self.pump_decode();
         while let Some(ticket) = self.core.next_start() {
             self.spawn(ticket);
         }
-        self.pump_decode();
         observe::in_flight(self.core.in_flight());
         let book = self.core.book();
         self.flow.booked(
