@@ -205,9 +205,11 @@ impl PartitionBook {
                 continue;
             };
             end.cancel.push((partition, state.generation));
+            // Committed again even when a periodic commit already took it: that asynchronous
+            // commit may still be in flight or fail, and the next owner starts from what is
+            // committed when this callback returns.
             if !self.exactly_once
-                && let Some(position) =
-                    state.position_beyond_committed(state.watermark.committable())
+                && let Some(position) = state.watermark.committable()
             {
                 end.commit.push((partition, position));
             }

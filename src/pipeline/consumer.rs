@@ -354,6 +354,9 @@ impl PipelineContext {
                 applied.paused.remove(&partition);
             }
         }
+        if !pause.is_empty() || !resume.is_empty() {
+            tracing::debug!(?pause, ?resume, "partitions paused or resumed");
+        }
         set_paused(consumer, &self.topic, &pause, true);
         set_paused(consumer, &self.topic, &resume, false);
     }
@@ -506,16 +509,19 @@ fn poll_loop(
     stop: &AtomicBool,
 ) {
     let health = &consumer.context().health;
+    let mut last_recheck = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        consumer.context().apply_pause(consumer);
-        let message = match consumer.poll(POLL_INTERVAL) {
-            None => {
-                // Idle: a partition paused by the counts may be free again.
-                if consumer.context().paused_by_counts() {
-                    consumer.context().recheck();
-                }
-                continue;
+        let context = consumer.context();
+        // A partition paused by the counts is let go by no plan change: look again regularly.
+        if last_recheck.elapsed() >= POLL_INTERVAL {
+            last_recheck = Instant::now();
+            if context.paused_by_counts() {
+                context.recheck();
             }
+        }
+        context.apply_pause(consumer);
+        let message = match consumer.poll(POLL_INTERVAL) {
+            None => continue,
             Some(Err(error)) => {
                 crate::observe::consumer_error(health, &error);
                 continue;

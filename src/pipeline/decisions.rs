@@ -306,8 +306,10 @@ impl<P> DispatchCore<P> {
         }
     }
 
+    /// Decoded events waiting for their key or a slot decide the global pause. Records still
+    /// being decoded cannot start anyway; the consumer thread's own counts bound them.
     fn update_global_pause(&mut self) {
-        let waiting = self.book.waiting();
+        let waiting = self.scheduler.waiting();
         let pause = if !self.globally_paused && waiting >= self.waiting_limit {
             true
         } else if self.globally_paused && waiting <= self.waiting_limit / 2 {
