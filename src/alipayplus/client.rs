@@ -3,8 +3,9 @@
 //! verification, and the classification of what came back.
 //!
 //! It makes exactly one HTTP call per [`AlipayPlusClient::notify_registration_status`] and never
-//! retries: retries, backoff and ordering belong to the pipeline. RSA work runs on tokio's
-//! blocking pool, never on the async worker threads.
+//! retries: retries, backoff and ordering belong to the pipeline. RSA work runs through
+//! [`run_rsa`] (tokio's blocking pool, one operation per core at a time), never on the async
+//! worker threads.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -23,7 +24,7 @@ use super::request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
 use super::signature::{SignatureCheck, request_time_now, sign_request, verify_signature};
 use crate::config::AlipayPlusSettings;
 use crate::event::RegistrationDecided;
-use crate::keys::{KeyError, PrivateSigningKey, PublicVerifyingKey};
+use crate::keys::{KeyError, PrivateSigningKey, PublicVerifyingKey, run_rsa};
 
 /// Largest response body read; Alipay+ answers are a few hundred bytes.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -281,7 +282,7 @@ impl AlipayPlusClient {
         let client_id = self.client_id.clone();
         let request_time = request_time.to_owned();
         let key_version = self.key_version;
-        let signed = tokio::task::spawn_blocking(move || {
+        let signed = run_rsa(move || {
             let started = Instant::now();
             let signed = sign_request(&key, &path, &client_id, &request_time, &body, key_version);
             crate::observe::signing_time(started.elapsed());
@@ -373,7 +374,7 @@ impl AlipayPlusClient {
         let client_id = client_id.unwrap_or_else(|| self.client_id.clone());
         let key = Arc::clone(key);
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        run_rsa(move || {
             verify_signature(
                 &key,
                 &path,

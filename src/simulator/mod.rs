@@ -38,7 +38,7 @@ use crate::alipayplus::NOTIFY_REGISTRATION_STATUS_PATH;
 use crate::alipayplus::signature::{
     encode_signature, format_request_time, signature_header_value, signed_content, verify_signature,
 };
-use crate::keys::{PrivateSigningKey, PublicVerifyingKey};
+use crate::keys::{PrivateSigningKey, PublicVerifyingKey, run_rsa};
 use rules::RuleCounters;
 use stats::StatsRecorder;
 
@@ -344,7 +344,7 @@ async fn signed_response(
             None => {
                 let key = Arc::clone(&shared.private_key);
                 let signing = content.clone();
-                let raw = tokio::task::spawn_blocking(move || key.sign(&signing))
+                let raw = run_rsa(move || key.sign(&signing))
                     .await
                     .ok()
                     .and_then(Result::ok);
@@ -437,7 +437,7 @@ async fn notify(
             );
             let signature = header(&headers, "signature").map(str::to_owned);
             let body = body.clone();
-            tokio::task::spawn_blocking(move || {
+            run_rsa(move || {
                 verify_signature(
                     &key,
                     &path,
