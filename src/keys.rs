@@ -9,8 +9,9 @@
 //! Two RSA implementations share the work. The `rsa` crate parses and checks keys (its errors say
 //! what is wrong with a file), derives public halves and writes PEM; aws-lc (through `aws-lc-rs`,
 //! already linked for TLS) signs and verifies, about six times faster. A property test holds the
-//! two to byte-identical signatures. [`run_rsa`] is the one way async code runs that CPU work:
-//! off the async worker threads, at most one operation per core at a time.
+//! two to byte-identical signatures. Async code signs through [`run_rsa`]: off the async worker
+//! threads, at most one signature per core at a time. Verifying (about 12 µs for RSA-2048, a
+//! twentieth of a signature) is cheap enough to run in place.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -344,6 +345,7 @@ impl PublicVerifyingKey {
     }
 
     /// True when `signature` is a valid RSA256 signature of `content` by the matching private key.
+    /// About 12 µs for RSA-2048 in release builds: async code may call it in place.
     pub fn verify(&self, content: &[u8], signature: &[u8]) -> bool {
         self.verifier.verify_sig(content, signature).is_ok()
     }
@@ -356,7 +358,7 @@ impl PublicVerifyingKey {
     }
 }
 
-/// How many RSA operations may run at once: one per core this process may use, as
+/// How many RSA signatures may be computed at once: one per core this process may use, as
 /// `std::thread::available_parallelism` reports it (CPU affinity and cgroup quota included).
 pub fn rsa_threads() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
@@ -366,11 +368,11 @@ pub fn rsa_threads() -> usize {
 static RSA_PERMITS: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(rsa_threads())));
 
-/// Runs CPU-heavy RSA work (signing, verifying) on tokio's blocking pool, at most
-/// [`rsa_threads`] operations at a time, whoever asks (client, simulator). More would not finish
-/// sooner on busy cores; they would take CPU from the async workers and park a blocking thread
-/// each while they wait. The permit travels with the work, so work whose caller stopped waiting
-/// still counts until it ends.
+/// Runs CPU-heavy RSA work (signing) on tokio's blocking pool, at most [`rsa_threads`]
+/// operations at a time, whoever asks (client, simulator), in first-come order. More would not
+/// finish sooner on busy cores; they would take CPU from the async workers and hold a blocking
+/// thread each while they wait. The permit travels with the work, so work whose caller stopped
+/// waiting still counts until it ends.
 pub async fn run_rsa<T, F>(work: F) -> Result<T, tokio::task::JoinError>
 where
     T: Send + 'static,

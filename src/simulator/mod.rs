@@ -428,28 +428,17 @@ async fn notify(
     }
     let request_time = header(&headers, "request-time").unwrap_or_default();
     if let Some(key) = &shared.mpp_public_key {
-        let check = {
-            let key = Arc::clone(key);
-            let (path, client_id, request_time) = (
-                path.to_owned(),
-                client_id.to_owned(),
-                request_time.to_owned(),
-            );
-            let signature = header(&headers, "signature").map(str::to_owned);
-            let body = body.clone();
-            run_rsa(move || {
-                verify_signature(
-                    &key,
-                    &path,
-                    &client_id,
-                    &request_time,
-                    &body,
-                    signature.as_deref(),
-                )
-            })
-            .await
-        };
-        if !matches!(check, Ok(crate::alipayplus::SignatureCheck::Verified)) {
+        // Verifying costs about 12 µs: less than handing it to another thread, and it must not
+        // queue behind the signatures waiting in `run_rsa`.
+        let check = verify_signature(
+            key,
+            path,
+            client_id,
+            request_time,
+            &body,
+            header(&headers, "signature"),
+        );
+        if check != crate::alipayplus::SignatureCheck::Verified {
             lock(&shared.stats).signature_failure();
             // Alipay+ leaves the signature off this answer: it cannot trust who it talks to.
             let a = reply(
