@@ -8,7 +8,7 @@
 //!
 //! Two RSA implementations share the work. The `rsa` crate parses and checks keys (its errors say
 //! what is wrong with a file), derives public halves and writes PEM; aws-lc (through `aws-lc-rs`,
-//! already linked for TLS) signs and verifies, about six times faster. A property test holds the
+//! already linked for TLS) signs and verifies, about seven times faster. A property test holds the
 //! two to byte-identical signatures. Async code signs through [`run_rsa`]: off the async worker
 //! threads, at most one signature per core at a time. Verifying (about 12 µs for RSA-2048, a
 //! twentieth of a signature) is cheap enough to run in place.
@@ -219,7 +219,7 @@ impl PrivateSigningKey {
     }
 
     /// RSASSA-PKCS1-v1_5 / SHA-256 signature bytes of `content` (as many bytes as the modulus).
-    /// CPU-heavy (about 0.4 ms for RSA-2048 in release builds): async callers go through
+    /// CPU-heavy (about 0.2 ms for RSA-2048 in release builds): async callers go through
     /// [`run_rsa`].
     pub fn sign(&self, content: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut signature = vec![0; self.signer.public_modulus_len()];
