@@ -2,8 +2,8 @@
 //! the `Signature` header in both directions, and the request time format.
 //!
 //! Nothing here does I/O or decides what an answer means; [`super::classify`] does that with the
-//! [`SignatureCheck`] computed here. Signing is CPU-heavy: async code calls [`sign_request`] from a
-//! blocking thread.
+//! [`SignatureCheck`] computed here. Signing is CPU-heavy: async code calls [`sign_request`]
+//! through [`crate::keys::run_rsa`]; [`verify_signature`] is cheap enough to call in place.
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
