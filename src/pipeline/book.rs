@@ -55,12 +55,9 @@ pub enum Settle {
 pub enum Consumed {
     /// Tracked: process it.
     Track(Slot),
-    /// The offset is not above the last one consumed in this assignment: the log was truncated
-    /// (unclean leader election) or the topic recreated. The partition starts a new generation
-    /// from this record; everything of `stale` is void (its jobs must be cancelled, its waiting
-    /// work forgotten, and nothing of it is ever committed).
-    Restart { slot: Slot, stale: u64 },
-    /// Not a partition this member processes now (not owned, revoking, or stopping).
+    /// Not a partition this member processes now (not owned, revoking, or stopping), or an
+    /// offset at or below one already consumed in this assignment: librdkafka delivers such a
+    /// record again after a pause and resume, and the first delivery is in the books already.
     Ignore,
 }
 
@@ -228,45 +225,17 @@ impl PartitionBook {
         if state.revoking {
             return Consumed::Ignore;
         }
-        if state.watermark.track(offset).is_ok() {
-            state.stages.insert(offset, Stage::Waiting);
-            self.waiting += 1;
-            return Consumed::Track(Slot {
-                partition,
-                generation: state.generation,
-                offset,
-            });
-        }
-        if offset < 0 {
+        if state.watermark.track(offset).is_err() {
             return Consumed::Ignore;
         }
-        let stale = state.generation;
-        let void_waiting = state
-            .stages
-            .values()
-            .filter(|stage| **stage == Stage::Waiting)
-            .count();
-        self.waiting -= void_waiting;
-        let generation = self.new_generation();
-        let mut fresh = Partition::new(generation);
-        fresh.paused = self
-            .partitions
-            .get(&partition)
-            .is_some_and(|state| state.paused);
-        let _ = fresh.watermark.track(offset);
-        fresh.stages.insert(offset, Stage::Waiting);
+        state.stages.insert(offset, Stage::Waiting);
         self.waiting += 1;
-        self.partitions.insert(partition, fresh);
-        Consumed::Restart {
-            slot: Slot {
-                partition,
-                generation,
-                offset,
-            },
-            stale,
-        }
+        Consumed::Track(Slot {
+            partition,
+            generation: state.generation,
+            offset,
+        })
     }
-
     /// The stage of a slot, when it is still in the books.
     pub fn stage(&self, slot: Slot) -> Option<Stage> {
         let state = self.partitions.get(&slot.partition)?;

@@ -237,6 +237,11 @@ impl ConsumerContext for PipelineContext {
                 return;
             }
         };
+        tracing::info!(
+            ?offsets,
+            lost,
+            "revoke answered; committing the finished prefixes"
+        );
         if lost || offsets.is_empty() {
             return;
         }

@@ -252,6 +252,7 @@ impl Dispatcher {
     fn on_assigned(&mut self, partitions: &[i32]) {
         observe::rebalance(&self.worker.stats, "assign", partitions);
         let (previous, fresh) = self.core.assign(partitions);
+        tracing::trace!(?partitions, ?fresh, owned = ?self.core.book().owned(), "assigned");
         if let Some(previous) = previous {
             tracing::warn!("assignment received before the previous revoke was answered");
             self.apply_revoke_end(previous.cancel, previous.commit);
@@ -324,23 +325,6 @@ impl Dispatcher {
         match self.core.consume(partition, record.offset) {
             Consumed::Ignore => return,
             Consumed::Track(slot) => self.undecoded.push_back((slot, record)),
-            Consumed::Restart { slot, stale } => {
-                tracing::warn!(
-                    partition,
-                    offset = record.offset,
-                    "offset below one already consumed (log truncated or topic recreated): \
-                     the partition starts over from it"
-                );
-                if let Some(token) = self.cancels.remove(&(partition, stale)) {
-                    token.cancel();
-                }
-                self.cancels.insert(
-                    (partition, slot.generation),
-                    self.worker.hard_stop.child_token(),
-                );
-                self.forget_undecoded();
-                self.undecoded.push_back((slot, record));
-            }
         }
         observe::record_consumed(&self.worker.stats, partition);
         observe::pending(partition, self.core.book().window_len(partition));
@@ -393,11 +377,12 @@ impl Dispatcher {
         };
         self.decode_delay = REGISTRY_RETRY_INITIAL;
         let key = self.order_key(slot.partition, &work);
-        self.core.decoded(Ticket {
+        let accepted = self.core.decoded(Ticket {
             slot,
             key,
             payload: Payload { record, work },
         });
+        tracing::trace!(?slot, accepted, "decoded");
     }
 
     fn order_key(&self, partition: i32, work: &Work) -> Option<OrderKey> {
@@ -413,6 +398,7 @@ impl Dispatcher {
 
     fn spawn(&mut self, ticket: Ticket<Payload>) {
         let Ticket { slot, key, payload } = ticket;
+        tracing::trace!(?slot, "job started");
         let cancel = self
             .cancels
             .get(&(slot.partition, slot.generation))
@@ -437,6 +423,7 @@ impl Dispatcher {
     }
 
     fn on_completion(&mut self, completion: Completion) {
+        tracing::trace!(slot = ?completion.slot, finish = ?completion.finish, "job ended");
         self.core.finished(
             completion.slot,
             completion.order_key.as_ref(),
