@@ -51,7 +51,12 @@ pub struct PartitionProgress {
     pub end: i64,
 }
 
-fn partitions(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+/// The partitions of `topic`, from the cluster's metadata; an error when it has none.
+pub fn partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()

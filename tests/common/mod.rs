@@ -674,17 +674,8 @@ fn reader(bootstrap: &str, isolation: Isolation, eof: bool) -> BaseConsumer {
 }
 
 fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    assert!(!partitions.is_empty(), "topic {topic} has no partitions");
-    partitions
+    inspect::partitions(consumer, topic, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("partitions of {topic}: {e}"))
 }
 
 /// End offsets as `consumer` sees them: the high watermark for a `read_uncommitted` consumer,
