@@ -51,6 +51,7 @@ pub mod names {
     pub const CONSUMER_ERRORS: &str = "regnotify_consumer_errors_total";
     pub const CONSUMER_ERROR_ACTIVE: &str = "regnotify_consumer_error_active";
     pub const KAFKA_CLIENT_ERRORS: &str = "regnotify_kafka_client_errors_total";
+    pub const PARTITION_RESTARTS: &str = "regnotify_partition_restarts_total";
 }
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
@@ -373,6 +374,12 @@ pub fn describe_metrics() {
         Unit::Count,
         "errors librdkafka reported to the consumer client, by error code (includes consumer errors)"
     );
+    describe_counter!(
+        names::PARTITION_RESTARTS,
+        Unit::Count,
+        "times a partition started over within an assignment because a new record appeared at an \
+         offset already consumed (log truncated or topic recreated)"
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -520,6 +527,10 @@ pub fn in_flight(count: usize) {
 
 pub fn pending(partition: i32, count: usize) {
     metrics::gauge!(names::PENDING, "partition" => partition.to_string()).set(count as f64);
+}
+
+pub fn partition_restarted(partition: i32) {
+    metrics::counter!(names::PARTITION_RESTARTS, "partition" => partition.to_string()).increment(1);
 }
 
 pub fn committed(partition: i32, offset: i64) {

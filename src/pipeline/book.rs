@@ -55,9 +55,15 @@ pub enum Settle {
 pub enum Consumed {
     /// Tracked: process it.
     Track(Slot),
-    /// Not a partition this member processes now (not owned, revoking, or stopping), or an
-    /// offset at or below one already consumed in this assignment: librdkafka delivers such a
-    /// record again after a pause and resume, and the first delivery is in the books already.
+    /// A record at or below an offset already consumed in this assignment that is not the
+    /// record consumed there before: the log was truncated (unclean leader election) or the
+    /// topic recreated. The partition starts a new generation from this record; everything of
+    /// `stale` is void (its jobs must be cancelled, its waiting work forgotten, and nothing of it
+    /// is ever committed).
+    Restart { slot: Slot, stale: u64 },
+    /// Not a partition this member processes now (not owned, revoking, or stopping), or the
+    /// same record delivered again in this assignment (librdkafka can deliver a record twice
+    /// around a pause and resume): the first delivery is in the books already.
     Ignore,
 }
 
@@ -88,6 +94,9 @@ struct Partition {
     stages: BTreeMap<i64, Stage>,
     /// The highest position committed (or handed out to be committed) in this assignment.
     committed: Option<i64>,
+    /// Fingerprints of the most recently consumed offsets, to tell a record delivered again
+    /// from a new record at an old offset.
+    recent: BTreeMap<i64, u64>,
     /// Paused because its window is full.
     paused: bool,
     revoking: bool,
@@ -100,6 +109,7 @@ impl Partition {
             watermark: CommitWatermark::new(),
             stages: BTreeMap::new(),
             committed: None,
+            recent: BTreeMap::new(),
             paused: false,
             revoking: false,
         }
@@ -214,28 +224,66 @@ impl PartitionBook {
         end
     }
 
-    /// Books a consumed record.
-    pub fn consume(&mut self, partition: i32, offset: i64) -> Consumed {
-        if self.stopping {
+    /// Books a consumed record. `fingerprint` identifies its content (key, value, timestamp):
+    /// a record at an offset already consumed in this assignment is the same record delivered
+    /// again when its fingerprint matches, and a new record (the log changed under us) when it
+    /// does not, or when the offset is too old to be remembered (the safe side: processing it
+    /// again repeats work, ignoring it would lose it).
+    pub fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
+        if self.stopping || offset < 0 {
             return Consumed::Ignore;
         }
+        let recent_limit = self.recent_limit();
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Consumed::Ignore;
         };
         if state.revoking {
             return Consumed::Ignore;
         }
-        if state.watermark.track(offset).is_err() {
+        if state.watermark.track(offset).is_ok() {
+            state.stages.insert(offset, Stage::Waiting);
+            remember(&mut state.recent, offset, fingerprint, recent_limit);
+            self.waiting += 1;
+            return Consumed::Track(Slot {
+                partition,
+                generation: state.generation,
+                offset,
+            });
+        }
+        if state.recent.get(&offset) == Some(&fingerprint) {
             return Consumed::Ignore;
         }
-        state.stages.insert(offset, Stage::Waiting);
+        let stale = state.generation;
+        let void_waiting = state
+            .stages
+            .values()
+            .filter(|stage| **stage == Stage::Waiting)
+            .count();
+        let paused = state.paused;
+        self.waiting -= void_waiting;
+        let generation = self.new_generation();
+        let mut fresh = Partition::new(generation);
+        fresh.paused = paused;
+        let _ = fresh.watermark.track(offset);
+        fresh.stages.insert(offset, Stage::Waiting);
+        remember(&mut fresh.recent, offset, fingerprint, recent_limit);
         self.waiting += 1;
-        Consumed::Track(Slot {
-            partition,
-            generation: state.generation,
-            offset,
-        })
+        self.partitions.insert(partition, fresh);
+        Consumed::Restart {
+            slot: Slot {
+                partition,
+                generation,
+                offset,
+            },
+            stale,
+        }
     }
+
+    /// How many fingerprints each partition keeps: twice its window, at least 1,024 (16 KiB).
+    fn recent_limit(&self) -> usize {
+        self.max_pending_per_partition.saturating_mul(2).max(1024)
+    }
+
     /// The stage of a slot, when it is still in the books.
     pub fn stage(&self, slot: Slot) -> Option<Stage> {
         let state = self.partitions.get(&slot.partition)?;
@@ -472,5 +520,97 @@ impl PartitionBook {
             let completed = state.watermark.complete(slot.offset);
             debug_assert!(completed, "an acknowledged offset was not in the window");
         }
+    }
+}
+
+/// Keeps `fingerprint` for `offset`, forgetting the oldest beyond `limit`.
+fn remember(recent: &mut BTreeMap<i64, u64>, offset: i64, fingerprint: u64, limit: usize) {
+    recent.insert(offset, fingerprint);
+    while recent.len() > limit {
+        recent.pop_first();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(book: &mut PartitionBook, offset: i64, print: u64) -> Slot {
+        match book.consume(0, offset, print) {
+            Consumed::Track(slot) => slot,
+            other => panic!("offset {offset}: {other:?}"),
+        }
+    }
+
+    fn acknowledge_all(book: &mut PartitionBook, slots: &[Slot]) {
+        for slot in slots {
+            book.start(*slot);
+            book.settle(*slot, Settle::Acknowledged);
+        }
+    }
+
+    #[test]
+    fn the_same_record_delivered_again_is_ignored() {
+        let mut book = PartitionBook::new(false, 100);
+        book.assign(&[0]);
+        let slots: Vec<Slot> = (0..5)
+            .map(|offset| tracked(&mut book, offset, offset as u64))
+            .collect();
+        acknowledge_all(&mut book, &slots[..2]);
+        assert_eq!(book.consume(0, 1, 1), Consumed::Ignore);
+        assert_eq!(book.consume(0, 3, 3), Consumed::Ignore);
+        assert_eq!(book.window_len(0), 3);
+        assert_eq!(book.waiting(), 3);
+        assert_eq!(book.take_commits(), vec![(0, 2)]);
+    }
+
+    /// After a log truncation (or a recreated topic) librdkafka resets the fetch position and new
+    /// records arrive at offsets already consumed: each must be processed, and commits must follow
+    /// the new log, not the old one.
+    #[test]
+    fn a_new_record_at_a_consumed_offset_starts_the_partition_over() {
+        let mut book = PartitionBook::new(false, 100);
+        book.assign(&[0]);
+        let old: Vec<Slot> = (0..10)
+            .map(|offset| tracked(&mut book, offset, offset as u64))
+            .collect();
+        acknowledge_all(&mut book, &old[..4]);
+        assert_eq!(book.take_commits(), vec![(0, 4)]);
+        let Consumed::Restart { slot, stale } = book.consume(0, 6, 1_000) else {
+            panic!("a new record at offset 6 was not taken");
+        };
+        assert_eq!(stale, old[0].generation);
+        assert_ne!(slot.generation, stale);
+        assert_eq!(book.generation(0), Some(slot.generation));
+        // The old assignment's waiting work is void and its reports change nothing.
+        assert_eq!(book.waiting(), 1);
+        book.start(old[5]);
+        book.settle(old[5], Settle::Acknowledged);
+        assert_eq!(book.stage(old[5]), None);
+        // The new log is processed and committed from the record that restarted it.
+        let next = tracked(&mut book, 7, 1_001);
+        acknowledge_all(&mut book, &[slot, next]);
+        assert_eq!(book.take_commits(), vec![(0, 8)]);
+        // Its records delivered again are still recognised.
+        assert_eq!(book.consume(0, 7, 1_001), Consumed::Ignore);
+    }
+
+    #[test]
+    fn an_offset_older_than_the_remembered_ones_is_processed_again() {
+        let mut book = PartitionBook::new(false, 1);
+        book.assign(&[0]);
+        let limit = book.recent_limit() as i64;
+        let slots: Vec<Slot> = (0..limit + 10)
+            .map(|offset| {
+                let slot = tracked(&mut book, offset, 7);
+                acknowledge_all(&mut book, &[slot]);
+                slot
+            })
+            .collect();
+        assert_eq!(book.consume(0, limit + 9, 7), Consumed::Ignore);
+        assert!(matches!(
+            book.consume(0, 0, 7),
+            Consumed::Restart { stale, .. } if stale == slots[0].generation
+        ));
     }
 }

@@ -168,9 +168,16 @@ impl<P> DispatchCore<P> {
         Some(end)
     }
 
-    /// Books a consumed record.
-    pub fn consume(&mut self, partition: i32, offset: i64) -> Consumed {
-        let consumed = self.book.consume(partition, offset);
+    /// Books a consumed record (see [`PartitionBook::consume`]). On [`Consumed::Restart`] the
+    /// stale assignment's waiting jobs are dropped here; the caller cancels its running ones and
+    /// forgets its undecoded records.
+    pub fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
+        let consumed = self.book.consume(partition, offset, fingerprint);
+        if let Consumed::Restart { stale, .. } = consumed {
+            self.scheduler.remove_waiting(|ticket| {
+                ticket.slot.partition == partition && ticket.slot.generation == stale
+            });
+        }
         if consumed != Consumed::Ignore {
             self.update_pause(partition);
         }
@@ -320,7 +327,7 @@ impl<P> DispatchCore<P> {
 mod model {
     //! The model test: random interleavings of records, decodes, starts, completions of every
     //! kind, transactions, commits, assigns, revokes (lost or not, answered or timed out),
-    //! records delivered again and shutdown, checked at every step against a reference model that keeps
+    //! records delivered again, truncated logs and shutdown, checked at every step against a reference model that keeps
     //! its own plain record of every consumed offset.
     #![allow(clippy::unwrap_used)]
 
@@ -344,8 +351,14 @@ mod model {
             gap: i64,
             key: Option<u8>,
         },
-        /// A record whose offset is not above the last one: delivered again.
+        /// A record consumed before in this assignment, delivered again.
         Redeliver {
+            partition: i32,
+            back: usize,
+        },
+        /// A new record at an offset not above the last one: the log was truncated or the topic
+        /// recreated.
+        Truncate {
             partition: i32,
             back: i64,
         },
@@ -379,7 +392,9 @@ mod model {
         prop_oneof![
             12 => (partition.clone(), 1i64..3, prop::option::weighted(0.9, 0..KEYS))
                 .prop_map(|(partition, gap, key)| Op::Consume { partition, gap, key }),
-            1 => (partition, 1i64..4).prop_map(|(partition, back)| Op::Redeliver { partition, back }),
+            1 => (partition.clone(), 1usize..4)
+                .prop_map(|(partition, back)| Op::Redeliver { partition, back }),
+            1 => (partition, 1i64..4).prop_map(|(partition, back)| Op::Truncate { partition, back }),
             8 => Just(Op::Decode),
             6 => Just(Op::Start),
             10 => (any::<prop::sample::Index>(), 0u8..20)
@@ -413,6 +428,8 @@ mod model {
         next_offset: i64,
         /// Every offset consumed in this assignment, in order.
         consumed: BTreeMap<i64, Fate>,
+        /// The content (fingerprint) of each consumed offset.
+        prints: BTreeMap<i64, u64>,
         /// The highest position committed in this assignment.
         committed: Option<i64>,
     }
@@ -441,6 +458,8 @@ mod model {
         revoking: Vec<i32>,
         revoke_lost: bool,
         stopping: bool,
+        /// Every record consumed gets new content.
+        next_print: u64,
     }
 
     impl Model {
@@ -459,6 +478,7 @@ mod model {
                 revoking: Vec::new(),
                 revoke_lost: false,
                 stopping: false,
+                next_print: 0,
             }
         }
 
@@ -585,7 +605,9 @@ mod model {
                     }
                     let offset = assignment.next_offset + gap - 1;
                     assignment.next_offset = offset + 1;
-                    let consumed = self.core.consume(partition, offset);
+                    self.next_print += 1;
+                    let print = self.next_print;
+                    let consumed = self.core.consume(partition, offset, print);
                     let Consumed::Track(slot) = consumed else {
                         return Err(TestCaseError::fail(format!(
                             "owned partition {partition} offset {offset}: {consumed:?}"
@@ -593,6 +615,7 @@ mod model {
                     };
                     prop_assert_eq!(slot.generation, assignment.generation);
                     assignment.consumed.insert(offset, Fate::Waiting);
+                    assignment.prints.insert(offset, print);
                     self.sequence.insert(slot, self.next_sequence);
                     self.next_sequence += 1;
                     let key = key.map(|key| OrderKey::Merchant(format!("m{key}")));
@@ -608,17 +631,66 @@ mod model {
                     let Some(assignment) = self.owned.get(&partition) else {
                         return Ok(());
                     };
-                    // Only an offset at or below one already consumed in this assignment.
+                    // One of the last records consumed in this assignment, the same content.
+                    let Some((&offset, &print)) = assignment.prints.iter().rev().nth(back - 1)
+                    else {
+                        return Ok(());
+                    };
+                    // The first delivery is in the books; this one changes nothing.
+                    let before = self.core.book().window_len(partition);
+                    let waiting = self.core.book().waiting();
+                    let consumed = self.core.consume(partition, offset, print);
+                    prop_assert_eq!(consumed, Consumed::Ignore, "offset {} again", offset);
+                    prop_assert_eq!(self.core.book().window_len(partition), before);
+                    prop_assert_eq!(self.core.book().waiting(), waiting);
+                }
+                Op::Truncate { partition, back } => {
+                    if self.consumer_paused(partition)
+                        || self.stopping
+                        || self.revoking.contains(&partition)
+                    {
+                        return Ok(());
+                    }
+                    let Some(assignment) = self.owned.get(&partition) else {
+                        return Ok(());
+                    };
+                    // Only an offset at or below one already consumed in this assignment is a
+                    // truncation; the book cannot know of offsets it never saw.
                     let Some(last) = assignment.consumed.keys().last().copied() else {
                         return Ok(());
                     };
                     let offset = (last + 1 - back).max(0);
-                    // A record delivered again (after a pause and resume): the first delivery
-                    // is in the books; this one changes nothing.
-                    let before = self.core.book().window_len(partition);
-                    let consumed = self.core.consume(partition, offset);
-                    prop_assert_eq!(consumed, Consumed::Ignore, "offset {} again", offset);
-                    prop_assert_eq!(self.core.book().window_len(partition), before);
+                    let stale_generation = assignment.generation;
+                    self.next_print += 1;
+                    let print = self.next_print;
+                    let consumed = self.core.consume(partition, offset, print);
+                    let Consumed::Restart { slot, stale } = consumed else {
+                        return Err(TestCaseError::fail(format!(
+                            "truncated partition {partition} offset {offset}: {consumed:?}"
+                        )));
+                    };
+                    prop_assert_eq!(stale, stale_generation);
+                    self.cancel(partition, stale);
+                    self.forget_undecoded();
+                    self.submitted
+                        .retain(|s| !(s.partition == partition && s.generation == stale));
+                    let mut consumed = BTreeMap::new();
+                    consumed.insert(offset, Fate::Waiting);
+                    let mut prints = BTreeMap::new();
+                    prints.insert(offset, print);
+                    self.owned.insert(
+                        partition,
+                        Assignment {
+                            generation: slot.generation,
+                            next_offset: offset + 1,
+                            consumed,
+                            prints,
+                            committed: None,
+                        },
+                    );
+                    self.sequence.insert(slot, self.next_sequence);
+                    self.next_sequence += 1;
+                    self.undecoded.push_back((slot, None));
                 }
                 Op::Decode => {
                     self.forget_undecoded();
@@ -721,6 +793,7 @@ mod model {
                                 generation: self.core.book().generation(partition).unwrap(),
                                 next_offset: start,
                                 consumed: BTreeMap::new(),
+                                prints: BTreeMap::new(),
                                 committed: None,
                             },
                         );

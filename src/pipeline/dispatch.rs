@@ -322,9 +322,30 @@ impl Dispatcher {
     fn on_record(&mut self, record: InputRecord) {
         self.received.push(record.partition);
         let partition = record.partition;
-        match self.core.consume(partition, record.offset) {
+        match self
+            .core
+            .consume(partition, record.offset, record.fingerprint())
+        {
             Consumed::Ignore => return,
             Consumed::Track(slot) => self.undecoded.push_back((slot, record)),
+            Consumed::Restart { slot, stale } => {
+                tracing::warn!(
+                    partition,
+                    offset = record.offset,
+                    "a new record at an offset already consumed (log truncated or topic \
+                     recreated): the partition starts over from it"
+                );
+                observe::partition_restarted(partition);
+                if let Some(token) = self.cancels.remove(&(partition, stale)) {
+                    token.cancel();
+                }
+                self.cancels.insert(
+                    (partition, slot.generation),
+                    self.worker.hard_stop.child_token(),
+                );
+                self.forget_undecoded();
+                self.undecoded.push_back((slot, record));
+            }
         }
         observe::record_consumed(&self.worker.stats, partition);
         observe::pending(partition, self.core.book().window_len(partition));
