@@ -132,7 +132,7 @@ async fn produce_run_replay_round_trip() {
     .expect("produce runs");
     assert_eq!((report.sent, report.refused_count), (1, 0));
 
-    let pipeline = harness.start_pipeline(harness.settings());
+    let pipeline = harness.start_pipeline(harness.settings()).await;
     let first = harness.wait_outcomes(1, WAIT).await;
     assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!(first[0].outcome, NotifyOutcome::DeadLettered);

@@ -324,6 +324,39 @@ impl<P> DispatchCore<P> {
 }
 
 #[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// While too many events wait, every partition is paused, and so is one assigned meanwhile:
+    /// its backlog must not flow into memory either.
+    #[test]
+    fn a_partition_assigned_during_the_global_pause_is_paused_too() {
+        let mut core: DispatchCore<()> = DispatchCore::new(false, 1, 100);
+        core.assign(&[0]);
+        let key = OrderKey::Merchant("m".into());
+        for offset in 0..=waiting_limit(1) as i64 {
+            let Consumed::Track(slot) = core.consume(0, offset, offset as u64) else {
+                panic!("offset {offset} not tracked");
+            };
+            let ticket = Ticket {
+                slot,
+                key: Some(key.clone()),
+                payload: (),
+            };
+            assert!(core.decoded(ticket));
+        }
+        assert!(core.next_start().is_some());
+        assert!(core.next_start().is_none(), "one merchant, one in flight");
+        assert!(core.pause_plan().all, "{} events wait", core.waiting());
+        let (_, fresh) = core.assign(&[1]);
+        assert_eq!(fresh, vec![1]);
+        assert!(core.pause_plan().is_paused(1));
+    }
+}
+
+#[cfg(test)]
 mod model {
     //! The model test: random interleavings of records, decodes, starts, completions of every
     //! kind, transactions, commits, assigns, revokes (lost or not, answered or timed out),

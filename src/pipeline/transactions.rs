@@ -255,6 +255,55 @@ mod tests {
             .await
             .unwrap();
     }
+    /// One rule in both delivery modes: an output error that stops the service at-least-once
+    /// (a permanent publish error) stops the transaction writer too, and one that is retried
+    /// at-least-once is retried (by an abort and a new transaction) exactly-once.
+    #[test]
+    fn both_delivery_modes_agree_on_which_kafka_errors_are_permanent() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let permanent = [
+            Code::MessageSizeTooLarge,
+            Code::InvalidMessageSize,
+            Code::InvalidMessage,
+            Code::TopicAuthorizationFailed,
+            Code::ClusterAuthorizationFailed,
+            Code::TransactionalIdAuthorizationFailed,
+            Code::UnknownTopic,
+            Code::Fatal,
+            Code::ProducerFenced,
+            Code::InvalidProducerEpoch,
+            Code::InvalidProducerIdMapping,
+        ];
+        let transient = [
+            Code::BrokerNotAvailable,
+            Code::RequestTimedOut,
+            Code::NotLeaderForPartition,
+            Code::LeaderNotAvailable,
+            Code::NetworkException,
+            Code::NotEnoughReplicas,
+            Code::MessageTimedOut,
+            Code::AllBrokersDown,
+            Code::CoordinatorLoadInProgress,
+        ];
+        for code in permanent {
+            let error = KafkaError::MessageProduction(code);
+            let publish = crate::pipeline::output::PublishError::Kafka {
+                what: "an outcome",
+                source: error.clone(),
+            };
+            assert!(publish.is_permanent(), "{code:?} at-least-once");
+            assert_eq!(next_step(&error), Step::Fatal, "{code:?} exactly-once");
+        }
+        for code in transient {
+            let error = KafkaError::MessageProduction(code);
+            let publish = crate::pipeline::output::PublishError::Kafka {
+                what: "an outcome",
+                source: error.clone(),
+            };
+            assert!(!publish.is_permanent(), "{code:?} at-least-once");
+            assert_eq!(next_step(&error), Step::Abort, "{code:?} exactly-once");
+        }
+    }
 }
 
 /// Creates the transactional producer and initialises its transactions.
