@@ -655,13 +655,7 @@ mod model {
                     self.undecoded.push_back((slot, key));
                 }
                 Op::Redeliver { partition, back } => {
-                    if self.consumer_paused(partition)
-                        || self.stopping
-                        || self.revoking.contains(&partition)
-                    {
-                        return Ok(());
-                    }
-                    let Some(assignment) = self.owned.get(&partition) else {
+                    let Some(assignment) = self.fetching(partition) else {
                         return Ok(());
                     };
                     // One of the last records consumed in this assignment, the same content.
@@ -678,13 +672,7 @@ mod model {
                     prop_assert_eq!(self.core.book().waiting(), waiting);
                 }
                 Op::Truncate { partition, back } => {
-                    if self.consumer_paused(partition)
-                        || self.stopping
-                        || self.revoking.contains(&partition)
-                    {
-                        return Ok(());
-                    }
-                    let Some(assignment) = self.owned.get(&partition) else {
+                    let Some(assignment) = self.fetching(partition) else {
                         return Ok(());
                     };
                     // Only an offset at or below one already consumed in this assignment is a
@@ -906,6 +894,17 @@ mod model {
         }
 
         /// What the consumer thread would not fetch now: the plan, or its flow counts.
+        /// The assignment of `partition` when the consumer would deliver a record of it now.
+        fn fetching(&self, partition: i32) -> Option<&Assignment> {
+            if self.consumer_paused(partition)
+                || self.stopping
+                || self.revoking.contains(&partition)
+            {
+                return None;
+            }
+            self.owned.get(&partition)
+        }
+
         fn consumer_paused(&self, partition: i32) -> bool {
             let book = self.core.book();
             self.core.pause_plan().is_paused(partition)
