@@ -161,6 +161,11 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             crate::observe::CONSUMER_ERROR_PERSIST_AFTER.as_secs()
         ));
     }
+    if let Some(reason) = health.circuit() {
+        problems.push(format!(
+            "alipay+ circuit open, calls paused and probed: {reason}"
+        ));
+    }
     let streak = health.refused_streak();
     if streak >= state.refused_streak_threshold {
         problems.push(format!(

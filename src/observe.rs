@@ -52,6 +52,10 @@ pub mod names {
     pub const CONSUMER_ERROR_ACTIVE: &str = "regnotify_consumer_error_active";
     pub const KAFKA_CLIENT_ERRORS: &str = "regnotify_kafka_client_errors_total";
     pub const PARTITION_RESTARTS: &str = "regnotify_partition_restarts_total";
+    pub const CIRCUIT_STATE: &str = "regnotify_circuit_state";
+    pub const CIRCUIT_TRANSITIONS: &str = "regnotify_circuit_transitions_total";
+    pub const SEND_RATE_LIMIT: &str = "regnotify_send_rate_limit";
+    pub const THROTTLED: &str = "regnotify_throttled_total";
 }
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
@@ -80,6 +84,8 @@ pub struct Health {
     kafka_reachable: std::sync::atomic::AtomicBool,
     /// Refused answers in a row, across all events.
     refused_streak: AtomicU64,
+    /// Why the alipay+ circuit is open or half-open; `None` while closed.
+    circuit: Mutex<Option<String>>,
     /// Records consumed, all partitions; then per partition below [`TRACKED_PARTITIONS`].
     records_consumed: AtomicU64,
     partition_records: Box<[AtomicU64]>,
@@ -110,6 +116,7 @@ impl Default for Health {
             assigned_partitions: AtomicU64::new(0),
             kafka_reachable: std::sync::atomic::AtomicBool::new(true),
             refused_streak: AtomicU64::new(0),
+            circuit: Mutex::new(None),
             records_consumed: AtomicU64::new(0),
             partition_records: (0..TRACKED_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
             assignments: AtomicU64::new(0),
@@ -173,6 +180,18 @@ impl Health {
         } else {
             self.refused_streak.store(0, Ordering::Relaxed);
         }
+    }
+
+    pub fn set_circuit(&self, open_because: Option<String>) {
+        *self.circuit.lock().unwrap_or_else(PoisonError::into_inner) = open_because;
+    }
+
+    /// Why the alipay+ circuit is not closed, if it is not.
+    pub fn circuit(&self) -> Option<String> {
+        self.circuit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn refused_streak(&self) -> u64 {
@@ -380,6 +399,26 @@ pub fn describe_metrics() {
         "times a partition started over within an assignment because a new record appeared at an \
          offset already consumed (log truncated or topic recreated)"
     );
+    describe_gauge!(
+        names::CIRCUIT_STATE,
+        Unit::Count,
+        "the alipay+ circuit breaker: 0 closed, 1 open, 2 half-open (probing)"
+    );
+    describe_counter!(
+        names::CIRCUIT_TRANSITIONS,
+        Unit::Count,
+        "alipay+ circuit breaker transitions, by the state entered"
+    );
+    describe_gauge!(
+        names::SEND_RATE_LIMIT,
+        Unit::Count,
+        "requests per second the send rate is held to after throttling answers; 0 = not limited"
+    );
+    describe_counter!(
+        names::THROTTLED,
+        Unit::Count,
+        "throttling answers from alipay+ (REQUEST_TRAFFIC_EXCEED_LIMIT)"
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -527,6 +566,23 @@ pub fn in_flight(count: usize) {
 
 pub fn pending(partition: i32, count: usize) {
     metrics::gauge!(names::PENDING, "partition" => partition.to_string()).set(count as f64);
+}
+
+pub fn circuit_state(state: crate::pipeline::breaker::CircuitState) {
+    metrics::gauge!(names::CIRCUIT_STATE).set(state.gauge());
+}
+
+pub fn circuit_transition(to: crate::pipeline::breaker::CircuitState) {
+    metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to.as_str()).increment(1);
+    circuit_state(to);
+}
+
+/// The adaptive send rate after an answer (`None`: not limited).
+pub fn send_rate(allowed_per_second: Option<f64>, throttled: bool) {
+    if throttled {
+        metrics::counter!(names::THROTTLED).increment(1);
+    }
+    metrics::gauge!(names::SEND_RATE_LIMIT).set(allowed_per_second.unwrap_or(0.0));
 }
 
 pub fn partition_restarted(partition: i32) {

@@ -85,6 +85,8 @@ pub struct DispatchCore<P> {
     scheduler: Scheduler<Ticket<P>>,
     waiting_limit: usize,
     globally_paused: bool,
+    /// Alipay+ is unavailable (the circuit is not closed): nothing should be fetched.
+    downstream_held: bool,
     /// Bumped whenever the pause plan changes.
     pause_version: u64,
     revoke: Option<PendingRevoke>,
@@ -99,6 +101,7 @@ impl<P> DispatchCore<P> {
             scheduler: Scheduler::new(max_in_flight),
             waiting_limit: waiting_limit(max_in_flight),
             globally_paused: false,
+            downstream_held: false,
             pause_version: 0,
             revoke: None,
             fatal: false,
@@ -269,8 +272,16 @@ impl<P> DispatchCore<P> {
     /// Which partitions should not fetch now.
     pub fn pause_plan(&self) -> PausePlan {
         PausePlan {
-            all: self.globally_paused || self.book_stopping(),
+            all: self.globally_paused || self.downstream_held || self.book_stopping(),
             partitions: self.book.paused(),
+        }
+    }
+
+    /// Alipay+ is unavailable (`true`) or back: every partition is paused while it is not.
+    pub fn hold_intake(&mut self, held: bool) {
+        if self.downstream_held != held {
+            self.downstream_held = held;
+            self.pause_version += 1;
         }
     }
 

@@ -27,6 +27,7 @@ use crate::config::{Ordering, ProcessingSettings};
 use crate::event::RegistrationDecided;
 use crate::observe::{self, Health};
 use crate::pipeline::book::{Consumed, Slot, Stage};
+use crate::pipeline::breaker::CircuitState;
 use crate::pipeline::consumer::{ConsumerEvent, Control, Flow, PipelineConsumer};
 use crate::pipeline::decisions::{DispatchCore, Finish, OrderKey, Ticket};
 use crate::pipeline::record::InputRecord;
@@ -100,6 +101,8 @@ pub struct Dispatcher {
     /// Partitions of the records taken off the channel since the flow counts were last told.
     received: Vec<i32>,
     commit_tick: Interval,
+    /// The alipay+ circuit: every partition is paused while it is not closed.
+    circuit: tokio::sync::watch::Receiver<CircuitState>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -135,7 +138,9 @@ impl Dispatcher {
             processing.max_in_flight,
             processing.max_pending_per_partition,
         );
+        let circuit = parts.worker.circuit.subscribe();
         Dispatcher {
+            circuit,
             processing,
             topic: parts.topic,
             consumer: parts.consumer,
@@ -191,6 +196,10 @@ impl Dispatcher {
                 }
                 () = sleep_until_opt(retry_at) => self.decode_retry = None,
                 _ = self.commit_tick.tick() => self.commit_async(),
+                Ok(()) = self.circuit.changed() => {
+                    let state = *self.circuit.borrow_and_update();
+                    self.core.hold_intake(state != CircuitState::Closed);
+                }
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,
