@@ -90,7 +90,9 @@ async fn an_outage_is_waited_out(exactly_once: bool) {
     tokio::time::sleep(remaining).await;
     let calls_in_outage = outage_calls(&harness);
     readyz_becomes(&pipeline, 200, "ready", Duration::from_secs(30)).await;
-
+    pipeline
+        .wait_for("every event terminal", WAIT, || stats.terminal() >= 5_000)
+        .await;
     let outcomes = harness.wait_outcomes_of(&events, WAIT).await;
     if exactly_once {
         common::assert_one_outcome_each(&events, &outcomes);
@@ -111,7 +113,13 @@ async fn an_outage_is_waited_out(exactly_once: bool) {
         calls_in_outage <= 32 + 20 + 16,
         "{calls_in_outage} calls reached alipay+ during the outage"
     );
-    harness.wait_fully_committed(WAIT).await;
+    // The mock cluster answers transactional offset commits without storing them: there the
+    // offsets are checked at-least-once only (CI checks both on a real broker).
+    if !exactly_once || harness.kafka.is_real() {
+        harness
+            .wait_committed_while_running(&mut [&mut pipeline], WAIT)
+            .await;
+    }
     pipeline.stop().await;
 }
 
