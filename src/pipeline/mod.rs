@@ -18,6 +18,7 @@ pub mod circuit;
 pub mod consumer;
 pub mod decisions;
 pub mod dispatch;
+pub mod finished;
 pub mod keyed;
 pub mod output;
 pub mod record;
