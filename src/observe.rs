@@ -56,6 +56,8 @@ pub mod names {
     pub const CIRCUIT_TRANSITIONS: &str = "regnotify_circuit_transitions_total";
     pub const SEND_RATE_LIMIT: &str = "regnotify_send_rate_limit";
     pub const THROTTLED: &str = "regnotify_throttled_total";
+    pub const SKIPPED_FINISHED: &str = "regnotify_skipped_finished_total";
+    pub const FINISHED_NOTE_BYTES: &str = "regnotify_finished_note_bytes";
 }
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
@@ -399,6 +401,17 @@ pub fn describe_metrics() {
         "times a partition started over within an assignment because a new record appeared at an \
          offset already consumed (log truncated or topic recreated)"
     );
+    describe_counter!(
+        names::SKIPPED_FINISHED,
+        Unit::Count,
+        "records not processed again because the committed offset's note says an earlier owner \
+         finished them"
+    );
+    describe_gauge!(
+        names::FINISHED_NOTE_BYTES,
+        Unit::Bytes,
+        "size of the last commit's note of finished offsets above the committed one, per partition"
+    );
     describe_gauge!(
         names::CIRCUIT_STATE,
         Unit::Count,
@@ -583,6 +596,15 @@ pub fn send_rate(allowed_per_second: Option<f64>, throttled: bool) {
         metrics::counter!(names::THROTTLED).increment(1);
     }
     metrics::gauge!(names::SEND_RATE_LIMIT).set(allowed_per_second.unwrap_or(0.0));
+}
+
+pub fn skipped_finished(partition: i32) {
+    metrics::counter!(names::SKIPPED_FINISHED, "partition" => partition.to_string()).increment(1);
+}
+
+pub fn finished_note(partition: i32, bytes: usize) {
+    metrics::gauge!(names::FINISHED_NOTE_BYTES, "partition" => partition.to_string())
+        .set(bytes as f64);
 }
 
 pub fn partition_restarted(partition: i32) {

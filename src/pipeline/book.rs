@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::pipeline::finished::{self, NOTE_PRESSURE_BYTES};
 use crate::pipeline::watermark::CommitWatermark;
 
 /// One consumed record in one assignment of its partition.
@@ -55,6 +56,9 @@ pub enum Settle {
 pub enum Consumed {
     /// Tracked: process it.
     Track(Slot),
+    /// Finished by an earlier owner, as the committed offset's note says: not processed again,
+    /// and counted as finished at once.
+    Skip,
     /// A record at or below an offset already consumed in this assignment that is not the
     /// record consumed there before: the log was truncated (unclean leader election) or the
     /// topic recreated. The partition starts a new generation from this record; everything of
@@ -75,6 +79,8 @@ pub struct RevokeEnd {
     pub cancel: Vec<(i32, u64)>,
     /// Commit positions (partition, next offset).
     pub commit: Vec<(i32, i64)>,
+    /// The note of each commit position (partition, note).
+    pub notes: Vec<(i32, String)>,
 }
 
 /// The exactly-once answer to "what would committing these settled offsets allow?".
@@ -82,6 +88,11 @@ pub struct RevokeEnd {
 pub struct Prepared {
     /// New commit positions (partition, next offset), beyond what earlier transactions committed.
     pub positions: Vec<(i32, i64)>,
+    /// The note of each position (partition, note): the finished offsets above it once this
+    /// transaction commits.
+    pub notes: Vec<(i32, String)>,
+    /// The offsets each note names (partition, offsets): their outputs go into the transaction.
+    pub noted: Vec<(i32, BTreeSet<i64>)>,
     /// The assignments (partition, generation) owned now; outputs of any other are orphans.
     pub owned: Vec<(i32, u64)>,
 }
@@ -97,6 +108,10 @@ struct Partition {
     /// Fingerprints of the most recently consumed offsets, to tell a record delivered again
     /// from a new record at an old offset.
     recent: BTreeMap<i64, u64>,
+    /// Offsets above the committed one that an earlier owner finished (the commit's note).
+    skip: BTreeSet<i64>,
+    /// An offset above the commit position finished since the last commit: the note changed.
+    note_changed: bool,
     /// Paused because its window is full.
     paused: bool,
     revoking: bool,
@@ -110,6 +125,8 @@ impl Partition {
             stages: BTreeMap::new(),
             committed: None,
             recent: BTreeMap::new(),
+            skip: BTreeSet::new(),
+            note_changed: false,
             paused: false,
             revoking: false,
         }
@@ -175,6 +192,26 @@ impl PartitionBook {
         fresh
     }
 
+    /// An earlier owner of `partition` committed `committed` with a note naming these offsets
+    /// above it as finished: they are skipped when consumed. Only for a partition that has not
+    /// consumed anything in this assignment.
+    pub fn skip_finished(&mut self, partition: i32, committed: i64, finished: BTreeSet<i64>) {
+        if let Some(state) = self.partitions.get_mut(&partition)
+            && state.recent.is_empty()
+        {
+            state.skip = finished.into_iter().filter(|o| *o > committed).collect();
+        }
+    }
+
+    /// The note for a commit of `partition` at `position`: the finished offsets above it (see
+    /// [`crate::pipeline::finished`]).
+    pub fn note(&self, partition: i32, position: i64) -> String {
+        self.partitions
+            .get(&partition)
+            .map(|state| finished::encode(position, &state.watermark.finished_beyond()))
+            .unwrap_or_default()
+    }
+
     /// Starts a revoke. Waiting work of these partitions is dropped: it must not start, and the
     /// next owner consumes it again because its offsets are never committed. Returns the
     /// waiting slots dropped, for the caller to forget.
@@ -216,9 +253,11 @@ impl PartitionBook {
             // commit may still be in flight or fail, and the next owner starts from what is
             // committed when this callback returns.
             if !self.exactly_once
-                && let Some(position) = state.watermark.committable()
+                && let Some(position) = state.watermark.commit_position()
             {
                 end.commit.push((partition, position));
+                let note = finished::encode(position, &state.watermark.finished_beyond());
+                end.notes.push((partition, note));
             }
         }
         end
@@ -239,6 +278,17 @@ impl PartitionBook {
         };
         if state.revoking {
             return Consumed::Ignore;
+        }
+        if !state.skip.is_empty() {
+            // Notes name offsets from the committed one up; older ones are behind us.
+            state.skip = state.skip.split_off(&offset);
+            if state.skip.first() == Some(&offset) && state.watermark.track(offset).is_ok() {
+                state.skip.remove(&offset);
+                remember(&mut state.recent, offset, fingerprint, recent_limit);
+                let completed = state.watermark.complete(offset);
+                debug_assert!(completed, "a skipped offset was not in the window");
+                return Consumed::Skip;
+            }
         }
         if state.watermark.track(offset).is_ok() {
             state.stages.insert(offset, Stage::Waiting);
@@ -337,16 +387,36 @@ impl PartitionBook {
                 .or_insert_with(|| state.watermark.clone())
                 .complete(slot.offset);
         }
-        let positions = trial
-            .into_iter()
-            .filter_map(|(partition, watermark)| {
-                let state = self.partitions.get(&partition)?;
-                let position = state.position_beyond_committed(watermark.committable())?;
-                Some((partition, position))
-            })
-            .collect();
+        let mut positions = Vec::new();
+        let mut notes = Vec::new();
+        let mut noted = Vec::new();
+        for (partition, watermark) in trial {
+            let Some(state) = self.partitions.get(&partition) else {
+                continue;
+            };
+            let Some(position) = watermark.commit_position() else {
+                continue;
+            };
+            let note = finished::encode(position, &watermark.finished_beyond());
+            let names = finished::decode(&note, position).unwrap_or_default();
+            // Outputs above the position go into the transaction only when the note names them:
+            // then a new owner skips their offsets instead of writing them again.
+            let names_new = settled.iter().any(|slot| {
+                slot.partition == partition
+                    && names.contains(&slot.offset)
+                    && self.stage(*slot) == Some(Stage::Submitted)
+            });
+            if state.committed >= Some(position) && !names_new {
+                continue;
+            }
+            positions.push((partition, position));
+            notes.push((partition, note));
+            noted.push((partition, names));
+        }
         Prepared {
             positions,
+            notes,
+            noted,
             owned: self.owned(),
         }
     }
@@ -377,8 +447,13 @@ impl PartitionBook {
             if state.revoking {
                 continue;
             }
-            if let Some(position) = state.position_beyond_committed(state.watermark.committable()) {
+            let Some(position) = state.watermark.commit_position() else {
+                continue;
+            };
+            let moved = state.committed < Some(position);
+            if moved || state.note_changed {
                 state.committed = Some(position);
+                state.note_changed = false;
                 positions.push((*partition, position));
             }
         }
@@ -412,9 +487,12 @@ impl PartitionBook {
         let max = self.max_pending_per_partition;
         let state = self.partitions.get_mut(&partition)?;
         let window = state.watermark.window_len();
-        let pause = if !state.paused && window >= max {
+        // The commit's note spans the window, gaps included: keep its bitset under the pressure
+        // mark (a window of offsets far apart could outgrow the metadata limit otherwise).
+        let note_bytes = usize::try_from(state.watermark.span() / 6).unwrap_or(usize::MAX);
+        let pause = if !state.paused && (window >= max || note_bytes > NOTE_PRESSURE_BYTES) {
             true
-        } else if state.paused && window <= max / 2 {
+        } else if state.paused && window <= max / 2 && note_bytes <= NOTE_PRESSURE_BYTES / 2 {
             false
         } else {
             return None;
@@ -518,6 +596,7 @@ impl PartitionBook {
         if let Some(state) = self.partitions.get_mut(&slot.partition) {
             state.stages.remove(&slot.offset);
             let completed = state.watermark.complete(slot.offset);
+            state.note_changed = true;
             debug_assert!(completed, "an acknowledged offset was not in the window");
         }
     }

@@ -117,6 +117,16 @@ impl<P> DispatchCore<P> {
         (previous, fresh)
     }
 
+    /// See [`PartitionBook::skip_finished`].
+    pub fn skip_finished(
+        &mut self,
+        partition: i32,
+        committed: i64,
+        finished: std::collections::BTreeSet<i64>,
+    ) {
+        self.book.skip_finished(partition, committed, finished);
+    }
+
     /// Partitions revoked (`lost`: the group gave them away already, nothing may be committed).
     /// Returns the end of an earlier revoke still pending, and the assignments whose running work
     /// must stop at once (a lost assignment's: another member may be working on those events).
@@ -166,6 +176,7 @@ impl<P> DispatchCore<P> {
         let mut end = self.book.finish_revoke();
         if revoke.lost {
             end.commit.clear();
+            end.notes.clear();
         }
         self.pause_version += 1;
         Some(end)
@@ -380,6 +391,16 @@ mod model {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::pipeline::finished;
+
+    /// The note of `partition` among `notes` (empty when none).
+    fn note_of(notes: &[(i32, String)], partition: i32) -> String {
+        notes
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .map(|(_, note)| note.clone())
+            .unwrap_or_default()
+    }
 
     const PARTITIONS: i32 = 3;
     const KEYS: u8 = 4;
@@ -476,6 +497,8 @@ mod model {
         prints: BTreeMap<i64, u64>,
         /// The highest position committed in this assignment.
         committed: Option<i64>,
+        /// Offsets the committed note said an earlier owner finished.
+        skip: std::collections::BTreeSet<i64>,
     }
 
     #[derive(Debug)]
@@ -492,6 +515,8 @@ mod model {
         owned: BTreeMap<i32, Assignment>,
         /// What the group has committed per partition (survives assignments).
         group_committed: HashMap<i32, i64>,
+        /// The note committed with it.
+        group_notes: HashMap<i32, String>,
         undecoded: VecDeque<(Slot, Option<OrderKey>)>,
         running: Vec<Running>,
         submitted: Vec<Slot>,
@@ -513,6 +538,7 @@ mod model {
                 core: DispatchCore::new(exactly_once, MAX_IN_FLIGHT, MAX_PENDING),
                 owned: BTreeMap::new(),
                 group_committed: HashMap::new(),
+                group_notes: HashMap::new(),
                 undecoded: VecDeque::new(),
                 running: Vec::new(),
                 submitted: Vec::new(),
@@ -540,6 +566,7 @@ mod model {
             &mut self,
             partition: i32,
             position: i64,
+            note: &str,
             in_transaction: &[Slot],
         ) -> Result<(), TestCaseError> {
             let Some(assignment) = self.owned.get_mut(&partition) else {
@@ -565,15 +592,36 @@ mod model {
                 "partition {partition} position went back from {:?} to {position}",
                 assignment.committed
             );
+            // Every offset the note names is finished: a new owner may skip it.
+            let names = finished::decode(note, position).unwrap_or_default();
+            for offset in &names {
+                let fate = assignment.consumed.get(offset);
+                let in_this = in_transaction.iter().any(|slot| {
+                    slot.partition == partition
+                        && slot.generation == assignment.generation
+                        && slot.offset == *offset
+                });
+                prop_assert!(
+                    fate == Some(&Fate::Acknowledged)
+                        || (in_this && fate == Some(&Fate::Submitted)),
+                    "note of commit {position} of partition {partition} names offset {offset} ({fate:?})"
+                );
+            }
+            prop_assert!(
+                note.is_empty() || !names.is_empty(),
+                "a note that cannot be read back: {note}"
+            );
             assignment.committed = Some(position);
             self.group_committed.insert(partition, position);
+            self.group_notes.insert(partition, note.to_string());
             Ok(())
         }
 
         fn apply_revoke_end(&mut self, end: RevokeEnd) -> Result<(), TestCaseError> {
             for (partition, position) in &end.commit {
                 prop_assert!(!self.revoke_lost, "a lost assignment committed");
-                self.check_commit(*partition, *position, &[])?;
+                let note = note_of(&end.notes, *partition);
+                self.check_commit(*partition, *position, &note, &[])?;
             }
             for (partition, generation) in end.cancel {
                 self.cancel(partition, generation);
@@ -652,6 +700,13 @@ mod model {
                     self.next_print += 1;
                     let print = self.next_print;
                     let consumed = self.core.consume(partition, offset, print);
+                    if assignment.skip.contains(&offset) {
+                        // Finished by the owner before: skipped, and finished here too.
+                        prop_assert_eq!(consumed, Consumed::Skip, "noted offset {}", offset);
+                        assignment.consumed.insert(offset, Fate::Acknowledged);
+                        assignment.prints.insert(offset, print);
+                        return Ok(());
+                    }
                     let Consumed::Track(slot) = consumed else {
                         return Err(TestCaseError::fail(format!(
                             "owned partition {partition} offset {offset}: {consumed:?}"
@@ -718,6 +773,7 @@ mod model {
                             consumed,
                             prints,
                             committed: None,
+                            skip: Default::default(),
                         },
                     );
                     self.sequence.insert(slot, self.next_sequence);
@@ -805,7 +861,8 @@ mod model {
                         self.core.commit_failed(&partitions);
                     } else {
                         for (partition, position) in positions {
-                            self.check_commit(partition, position, &[])?;
+                            let note = self.core.book().note(partition, position);
+                            self.check_commit(partition, position, &note, &[])?;
                         }
                     }
                 }
@@ -819,6 +876,13 @@ mod model {
                     for partition in fresh {
                         prop_assert!(!self.owned.contains_key(&partition));
                         let start = self.group_committed.get(&partition).copied().unwrap_or(0);
+                        // What the consumer thread reads with the committed offset.
+                        let skip = self
+                            .group_notes
+                            .get(&partition)
+                            .and_then(|note| finished::decode(note, start).ok())
+                            .unwrap_or_default();
+                        self.core.skip_finished(partition, start, skip.clone());
                         self.owned.insert(
                             partition,
                             Assignment {
@@ -827,6 +891,7 @@ mod model {
                                 consumed: BTreeMap::new(),
                                 prints: BTreeMap::new(),
                                 committed: None,
+                                skip,
                             },
                         );
                     }
@@ -881,7 +946,11 @@ mod model {
                 let is_covered = prepared
                     .positions
                     .iter()
-                    .any(|(p, position)| *p == slot.partition && slot.offset < *position);
+                    .any(|(p, position)| *p == slot.partition && slot.offset < *position)
+                    || prepared
+                        .noted
+                        .iter()
+                        .any(|(p, offsets)| *p == slot.partition && offsets.contains(&slot.offset));
                 if !owned {
                     self.submitted.retain(|s| s != slot);
                 } else if is_covered {
@@ -892,7 +961,8 @@ mod model {
                 return Ok(());
             }
             for (partition, position) in &prepared.positions {
-                self.check_commit(*partition, *position, &covered)?;
+                let note = note_of(&prepared.notes, *partition);
+                self.check_commit(*partition, *position, &note, &covered)?;
             }
             for slot in &covered {
                 if let Some(fate) = self.fate(*slot) {
@@ -1028,7 +1098,8 @@ mod model {
             prop_assert!(!self.core.revoke_pending(), "a revoke never settled");
             prop_assert!(self.core.stop_settled(), "the shutdown never settled");
             for (partition, position) in self.core.final_commits() {
-                self.check_commit(partition, position, &[])?;
+                let note = self.core.book().note(partition, position);
+                self.check_commit(partition, position, &note, &[])?;
             }
             // Nothing acknowledged at-least-once is left behind a commit that could pass it.
             if !self.exactly_once {

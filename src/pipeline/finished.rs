@@ -257,7 +257,10 @@ mod tests {
     #[test]
     fn foreign_or_misplaced_notes_skip_nothing() {
         assert_eq!(decode("", 5), Err(NoteError::Foreign));
-        assert_eq!(decode("consumer-tool v2 checkpoint", 5), Err(NoteError::Foreign));
+        assert_eq!(
+            decode("consumer-tool v2 checkpoint", 5),
+            Err(NoteError::Foreign)
+        );
         assert_eq!(decode("rn2:5:rAQE", 5), Err(NoteError::Foreign));
         let note = encode(5, &[7, 8]);
         assert_eq!(
