@@ -3,6 +3,8 @@
 //! means calling Alipay+ again for everything that finished behind it. Metadata another tool
 //! committed skips nothing.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -145,11 +145,6 @@ impl Partition {
                 && blocked.is_none_or(|blocked| *offset < blocked)
         })
     }
-
-    fn position_beyond_committed(&self, position: Option<i64>) -> Option<i64> {
-        let position = position?;
-        (self.committed < Some(position)).then_some(position)
-    }
 }
 
 /// The books of every owned partition.
