@@ -154,8 +154,11 @@ pub fn cpu_bound(cores: usize, cpu_seconds: Option<f64>, events: u64) -> Option<
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignerResult {
     /// RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second on one thread, through the function the
-    /// service signs requests with (content assembly and header encoding included).
+    /// service signs requests with (content assembly and header encoding included); the best of
+    /// `rounds`.
     pub ours_per_second: f64,
+    pub rounds: usize,
+    /// The best of `rounds` runs of `openssl speed`.
     pub openssl: Option<openssl::OpenSslSpeed>,
     /// Why there is no OpenSSL figure.
     pub openssl_unavailable: Option<String>,
@@ -201,10 +204,6 @@ pub struct BenchReport {
 pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let load_average_before = load_average();
-    eprintln!(
-        "bench: signing on one core for {} s",
-        options.signer_seconds
-    );
     let signer = measure_signer(options.signer_seconds)?;
     let mut scenarios = Vec::new();
     let mut failures = Vec::new();
@@ -262,8 +261,46 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
-/// Signs a typical request on this thread for `seconds` (after a short warm-up).
+/// Rounds of (ours, OpenSSL's), alternating; the best of each is kept, because on a shared machine
+/// other work only ever slows a round down.
+const SIGNER_ROUNDS: usize = 3;
+
+/// Signs a typical request on this thread, and runs `openssl speed`, `seconds` each, in
+/// [`SIGNER_ROUNDS`] alternating rounds.
 fn measure_signer(seconds: u64) -> anyhow::Result<SignerResult> {
+    let mut ours: Vec<f64> = Vec::new();
+    let mut theirs: Vec<openssl::OpenSslSpeed> = Vec::new();
+    let mut openssl_unavailable = None;
+    for round in 1..=SIGNER_ROUNDS {
+        eprintln!(
+            "bench: signer round {round}/{SIGNER_ROUNDS}: ours, then openssl speed -seconds {seconds} rsa2048"
+        );
+        ours.push(our_signing_rate(seconds)?);
+        if openssl_unavailable.is_none() {
+            match openssl::measure(seconds) {
+                Ok(speed) => theirs.push(speed),
+                Err(why) => openssl_unavailable = Some(why),
+            }
+        }
+    }
+    let ours_per_second = ours.iter().copied().fold(0.0, f64::max);
+    let openssl = theirs
+        .into_iter()
+        .max_by(|a, b| a.signs_per_second.total_cmp(&b.signs_per_second));
+    let ratio = openssl
+        .as_ref()
+        .map(|speed| ours_per_second / speed.signs_per_second);
+    Ok(SignerResult {
+        ours_per_second,
+        rounds: SIGNER_ROUNDS,
+        openssl,
+        openssl_unavailable,
+        ratio,
+    })
+}
+
+/// Signatures per second on this thread for `seconds` (after a short warm-up).
+fn our_signing_rate(seconds: u64) -> anyhow::Result<f64> {
     let key = PrivateSigningKey::generate()?;
     let body = br#"{"referenceMerchantId":"M-000123","registrationRequestId":"R-000000042","registrationResult":{"registrationStatus":"APPROVED"}}"#;
     let time = request_time_now();
@@ -279,21 +316,7 @@ fn measure_signer(seconds: u64) -> anyhow::Result<SignerResult> {
         std::hint::black_box(sign()?);
         signed += 1;
     }
-    let ours_per_second = signed as f64 / started.elapsed().as_secs_f64();
-    eprintln!("bench: openssl speed -seconds {seconds} rsa2048");
-    let (openssl, openssl_unavailable) = match openssl::measure(seconds) {
-        Ok(speed) => (Some(speed), None),
-        Err(why) => (None, Some(why)),
-    };
-    let ratio = openssl
-        .as_ref()
-        .map(|speed| ours_per_second / speed.signs_per_second);
-    Ok(SignerResult {
-        ours_per_second,
-        openssl,
-        openssl_unavailable,
-        ratio,
-    })
+    Ok(signed as f64 / started.elapsed().as_secs_f64())
 }
 
 fn measure_rss_growth(
@@ -410,7 +433,10 @@ impl BenchReport {
             fraction_text(machine.load_average_after),
         ));
         let signer = &self.signer;
-        out.push_str("RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second, one core\n");
+        out.push_str(&format!(
+            "RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second, one core (best of {} alternating rounds)\n",
+            signer.rounds
+        ));
         out.push_str(&format!(
             "  regnotify (aws-lc)  {:>8.0}\n",
             signer.ours_per_second
