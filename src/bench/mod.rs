@@ -241,10 +241,9 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             }
         }
     }
-    let rss_growth = match options.rss_growth {
-        Some((short, long)) => Some(measure_rss_growth(short, long, &mut failures)),
-        None => None,
-    };
+    let rss_growth = options
+        .rss_growth
+        .map(|(short, long)| measure_rss_growth(short, long, &mut failures));
     Ok(BenchReport {
         machine: Machine {
             cores: crate::usage::cores(),
