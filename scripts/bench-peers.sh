@@ -20,7 +20,9 @@
 #   BENCH_EVENTS (20000), BENCH_WARMUP (5000), BENCH_MERCHANTS (1000), BENCH_IN_FLIGHT (64),
 #   BENCH_LATENCIES ("0 50"), BENCH_PARTITIONS (4), BENCH_ORDER ("regnotify peer": who runs
 #   first at each latency), REGNOTIFY_BIN (default: target/release/regnotify, built if missing),
-#   BENCH_JSON_OUT (also write every measurement as JSON lines to this file).
+#   BENCH_JSON_OUT (also write every measurement as JSON lines to this file),
+#   BENCH_REGNOTIFY_CONSUMER (TOML lines added to regnotify's [kafka.consumer], e.g.
+#   '"queued.max.messages.kbytes" = "4096"').
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -115,6 +117,7 @@ dlq_topic = "bench.regnotify-dlq-$latency"
 
 [kafka.consumer]
 "auto.offset.reset" = "earliest"
+${BENCH_REGNOTIFY_CONSUMER:-}
 
 [alipayplus]
 base_url = "http://127.0.0.1:$port"
