@@ -22,7 +22,8 @@
 #   first at each latency), REGNOTIFY_BIN (default: target/release/regnotify, built if missing),
 #   BENCH_JSON_OUT (also write every measurement as JSON lines to this file),
 #   BENCH_REGNOTIFY_CONSUMER (TOML lines added to regnotify's [kafka.consumer], e.g.
-#   '"queued.max.messages.kbytes" = "4096"').
+#   '"queued.max.messages.kbytes" = "4096"'), BENCH_REGNOTIFY_ARGS (more `regnotify measure`
+#   arguments, e.g. "--set processing.max_pending_per_partition=1000").
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -132,7 +133,9 @@ max_in_flight = $in_flight
 [admin]
 listen = "127.0.0.1:0"
 EOF
-  "$bin" measure --config "$work/regnotify-$latency.toml" --warmup "$warmup" --events "$events"
+  # shellcheck disable=SC2086 # BENCH_REGNOTIFY_ARGS is split into words on purpose
+  "$bin" measure --config "$work/regnotify-$latency.toml" --warmup "$warmup" --events "$events" \
+    ${BENCH_REGNOTIFY_ARGS:-}
 }
 
 run_peer() {
