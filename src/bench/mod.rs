@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub events: usize,
     /// Only scenarios whose name contains this, e.g. `key/50ms` or `/64`.
     pub filter: Option<String>,
+    /// Only the scenarios that issue 9's targets name ([`quick_scenarios`]).
+    pub quick: bool,
     /// Seconds of signing for each signer figure.
     pub signer_seconds: u64,
     /// The short and the long demo run whose peak RSS are compared; `None` skips the comparison.
@@ -97,6 +99,18 @@ pub fn all_scenarios() -> Vec<Scenario> {
         }
     }
     scenarios
+}
+
+/// The scenarios issue 9's targets are about: the defaults at latency 0, and 64 in flight at
+/// 50 ms.
+pub fn quick_scenarios() -> Vec<Scenario> {
+    all_scenarios()
+        .into_iter()
+        .filter(|s| {
+            s.ordering == Ordering::Key
+                && matches!((s.latency_ms, s.max_in_flight), (0, 256) | (50, 64))
+        })
+        .collect()
 }
 
 /// Events for one scenario: `events`, but no more than about ten seconds' worth at the latency
@@ -207,7 +221,12 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let signer = measure_signer(options.signer_seconds)?;
     let mut scenarios = Vec::new();
     let mut failures = Vec::new();
-    let selected: Vec<Scenario> = all_scenarios()
+    let candidates = if options.quick {
+        quick_scenarios()
+    } else {
+        all_scenarios()
+    };
+    let selected: Vec<Scenario> = candidates
         .into_iter()
         .filter(|s| options.filter.as_ref().is_none_or(|f| s.name().contains(f)))
         .collect();
@@ -529,6 +548,8 @@ mod tests {
         assert_eq!(names.len(), 12);
         assert!(names.contains("key/50ms/64"));
         assert!(names.contains("partition/0ms/256"));
+        let quick: Vec<String> = quick_scenarios().iter().map(Scenario::name).collect();
+        assert_eq!(quick, ["key/0ms/256", "key/50ms/64"]);
     }
 
     #[test]
