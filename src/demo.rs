@@ -342,7 +342,9 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
         http_calls: stats.http_calls.load(AtomicOrdering::Relaxed),
         retries: stats.retries.load(AtomicOrdering::Relaxed),
         elapsed_seconds,
-        startup_seconds: consuming_from.saturating_duration_since(started).as_secs_f64(),
+        startup_seconds: consuming_from
+            .saturating_duration_since(started)
+            .as_secs_f64(),
         measured_seconds,
         events_per_second: if measured_seconds > 0.0 {
             total as f64 / measured_seconds
