@@ -17,10 +17,14 @@
 //! - [`inspect`]: read-only views of topics and group offsets.
 //! - [`tools`]: `produce` and `replay-dlq`, the operator tools that write to Kafka.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`bench`]: `regnotify bench` (signer against OpenSSL, demo scenarios against their bounds)
+//!   and `regnotify measure` (the service against a real broker, for the side-by-side with a peer).
+//! - [`usage`]: this process's CPU time and peak memory, from `/proc`.
 //! - [`telemetry`]: logging set-up.
 
 pub mod admin;
 pub mod alipayplus;
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod demo;
@@ -33,3 +37,4 @@ pub mod service;
 pub mod simulator;
 pub mod telemetry;
 pub mod tools;
+pub mod usage;

@@ -8,7 +8,10 @@
 //! partition), never in a flood.
 
 mod consumer_errors;
+mod latency_histogram;
 mod log_limiter;
+
+pub use self::latency_histogram::LatencyHistogram;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -220,9 +223,6 @@ impl Health {
     }
 }
 
-/// Longest answer we keep per attempt for the in-process latency figures.
-const MAX_LATENCY_SAMPLES: usize = 1_000_000;
-
 /// Counters kept in process, for `regnotify demo` and for tests.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -240,7 +240,8 @@ pub struct Stats {
     pub signature_failures: AtomicU64,
     pub publish_errors: AtomicU64,
     pub rebalances: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
+    notify_latency: Mutex<LatencyHistogram>,
+    end_to_end_latency: Mutex<LatencyHistogram>,
     result_codes: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -268,13 +269,23 @@ impl Stats {
 
     /// The `q`-quantile (0..=1) of the HTTP call latencies seen so far.
     pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        let mut samples = self.latencies_us.lock().ok()?.clone();
-        if samples.is_empty() {
-            return None;
-        }
-        samples.sort_unstable();
-        let rank = ((samples.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
-        samples.get(rank).map(|us| Duration::from_micros(*us))
+        self.notify_latencies().quantile(q)
+    }
+
+    /// Every HTTP call's latency so far.
+    pub fn notify_latencies(&self) -> LatencyHistogram {
+        self.notify_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// From each decodable event's `occurredAt` to its terminal outcome, so far.
+    pub fn end_to_end_latencies(&self) -> LatencyHistogram {
+        self.end_to_end_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Outcomes by result code (`none` when Alipay+ gave none).
@@ -443,11 +454,11 @@ pub fn record_consumed(stats: &Stats, partition: i32) {
 /// One HTTP call to Alipay+ has ended, whatever its answer.
 pub fn notify_attempt(stats: &Stats, attempt: &NotifyAttempt) {
     stats.http_calls.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut samples) = stats.latencies_us.lock()
-        && samples.len() < MAX_LATENCY_SAMPLES
-    {
-        samples.push(attempt.latency.as_micros().min(u128::from(u64::MAX)) as u64);
-    }
+    stats
+        .notify_latency
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(attempt.latency);
     metrics::counter!(names::NOTIFY_ATTEMPTS, "class" => attempt.class.as_str()).increment(1);
     metrics::histogram!(names::NOTIFY_LATENCY).record(attempt.latency.as_secs_f64());
     let success_code = attempt
@@ -505,6 +516,11 @@ pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_m
         .saturating_sub(occurred_at_ms)
         .max(0);
     metrics::histogram!(names::END_TO_END_LATENCY).record(end_to_end_ms as f64 / 1000.0);
+    stats
+        .end_to_end_latency
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(Duration::from_millis(end_to_end_ms.unsigned_abs()));
     let latency_ms = outcome
         .first_attempt_at_ms
         .map(|first| outcome.completed_at_ms.saturating_sub(first).max(0));

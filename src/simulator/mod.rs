@@ -196,6 +196,13 @@ impl SimulatorHandle {
         lock(&self.shared.stats).snapshot()
     }
 
+    /// The arrivals recorded since the last call, oldest first, forgotten by the simulator: a
+    /// long run that drains them often keeps its memory flat and loses none (compare
+    /// [`SimulatorStats::arrivals_dropped`]).
+    pub fn take_arrivals(&self) -> Vec<Arrival> {
+        lock(&self.shared.stats).take_arrivals()
+    }
+
     /// Answer `INVALID_CLIENT` to `client_id` from now on.
     pub fn refuse_client(&self, client_id: &str) {
         lock(&self.shared.refused).insert(client_id.to_owned());
