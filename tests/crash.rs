@@ -85,15 +85,25 @@ async fn sigkill_three_times(
         "no dead letters expected: {dead_letters:?}"
     );
     assert_eq!(service.simulator.stats().signature_failures, 0);
+    // Every event is answered at the first call, so each call beyond one per event is a repeat:
+    // work in flight at a kill, or finished after the last commit (and its note) before it.
+    // Finished work the commits' notes name is not called again.
+    let repeated_calls = service.calls() - events.len() as u64;
     note(&format!(
-        "{test}: {} events, {kills} SIGKILLs at {killed_at:?} HTTP calls, {} HTTP calls in all, \
-         {} outcomes ({repeats} repeated), {} commit samples, {:.1}s",
+        "{test}: {} events, {kills} SIGKILLs at {killed_at:?} HTTP calls, {} HTTP calls in all \
+         ({repeated_calls} repeated), {} outcomes ({repeats} repeated), {} commit samples, {:.1}s",
         events.len(),
         service.calls(),
         outcomes.len(),
         commits.samples,
         started.elapsed().as_secs_f64()
     ));
+    // At most what was in flight at each kill (32) and what finished within one commit interval
+    // (200 ms) before it.
+    assert!(
+        repeated_calls <= kills * (32 + 100),
+        "{repeated_calls} repeated calls over {kills} kills"
+    );
     (events, outcomes)
 }
 

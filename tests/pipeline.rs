@@ -865,18 +865,15 @@ async fn a_full_partition_window_pauses_the_partition_until_half_of_it_drained()
     assert_eq!(harness.simulator.stats().max_concurrency_of("M-BP"), 1);
 }
 
-/// dispatch.rs: more than this many times `max_in_flight` events waiting for their merchant or a
-/// slot pause every partition, and they resume at half of it.
-const GLOBAL_WAITING_FACTOR: usize = 4;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_waiting_events_pause_every_partition_until_half_of_them_started() {
     const MAX_IN_FLIGHT: usize = 2;
-    const LIMIT: usize = GLOBAL_WAITING_FACTOR * MAX_IN_FLIGHT;
+    // 4 × max_in_flight, at least 1,024 (a smaller bound pauses and refetches too often).
+    let limit = regnotify::pipeline::decisions::waiting_limit(MAX_IN_FLIGHT);
     let harness = Harness::new(4, Vec::new()).await;
     // Far more events than the limit, spread over merchants and partitions; no partition window
     // (max_pending_per_partition, 10 000 by default) comes near full.
-    let events = merchant_events(200, 20);
+    let events = merchant_events(limit * 2, 200);
     harness.produce(&events).await;
     harness.simulator.hold();
     let mut settings = held_settings(&harness);
@@ -890,31 +887,31 @@ async fn too_many_waiting_events_pause_every_partition_until_half_of_them_starte
     })
     .await;
     eventually("the waiting limit reached", WAIT, || {
-        consumed() >= MAX_IN_FLIGHT + LIMIT
+        consumed() >= MAX_IN_FLIGHT + limit
     })
     .await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(
         consumed(),
-        MAX_IN_FLIGHT + LIMIT,
-        "every partition pauses with {LIMIT} events waiting behind {MAX_IN_FLIGHT} in flight"
+        MAX_IN_FLIGHT + limit,
+        "every partition pauses with {limit} events waiting behind {MAX_IN_FLIGHT} in flight"
     );
 
     // Each finished event lets a waiting one start: one short of half the limit, still paused.
-    let finished = LIMIT / 2 - 1;
+    let finished = limit / 2 - 1;
     let held = MAX_IN_FLIGHT as u64;
     release_and_settle(&harness, &stats, finished, finished as u64, held).await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(
         consumed(),
-        MAX_IN_FLIGHT + LIMIT,
+        MAX_IN_FLIGHT + limit,
         "still paused with {} waiting",
-        LIMIT - finished
+        limit - finished
     );
 
     release_and_settle(&harness, &stats, 1, (finished + 1) as u64, held).await;
     eventually("consumption resumed at half the limit", WAIT, || {
-        consumed() > MAX_IN_FLIGHT + LIMIT
+        consumed() > MAX_IN_FLIGHT + limit
     })
     .await;
 
