@@ -532,6 +532,34 @@ pub fn commit_failed(error: &dyn std::error::Error) {
     tracing::warn!(error = %error, "offset commit failed");
 }
 
+/// A private key file that others can read (see [`crate::keys::private_key_exposure`]).
+pub fn private_key_file_exposed(setting: &str, path: &std::path::Path, mode: u32) {
+    tracing::warn!(
+        setting,
+        path = %path.display(),
+        mode = %format_args!("{mode:04o}"),
+        "private key file is readable by group or others: restrict it (chmod 600, or 0440 with a \
+         group of this process only)"
+    );
+}
+
+/// `alipayplus.allow_insecure_http` is on: said at every start, whatever the base URL.
+pub fn insecure_http_allowed(base_url: &str) {
+    tracing::warn!(
+        base_url,
+        "INSECURE: alipayplus.allow_insecure_http is on; signed notifications may travel without \
+         tls; meant for simulators only, never for a real alipay+ gateway"
+    );
+}
+
+/// `alipayplus.verify_response_signature` is off: answers are trusted unverified.
+pub fn response_verification_off() {
+    tracing::warn!(
+        "INSECURE: alipayplus.verify_response_signature is off; any answer, even forged, is taken \
+         at its word"
+    );
+}
+
 /// Result codes as labels: the documented set, or `other` for anything Alipay+ might invent, so a
 /// misbehaving peer cannot grow the label set without bound.
 fn bounded_code_label(code: &str) -> &'static str {
