@@ -840,6 +840,64 @@ fn update_error_gauges(errors: &mut KafkaErrors) {
 mod tests {
     use super::*;
 
+    /// A result code Alipay+ does not document is counted under `other`, so a peer inventing
+    /// codes cannot grow the label set; documented codes keep their names.
+    #[test]
+    fn undocumented_result_codes_are_counted_as_other() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let stats = Stats::default();
+        let finished = |code: Option<&str>, outcome: NotifyOutcome| RegistrationNotifyOutcome {
+            event_id: "e".into(),
+            reference_merchant_id: "m".into(),
+            registration_request_id: "r".into(),
+            decision: crate::event::Decision::Approved,
+            outcome,
+            result_status: code.map(|_| "F".into()),
+            result_code: code.map(Into::into),
+            result_message: None,
+            http_status: code.map(|_| 200),
+            attempts: 1,
+            first_attempt_at_ms: Some(0),
+            completed_at_ms: 1,
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_offset: 0,
+            error: None,
+        };
+        metrics::with_local_recorder(&recorder, || {
+            for code in ["BRAND_NEW_CODE_1", "brand-new-2", "A\"B{C}", "PROCESS_FAIL"] {
+                outcome(&stats, &finished(Some(code), NotifyOutcome::Rejected), 0);
+            }
+            outcome(&stats, &finished(None, NotifyOutcome::DeadLettered), 0);
+        });
+        let rendered = handle.render();
+        let lines: Vec<&str> = rendered
+            .lines()
+            .filter(|line| line.starts_with(names::OUTCOMES))
+            .collect();
+        assert_eq!(lines.len(), 3, "{rendered}");
+        assert!(
+            lines.contains(
+                &"regnotify_outcomes_total{outcome=\"REJECTED\",result_code=\"other\"} 3"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            lines.contains(
+                &"regnotify_outcomes_total{outcome=\"REJECTED\",result_code=\"PROCESS_FAIL\"} 1"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            lines.contains(
+                &"regnotify_outcomes_total{outcome=\"DEAD_LETTERED\",result_code=\"none\"} 1"
+            ),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("BRAND_NEW"), "{rendered}");
+    }
+
     fn consumption(code: RDKafkaErrorCode) -> KafkaError {
         KafkaError::MessageConsumption(code)
     }
