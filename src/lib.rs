@@ -18,6 +18,8 @@
 //! - [`tools`]: `produce` and `replay-dlq`, the operator tools that write to Kafka.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: logging set-up.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of their corpus
+//!   replay on stable.
 
 pub mod admin;
 pub mod alipayplus;
@@ -25,6 +27,8 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod keys;
 pub mod observe;

@@ -151,34 +151,7 @@ impl SchemaRegistryClient {
         }
         let url = self.url(&["schemas", "ids", &id.to_string()]);
         let (status, body) = self.send(self.http.get(url)).await?;
-        if status == StatusCode::NOT_FOUND && error_code(&body) == Some(SCHEMA_NOT_FOUND) {
-            return Err(RegistryError::UnknownSchemaId(id));
-        }
-        if !status.is_success() {
-            return Err(unavailable_status(status, &body));
-        }
-        let answer: SchemaById = serde_json::from_slice(&body).map_err(|e| {
-            RegistryError::Unavailable(format!("malformed answer for schema id {id}: {e}"))
-        })?;
-        if let Some(kind) = answer
-            .schema_type
-            .filter(|t| !t.eq_ignore_ascii_case("AVRO"))
-        {
-            return Err(RegistryError::UnusableSchema {
-                schema_id: id,
-                reason: format!("schema type is {kind}"),
-            });
-        }
-        let schema =
-            Schema::parse_str(&answer.schema).map_err(|e| RegistryError::UnusableSchema {
-                schema_id: id,
-                reason: e.to_string(),
-            })?;
-        let registered = Arc::new(RegisteredSchema {
-            id,
-            fingerprint: fingerprint(&schema),
-            schema,
-        });
+        let registered = Arc::new(schema_from_answer(id, status, &body)?);
         insert_bounded(&self.by_id, id, Arc::clone(&registered));
         insert_bounded(
             &self.by_fingerprint,
@@ -186,6 +159,19 @@ impl SchemaRegistryClient {
             Arc::clone(&registered),
         );
         Ok(registered)
+    }
+
+    /// Puts a writer schema in the caches as if the registry had answered it: the registry stub of
+    /// the fuzzing entry points, which must not wait on a network.
+    #[doc(hidden)]
+    pub fn preload(&self, id: u32, schema: Schema) {
+        let registered = Arc::new(RegisteredSchema {
+            id,
+            fingerprint: fingerprint(&schema),
+            schema,
+        });
+        insert_bounded(&self.by_id, id, Arc::clone(&registered));
+        insert_bounded(&self.by_fingerprint, registered.fingerprint, registered);
     }
 
     /// A writer schema seen earlier through [`Self::schema_by_id`], by its CRC-64-AVRO fingerprint.
@@ -284,6 +270,43 @@ impl SchemaRegistryClient {
         }
         Ok((status, body))
     }
+}
+
+/// What the registry's answer to `GET /schemas/ids/{id}` means: the writer schema, an id it does
+/// not know (the record's fault), or a registry that did not answer usefully (retried). The
+/// answer is untrusted input: it never panics, whatever the bytes.
+pub fn schema_from_answer(
+    id: u32,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<RegisteredSchema, RegistryError> {
+    if status == StatusCode::NOT_FOUND && error_code(body) == Some(SCHEMA_NOT_FOUND) {
+        return Err(RegistryError::UnknownSchemaId(id));
+    }
+    if !status.is_success() {
+        return Err(unavailable_status(status, body));
+    }
+    let answer: SchemaById = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::Unavailable(format!("malformed answer for schema id {id}: {e}"))
+    })?;
+    if let Some(kind) = answer
+        .schema_type
+        .filter(|t| !t.eq_ignore_ascii_case("AVRO"))
+    {
+        return Err(RegistryError::UnusableSchema {
+            schema_id: id,
+            reason: format!("schema type is {kind}"),
+        });
+    }
+    let schema = Schema::parse_str(&answer.schema).map_err(|e| RegistryError::UnusableSchema {
+        schema_id: id,
+        reason: e.to_string(),
+    })?;
+    Ok(RegisteredSchema {
+        id,
+        fingerprint: fingerprint(&schema),
+        schema,
+    })
 }
 
 fn read<K, V>(lock: &RwLock<HashMap<K, V>>) -> std::sync::RwLockReadGuard<'_, HashMap<K, V>> {
