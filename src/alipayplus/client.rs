@@ -396,12 +396,15 @@ impl AlipayPlusClient {
                 client_id,
             } => (signature, response_time, client_id),
         };
-        // Alipay+ echoes our client id; fall back to it when the header is left off.
-        let client_id = client_id.as_deref().unwrap_or(&self.client_id);
+        // Alipay+ echoes our client id. An answer for another client, however well signed, is
+        // not an answer to this request; a left-off header stands for ours.
+        if client_id.is_some_and(|echoed| echoed != self.client_id) {
+            return SignatureCheck::Invalid;
+        }
         verify_signature(
             key,
             &self.path,
-            client_id,
+            &self.client_id,
             &response_time,
             body,
             Some(&signature),
