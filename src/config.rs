@@ -684,6 +684,17 @@ fn collect_paths(table: &toml::Table, prefix: &str, paths: &mut Vec<String>) {
 
 /// Environment and flag values are typed like TOML scalars (`8`, `true`, `"10s"`).
 fn parse_value(value: &str) -> figment::value::Value {
+    // figment's parser slices a quoted string by character index where it means byte index, and
+    // panics when a backslash escape follows a non-ASCII character (found by fuzzing:
+    // `REGNOTIFY_ALIPAYPLUS__CLIENT_ID="é\t"` stopped start-up with a panic). Such values go through
+    // the toml crate instead, which reads the same syntax; what it cannot read stays text.
+    if value.contains('\\') && !value.is_ascii() {
+        return toml::from_str::<toml::Table>(&format!("value = {value}"))
+            .ok()
+            .and_then(|mut table| table.remove("value"))
+            .and_then(|parsed| figment::value::Value::serialize(parsed).ok())
+            .unwrap_or_else(|| figment::value::Value::from(value.to_owned()));
+    }
     match value.parse::<figment::value::Value>() {
         Ok(parsed) => parsed,
         Err(never) => match never {},
@@ -1212,6 +1223,28 @@ mod tests {
             s.alipayplus.result_policy.get("PROCESS_FAIL"),
             Some(&ResultPolicy::Retry)
         );
+    }
+
+    /// Found by fuzzing (fuzz/corpus/settings/crash-figment-escape-after-non-ascii): figment's
+    /// value parser panicked on an escape after a non-ASCII character.
+    #[test]
+    fn escapes_after_non_ascii_characters_in_environment_values_do_not_panic() {
+        let s = load(
+            "",
+            &[
+                ("REGNOTIFY_ALIPAYPLUS__CLIENT_ID", r#""é\u0041x""#),
+                ("REGNOTIFY_KAFKA__GROUP_ID", r#"grü\n"#),
+            ],
+            &[("kafka.input_topic", r#""in\u0070ut""#)],
+        )
+        .unwrap();
+        assert_eq!(s.alipayplus.client_id, "éAx");
+        assert_eq!(s.kafka.group_id, r#"grü\n"#);
+        assert_eq!(s.kafka.input_topic, "input");
+        let err = load("", &[("REGNOTIFY_KAFKA__INPUT_TOPIC", r#""ü\q""#)], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.input_topic"), "{err}");
     }
 
     #[test]
