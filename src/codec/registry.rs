@@ -6,6 +6,7 @@
 //! the registry's or our set-up's fault and must be retried, never dead-lettered.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -298,7 +299,15 @@ pub fn schema_from_answer(
             reason: format!("schema type is {kind}"),
         });
     }
-    let schema = Schema::parse_str(&answer.schema).map_err(|e| RegistryError::UnusableSchema {
+    // apache-avro 0.21 unwraps inside its schema parser (an invalid record name, for one: found
+    // by fuzzing), so a broken or hostile registry answer could panic the decoding task; the
+    // panic is caught here and the schema reported unusable like any other parse failure.
+    let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| Schema::parse_str(&answer.schema)))
+        .map_err(|_| RegistryError::UnusableSchema {
+        schema_id: id,
+        reason: "the avro schema parser failed on it".into(),
+    })?;
+    let schema = parsed.map_err(|e| RegistryError::UnusableSchema {
         schema_id: id,
         reason: e.to_string(),
     })?;
@@ -356,4 +365,49 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/corpus/registry_answer/crash-avro-invalid-record-name): apache-avro
+    /// panicked on a record whose name is not an Avro name.
+    #[test]
+    fn an_answer_the_avro_parser_panics_on_is_an_unusable_schema() {
+        let schema = r#"{"type":"record","name":"Not a name.","fields":[]}"#;
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let answer = schema_from_answer(7, StatusCode::OK, body.as_bytes());
+        assert!(
+            matches!(
+                answer,
+                Err(RegistryError::UnusableSchema { schema_id: 7, .. })
+            ),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
+    fn registry_answers_map_to_their_errors() {
+        let not_found = br#"{"error_code":40403,"message":"Schema not found"}"#;
+        assert!(matches!(
+            schema_from_answer(3, StatusCode::NOT_FOUND, not_found),
+            Err(RegistryError::UnknownSchemaId(3))
+        ));
+        assert!(matches!(
+            schema_from_answer(3, StatusCode::INTERNAL_SERVER_ERROR, b"boom"),
+            Err(RegistryError::Unavailable(_))
+        ));
+        assert!(matches!(
+            schema_from_answer(3, StatusCode::OK, b"{\"schema\":"),
+            Err(RegistryError::Unavailable(_))
+        ));
+        let good = serde_json::json!({ "schema": "\"string\"" }).to_string();
+        assert_eq!(
+            schema_from_answer(3, StatusCode::OK, good.as_bytes())
+                .map(|registered| registered.id)
+                .ok(),
+            Some(3)
+        );
+    }
 }
