@@ -5,7 +5,9 @@
 //! Unknown keys are errors, durations are strings such as `"250ms"` or `"10s"`, and every invalid
 //! value is refused with one message that names its key. Secrets (keys, passwords) live in
 //! [`Secret`] or in redacted librdkafka property maps, so neither `Debug` nor the effective-settings
-//! dump can print them. This module reads files only through figment and never logs.
+//! dump can print them. This module reads files only through figment and never logs; the one
+//! warning it gives, about an inherited `REGNOTIFY_` variable that is no setting, goes to stderr
+//! because logging is set up from the settings it loads.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -445,7 +447,15 @@ pub struct Sources {
 impl Settings {
     /// Loads and validates the settings from every layer.
     pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
-        Self::load_with_env(sources, process_environment()?)
+        let env = process_environment()?;
+        let settings = Self::load_with_env(sources, env.iter().cloned())?;
+        // Logging is set up from these settings, so this one warning goes to stderr directly.
+        for (name, _) in &env {
+            if let Some(warning) = unknown_environment_variable(name) {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Ok(settings)
     }
 
     /// As [`Settings::load`], with the environment given explicitly (tests).
@@ -618,17 +628,48 @@ fn environment_setting(name: &str) -> Result<Option<String>, ConfigError> {
         format!("environment variable {name} is not a setting")
     };
     if candidates.is_empty() {
-        return Err(ConfigError::Load(format!(
-            "{what}; settings are {ENV_PREFIX}<TABLE>__<KEY> (for example \
-             {ENV_PREFIX}PROCESSING__MAX_IN_FLIGHT), {CONFIG_ENV} names the file, and \
-             {ENV_PREFIX}TEST_*, {ENV_PREFIX}REQUIRE_* and {ENV_PREFIX}EXTERNAL_* are left to \
-             tests and tools"
-        )));
+        let table = setting_paths()
+            .iter()
+            .filter_map(|known| known.split('.').next())
+            .find(|table| key.starts_with(&format!("{table}_")));
+        if let Some(table) = table.filter(|_| !key.contains("__")) {
+            return Err(ConfigError::Load(format!(
+                "{what}: did you mean {ENV_PREFIX}{}__{}?",
+                table.to_ascii_uppercase(),
+                key[table.len() + 1..].to_ascii_uppercase()
+            )));
+        }
+        if key.contains("__") {
+            return Err(ConfigError::Load(format!("{what}; {ENV_CONVENTION}")));
+        }
+        // Looks like no setting at all: a tool's variable (`REGNOTIFY_BIN` of the benchmark
+        // script) that the process inherited. Warned about by `Settings::load`, never fatal.
+        return Ok(None);
     }
     Err(ConfigError::Load(format!(
         "{what}: did you mean {}?",
         candidates.join(" or ")
     )))
+}
+
+const ENV_CONVENTION: &str = "settings are REGNOTIFY_<TABLE>__<KEY> (for example \
+     REGNOTIFY_PROCESSING__MAX_IN_FLIGHT), REGNOTIFY_CONFIG names the file, and REGNOTIFY_TEST_*, \
+     REGNOTIFY_REQUIRE_* and REGNOTIFY_EXTERNAL_* are left to tests and tools";
+
+/// The warning for a `REGNOTIFY_` variable that is neither a setting nor reserved, and resembles
+/// no setting (those are errors): probably a tool's, possibly a typo.
+pub fn unknown_environment_variable(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    if name == CONFIG_ENV
+        || RESERVED_ENV_PREFIXES.iter().any(|p| rest.starts_with(p))
+        || rest.contains("__")
+        || !matches!(environment_setting(name), Ok(None))
+    {
+        return None;
+    }
+    Some(format!(
+        "environment variable {name} is not a setting and is ignored; {ENV_CONVENTION}"
+    ))
 }
 
 /// Whether a dotted path names a setting, or a key inside a free-form table.
@@ -1179,12 +1220,33 @@ mod tests {
             err.contains("REGNOTIFY_SCHEMA_REGISTRY__REQUEST_TIMEOUT"),
             "{err}"
         );
-        // Nothing like a setting: the convention and the reserved prefixes are spelled out.
-        let err = load("", &[("REGNOTIFY_BANANA", "1")], &[])
+        // `__` naming no setting is surely meant as one.
+        let err = load("", &[("REGNOTIFY_BANANA__SPLIT", "1")], &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("REGNOTIFY_BANANA"), "{err}");
+        assert!(err.contains("REGNOTIFY_BANANA__SPLIT"), "{err}");
         assert!(err.contains("REGNOTIFY_TEST_*"), "{err}");
+        assert!(
+            load("", &[("REGNOTIFY_KAFKA_NOTHING", "1")], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("REGNOTIFY_KAFKA__NOTHING")
+        );
+        // Nothing like a setting: a tool's variable, ignored with a warning that spells out the
+        // convention and the reserved prefixes.
+        assert!(load("", &[("REGNOTIFY_BIN", "target/release/regnotify")], &[]).is_ok());
+        let warning = unknown_environment_variable("REGNOTIFY_BIN").unwrap();
+        assert!(warning.contains("REGNOTIFY_BIN"), "{warning}");
+        assert!(warning.contains("REGNOTIFY_TEST_*"), "{warning}");
+        for quiet in [
+            "REGNOTIFY_TEST_BOOTSTRAP",
+            "REGNOTIFY_CONFIG",
+            "REGNOTIFY_PROCESSING__MAX_IN_FLIGHT",
+            "REGNOTIFY_MAX_IN_FLIGHT",
+            "OTHER_BIN",
+        ] {
+            assert_eq!(unknown_environment_variable(quiet), None, "{quiet}");
+        }
     }
 
     #[test]

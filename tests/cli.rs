@@ -175,6 +175,18 @@ fn check_config_warns_about_exposed_keys_and_insecure_settings() {
         "{}",
         text(&output)
     );
+    // A tool's variable that resembles no setting is only warned about.
+    let output = binary()
+        .args(["check-config", "--config", &config])
+        .env("REGNOTIFY_BIN", "target/release/regnotify")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("REGNOTIFY_BIN is not a setting and is ignored"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]
