@@ -161,6 +161,11 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             crate::observe::CONSUMER_ERROR_PERSIST_AFTER.as_secs()
         ));
     }
+    if let Some(reason) = health.circuit() {
+        problems.push(format!(
+            "alipay+ circuit open, calls paused and probed: {reason}"
+        ));
+    }
     let streak = health.refused_streak();
     if streak >= state.refused_streak_threshold {
         problems.push(format!(
@@ -180,4 +185,39 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE,
         format!("not ready: {}\n", problems.join("; ")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Before the consumer group is joined the service is alive but not ready, and `/readyz`
+    /// says why.
+    #[tokio::test]
+    async fn readyz_is_503_until_the_group_is_joined() {
+        let health = Arc::new(Health::default());
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            AdminState {
+                metrics: install_metrics().unwrap(),
+                health: Arc::clone(&health),
+                refused_streak_threshold: 20,
+            },
+            stop.clone(),
+        ));
+        let http = reqwest::Client::new();
+        let readyz = http.get(format!("{url}/readyz")).send().await.unwrap();
+        assert_eq!(readyz.status().as_u16(), 503);
+        let body = readyz.text().await.unwrap();
+        assert!(body.contains("consumer group not joined yet"), "{body}");
+        let healthz = http.get(format!("{url}/healthz")).send().await.unwrap();
+        assert_eq!(healthz.status().as_u16(), 200, "alive while not ready");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
 }

@@ -335,6 +335,85 @@ pub struct AlipayPlusSettings {
     pub max_requests_per_second: u32,
     /// Per-result-code overrides of SPEC section 4.
     pub result_policy: BTreeMap<String, ResultPolicy>,
+    /// When Alipay+ as a whole fails or refuses us: pause and probe (see the README).
+    pub circuit_breaker: CircuitBreakerSettings,
+}
+
+/// `[alipayplus.circuit_breaker]`. The refused streak that opens the circuit is
+/// `processing.refused_streak_threshold`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerSettings {
+    /// `false`: every event spends its own retry budget and a refusal is dead-lettered at once.
+    pub enabled: bool,
+    /// The sliding window over which the share of unknown answers is measured: the answers of
+    /// the last `window`, at most the last `window_calls` of them.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub window_calls: u32,
+    /// Calls the window must hold before its share can open the circuit.
+    pub min_calls: u32,
+    /// Share of unknown answers (timeouts, connection errors, 5xx, `U`) in the window that
+    /// opens the circuit, in (0, 1].
+    pub failure_ratio: f64,
+    /// The first wait before a probe; it doubles after each failed probe up to `probe_interval_max`.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_interval_max: Duration,
+    /// How long a refused event waits for other answers to tell whether the refusal was about it
+    /// (others succeed) or about us (others are refused too) before it asks again.
+    #[serde(with = "humantime_serde")]
+    pub refusal_hold: Duration,
+}
+
+impl Default for CircuitBreakerSettings {
+    fn default() -> Self {
+        CircuitBreakerSettings {
+            enabled: true,
+            window: Duration::from_secs(30),
+            window_calls: 50,
+            min_calls: 20,
+            failure_ratio: 0.5,
+            probe_interval: Duration::from_secs(1),
+            probe_interval_max: Duration::from_secs(60),
+            refusal_hold: Duration::from_secs(2),
+        }
+    }
+}
+
+impl CircuitBreakerSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive("alipayplus.circuit_breaker.window", self.window)?;
+        positive(
+            "alipayplus.circuit_breaker.probe_interval",
+            self.probe_interval,
+        )?;
+        positive(
+            "alipayplus.circuit_breaker.probe_interval_max",
+            self.probe_interval_max,
+        )?;
+        positive("alipayplus.circuit_breaker.refusal_hold", self.refusal_hold)?;
+        if self.probe_interval_max < self.probe_interval {
+            return Err(ConfigError::invalid(
+                "alipayplus.circuit_breaker.probe_interval_max",
+                "must be at least alipayplus.circuit_breaker.probe_interval",
+            ));
+        }
+        if self.min_calls == 0 || self.min_calls > self.window_calls {
+            return Err(ConfigError::invalid(
+                "alipayplus.circuit_breaker.min_calls",
+                "must be at least 1 and at most alipayplus.circuit_breaker.window_calls",
+            ));
+        }
+        if !(self.failure_ratio > 0.0 && self.failure_ratio <= 1.0) {
+            return Err(ConfigError::invalid(
+                "alipayplus.circuit_breaker.failure_ratio",
+                "must be above 0 and at most 1 (a share such as 0.5)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AlipayPlusSettings {
@@ -353,6 +432,7 @@ impl Default for AlipayPlusSettings {
             request_timeout: Duration::from_secs(10),
             max_requests_per_second: 0,
             result_policy: BTreeMap::new(),
+            circuit_breaker: CircuitBreakerSettings::default(),
         }
     }
 }
@@ -831,6 +911,7 @@ impl AlipayPlusSettings {
                 "set either alipayplus.private_key or alipayplus.private_key_file, not both",
             ));
         }
+        self.circuit_breaker.validate()?;
         positive("alipayplus.connect_timeout", self.connect_timeout)?;
         positive("alipayplus.request_timeout", self.request_timeout)?;
         if self.client_id.len() > 128 || self.client_id.chars().any(|c| c.is_control()) {

@@ -6,7 +6,13 @@
 //! Events are produced in step with consumption (a bounded window ahead of the terminal count),
 //! because the mock cluster, like a real broker's retention, keeps only a few megabytes per
 //! partition. The demo never judges its own success by its own counters alone: it reads the
-//! result and dead-letter topics back and asks the group coordinator for committed offsets.
+//! result and dead-letter topics back (streaming, keeping one bit per input offset, so the check
+//! holds at any run length the mock cluster can store) and asks the group coordinator for
+//! committed offsets.
+//!
+//! Besides correctness it measures itself for `regnotify bench`: events/s, CPU time and quantiles
+//! over the window from the first record consumed to the last terminal outcome (the consumer
+//! group's start-up left out), and the process's peak RSS.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,15 +22,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::{Rng, RngExt, SeedableRng};
 use rdkafka::ClientConfig;
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::alipayplus::{AlipayPlusClient, ClientOptions};
 use crate::codec::{EventEncoder, decode_outcome};
 use crate::config::{InputEncoding, Ordering, Settings};
-use crate::event::{Decision, NotifyOutcome, RegistrationDecided};
+use crate::event::{Decision, RegistrationDecided};
 use crate::inspect;
 use crate::keys::PrivateSigningKey;
 use crate::observe::Stats;
@@ -32,11 +39,15 @@ use crate::pipeline::record::DeadLetterReason;
 use crate::service::Application;
 use crate::simulator::rules::{Fault, FaultRule};
 use crate::simulator::{Simulator, SimulatorConfig};
+use crate::usage;
 
 const INPUT_TOPIC: &str = "merchant.registration.decided";
 const RESULT_TOPIC: &str = "merchant.registration.notify-result";
 const DLQ_TOPIC: &str = "merchant.registration.decided.dlq";
-const INPUT_PARTITIONS: i32 = 4;
+pub const INPUT_PARTITIONS: i32 = 4;
+/// The mock cluster keeps at most 5 MB or 100,000 records per partition and drops the oldest
+/// beyond that; eight partitions hold the outcomes of about 250,000 events for the read-back.
+const RESULT_PARTITIONS: i32 = 8;
 const CLIENT_ID: &str = "DEMO_CLIENT";
 /// Events produced ahead of the terminal count; far below what the mock cluster retains.
 const PRODUCE_WINDOW: u64 = 4_000;
@@ -52,8 +63,33 @@ pub struct DemoOptions {
     pub progress: bool,
 }
 
-/// What the demo saw; printed as a table or as one JSON object.
-#[derive(Debug, Clone, Serialize)]
+impl DemoOptions {
+    /// The `regnotify demo` arguments that ask for this run (the bench starts each scenario as
+    /// its own process, so that its peak RSS is its own).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--events".to_string(),
+            self.events.to_string(),
+            "--latency-ms".to_string(),
+            self.latency.as_millis().to_string(),
+        ];
+        if let Some(max) = self.max_in_flight {
+            args.extend(["--max-in-flight".to_string(), max.to_string()]);
+        }
+        if let Some(ordering) = self.ordering {
+            let name = match ordering {
+                Ordering::Key => "key",
+                Ordering::Partition => "partition",
+            };
+            args.extend(["--ordering".to_string(), name.to_string()]);
+        }
+        args
+    }
+}
+
+/// What the demo saw; printed as a table or as one JSON object (which `regnotify bench` reads
+/// back from the demo runs it starts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoSummary {
     pub events: u64,
     pub notified: u64,
@@ -68,10 +104,28 @@ pub struct DemoSummary {
     pub result_records: u64,
     pub http_calls: u64,
     pub retries: u64,
+    /// From the start of the pipeline to the last terminal outcome.
     pub elapsed_seconds: f64,
+    /// From the start of the pipeline to the first record consumed (joining the group).
+    pub startup_seconds: f64,
+    /// From the first record consumed to the last terminal outcome: the measured window.
+    pub measured_seconds: f64,
+    /// Events over the measured window.
     pub events_per_second: f64,
+    /// Notify latency (one HTTP call as the client sees it, signing excluded), all calls.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// From each decodable event's `occurredAt` (set when the demo produced it) to its
+    /// terminal outcome.
+    pub end_to_end_p99_ms: f64,
+    /// CPU time of the whole process (pipeline, simulator, mock cluster, producer) over the
+    /// measured window; `None` without `/proc`.
+    pub cpu_seconds: Option<f64>,
+    pub cpu_seconds_per_1000_events: Option<f64>,
+    /// Peak resident set size of the process when the last event finished (before the read-back).
+    pub peak_rss_bytes: Option<u64>,
+    /// Cores the process may use.
+    pub cores: usize,
     pub latency_ms: u64,
     pub max_in_flight: usize,
     pub ordering: String,
@@ -171,7 +225,7 @@ fn simulator_rules() -> Vec<FaultRule> {
 pub fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let cluster = MockCluster::new(1).context("cannot start the in-process kafka cluster")?;
     cluster.create_topic(INPUT_TOPIC, INPUT_PARTITIONS, 1)?;
-    cluster.create_topic(RESULT_TOPIC, INPUT_PARTITIONS, 1)?;
+    cluster.create_topic(RESULT_TOPIC, RESULT_PARTITIONS, 1)?;
     cluster.create_topic(DLQ_TOPIC, 1, 1)?;
     let bootstrap = cluster.bootstrap_servers();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -192,7 +246,14 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
     simulator_config.client_ids = vec![CLIENT_ID.into()];
     simulator_config.latency = options.latency;
     simulator_config.rules = simulator_rules();
-    let simulator = Simulator::start(simulator_config).await?;
+    let simulator = Arc::new(Simulator::start(simulator_config).await?);
+    // Arrivals are checked as they come and then forgotten, so memory stays flat however long the
+    // run; the simulator keeps up to 100,000 between two looks, far more than 20 ms bring.
+    let order = Arc::new(std::sync::Mutex::new(MerchantOrder::default()));
+    let order_watch = tokio::spawn(watch_merchant_order(
+        Arc::clone(&simulator),
+        Arc::clone(&order),
+    ));
 
     let settings = demo_settings(bootstrap, &simulator.base_url(), options);
     let client = Arc::new(AlipayPlusClient::new(
@@ -211,6 +272,7 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let pipeline = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    let first_consumed = tokio::spawn(first_consumption(Arc::clone(&stats)));
 
     let total = options.events as u64;
     let progress = progress_bar(options.progress, total);
@@ -219,7 +281,20 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
         stats.terminal() >= total
     })
     .await;
-    let elapsed = finished_at.unwrap_or_else(Instant::now) - started;
+    let finished = finished_at.unwrap_or_else(Instant::now);
+    let cpu_at_end = usage::cpu_time();
+    let peak_rss_bytes = usage::peak_rss_bytes();
+    let elapsed = finished - started;
+    first_consumed.abort();
+    let (consuming_from, cpu_at_start) = match first_consumed.await {
+        Ok(mark) => mark,
+        // Nothing was ever consumed: the whole run is the window.
+        Err(_) => (started, None),
+    };
+    let measured = finished.saturating_duration_since(consuming_from);
+    let cpu_seconds = cpu_at_end
+        .zip(cpu_at_start)
+        .map(|(end, start)| end.saturating_sub(start).as_secs_f64());
     // Let the periodic commit catch up with the last outcomes before stopping.
     let bootstrap_owned = bootstrap.to_string();
     let group = settings.kafka.group_id.clone();
@@ -227,20 +302,30 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
     shutdown.cancel();
     pipeline.await.context("pipeline task failed")??;
     progress.finish_and_clear();
-    let simulator_stats = simulator.stats();
-    simulator.shutdown().await?;
-
-    let merchants_in_order = merchant_order_kept(&simulator_stats.arrivals);
+    order_watch.abort();
+    // Wait for the aborted task to let go of the simulator.
+    let _ = order_watch.await;
+    let arrivals_dropped = simulator.stats().arrivals_dropped;
+    let merchants_in_order = {
+        let mut order = order
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        order.observe(simulator.take_arrivals());
+        // Arrivals the simulator had to drop were never checked: no claim about them.
+        order.kept() && arrivals_dropped == 0
+    };
+    match Arc::try_unwrap(simulator) {
+        Ok(simulator) => simulator.shutdown().await?,
+        Err(_) => anyhow::bail!("the simulator is still shared after the run"),
+    }
     let expected = produced;
     let verified =
         tokio::task::spawn_blocking(move || verify_topics(&bootstrap_owned, &group, &expected))
             .await??;
     let elapsed_seconds = elapsed.as_secs_f64();
-    let ms = |q: f64| {
-        stats
-            .latency_quantile(q)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let measured_seconds = measured.as_secs_f64();
+    let notify = stats.notify_latencies();
+    let ms = |latency: Option<Duration>| latency.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     Ok(DemoSummary {
         events: total,
         notified: stats.notified.load(AtomicOrdering::Relaxed),
@@ -257,13 +342,24 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
         http_calls: stats.http_calls.load(AtomicOrdering::Relaxed),
         retries: stats.retries.load(AtomicOrdering::Relaxed),
         elapsed_seconds,
-        events_per_second: if elapsed_seconds > 0.0 {
-            total as f64 / elapsed_seconds
+        startup_seconds: consuming_from
+            .saturating_duration_since(started)
+            .as_secs_f64(),
+        measured_seconds,
+        events_per_second: if measured_seconds > 0.0 {
+            total as f64 / measured_seconds
         } else {
             0.0
         },
-        p50_ms: ms(0.50),
-        p99_ms: ms(0.99),
+        p50_ms: ms(notify.quantile(0.50)),
+        p99_ms: ms(notify.quantile(0.99)),
+        end_to_end_p99_ms: ms(stats.end_to_end_latencies().quantile(0.99)),
+        cpu_seconds,
+        cpu_seconds_per_1000_events: cpu_seconds
+            .filter(|_| total > 0)
+            .map(|cpu| cpu * 1000.0 / total as f64),
+        peak_rss_bytes,
+        cores: usage::cores(),
         latency_ms: options.latency.as_millis() as u64,
         max_in_flight: settings.processing.max_in_flight,
         ordering: format!("{:?}", settings.processing.ordering).to_lowercase(),
@@ -271,6 +367,14 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
         all_committed: verified.all_committed,
         merchant_order_kept: merchants_in_order,
     })
+}
+
+/// Waits for the first consumed record; the instant and the process's CPU time then.
+async fn first_consumption(stats: Arc<Stats>) -> (Instant, Option<Duration>) {
+    while stats.consumed.load(AtomicOrdering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (Instant::now(), usage::cpu_time())
 }
 
 fn demo_settings(bootstrap: &str, simulator_url: &str, options: &DemoOptions) -> Settings {
@@ -425,64 +529,125 @@ struct Verified {
     all_committed: bool,
 }
 
-/// Reads the outputs back from Kafka and checks them against what was produced.
-fn verify_topics(bootstrap: &str, group: &str, produced: &Produced) -> anyhow::Result<Verified> {
-    let timeout = Duration::from_secs(10);
-    let outcomes = inspect::read_topic(
-        bootstrap,
-        RESULT_TOPIC,
-        produced.decodable as usize,
-        timeout,
-    )?;
-    let dead_letters = inspect::read_topic(
-        bootstrap,
-        DLQ_TOPIC,
-        produced.dead_letters as usize,
-        timeout,
-    )?;
-    let mut per_event: HashMap<String, NotifyOutcome> = HashMap::new();
-    let mut undecodable_outcomes = 0;
-    for record in &outcomes {
-        match record.value.as_deref().map(decode_outcome) {
-            Some(Ok(outcome)) => {
-                per_event.insert(outcome.event_id, outcome.outcome);
+/// Which input offsets have an outcome: one bit per offset and partition, so the read-back
+/// holds a few kilobytes however many events ran.
+#[derive(Debug, Default)]
+struct OutcomeLedger {
+    seen: HashMap<i32, Vec<u64>>,
+    distinct: u64,
+    repeated: u64,
+    foreign: u64,
+}
+
+impl OutcomeLedger {
+    /// Notes an outcome of input record `partition`/`offset`; offsets beyond `max_offset`, or of
+    /// another topic, cannot be ours.
+    fn note(&mut self, topic: &str, partition: i32, offset: i64, max_offset: u64) {
+        let offset = match u64::try_from(offset) {
+            Ok(offset) if topic == INPUT_TOPIC && offset <= max_offset => offset,
+            _ => {
+                self.foreign += 1;
+                return;
             }
-            _ => undecodable_outcomes += 1,
+        };
+        let words = self.seen.entry(partition).or_default();
+        let (word, bit) = ((offset / 64) as usize, offset % 64);
+        if words.len() <= word {
+            words.resize(word + 1, 0);
+        }
+        if words[word] & (1 << bit) == 0 {
+            words[word] |= 1 << bit;
+            self.distinct += 1;
+        } else {
+            self.repeated += 1;
         }
     }
-    // Nothing after the last expected record may be waiting either: read a little more.
-    let extra = inspect::read_topic(
-        bootstrap,
-        RESULT_TOPIC,
-        produced.decodable as usize + 1,
-        Duration::from_millis(500),
-    )?;
+}
+
+/// Reads the outputs back from Kafka and checks them against what was produced: one outcome for
+/// every decodable input record, none twice, one dead letter for each event that should have one.
+fn verify_topics(bootstrap: &str, group: &str, produced: &Produced) -> anyhow::Result<Verified> {
+    let timeout = Duration::from_secs(60);
+    let mut ledger = OutcomeLedger::default();
+    let mut undecodable_outcomes = 0u64;
+    let max_offset = produced.decodable + produced.dead_letters;
+    let outcomes = inspect::scan_topic(bootstrap, RESULT_TOPIC, timeout, |message| match message
+        .payload()
+        .map(decode_outcome)
+    {
+        Some(Ok(outcome)) => ledger.note(
+            &outcome.source_topic,
+            outcome.source_partition,
+            outcome.source_offset,
+            max_offset,
+        ),
+        _ => undecodable_outcomes += 1,
+    })?;
+    let dead_letters = inspect::scan_topic(bootstrap, DLQ_TOPIC, timeout, |_| {})?;
+    if outcomes.dropped + dead_letters.dropped > 0 {
+        tracing::error!(
+            outcomes_dropped = outcomes.dropped,
+            dead_letters_dropped = dead_letters.dropped,
+            "the mock cluster dropped output records before they could be read back (it keeps \
+             5 MB or 100,000 records per partition); run fewer events"
+        );
+    }
     let progress = inspect::group_progress(bootstrap, group, INPUT_TOPIC, timeout)?;
     Ok(Verified {
-        result_records: outcomes.len() as u64,
-        dlq_records: dead_letters.len() as u64,
-        outputs_match: undecodable_outcomes == 0
-            && per_event.len() as u64 == produced.decodable
-            && extra.len() as u64 == produced.decodable
-            && dead_letters.len() as u64 == produced.dead_letters,
+        result_records: outcomes.records,
+        dlq_records: dead_letters.records,
+        outputs_match: outcomes.dropped == 0
+            && dead_letters.dropped == 0
+            && undecodable_outcomes == 0
+            && ledger.foreign == 0
+            && ledger.repeated == 0
+            && ledger.distinct == produced.decodable
+            && outcomes.records == produced.decodable
+            && dead_letters.records == produced.dead_letters,
         all_committed: inspect::fully_committed(&progress),
     })
 }
 
-/// Whether, for every merchant, the first call of each request reached the simulator in the
-/// order the requests were produced (request ids are numbered in production order).
-fn merchant_order_kept(arrivals: &[crate::simulator::stats::Arrival]) -> bool {
-    let mut last: HashMap<&str, &str> = HashMap::new();
-    for arrival in arrivals {
-        let request = arrival.registration_request_id.as_str();
-        match last.get(arrival.reference_merchant_id.as_str()) {
-            Some(previous) if request < *previous => return false,
-            _ => {
-                last.insert(arrival.reference_merchant_id.as_str(), request);
+/// Whether, for every merchant, the calls reached the simulator in the order the requests were
+/// produced (request ids are numbered in production order; a retry repeats the last id). Fed
+/// arrivals as they come; remembers one request id per merchant.
+#[derive(Debug, Default)]
+struct MerchantOrder {
+    last: HashMap<String, String>,
+    out_of_order: u64,
+}
+
+impl MerchantOrder {
+    fn observe(&mut self, arrivals: Vec<crate::simulator::Arrival>) {
+        for arrival in arrivals {
+            let request = arrival.registration_request_id;
+            match self.last.get_mut(&arrival.reference_merchant_id) {
+                Some(previous) if request < *previous => self.out_of_order += 1,
+                Some(previous) => *previous = request,
+                None => {
+                    self.last.insert(arrival.reference_merchant_id, request);
+                }
             }
         }
     }
-    true
+
+    fn kept(&self) -> bool {
+        self.out_of_order == 0
+    }
+}
+
+async fn watch_merchant_order(
+    simulator: Arc<crate::simulator::SimulatorHandle>,
+    order: Arc<std::sync::Mutex<MerchantOrder>>,
+) {
+    loop {
+        let arrivals = simulator.take_arrivals();
+        order
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(arrivals);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl DemoSummary {
@@ -520,15 +685,37 @@ impl DemoSummary {
                 self.latency_ms, self.max_in_flight, self.ordering
             ),
         );
-        line("elapsed", format!("{:.2} s", self.elapsed_seconds));
+        line(
+            "elapsed",
+            format!(
+                "{:.2} s ({:.2} s joining the group)",
+                self.elapsed_seconds, self.startup_seconds
+            ),
+        );
         line(
             "throughput",
-            format!("{:.0} events/s", self.events_per_second),
+            format!(
+                "{:.0} events/s (first record consumed to last outcome)",
+                self.events_per_second
+            ),
         );
         line(
             "notify latency p50 / p99",
             format!("{:.1} ms / {:.1} ms", self.p50_ms, self.p99_ms),
         );
+        line(
+            "end-to-end latency p99",
+            format!("{:.1} ms", self.end_to_end_p99_ms),
+        );
+        if let Some(cpu) = self.cpu_seconds_per_1000_events {
+            line(
+                "CPU per 1,000 events",
+                format!("{cpu:.2} s ({} cores)", self.cores),
+            );
+        }
+        if let Some(bytes) = self.peak_rss_bytes {
+            line("peak RSS", format!("{:.1} MB", bytes as f64 / 1e6));
+        }
         line("every event terminal", yes_no(self.all_terminal));
         line("every input offset committed", yes_no(self.all_committed));
         line("per-merchant order kept", yes_no(self.merchant_order_kept));
@@ -566,5 +753,56 @@ mod tests {
         assert!(sample_event(0, 10).is_none());
         let invalid = sample_event(1, 10).map(|e| e.validate().is_err());
         assert_eq!(invalid, Some(true));
+    }
+
+    #[test]
+    fn the_ledger_counts_each_input_offset_once() {
+        let mut ledger = OutcomeLedger::default();
+        for offset in [0, 1, 63, 64, 1_000] {
+            ledger.note(INPUT_TOPIC, 2, offset, 1_000);
+        }
+        ledger.note(INPUT_TOPIC, 3, 64, 1_000);
+        assert_eq!(
+            (ledger.distinct, ledger.repeated, ledger.foreign),
+            (6, 0, 0)
+        );
+        ledger.note(INPUT_TOPIC, 2, 64, 1_000);
+        ledger.note(INPUT_TOPIC, 2, 1_001, 1_000);
+        ledger.note(INPUT_TOPIC, 2, -1, 1_000);
+        ledger.note("other.topic", 2, 5, 1_000);
+        assert_eq!(
+            (ledger.distinct, ledger.repeated, ledger.foreign),
+            (6, 1, 3)
+        );
+    }
+
+    #[test]
+    fn merchant_order_is_checked_across_batches_of_arrivals() {
+        let arrival = |merchant: &str, request: &str| crate::simulator::Arrival {
+            reference_merchant_id: merchant.into(),
+            registration_request_id: request.into(),
+            registration_status: "APPROVED".into(),
+        };
+        let mut order = MerchantOrder::default();
+        order.observe(vec![arrival("M-1", "R-001"), arrival("M-2", "R-002")]);
+        order.observe(vec![arrival("M-1", "R-001"), arrival("M-1", "R-003")]);
+        assert!(order.kept());
+        order.observe(vec![arrival("M-2", "R-004"), arrival("M-1", "R-002")]);
+        assert!(!order.kept());
+    }
+
+    #[test]
+    fn options_become_the_demo_command_line() {
+        let options = DemoOptions {
+            events: 500,
+            latency: Duration::from_millis(50),
+            max_in_flight: Some(64),
+            ordering: Some(Ordering::Partition),
+            progress: false,
+        };
+        assert_eq!(
+            options.to_args().join(" "),
+            "--events 500 --latency-ms 50 --max-in-flight 64 --ordering partition"
+        );
     }
 }

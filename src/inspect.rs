@@ -145,3 +145,77 @@ pub fn fully_committed(progress: &[PartitionProgress]) -> bool {
         .iter()
         .all(|p| p.end == 0 || p.committed == Some(p.end))
 }
+
+/// What [`scan_topic`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Records shown to the visitor.
+    pub records: u64,
+    /// Records the broker no longer holds (the sum of the partitions' low watermarks): retention,
+    /// or the mock cluster's size limit, dropped them before they could be read.
+    pub dropped: u64,
+}
+
+/// Reads every record of `topic` from each partition's start to its end, showing each to `visit`
+/// without keeping it, so memory stays flat however long the topic is. Use it once writers have
+/// stopped: a partition is done when the consumer's position reaches the end it had when the
+/// scan began. An error when the ends are not reached within `timeout`.
+pub fn scan_topic(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> anyhow::Result<Scan> {
+    // A small prefetch: the default (64 MiB per partition) would dwarf what the demo measures.
+    let consumer = plain_consumer(bootstrap, &[("queued.max.messages.kbytes", "1024")])?;
+    let mut scan = Scan::default();
+    let mut tpl = TopicPartitionList::new();
+    let mut open = std::collections::BTreeMap::new();
+    for partition in partitions(&consumer, topic, timeout)? {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        scan.dropped += u64::try_from(low).unwrap_or(0);
+        if high > low {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
+            open.insert(partition, high);
+        }
+    }
+    if open.is_empty() {
+        return Ok(scan);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while !open.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "topic {topic}: partitions {open:?} not read to their end within {timeout:?}"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(message)) => {
+                scan.records += 1;
+                visit(&message);
+                let partition = message.partition();
+                if open
+                    .get(&partition)
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    open.remove(&partition);
+                }
+            }
+            // Idle: control records (transaction markers) take offsets but are never shown, so a
+            // partition can end on one; its position tells.
+            None => {
+                for element in consumer.position()?.elements() {
+                    if let Offset::Offset(position) = element.offset()
+                        && open
+                            .get(&element.partition())
+                            .is_some_and(|end| position >= *end)
+                    {
+                        open.remove(&element.partition());
+                    }
+                }
+            }
+        }
+    }
+    Ok(scan)
+}

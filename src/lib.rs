@@ -17,12 +17,16 @@
 //! - [`inspect`]: read-only views of topics and group offsets.
 //! - [`tools`]: `produce` and `replay-dlq`, the operator tools that write to Kafka.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`bench`]: `regnotify bench` (signer against OpenSSL, demo scenarios against their bounds)
+//!   and `regnotify measure` (the service against a real broker, for the side-by-side with a peer).
+//! - [`usage`]: this process's CPU time and peak memory, from `/proc`.
 //! - [`telemetry`]: logging set-up.
 //! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of their corpus
 //!   replay on stable.
 
 pub mod admin;
 pub mod alipayplus;
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod demo;
@@ -37,3 +41,4 @@ pub mod service;
 pub mod simulator;
 pub mod telemetry;
 pub mod tools;
+pub mod usage;

@@ -62,6 +62,58 @@ enum Command {
         Exit status: 0 done (also when nothing was replayed), 1 error, 2 usage error."
     )]
     ReplayDlq(ReplayDlqArgs),
+    /// Measure against the machine's limits: our RSA signing rate against `openssl speed`, and
+    /// demo scenarios (latency 0 and 50 ms, max_in_flight 16/64/256, key and partition ordering)
+    /// against their CPU and latency bounds, and peak RSS of a long run against a short one.
+    /// Prints a table, then the same figures as one JSON document.
+    #[command(
+        after_help = "Each demo scenario runs as its own `regnotify demo --json` process, so its \
+        peak RSS is its own. Progress goes to stderr. Takes about 9 minutes on 2 cores with the \
+        defaults (partition ordering at 50 ms is slow); --quick about half a minute."
+    )]
+    Bench(BenchArgs),
+    /// Run the service (as `run` does, same settings) until --warmup then --events more events
+    /// reached their outcome, stop it cleanly, and print throughput, notify latency, CPU per
+    /// event and peak RSS over the measured events as JSON (scripts/bench-peers.sh).
+    Measure(MeasureArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Events per demo scenario (latency-bound scenarios run at most ten seconds' worth).
+    #[arg(long, default_value_t = 5000)]
+    events: usize,
+    /// Only the scenarios whose name contains this text (names look like `key/50ms/64`).
+    #[arg(long, value_name = "TEXT")]
+    scenario: Option<String>,
+    /// Only key/0ms/256 and key/50ms/64 (the targets' scenarios), 1,000 events each, 1 s of
+    /// signing, no RSS comparison.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds of signing for our figure and for `openssl speed`.
+    #[arg(long, default_value_t = 3)]
+    signer_seconds: u64,
+    /// Events of the short and the long run whose peak RSS are compared.
+    #[arg(long, value_names = ["SHORT", "LONG"], num_args = 2, default_values_t = [10_000, 100_000])]
+    rss_events: Vec<usize>,
+    /// Leave out the peak-RSS comparison.
+    #[arg(long)]
+    no_rss: bool,
+    /// Also write the JSON document to this file.
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct MeasureArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Events finished before the measurement starts (connections, caches, group join).
+    #[arg(long, default_value_t = 2000)]
+    warmup: u64,
+    /// Events measured after the warm-up.
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +402,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+        Command::Bench(args) => bench(args),
+        Command::Measure(args) => {
+            let settings = args.config.load()?;
+            telemetry::init(LogFormat::Text, "warn");
+            let measurement = runtime()?.block_on(regnotify::bench::measure::run(
+                settings,
+                args.warmup,
+                args.events,
+            ))?;
+            println!("{}", serde_json::to_string(&measurement)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ReplayDlq(args) => {
             telemetry::init(LogFormat::Text, "warn");
             let settings = args.config.load()?;
@@ -383,6 +447,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init(LogFormat::Text, "warn");
+    let rss_growth = match args.rss_events.as_slice() {
+        _ if args.no_rss || args.quick => None,
+        [short, long] => Some((*short, *long)),
+        _ => anyhow::bail!("--rss-events takes two numbers: SHORT LONG"),
+    };
+    let options = regnotify::bench::BenchOptions {
+        events: if args.quick {
+            args.events.min(1000)
+        } else {
+            args.events
+        },
+        filter: args.scenario,
+        quick: args.quick,
+        signer_seconds: if args.quick { 1 } else { args.signer_seconds },
+        rss_growth,
+    };
+    let report = regnotify::bench::run(&options)?;
+    println!("{}", report.to_table());
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

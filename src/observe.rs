@@ -8,7 +8,10 @@
 //! partition), never in a flood.
 
 mod consumer_errors;
+mod latency_histogram;
 mod log_limiter;
+
+pub use self::latency_histogram::LatencyHistogram;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -51,6 +54,13 @@ pub mod names {
     pub const CONSUMER_ERRORS: &str = "regnotify_consumer_errors_total";
     pub const CONSUMER_ERROR_ACTIVE: &str = "regnotify_consumer_error_active";
     pub const KAFKA_CLIENT_ERRORS: &str = "regnotify_kafka_client_errors_total";
+    pub const PARTITION_RESTARTS: &str = "regnotify_partition_restarts_total";
+    pub const CIRCUIT_STATE: &str = "regnotify_circuit_state";
+    pub const CIRCUIT_TRANSITIONS: &str = "regnotify_circuit_transitions_total";
+    pub const SEND_RATE_LIMIT: &str = "regnotify_send_rate_limit";
+    pub const THROTTLED: &str = "regnotify_throttled_total";
+    pub const SKIPPED_FINISHED: &str = "regnotify_skipped_finished_total";
+    pub const FINISHED_NOTE_BYTES: &str = "regnotify_finished_note_bytes";
 }
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
@@ -79,6 +89,8 @@ pub struct Health {
     kafka_reachable: std::sync::atomic::AtomicBool,
     /// Refused answers in a row, across all events.
     refused_streak: AtomicU64,
+    /// Why the alipay+ circuit is open or half-open; `None` while closed.
+    circuit: Mutex<Option<String>>,
     /// Records consumed, all partitions; then per partition below [`TRACKED_PARTITIONS`].
     records_consumed: AtomicU64,
     partition_records: Box<[AtomicU64]>,
@@ -109,6 +121,7 @@ impl Default for Health {
             assigned_partitions: AtomicU64::new(0),
             kafka_reachable: std::sync::atomic::AtomicBool::new(true),
             refused_streak: AtomicU64::new(0),
+            circuit: Mutex::new(None),
             records_consumed: AtomicU64::new(0),
             partition_records: (0..TRACKED_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
             assignments: AtomicU64::new(0),
@@ -174,6 +187,18 @@ impl Health {
         }
     }
 
+    pub fn set_circuit(&self, open_because: Option<String>) {
+        *self.circuit.lock().unwrap_or_else(PoisonError::into_inner) = open_because;
+    }
+
+    /// Why the alipay+ circuit is not closed, if it is not.
+    pub fn circuit(&self) -> Option<String> {
+        self.circuit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn refused_streak(&self) -> u64 {
         self.refused_streak.load(Ordering::Relaxed)
     }
@@ -198,9 +223,6 @@ impl Health {
     }
 }
 
-/// Longest answer we keep per attempt for the in-process latency figures.
-const MAX_LATENCY_SAMPLES: usize = 1_000_000;
-
 /// Counters kept in process, for `regnotify demo` and for tests.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -218,7 +240,8 @@ pub struct Stats {
     pub signature_failures: AtomicU64,
     pub publish_errors: AtomicU64,
     pub rebalances: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
+    notify_latency: Mutex<LatencyHistogram>,
+    end_to_end_latency: Mutex<LatencyHistogram>,
     result_codes: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -246,13 +269,23 @@ impl Stats {
 
     /// The `q`-quantile (0..=1) of the HTTP call latencies seen so far.
     pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        let mut samples = self.latencies_us.lock().ok()?.clone();
-        if samples.is_empty() {
-            return None;
-        }
-        samples.sort_unstable();
-        let rank = ((samples.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
-        samples.get(rank).map(|us| Duration::from_micros(*us))
+        self.notify_latencies().quantile(q)
+    }
+
+    /// Every HTTP call's latency so far.
+    pub fn notify_latencies(&self) -> LatencyHistogram {
+        self.notify_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// From each decodable event's `occurredAt` to its terminal outcome, so far.
+    pub fn end_to_end_latencies(&self) -> LatencyHistogram {
+        self.end_to_end_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Outcomes by result code (`none` when Alipay+ gave none).
@@ -373,6 +406,43 @@ pub fn describe_metrics() {
         Unit::Count,
         "errors librdkafka reported to the consumer client, by error code (includes consumer errors)"
     );
+    describe_counter!(
+        names::PARTITION_RESTARTS,
+        Unit::Count,
+        "times a partition started over within an assignment because a new record appeared at an \
+         offset already consumed (log truncated or topic recreated)"
+    );
+    describe_counter!(
+        names::SKIPPED_FINISHED,
+        Unit::Count,
+        "records not processed again because the committed offset's note says an earlier owner \
+         finished them"
+    );
+    describe_gauge!(
+        names::FINISHED_NOTE_BYTES,
+        Unit::Bytes,
+        "size of the last commit's note of finished offsets above the committed one, per partition"
+    );
+    describe_gauge!(
+        names::CIRCUIT_STATE,
+        Unit::Count,
+        "the alipay+ circuit breaker: 0 closed, 1 open, 2 half-open (probing)"
+    );
+    describe_counter!(
+        names::CIRCUIT_TRANSITIONS,
+        Unit::Count,
+        "alipay+ circuit breaker transitions, by the state entered"
+    );
+    describe_gauge!(
+        names::SEND_RATE_LIMIT,
+        Unit::Count,
+        "requests per second the send rate is held to after throttling answers; 0 = not limited"
+    );
+    describe_counter!(
+        names::THROTTLED,
+        Unit::Count,
+        "throttling answers from alipay+ (REQUEST_TRAFFIC_EXCEED_LIMIT)"
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -384,11 +454,11 @@ pub fn record_consumed(stats: &Stats, partition: i32) {
 /// One HTTP call to Alipay+ has ended, whatever its answer.
 pub fn notify_attempt(stats: &Stats, attempt: &NotifyAttempt) {
     stats.http_calls.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut samples) = stats.latencies_us.lock()
-        && samples.len() < MAX_LATENCY_SAMPLES
-    {
-        samples.push(attempt.latency.as_micros().min(u128::from(u64::MAX)) as u64);
-    }
+    stats
+        .notify_latency
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(attempt.latency);
     metrics::counter!(names::NOTIFY_ATTEMPTS, "class" => attempt.class.as_str()).increment(1);
     metrics::histogram!(names::NOTIFY_LATENCY).record(attempt.latency.as_secs_f64());
     let success_code = attempt
@@ -446,6 +516,11 @@ pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_m
         .saturating_sub(occurred_at_ms)
         .max(0);
     metrics::histogram!(names::END_TO_END_LATENCY).record(end_to_end_ms as f64 / 1000.0);
+    stats
+        .end_to_end_latency
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(Duration::from_millis(end_to_end_ms.unsigned_abs()));
     let latency_ms = outcome
         .first_attempt_at_ms
         .map(|first| outcome.completed_at_ms.saturating_sub(first).max(0));
@@ -520,6 +595,36 @@ pub fn in_flight(count: usize) {
 
 pub fn pending(partition: i32, count: usize) {
     metrics::gauge!(names::PENDING, "partition" => partition.to_string()).set(count as f64);
+}
+
+pub fn circuit_state(state: crate::pipeline::breaker::CircuitState) {
+    metrics::gauge!(names::CIRCUIT_STATE).set(state.gauge());
+}
+
+pub fn circuit_transition(to: crate::pipeline::breaker::CircuitState) {
+    metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to.as_str()).increment(1);
+    circuit_state(to);
+}
+
+/// The adaptive send rate after an answer (`None`: not limited).
+pub fn send_rate(allowed_per_second: Option<f64>, throttled: bool) {
+    if throttled {
+        metrics::counter!(names::THROTTLED).increment(1);
+    }
+    metrics::gauge!(names::SEND_RATE_LIMIT).set(allowed_per_second.unwrap_or(0.0));
+}
+
+pub fn skipped_finished(partition: i32) {
+    metrics::counter!(names::SKIPPED_FINISHED, "partition" => partition.to_string()).increment(1);
+}
+
+pub fn finished_note(partition: i32, bytes: usize) {
+    metrics::gauge!(names::FINISHED_NOTE_BYTES, "partition" => partition.to_string())
+        .set(bytes as f64);
+}
+
+pub fn partition_restarted(partition: i32) {
+    metrics::counter!(names::PARTITION_RESTARTS, "partition" => partition.to_string()).increment(1);
 }
 
 pub fn committed(partition: i32, offset: i64) {

@@ -98,7 +98,13 @@ impl Application {
             crate::admin::AdminState {
                 metrics: self.metrics,
                 health: Arc::clone(&self.health),
-                refused_streak_threshold: u64::from(settings.processing.refused_streak_threshold),
+                // With the circuit breaker on, a refused streak opens the circuit, and /readyz
+                // reports the open circuit instead.
+                refused_streak_threshold: if settings.alipayplus.circuit_breaker.enabled {
+                    u64::MAX
+                } else {
+                    u64::from(settings.processing.refused_streak_threshold)
+                },
             },
             admin_stop.clone(),
         ));

@@ -370,6 +370,59 @@ async fn a_refused_client_is_refused_until_accepted_again() {
     assert_eq!(attempt.class, ResultClass::Success);
 }
 
+/// The outages the circuit breaker is tested with, scripted over the simulator's admin API as a
+/// user trying the behaviour locally would: for a while, then service is back by itself.
+#[tokio::test]
+async fn scripted_outages_and_refusals_end_by_themselves() {
+    let simulator = start_simulator(vec![]).await;
+    let client = client(&simulator);
+    let admin = reqwest::Client::new();
+    let base = simulator.base_url();
+    let post = |path: String| {
+        let admin = admin.clone();
+        async move { admin.post(path).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        post(format!("{base}/admin/outage?seconds=1&mode=bogus")).await,
+        400
+    );
+    assert_eq!(post(format!("{base}/admin/outage")).await, 400);
+
+    assert_eq!(
+        post(format!("{base}/admin/outage?seconds=1&mode=503")).await,
+        204
+    );
+    let attempt = client.notify_registration_status(&event("M", "R")).await;
+    assert_eq!(attempt.class, ResultClass::Unknown, "{attempt:?}");
+    assert_eq!(attempt.http_status, Some(503));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let attempt = client.notify_registration_status(&event("M", "R")).await;
+    assert_eq!(attempt.class, ResultClass::Success, "{attempt:?}");
+
+    assert_eq!(
+        post(format!("{base}/admin/outage?seconds=1&mode=drop")).await,
+        204
+    );
+    let attempt = client.notify_registration_status(&event("M", "R")).await;
+    assert_eq!(attempt.class, ResultClass::Unknown, "{attempt:?}");
+    assert!(
+        attempt.result.is_none(),
+        "a dropped connection has no answer: {attempt:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let refuse = format!("{base}/admin/clients/{CLIENT_ID}/refuse?seconds=1");
+    assert_eq!(post(refuse).await, 204);
+    let attempt = client.notify_registration_status(&event("M", "R")).await;
+    assert_eq!(result_code(&attempt), Some("INVALID_CLIENT"));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let attempt = client.notify_registration_status(&event("M", "R")).await;
+    assert_eq!(attempt.class, ResultClass::Success, "{attempt:?}");
+    let answers = simulator.stats().answers;
+    assert_eq!(answers.get("OUTAGE_503"), Some(&1));
+    assert_eq!(answers.get("OUTAGE_DROPPED"), Some(&1));
+}
+
 #[tokio::test]
 async fn signing_with_the_wrong_key_is_refused_as_invalid_signature() {
     let simulator = start_simulator(vec![]).await;

@@ -51,7 +51,7 @@ async fn compressed_input_is_consumed(codec: &str) {
     settings.processing.max_in_flight = 32;
 
     let sampler = harness.sample_commits();
-    let mut pipeline = harness.start_pipeline(settings);
+    let mut pipeline = harness.start_pipeline(settings).await;
     harness
         .wait_committed_while_running(&mut [&mut pipeline], WAIT)
         .await;
@@ -119,7 +119,7 @@ async fn broker_killed_mid_stream(test: &str, exactly_once: bool) {
     settings.processing.max_in_flight = 32;
 
     let sampler = harness.sample_commits();
-    let mut pipeline = harness.start_pipeline(settings);
+    let mut pipeline = harness.start_pipeline(settings).await;
     // A steady stream of about 10 s (longer with the outage), so the kill lands mid-stream.
     let producing = produce_in_background(&harness, events.clone(), Duration::from_millis(300));
     let stats = pipeline.stats.clone();
@@ -332,7 +332,7 @@ async fn schema_registry_outage_keeps_the_member_in_the_group() {
     let before = phase("BEFORE", 20);
     harness.produce_framed(&before, Framing::Confluent).await;
     let sampler = harness.sample_commits();
-    let mut pipeline = harness.start_pipeline(settings);
+    let mut pipeline = harness.start_pipeline(settings).await;
     harness
         .wait_committed_while_running(&mut [&mut pipeline], WAIT)
         .await;

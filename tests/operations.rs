@@ -15,11 +15,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use regnotify::admin::{AdminState, install_metrics};
 use regnotify::event::NotifyOutcome;
-use regnotify::observe::Health;
 use regnotify::simulator::rules::{Fault, FaultRule};
-use tokio_util::sync::CancellationToken;
 
 use common::{Harness, event, eventually};
 
@@ -109,36 +106,11 @@ fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened_and_health_endpoints_answer() {
-    let metrics = install_metrics().unwrap();
     let rules = vec![
         FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
         FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
     ];
     let harness = Harness::new(2, rules).await;
-    let health = Arc::new(Health::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_url = format!("http://{}", listener.local_addr().unwrap());
-    let stop_admin = CancellationToken::new();
-    tokio::spawn(regnotify::admin::serve(
-        listener,
-        AdminState {
-            metrics,
-            health: Arc::clone(&health),
-            refused_streak_threshold: 20,
-        },
-        stop_admin.clone(),
-    ));
-    let http = reqwest::Client::new();
-    let status = |path: &'static str| {
-        let (http, url) = (http.clone(), format!("{admin_url}{path}"));
-        async move { http.get(url).send().await.unwrap().status().as_u16() }
-    };
-    assert_eq!(
-        status("/readyz").await,
-        503,
-        "not ready before the group is joined"
-    );
-
     harness
         .produce(&[
             event("M-OK-1", "R-1"),
@@ -150,7 +122,15 @@ async fn metrics_count_what_happened_and_health_endpoints_answer() {
         ])
         .await;
     harness.produce_raw(b"M-POISON", b"\x01garbage", &[]).await;
-    let pipeline = harness.start_pipeline_with_health(harness.settings(), Arc::clone(&health));
+    // The service's own admin listener, bound before the pipeline starts (`admin.listen` is
+    // 127.0.0.1:0 in the harness; the bound address is reported).
+    let pipeline = harness.start_pipeline(harness.settings()).await;
+    let admin_url = pipeline.admin_url.clone();
+    let http = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("{admin_url}{path}"));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
     let stats = pipeline.stats.clone();
     eventually("all 7 terminal", WAIT, || stats.terminal() == 7).await;
     assert_eq!(status("/readyz").await, 200, "ready once joined");
@@ -258,7 +238,6 @@ async fn metrics_count_what_happened_and_health_endpoints_answer() {
     }
 
     pipeline.stop().await;
-    stop_admin.cancel();
 }
 
 /// Records every `Signature` header that passes between regnotify and the simulator.

@@ -41,7 +41,7 @@ async fn stop_behind_busy_merchants(exactly_once: bool) -> Duration {
     settings.processing.exactly_once = exactly_once;
     settings.processing.transaction_interval = Duration::from_millis(50);
     settings.processing.shutdown_timeout = SHUTDOWN_TIMEOUT;
-    let pipeline = harness.start_pipeline(settings);
+    let pipeline = harness.start_pipeline(settings).await;
     let stats = pipeline.stats.clone();
     eventually("40 calls made", WAIT, || {
         stats.http_calls.load(Ordering::Relaxed) >= 40

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::pipeline::finished::{self, NOTE_PRESSURE_BYTES};
 use crate::pipeline::watermark::CommitWatermark;
 
 /// One consumed record in one assignment of its partition.
@@ -55,9 +56,18 @@ pub enum Settle {
 pub enum Consumed {
     /// Tracked: process it.
     Track(Slot),
-    /// Not a partition this member processes now (not owned, revoking, or stopping), or an
-    /// offset at or below one already consumed in this assignment: librdkafka delivers such a
-    /// record again after a pause and resume, and the first delivery is in the books already.
+    /// Finished by an earlier owner, as the committed offset's note says: not processed again,
+    /// and counted as finished at once.
+    Skip,
+    /// A record at or below an offset already consumed in this assignment that is not the
+    /// record consumed there before: the log was truncated (unclean leader election) or the
+    /// topic recreated. The partition starts a new generation from this record; everything of
+    /// `stale` is void (its jobs must be cancelled, its waiting work forgotten, and nothing of it
+    /// is ever committed).
+    Restart { slot: Slot, stale: u64 },
+    /// Not a partition this member processes now (not owned, revoking, or stopping), or the
+    /// same record delivered again in this assignment (librdkafka can deliver a record twice
+    /// around a pause and resume): the first delivery is in the books already.
     Ignore,
 }
 
@@ -69,6 +79,8 @@ pub struct RevokeEnd {
     pub cancel: Vec<(i32, u64)>,
     /// Commit positions (partition, next offset).
     pub commit: Vec<(i32, i64)>,
+    /// The note of each commit position (partition, note).
+    pub notes: Vec<(i32, String)>,
 }
 
 /// The exactly-once answer to "what would committing these settled offsets allow?".
@@ -76,6 +88,11 @@ pub struct RevokeEnd {
 pub struct Prepared {
     /// New commit positions (partition, next offset), beyond what earlier transactions committed.
     pub positions: Vec<(i32, i64)>,
+    /// The note of each position (partition, note): the finished offsets above it once this
+    /// transaction commits.
+    pub notes: Vec<(i32, String)>,
+    /// The offsets each note names (partition, offsets): their outputs go into the transaction.
+    pub noted: Vec<(i32, BTreeSet<i64>)>,
     /// The assignments (partition, generation) owned now; outputs of any other are orphans.
     pub owned: Vec<(i32, u64)>,
 }
@@ -88,6 +105,13 @@ struct Partition {
     stages: BTreeMap<i64, Stage>,
     /// The highest position committed (or handed out to be committed) in this assignment.
     committed: Option<i64>,
+    /// Fingerprints of the most recently consumed offsets, to tell a record delivered again
+    /// from a new record at an old offset.
+    recent: BTreeMap<i64, u64>,
+    /// Offsets above the committed one that an earlier owner finished (the commit's note).
+    skip: BTreeSet<i64>,
+    /// An offset above the commit position finished since the last commit: the note changed.
+    note_changed: bool,
     /// Paused because its window is full.
     paused: bool,
     revoking: bool,
@@ -100,6 +124,9 @@ impl Partition {
             watermark: CommitWatermark::new(),
             stages: BTreeMap::new(),
             committed: None,
+            recent: BTreeMap::new(),
+            skip: BTreeSet::new(),
+            note_changed: false,
             paused: false,
             revoking: false,
         }
@@ -117,11 +144,6 @@ impl Partition {
             matches!(stage, Stage::Running | Stage::Submitted)
                 && blocked.is_none_or(|blocked| *offset < blocked)
         })
-    }
-
-    fn position_beyond_committed(&self, position: Option<i64>) -> Option<i64> {
-        let position = position?;
-        (self.committed < Some(position)).then_some(position)
     }
 }
 
@@ -165,6 +187,26 @@ impl PartitionBook {
         fresh
     }
 
+    /// An earlier owner of `partition` committed `committed` with a note naming these offsets
+    /// above it as finished: they are skipped when consumed. Only for a partition that has not
+    /// consumed anything in this assignment.
+    pub fn skip_finished(&mut self, partition: i32, committed: i64, finished: BTreeSet<i64>) {
+        if let Some(state) = self.partitions.get_mut(&partition)
+            && state.recent.is_empty()
+        {
+            state.skip = finished.into_iter().filter(|o| *o > committed).collect();
+        }
+    }
+
+    /// The note for a commit of `partition` at `position`: the finished offsets above it (see
+    /// [`crate::pipeline::finished`]).
+    pub fn note(&self, partition: i32, position: i64) -> String {
+        self.partitions
+            .get(&partition)
+            .map(|state| finished::encode(position, &state.watermark.finished_beyond()))
+            .unwrap_or_default()
+    }
+
     /// Starts a revoke. Waiting work of these partitions is dropped: it must not start, and the
     /// next owner consumes it again because its offsets are never committed. Returns the
     /// waiting slots dropped, for the caller to forget.
@@ -206,36 +248,87 @@ impl PartitionBook {
             // commit may still be in flight or fail, and the next owner starts from what is
             // committed when this callback returns.
             if !self.exactly_once
-                && let Some(position) = state.watermark.committable()
+                && let Some(position) = state.watermark.commit_position()
             {
                 end.commit.push((partition, position));
+                let note = finished::encode(position, &state.watermark.finished_beyond());
+                end.notes.push((partition, note));
             }
         }
         end
     }
 
-    /// Books a consumed record.
-    pub fn consume(&mut self, partition: i32, offset: i64) -> Consumed {
-        if self.stopping {
+    /// Books a consumed record. `fingerprint` identifies its content (key, value, timestamp):
+    /// a record at an offset already consumed in this assignment is the same record delivered
+    /// again when its fingerprint matches, and a new record (the log changed under us) when it
+    /// does not, or when the offset is too old to be remembered (the safe side: processing it
+    /// again repeats work, ignoring it would lose it).
+    pub fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
+        if self.stopping || offset < 0 {
             return Consumed::Ignore;
         }
+        let recent_limit = self.recent_limit();
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Consumed::Ignore;
         };
         if state.revoking {
             return Consumed::Ignore;
         }
-        if state.watermark.track(offset).is_err() {
+        if !state.skip.is_empty() {
+            // Notes name offsets from the committed one up; older ones are behind us.
+            state.skip = state.skip.split_off(&offset);
+            if state.skip.first() == Some(&offset) && state.watermark.track(offset).is_ok() {
+                state.skip.remove(&offset);
+                remember(&mut state.recent, offset, fingerprint, recent_limit);
+                let completed = state.watermark.complete(offset);
+                debug_assert!(completed, "a skipped offset was not in the window");
+                return Consumed::Skip;
+            }
+        }
+        if state.watermark.track(offset).is_ok() {
+            state.stages.insert(offset, Stage::Waiting);
+            remember(&mut state.recent, offset, fingerprint, recent_limit);
+            self.waiting += 1;
+            return Consumed::Track(Slot {
+                partition,
+                generation: state.generation,
+                offset,
+            });
+        }
+        if state.recent.get(&offset) == Some(&fingerprint) {
             return Consumed::Ignore;
         }
-        state.stages.insert(offset, Stage::Waiting);
+        let stale = state.generation;
+        let void_waiting = state
+            .stages
+            .values()
+            .filter(|stage| **stage == Stage::Waiting)
+            .count();
+        let paused = state.paused;
+        self.waiting -= void_waiting;
+        let generation = self.new_generation();
+        let mut fresh = Partition::new(generation);
+        fresh.paused = paused;
+        let _ = fresh.watermark.track(offset);
+        fresh.stages.insert(offset, Stage::Waiting);
+        remember(&mut fresh.recent, offset, fingerprint, recent_limit);
         self.waiting += 1;
-        Consumed::Track(Slot {
-            partition,
-            generation: state.generation,
-            offset,
-        })
+        self.partitions.insert(partition, fresh);
+        Consumed::Restart {
+            slot: Slot {
+                partition,
+                generation,
+                offset,
+            },
+            stale,
+        }
     }
+
+    /// How many fingerprints each partition keeps: twice its window, at least 1,024 (16 KiB).
+    fn recent_limit(&self) -> usize {
+        self.max_pending_per_partition.saturating_mul(2).max(1024)
+    }
+
     /// The stage of a slot, when it is still in the books.
     pub fn stage(&self, slot: Slot) -> Option<Stage> {
         let state = self.partitions.get(&slot.partition)?;
@@ -289,16 +382,36 @@ impl PartitionBook {
                 .or_insert_with(|| state.watermark.clone())
                 .complete(slot.offset);
         }
-        let positions = trial
-            .into_iter()
-            .filter_map(|(partition, watermark)| {
-                let state = self.partitions.get(&partition)?;
-                let position = state.position_beyond_committed(watermark.committable())?;
-                Some((partition, position))
-            })
-            .collect();
+        let mut positions = Vec::new();
+        let mut notes = Vec::new();
+        let mut noted = Vec::new();
+        for (partition, watermark) in trial {
+            let Some(state) = self.partitions.get(&partition) else {
+                continue;
+            };
+            let Some(position) = watermark.commit_position() else {
+                continue;
+            };
+            let note = finished::encode(position, &watermark.finished_beyond());
+            let names = finished::decode(&note, position).unwrap_or_default();
+            // Outputs above the position go into the transaction only when the note names them:
+            // then a new owner skips their offsets instead of writing them again.
+            let names_new = settled.iter().any(|slot| {
+                slot.partition == partition
+                    && names.contains(&slot.offset)
+                    && self.stage(*slot) == Some(Stage::Submitted)
+            });
+            if state.committed >= Some(position) && !names_new {
+                continue;
+            }
+            positions.push((partition, position));
+            notes.push((partition, note));
+            noted.push((partition, names));
+        }
         Prepared {
             positions,
+            notes,
+            noted,
             owned: self.owned(),
         }
     }
@@ -329,8 +442,13 @@ impl PartitionBook {
             if state.revoking {
                 continue;
             }
-            if let Some(position) = state.position_beyond_committed(state.watermark.committable()) {
+            let Some(position) = state.watermark.commit_position() else {
+                continue;
+            };
+            let moved = state.committed < Some(position);
+            if moved || state.note_changed {
                 state.committed = Some(position);
+                state.note_changed = false;
                 positions.push((*partition, position));
             }
         }
@@ -364,9 +482,12 @@ impl PartitionBook {
         let max = self.max_pending_per_partition;
         let state = self.partitions.get_mut(&partition)?;
         let window = state.watermark.window_len();
-        let pause = if !state.paused && window >= max {
+        // The commit's note spans the window, gaps included: keep its bitset under the pressure
+        // mark (a window of offsets far apart could outgrow the metadata limit otherwise).
+        let note_bytes = usize::try_from(state.watermark.span() / 6).unwrap_or(usize::MAX);
+        let pause = if !state.paused && (window >= max || note_bytes > NOTE_PRESSURE_BYTES) {
             true
-        } else if state.paused && window <= max / 2 {
+        } else if state.paused && window <= max / 2 && note_bytes <= NOTE_PRESSURE_BYTES / 2 {
             false
         } else {
             return None;
@@ -470,7 +591,100 @@ impl PartitionBook {
         if let Some(state) = self.partitions.get_mut(&slot.partition) {
             state.stages.remove(&slot.offset);
             let completed = state.watermark.complete(slot.offset);
+            state.note_changed = true;
             debug_assert!(completed, "an acknowledged offset was not in the window");
         }
+    }
+}
+
+/// Keeps `fingerprint` for `offset`, forgetting the oldest beyond `limit`.
+fn remember(recent: &mut BTreeMap<i64, u64>, offset: i64, fingerprint: u64, limit: usize) {
+    recent.insert(offset, fingerprint);
+    while recent.len() > limit {
+        recent.pop_first();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(book: &mut PartitionBook, offset: i64, print: u64) -> Slot {
+        match book.consume(0, offset, print) {
+            Consumed::Track(slot) => slot,
+            other => panic!("offset {offset}: {other:?}"),
+        }
+    }
+
+    fn acknowledge_all(book: &mut PartitionBook, slots: &[Slot]) {
+        for slot in slots {
+            book.start(*slot);
+            book.settle(*slot, Settle::Acknowledged);
+        }
+    }
+
+    #[test]
+    fn the_same_record_delivered_again_is_ignored() {
+        let mut book = PartitionBook::new(false, 100);
+        book.assign(&[0]);
+        let slots: Vec<Slot> = (0..5)
+            .map(|offset| tracked(&mut book, offset, offset as u64))
+            .collect();
+        acknowledge_all(&mut book, &slots[..2]);
+        assert_eq!(book.consume(0, 1, 1), Consumed::Ignore);
+        assert_eq!(book.consume(0, 3, 3), Consumed::Ignore);
+        assert_eq!(book.window_len(0), 3);
+        assert_eq!(book.waiting(), 3);
+        assert_eq!(book.take_commits(), vec![(0, 2)]);
+    }
+
+    /// After a log truncation (or a recreated topic) librdkafka resets the fetch position and new
+    /// records arrive at offsets already consumed: each must be processed, and commits must follow
+    /// the new log, not the old one.
+    #[test]
+    fn a_new_record_at_a_consumed_offset_starts_the_partition_over() {
+        let mut book = PartitionBook::new(false, 100);
+        book.assign(&[0]);
+        let old: Vec<Slot> = (0..10)
+            .map(|offset| tracked(&mut book, offset, offset as u64))
+            .collect();
+        acknowledge_all(&mut book, &old[..4]);
+        assert_eq!(book.take_commits(), vec![(0, 4)]);
+        let Consumed::Restart { slot, stale } = book.consume(0, 6, 1_000) else {
+            panic!("a new record at offset 6 was not taken");
+        };
+        assert_eq!(stale, old[0].generation);
+        assert_ne!(slot.generation, stale);
+        assert_eq!(book.generation(0), Some(slot.generation));
+        // The old assignment's waiting work is void and its reports change nothing.
+        assert_eq!(book.waiting(), 1);
+        book.start(old[5]);
+        book.settle(old[5], Settle::Acknowledged);
+        assert_eq!(book.stage(old[5]), None);
+        // The new log is processed and committed from the record that restarted it.
+        let next = tracked(&mut book, 7, 1_001);
+        acknowledge_all(&mut book, &[slot, next]);
+        assert_eq!(book.take_commits(), vec![(0, 8)]);
+        // Its records delivered again are still recognised.
+        assert_eq!(book.consume(0, 7, 1_001), Consumed::Ignore);
+    }
+
+    #[test]
+    fn an_offset_older_than_the_remembered_ones_is_processed_again() {
+        let mut book = PartitionBook::new(false, 1);
+        book.assign(&[0]);
+        let limit = book.recent_limit() as i64;
+        let slots: Vec<Slot> = (0..limit + 10)
+            .map(|offset| {
+                let slot = tracked(&mut book, offset, 7);
+                acknowledge_all(&mut book, &[slot]);
+                slot
+            })
+            .collect();
+        assert_eq!(book.consume(0, limit + 9, 7), Consumed::Ignore);
+        assert!(matches!(
+            book.consume(0, 0, 7),
+            Consumed::Restart { stale, .. } if stale == slots[0].generation
+        ));
     }
 }

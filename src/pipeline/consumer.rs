@@ -38,7 +38,9 @@ const REVOKE_REPLY_GRACE: Duration = Duration::from_secs(5);
 /// Assignments, revocations and records, in librdkafka's order.
 #[derive(Debug)]
 pub enum ConsumerEvent {
-    Assigned(Vec<i32>),
+    /// Partitions assigned, with what their committed offsets' notes say an earlier owner
+    /// finished above them (see [`crate::pipeline::finished`]).
+    Assigned(Vec<i32>, Vec<FinishedNote>),
     /// The dispatcher answers with the commit positions of the finished prefixes (partition,
     /// next offset) by `deadline`; `lost` means the group already gave the partitions away, so
     /// nothing may be committed.
@@ -46,10 +48,21 @@ pub enum ConsumerEvent {
         partitions: Vec<i32>,
         lost: bool,
         deadline: Instant,
-        reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
+        reply: std::sync::mpsc::SyncSender<TopicPartitionList>,
     },
     Record(InputRecord),
 }
+
+/// A partition's committed offset and the finished offsets its note names above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedNote {
+    pub partition: i32,
+    pub committed: i64,
+    pub finished: std::collections::BTreeSet<i64>,
+}
+
+/// How long an assignment waits for the committed offsets' notes before it goes on without them.
+const NOTE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What reaches the dispatcher from outside the consumer's order: commit results and the
 /// transaction writer.
@@ -230,13 +243,21 @@ impl ConsumerContext for PipelineContext {
         if self.events.send(event).is_err() {
             return;
         }
-        let offsets = match answer.recv_timeout(self.drain_timeout + REVOKE_REPLY_GRACE) {
-            Ok(offsets) => offsets,
+        let commit = match answer.recv_timeout(self.drain_timeout + REVOKE_REPLY_GRACE) {
+            Ok(commit) => commit,
             Err(_) => {
                 tracing::warn!("dispatcher did not answer the revoke in time; nothing committed");
                 return;
             }
         };
+        let offsets: Vec<(i32, i64)> = commit
+            .elements_for_topic(&self.topic)
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect();
         tracing::info!(
             ?offsets,
             lost,
@@ -244,14 +265,6 @@ impl ConsumerContext for PipelineContext {
         );
         if lost || offsets.is_empty() {
             return;
-        }
-        let mut commit = TopicPartitionList::new();
-        for (partition, offset) in &offsets {
-            if let Err(error) =
-                commit.add_partition_offset(&self.topic, *partition, Offset::Offset(*offset))
-            {
-                tracing::warn!(%error, partition, "cannot express commit position");
-            }
         }
         match consumer.commit(&commit, CommitMode::Sync) {
             Ok(()) => {
@@ -269,8 +282,9 @@ impl ConsumerContext for PipelineContext {
             // librdkafka keeps a partition's pause across unassign and assign, and a partition
             // assigned while everything is paused must not fetch: set each one as the plan says.
             self.set_pause_of(consumer, &partitions, true);
+            let notes = self.finished_notes(consumer, tpl);
             // Sent even when empty: an instance with no partitions has still joined the group.
-            let _ = self.events.send(ConsumerEvent::Assigned(partitions));
+            let _ = self.events.send(ConsumerEvent::Assigned(partitions, notes));
         }
     }
 
@@ -297,6 +311,53 @@ impl ConsumerContext for PipelineContext {
 }
 
 impl PipelineContext {
+    /// Reads the committed offsets of newly assigned partitions and the notes committed with
+    /// them. A note that cannot be read (another tool's metadata, another version, another
+    /// position) or a failed read skips nothing: the events are processed again.
+    fn finished_notes(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Vec<FinishedNote> {
+        let mut ours = TopicPartitionList::new();
+        for element in tpl.elements_for_topic(&self.topic) {
+            ours.add_partition(&self.topic, element.partition());
+        }
+        if ours.count() == 0 {
+            return Vec::new();
+        }
+        let committed = match consumer.committed_offsets(ours, NOTE_READ_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the committed offsets' notes; finished events will be processed again");
+                return Vec::new();
+            }
+        };
+        let mut notes = Vec::new();
+        for element in committed.elements_for_topic(&self.topic) {
+            let (Offset::Offset(position), note) = (element.offset(), element.metadata()) else {
+                continue;
+            };
+            if note.is_empty() {
+                continue;
+            }
+            match crate::pipeline::finished::decode(note, position) {
+                Ok(finished) if !finished.is_empty() => notes.push(FinishedNote {
+                    partition: element.partition(),
+                    committed: position,
+                    finished,
+                }),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(
+                    partition = element.partition(),
+                    %error,
+                    "commit metadata ignored; nothing is skipped"
+                ),
+            }
+        }
+        notes
+    }
+
     /// Applies the dispatcher's plan and the flow counts, when either may have changed.
     fn apply_pause(&self, consumer: &PipelineConsumer) {
         let version = self.flow.pause.version();

@@ -85,6 +85,8 @@ pub struct DispatchCore<P> {
     scheduler: Scheduler<Ticket<P>>,
     waiting_limit: usize,
     globally_paused: bool,
+    /// Alipay+ is unavailable (the circuit is not closed): nothing should be fetched.
+    downstream_held: bool,
     /// Bumped whenever the pause plan changes.
     pause_version: u64,
     revoke: Option<PendingRevoke>,
@@ -99,6 +101,7 @@ impl<P> DispatchCore<P> {
             scheduler: Scheduler::new(max_in_flight),
             waiting_limit: waiting_limit(max_in_flight),
             globally_paused: false,
+            downstream_held: false,
             pause_version: 0,
             revoke: None,
             fatal: false,
@@ -112,6 +115,16 @@ impl<P> DispatchCore<P> {
         let previous = self.finish_revoke();
         let fresh = self.book.assign(partitions);
         (previous, fresh)
+    }
+
+    /// See [`PartitionBook::skip_finished`].
+    pub fn skip_finished(
+        &mut self,
+        partition: i32,
+        committed: i64,
+        finished: std::collections::BTreeSet<i64>,
+    ) {
+        self.book.skip_finished(partition, committed, finished);
     }
 
     /// Partitions revoked (`lost`: the group gave them away already, nothing may be committed).
@@ -163,14 +176,22 @@ impl<P> DispatchCore<P> {
         let mut end = self.book.finish_revoke();
         if revoke.lost {
             end.commit.clear();
+            end.notes.clear();
         }
         self.pause_version += 1;
         Some(end)
     }
 
-    /// Books a consumed record.
-    pub fn consume(&mut self, partition: i32, offset: i64) -> Consumed {
-        let consumed = self.book.consume(partition, offset);
+    /// Books a consumed record (see [`PartitionBook::consume`]). On [`Consumed::Restart`] the
+    /// stale assignment's waiting jobs are dropped here; the caller cancels its running ones and
+    /// forgets its undecoded records.
+    pub fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
+        let consumed = self.book.consume(partition, offset, fingerprint);
+        if let Consumed::Restart { stale, .. } = consumed {
+            self.scheduler.remove_waiting(|ticket| {
+                ticket.slot.partition == partition && ticket.slot.generation == stale
+            });
+        }
         if consumed != Consumed::Ignore {
             self.update_pause(partition);
         }
@@ -262,8 +283,16 @@ impl<P> DispatchCore<P> {
     /// Which partitions should not fetch now.
     pub fn pause_plan(&self) -> PausePlan {
         PausePlan {
-            all: self.globally_paused || self.book_stopping(),
+            all: self.globally_paused || self.downstream_held || self.book_stopping(),
             partitions: self.book.paused(),
+        }
+    }
+
+    /// Alipay+ is unavailable (`true`) or back: every partition is paused while it is not.
+    pub fn hold_intake(&mut self, held: bool) {
+        if self.downstream_held != held {
+            self.downstream_held = held;
+            self.pause_version += 1;
         }
     }
 
@@ -317,10 +346,43 @@ impl<P> DispatchCore<P> {
 }
 
 #[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// While too many events wait, every partition is paused, and so is one assigned meanwhile:
+    /// its backlog must not flow into memory either.
+    #[test]
+    fn a_partition_assigned_during_the_global_pause_is_paused_too() {
+        let mut core: DispatchCore<()> = DispatchCore::new(false, 1, 100);
+        core.assign(&[0]);
+        let key = OrderKey::Merchant("m".into());
+        for offset in 0..=waiting_limit(1) as i64 {
+            let Consumed::Track(slot) = core.consume(0, offset, offset as u64) else {
+                panic!("offset {offset} not tracked");
+            };
+            let ticket = Ticket {
+                slot,
+                key: Some(key.clone()),
+                payload: (),
+            };
+            assert!(core.decoded(ticket));
+        }
+        assert!(core.next_start().is_some());
+        assert!(core.next_start().is_none(), "one merchant, one in flight");
+        assert!(core.pause_plan().all, "{} events wait", core.waiting());
+        let (_, fresh) = core.assign(&[1]);
+        assert_eq!(fresh, vec![1]);
+        assert!(core.pause_plan().is_paused(1));
+    }
+}
+
+#[cfg(test)]
 mod model {
     //! The model test: random interleavings of records, decodes, starts, completions of every
     //! kind, transactions, commits, assigns, revokes (lost or not, answered or timed out),
-    //! records delivered again and shutdown, checked at every step against a reference model that keeps
+    //! records delivered again, truncated logs and shutdown, checked at every step against a reference model that keeps
     //! its own plain record of every consumed offset.
     #![allow(clippy::unwrap_used)]
 
@@ -329,6 +391,16 @@ mod model {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::pipeline::finished;
+
+    /// The note of `partition` among `notes` (empty when none).
+    fn note_of(notes: &[(i32, String)], partition: i32) -> String {
+        notes
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .map(|(_, note)| note.clone())
+            .unwrap_or_default()
+    }
 
     const PARTITIONS: i32 = 3;
     const KEYS: u8 = 4;
@@ -344,8 +416,14 @@ mod model {
             gap: i64,
             key: Option<u8>,
         },
-        /// A record whose offset is not above the last one: delivered again.
+        /// A record consumed before in this assignment, delivered again.
         Redeliver {
+            partition: i32,
+            back: usize,
+        },
+        /// A new record at an offset not above the last one: the log was truncated or the topic
+        /// recreated.
+        Truncate {
             partition: i32,
             back: i64,
         },
@@ -379,7 +457,9 @@ mod model {
         prop_oneof![
             12 => (partition.clone(), 1i64..3, prop::option::weighted(0.9, 0..KEYS))
                 .prop_map(|(partition, gap, key)| Op::Consume { partition, gap, key }),
-            1 => (partition, 1i64..4).prop_map(|(partition, back)| Op::Redeliver { partition, back }),
+            1 => (partition.clone(), 1usize..4)
+                .prop_map(|(partition, back)| Op::Redeliver { partition, back }),
+            1 => (partition, 1i64..4).prop_map(|(partition, back)| Op::Truncate { partition, back }),
             8 => Just(Op::Decode),
             6 => Just(Op::Start),
             10 => (any::<prop::sample::Index>(), 0u8..20)
@@ -413,8 +493,12 @@ mod model {
         next_offset: i64,
         /// Every offset consumed in this assignment, in order.
         consumed: BTreeMap<i64, Fate>,
+        /// The content (fingerprint) of each consumed offset.
+        prints: BTreeMap<i64, u64>,
         /// The highest position committed in this assignment.
         committed: Option<i64>,
+        /// Offsets the committed note said an earlier owner finished.
+        skip: std::collections::BTreeSet<i64>,
     }
 
     #[derive(Debug)]
@@ -431,6 +515,8 @@ mod model {
         owned: BTreeMap<i32, Assignment>,
         /// What the group has committed per partition (survives assignments).
         group_committed: HashMap<i32, i64>,
+        /// The note committed with it.
+        group_notes: HashMap<i32, String>,
         undecoded: VecDeque<(Slot, Option<OrderKey>)>,
         running: Vec<Running>,
         submitted: Vec<Slot>,
@@ -441,6 +527,8 @@ mod model {
         revoking: Vec<i32>,
         revoke_lost: bool,
         stopping: bool,
+        /// Every record consumed gets new content.
+        next_print: u64,
     }
 
     impl Model {
@@ -450,6 +538,7 @@ mod model {
                 core: DispatchCore::new(exactly_once, MAX_IN_FLIGHT, MAX_PENDING),
                 owned: BTreeMap::new(),
                 group_committed: HashMap::new(),
+                group_notes: HashMap::new(),
                 undecoded: VecDeque::new(),
                 running: Vec::new(),
                 submitted: Vec::new(),
@@ -459,6 +548,7 @@ mod model {
                 revoking: Vec::new(),
                 revoke_lost: false,
                 stopping: false,
+                next_print: 0,
             }
         }
 
@@ -476,6 +566,7 @@ mod model {
             &mut self,
             partition: i32,
             position: i64,
+            note: &str,
             in_transaction: &[Slot],
         ) -> Result<(), TestCaseError> {
             let Some(assignment) = self.owned.get_mut(&partition) else {
@@ -501,15 +592,36 @@ mod model {
                 "partition {partition} position went back from {:?} to {position}",
                 assignment.committed
             );
+            // Every offset the note names is finished: a new owner may skip it.
+            let names = finished::decode(note, position).unwrap_or_default();
+            for offset in &names {
+                let fate = assignment.consumed.get(offset);
+                let in_this = in_transaction.iter().any(|slot| {
+                    slot.partition == partition
+                        && slot.generation == assignment.generation
+                        && slot.offset == *offset
+                });
+                prop_assert!(
+                    fate == Some(&Fate::Acknowledged)
+                        || (in_this && fate == Some(&Fate::Submitted)),
+                    "note of commit {position} of partition {partition} names offset {offset} ({fate:?})"
+                );
+            }
+            prop_assert!(
+                note.is_empty() || !names.is_empty(),
+                "a note that cannot be read back: {note}"
+            );
             assignment.committed = Some(position);
             self.group_committed.insert(partition, position);
+            self.group_notes.insert(partition, note.to_string());
             Ok(())
         }
 
         fn apply_revoke_end(&mut self, end: RevokeEnd) -> Result<(), TestCaseError> {
             for (partition, position) in &end.commit {
                 prop_assert!(!self.revoke_lost, "a lost assignment committed");
-                self.check_commit(*partition, *position, &[])?;
+                let note = note_of(&end.notes, *partition);
+                self.check_commit(*partition, *position, &note, &[])?;
             }
             for (partition, generation) in end.cancel {
                 self.cancel(partition, generation);
@@ -585,7 +697,16 @@ mod model {
                     }
                     let offset = assignment.next_offset + gap - 1;
                     assignment.next_offset = offset + 1;
-                    let consumed = self.core.consume(partition, offset);
+                    self.next_print += 1;
+                    let print = self.next_print;
+                    let consumed = self.core.consume(partition, offset, print);
+                    if assignment.skip.contains(&offset) {
+                        // Finished by the owner before: skipped, and finished here too.
+                        prop_assert_eq!(consumed, Consumed::Skip, "noted offset {}", offset);
+                        assignment.consumed.insert(offset, Fate::Acknowledged);
+                        assignment.prints.insert(offset, print);
+                        return Ok(());
+                    }
                     let Consumed::Track(slot) = consumed else {
                         return Err(TestCaseError::fail(format!(
                             "owned partition {partition} offset {offset}: {consumed:?}"
@@ -593,32 +714,71 @@ mod model {
                     };
                     prop_assert_eq!(slot.generation, assignment.generation);
                     assignment.consumed.insert(offset, Fate::Waiting);
+                    assignment.prints.insert(offset, print);
                     self.sequence.insert(slot, self.next_sequence);
                     self.next_sequence += 1;
                     let key = key.map(|key| OrderKey::Merchant(format!("m{key}")));
                     self.undecoded.push_back((slot, key));
                 }
                 Op::Redeliver { partition, back } => {
-                    if self.consumer_paused(partition)
-                        || self.stopping
-                        || self.revoking.contains(&partition)
-                    {
-                        return Ok(());
-                    }
-                    let Some(assignment) = self.owned.get(&partition) else {
+                    let Some(assignment) = self.fetching(partition) else {
                         return Ok(());
                     };
-                    // Only an offset at or below one already consumed in this assignment.
+                    // One of the last records consumed in this assignment, the same content.
+                    let Some((&offset, &print)) = assignment.prints.iter().rev().nth(back - 1)
+                    else {
+                        return Ok(());
+                    };
+                    // The first delivery is in the books; this one changes nothing.
+                    let before = self.core.book().window_len(partition);
+                    let waiting = self.core.book().waiting();
+                    let consumed = self.core.consume(partition, offset, print);
+                    prop_assert_eq!(consumed, Consumed::Ignore, "offset {} again", offset);
+                    prop_assert_eq!(self.core.book().window_len(partition), before);
+                    prop_assert_eq!(self.core.book().waiting(), waiting);
+                }
+                Op::Truncate { partition, back } => {
+                    let Some(assignment) = self.fetching(partition) else {
+                        return Ok(());
+                    };
+                    // Only an offset at or below one already consumed in this assignment is a
+                    // truncation; the book cannot know of offsets it never saw.
                     let Some(last) = assignment.consumed.keys().last().copied() else {
                         return Ok(());
                     };
                     let offset = (last + 1 - back).max(0);
-                    // A record delivered again (after a pause and resume): the first delivery
-                    // is in the books; this one changes nothing.
-                    let before = self.core.book().window_len(partition);
-                    let consumed = self.core.consume(partition, offset);
-                    prop_assert_eq!(consumed, Consumed::Ignore, "offset {} again", offset);
-                    prop_assert_eq!(self.core.book().window_len(partition), before);
+                    let stale_generation = assignment.generation;
+                    self.next_print += 1;
+                    let print = self.next_print;
+                    let consumed = self.core.consume(partition, offset, print);
+                    let Consumed::Restart { slot, stale } = consumed else {
+                        return Err(TestCaseError::fail(format!(
+                            "truncated partition {partition} offset {offset}: {consumed:?}"
+                        )));
+                    };
+                    prop_assert_eq!(stale, stale_generation);
+                    self.cancel(partition, stale);
+                    self.forget_undecoded();
+                    self.submitted
+                        .retain(|s| !(s.partition == partition && s.generation == stale));
+                    let mut consumed = BTreeMap::new();
+                    consumed.insert(offset, Fate::Waiting);
+                    let mut prints = BTreeMap::new();
+                    prints.insert(offset, print);
+                    self.owned.insert(
+                        partition,
+                        Assignment {
+                            generation: slot.generation,
+                            next_offset: offset + 1,
+                            consumed,
+                            prints,
+                            committed: None,
+                            skip: Default::default(),
+                        },
+                    );
+                    self.sequence.insert(slot, self.next_sequence);
+                    self.next_sequence += 1;
+                    self.undecoded.push_back((slot, None));
                 }
                 Op::Decode => {
                     self.forget_undecoded();
@@ -701,7 +861,8 @@ mod model {
                         self.core.commit_failed(&partitions);
                     } else {
                         for (partition, position) in positions {
-                            self.check_commit(partition, position, &[])?;
+                            let note = self.core.book().note(partition, position);
+                            self.check_commit(partition, position, &note, &[])?;
                         }
                     }
                 }
@@ -715,13 +876,22 @@ mod model {
                     for partition in fresh {
                         prop_assert!(!self.owned.contains_key(&partition));
                         let start = self.group_committed.get(&partition).copied().unwrap_or(0);
+                        // What the consumer thread reads with the committed offset.
+                        let skip = self
+                            .group_notes
+                            .get(&partition)
+                            .and_then(|note| finished::decode(note, start).ok())
+                            .unwrap_or_default();
+                        self.core.skip_finished(partition, start, skip.clone());
                         self.owned.insert(
                             partition,
                             Assignment {
                                 generation: self.core.book().generation(partition).unwrap(),
                                 next_offset: start,
                                 consumed: BTreeMap::new(),
+                                prints: BTreeMap::new(),
                                 committed: None,
+                                skip,
                             },
                         );
                     }
@@ -776,7 +946,11 @@ mod model {
                 let is_covered = prepared
                     .positions
                     .iter()
-                    .any(|(p, position)| *p == slot.partition && slot.offset < *position);
+                    .any(|(p, position)| *p == slot.partition && slot.offset < *position)
+                    || prepared
+                        .noted
+                        .iter()
+                        .any(|(p, offsets)| *p == slot.partition && offsets.contains(&slot.offset));
                 if !owned {
                     self.submitted.retain(|s| s != slot);
                 } else if is_covered {
@@ -787,7 +961,8 @@ mod model {
                 return Ok(());
             }
             for (partition, position) in &prepared.positions {
-                self.check_commit(*partition, *position, &covered)?;
+                let note = note_of(&prepared.notes, *partition);
+                self.check_commit(*partition, *position, &note, &covered)?;
             }
             for slot in &covered {
                 if let Some(fate) = self.fate(*slot) {
@@ -800,6 +975,17 @@ mod model {
         }
 
         /// What the consumer thread would not fetch now: the plan, or its flow counts.
+        /// The assignment of `partition` when the consumer would deliver a record of it now.
+        fn fetching(&self, partition: i32) -> Option<&Assignment> {
+            if self.consumer_paused(partition)
+                || self.stopping
+                || self.revoking.contains(&partition)
+            {
+                return None;
+            }
+            self.owned.get(&partition)
+        }
+
         fn consumer_paused(&self, partition: i32) -> bool {
             let book = self.core.book();
             self.core.pause_plan().is_paused(partition)
@@ -912,7 +1098,8 @@ mod model {
             prop_assert!(!self.core.revoke_pending(), "a revoke never settled");
             prop_assert!(self.core.stop_settled(), "the shutdown never settled");
             for (partition, position) in self.core.final_commits() {
-                self.check_commit(partition, position, &[])?;
+                let note = self.core.book().note(partition, position);
+                self.check_commit(partition, position, &note, &[])?;
             }
             // Nothing acknowledged at-least-once is left behind a commit that could pass it.
             if !self.exactly_once {

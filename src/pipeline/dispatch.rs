@@ -26,8 +26,9 @@ use crate::codec::{DecodeError, EventDecoder};
 use crate::config::{Ordering, ProcessingSettings};
 use crate::event::RegistrationDecided;
 use crate::observe::{self, Health};
-use crate::pipeline::book::{Consumed, Slot, Stage};
-use crate::pipeline::consumer::{ConsumerEvent, Control, Flow, PipelineConsumer};
+use crate::pipeline::book::{Consumed, RevokeEnd, Slot, Stage};
+use crate::pipeline::breaker::CircuitState;
+use crate::pipeline::consumer::{ConsumerEvent, Control, FinishedNote, Flow, PipelineConsumer};
 use crate::pipeline::decisions::{DispatchCore, Finish, OrderKey, Ticket};
 use crate::pipeline::record::InputRecord;
 use crate::pipeline::worker::{Job, Work, WorkerContext, run_job};
@@ -60,7 +61,7 @@ type Decoding = Pin<Box<dyn Future<Output = Decoded> + Send>>;
 
 #[derive(Debug)]
 struct PendingRevoke {
-    reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
+    reply: std::sync::mpsc::SyncSender<TopicPartitionList>,
     deadline: Instant,
 }
 
@@ -100,6 +101,8 @@ pub struct Dispatcher {
     /// Partitions of the records taken off the channel since the flow counts were last told.
     received: Vec<i32>,
     commit_tick: Interval,
+    /// The alipay+ circuit: every partition is paused while it is not closed.
+    circuit: tokio::sync::watch::Receiver<CircuitState>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -135,7 +138,9 @@ impl Dispatcher {
             processing.max_in_flight,
             processing.max_pending_per_partition,
         );
+        let circuit = parts.worker.circuit.subscribe();
         Dispatcher {
+            circuit,
             processing,
             topic: parts.topic,
             consumer: parts.consumer,
@@ -191,6 +196,10 @@ impl Dispatcher {
                 }
                 () = sleep_until_opt(retry_at) => self.decode_retry = None,
                 _ = self.commit_tick.tick() => self.commit_async(),
+                Ok(()) = self.circuit.changed() => {
+                    let state = *self.circuit.borrow_and_update();
+                    self.core.hold_intake(state != CircuitState::Closed);
+                }
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,
@@ -203,7 +212,7 @@ impl Dispatcher {
 
     fn on_event(&mut self, event: ConsumerEvent) {
         match event {
-            ConsumerEvent::Assigned(partitions) => self.on_assigned(&partitions),
+            ConsumerEvent::Assigned(partitions, notes) => self.on_assigned(&partitions, notes),
             ConsumerEvent::Revoked {
                 partitions,
                 lost,
@@ -249,13 +258,25 @@ impl Dispatcher {
         }
     }
 
-    fn on_assigned(&mut self, partitions: &[i32]) {
+    fn on_assigned(&mut self, partitions: &[i32], notes: Vec<FinishedNote>) {
         observe::rebalance(&self.worker.stats, "assign", partitions);
         let (previous, fresh) = self.core.assign(partitions);
+        for note in notes {
+            if fresh.contains(&note.partition) {
+                tracing::info!(
+                    partition = note.partition,
+                    committed = note.committed,
+                    finished = note.finished.len(),
+                    "an earlier owner finished offsets above the committed one: they are skipped"
+                );
+                self.core
+                    .skip_finished(note.partition, note.committed, note.finished);
+            }
+        }
         tracing::trace!(?partitions, ?fresh, owned = ?self.core.book().owned(), "assigned");
         if let Some(previous) = previous {
             tracing::warn!("assignment received before the previous revoke was answered");
-            self.apply_revoke_end(previous.cancel, previous.commit);
+            self.apply_revoke_end(previous);
         }
         for partition in fresh {
             if let Some(generation) = self.core.book().generation(partition) {
@@ -271,7 +292,7 @@ impl Dispatcher {
         partitions: &[i32],
         lost: bool,
         deadline: Instant,
-        reply: std::sync::mpsc::SyncSender<Vec<(i32, i64)>>,
+        reply: std::sync::mpsc::SyncSender<TopicPartitionList>,
     ) {
         observe::rebalance(
             &self.worker.stats,
@@ -280,7 +301,7 @@ impl Dispatcher {
         );
         let (previous, cancel_now) = self.core.revoke(partitions, lost);
         if let Some(previous) = previous {
-            self.apply_revoke_end(previous.cancel, previous.commit);
+            self.apply_revoke_end(previous);
         }
         for assignment in cancel_now {
             if let Some(cancel) = self.cancels.get(&assignment) {
@@ -296,11 +317,16 @@ impl Dispatcher {
     /// the partition's next owner sent a newer one).
     fn finish_revoke(&mut self) {
         if let Some(end) = self.core.finish_revoke() {
-            self.apply_revoke_end(end.cancel, end.commit);
+            self.apply_revoke_end(end);
         }
     }
 
-    fn apply_revoke_end(&mut self, cancel: Vec<(i32, u64)>, commit: Vec<(i32, i64)>) {
+    fn apply_revoke_end(&mut self, end: RevokeEnd) {
+        let RevokeEnd {
+            cancel,
+            commit,
+            notes,
+        } = end;
         for assignment in cancel {
             if let Some(token) = self.cancels.remove(&assignment) {
                 token.cancel();
@@ -309,7 +335,7 @@ impl Dispatcher {
         }
         if let Some(revoke) = self.pending_revoke.take() {
             // The callback may have stopped waiting; then nothing is committed, which is safe.
-            let _ = revoke.reply.send(commit);
+            let _ = revoke.reply.send(self.commit_list(&commit, &notes));
         }
         self.forget_undecoded();
         self.publish_assignment();
@@ -322,9 +348,34 @@ impl Dispatcher {
     fn on_record(&mut self, record: InputRecord) {
         self.received.push(record.partition);
         let partition = record.partition;
-        match self.core.consume(partition, record.offset) {
+        match self
+            .core
+            .consume(partition, record.offset, record.fingerprint())
+        {
             Consumed::Ignore => return,
+            Consumed::Skip => {
+                observe::skipped_finished(partition);
+                return;
+            }
             Consumed::Track(slot) => self.undecoded.push_back((slot, record)),
+            Consumed::Restart { slot, stale } => {
+                tracing::warn!(
+                    partition,
+                    offset = record.offset,
+                    "a new record at an offset already consumed (log truncated or topic \
+                     recreated): the partition starts over from it"
+                );
+                observe::partition_restarted(partition);
+                if let Some(token) = self.cancels.remove(&(partition, stale)) {
+                    token.cancel();
+                }
+                self.cancels.insert(
+                    (partition, slot.generation),
+                    self.worker.hard_stop.child_token(),
+                );
+                self.forget_undecoded();
+                self.undecoded.push_back((slot, record));
+            }
         }
         observe::record_consumed(&self.worker.stats, partition);
         observe::pending(partition, self.core.book().window_len(partition));
@@ -450,16 +501,18 @@ impl Dispatcher {
         self.flow.pause.publish(plan);
     }
 
+    /// The commit of these positions of owned partitions, each with its note of the finished
+    /// offsets above it.
     fn positions(&self, positions: &[(i32, i64)]) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (partition, position) in positions {
-            if let Err(error) =
-                tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*position))
-            {
-                tracing::warn!(%error, partition, "cannot express commit position");
-            }
-        }
-        tpl
+        let notes: Vec<(i32, String)> = positions
+            .iter()
+            .map(|(partition, position)| (*partition, self.core.book().note(*partition, *position)))
+            .collect();
+        self.commit_list(positions, &notes)
+    }
+
+    fn commit_list(&self, positions: &[(i32, i64)], notes: &[(i32, String)]) -> TopicPartitionList {
+        commit_list(&self.topic, positions, notes)
     }
 
     fn commit_async(&mut self) {
@@ -576,6 +629,33 @@ async fn next_decoded(decoding: &mut Option<Decoding>) -> Decoded {
         Some(decoding) => decoding.await,
         None => std::future::pending().await,
     }
+}
+
+/// A commit of `positions` of `topic`, with the note of each (see [`crate::pipeline::finished`]).
+pub fn commit_list(
+    topic: &str,
+    positions: &[(i32, i64)],
+    notes: &[(i32, String)],
+) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (partition, position) in positions {
+        if let Err(error) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*position)) {
+            tracing::warn!(%error, partition, "cannot express commit position");
+            continue;
+        }
+        let note = notes
+            .iter()
+            .find(|(noted, _)| noted == partition)
+            .map(|(_, note)| note.as_str())
+            .unwrap_or_default();
+        observe::finished_note(*partition, note.len());
+        if !note.is_empty()
+            && let Some(mut element) = tpl.find_partition(topic, *partition)
+        {
+            element.set_metadata(note);
+        }
+    }
+    tpl
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

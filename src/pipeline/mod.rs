@@ -13,9 +13,12 @@
 
 pub mod backoff;
 pub mod book;
+pub mod breaker;
+pub mod circuit;
 pub mod consumer;
 pub mod decisions;
 pub mod dispatch;
+pub mod finished;
 pub mod keyed;
 pub mod output;
 pub mod record;
@@ -23,6 +26,8 @@ pub mod scheduler;
 pub mod transactions;
 pub mod watermark;
 pub mod worker;
+
+use crate::pipeline::circuit::Circuit;
 
 use std::sync::Arc;
 
@@ -151,6 +156,11 @@ pub async fn run(
         stats,
         Arc::clone(&status),
         CancellationToken::new(),
+        Arc::new(Circuit::new(
+            settings.alipayplus.circuit_breaker.clone(),
+            processing.refused_streak_threshold,
+            Arc::clone(&status),
+        )),
     ));
     let dispatcher = Dispatcher::new(DispatcherParts {
         processing: processing.clone(),

@@ -28,6 +28,21 @@ pub struct InputRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+impl InputRecord {
+    /// Identifies the record's content (key, value, headers, timestamp) within this process:
+    /// the same record delivered twice has the same fingerprint, a different record at the
+    /// same offset almost surely not.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        self.timestamp_ms.hash(&mut hasher);
+        self.key.hash(&mut hasher);
+        self.value.hash(&mut hasher);
+        self.headers.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
 /// Why an input ended on the dead-letter topic (`dlq.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadLetterReason {

@@ -18,7 +18,6 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -74,9 +73,16 @@ fn split(held: Vec<Submission>, prepared: &Prepared) -> Split {
             parts.orphaned += 1;
             continue;
         }
-        let covered = prepared.positions.iter().any(|(partition, position)| {
-            *partition == submission.record.partition && submission.record.offset < *position
-        });
+        let (partition, offset) = (submission.record.partition, submission.record.offset);
+        let below = prepared
+            .positions
+            .iter()
+            .any(|(p, position)| *p == partition && offset < *position);
+        let noted = prepared
+            .noted
+            .iter()
+            .any(|(p, offsets)| *p == partition && offsets.contains(&offset));
+        let covered = below || noted;
         if covered {
             parts.covered.push(submission);
         } else {
@@ -121,6 +127,7 @@ mod tests {
         let prepared = Prepared {
             positions: vec![(0, 11), (1, 6)],
             owned: vec![(0, 1), (1, 1), (2, 8)],
+            ..Prepared::default()
         };
         let parts = split(held, &prepared);
         let covered: Vec<(i32, i64)> = parts
@@ -176,7 +183,7 @@ mod tests {
         // Joined: the group metadata now carries a generation.
         tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(event) = events.recv().await {
-                if matches!(event, ConsumerEvent::Assigned(_)) {
+                if matches!(event, ConsumerEvent::Assigned(..)) {
                     break;
                 }
             }
@@ -236,6 +243,7 @@ mod tests {
                                 .iter()
                                 .map(|s| (s.partition, s.generation))
                                 .collect(),
+                            ..Prepared::default()
                         });
                     }
                     Control::TransactionCommitted(settled) => return settled,
@@ -254,6 +262,55 @@ mod tests {
         tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())
             .await
             .unwrap();
+    }
+    /// One rule in both delivery modes: an output error that stops the service at-least-once
+    /// (a permanent publish error) stops the transaction writer too, and one that is retried
+    /// at-least-once is retried (by an abort and a new transaction) exactly-once.
+    #[test]
+    fn both_delivery_modes_agree_on_which_kafka_errors_are_permanent() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let permanent = [
+            Code::MessageSizeTooLarge,
+            Code::InvalidMessageSize,
+            Code::InvalidMessage,
+            Code::TopicAuthorizationFailed,
+            Code::ClusterAuthorizationFailed,
+            Code::TransactionalIdAuthorizationFailed,
+            Code::UnknownTopic,
+            Code::Fatal,
+            Code::ProducerFenced,
+            Code::InvalidProducerEpoch,
+            Code::InvalidProducerIdMapping,
+        ];
+        let transient = [
+            Code::BrokerNotAvailable,
+            Code::RequestTimedOut,
+            Code::NotLeaderForPartition,
+            Code::LeaderNotAvailable,
+            Code::NetworkException,
+            Code::NotEnoughReplicas,
+            Code::MessageTimedOut,
+            Code::AllBrokersDown,
+            Code::CoordinatorLoadInProgress,
+        ];
+        for code in permanent {
+            let error = KafkaError::MessageProduction(code);
+            let publish = crate::pipeline::output::PublishError::Kafka {
+                what: "an outcome",
+                source: error.clone(),
+            };
+            assert!(publish.is_permanent(), "{code:?} at-least-once");
+            assert_eq!(next_step(&error), Step::Fatal, "{code:?} exactly-once");
+        }
+        for code in transient {
+            let error = KafkaError::MessageProduction(code);
+            let publish = crate::pipeline::output::PublishError::Kafka {
+                what: "an outcome",
+                source: error.clone(),
+            };
+            assert!(!publish.is_permanent(), "{code:?} at-least-once");
+            assert_eq!(next_step(&error), Step::Abort, "{code:?} exactly-once");
+        }
     }
 }
 
@@ -369,7 +426,7 @@ impl TransactionWriter {
                 return Ok(parts.waiting);
             }
             match self
-                .try_transaction(&parts.covered, &prepared.positions, metadata)
+                .try_transaction(&parts.covered, &prepared, metadata)
                 .await
             {
                 Ok(()) => {
@@ -446,7 +503,7 @@ impl TransactionWriter {
     async fn try_transaction(
         &self,
         batch: &[Submission],
-        positions: &[(i32, i64)],
+        prepared: &Prepared,
         metadata: rdkafka::consumer::ConsumerGroupMetadata,
     ) -> Result<(), Failure> {
         self.call("begin", |producer, _| producer.begin_transaction())
@@ -491,11 +548,9 @@ impl TransactionWriter {
                 Err(_) => return Err(Failure::Fatal(TransactionError::Closed)),
             }
         }
-        let mut tpl = TopicPartitionList::new();
-        for (partition, position) in positions {
-            tpl.add_partition_offset(&self.input_topic, *partition, Offset::Offset(*position))
-                .map_err(|error| Failure::Fatal(TransactionError::Kafka(error)))?;
-        }
+        let positions = &prepared.positions;
+        let tpl =
+            crate::pipeline::dispatch::commit_list(&self.input_topic, positions, &prepared.notes);
         let metadata = Arc::new(metadata);
         self.call("send offsets", move |producer, timeout| {
             producer.send_offsets_to_transaction(&tpl, &metadata, timeout)

@@ -140,6 +140,32 @@ impl CommitWatermark {
 
     /// Tracked offsets held in memory: the unfinished ones and the finished ones waiting behind
     /// an older unfinished offset. This is what `max_pending_per_partition` bounds.
+    /// Where a commit may stand now: the committable position, or, before anything is, the first
+    /// offset tracked (nothing below it was delivered since the last reset). A commit there
+    /// passes no unfinished work and can carry a note of what finished above it.
+    pub fn commit_position(&self) -> Option<i64> {
+        self.committable
+            .or_else(|| self.window.front().map(|(offset, _)| *offset))
+    }
+
+    /// Finished offsets still in the window: all above the committable position.
+    pub fn finished_beyond(&self) -> Vec<i64> {
+        self.window
+            .iter()
+            .filter(|(_, finished)| *finished)
+            .map(|(offset, _)| *offset)
+            .collect()
+    }
+
+    /// Offsets from the first unfinished one to the last tracked one, gaps included: what a
+    /// bitset of the finished offsets above the commit position spans.
+    pub fn span(&self) -> i64 {
+        match (self.window.front(), self.window.back()) {
+            (Some((first, _)), Some((last, _))) => last - first + 1,
+            _ => 0,
+        }
+    }
+
     pub fn window_len(&self) -> usize {
         self.window.len()
     }

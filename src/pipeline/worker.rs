@@ -19,6 +19,8 @@ use crate::codec::DecodeError;
 use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
+use crate::pipeline::breaker::Refusal;
+use crate::pipeline::circuit::Circuit;
 pub use crate::pipeline::decisions::Finish;
 use crate::pipeline::output::OutputSink;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
@@ -54,6 +56,7 @@ pub struct WorkerContext {
     pub health: Arc<Health>,
     /// Fires when all work in flight must stop at once; every job's token is a child of it.
     pub hard_stop: CancellationToken,
+    pub circuit: Arc<Circuit>,
     send_rate: Mutex<AdaptiveRate>,
 }
 
@@ -73,6 +76,7 @@ impl WorkerContext {
         stats: Arc<Stats>,
         health: Arc<Health>,
         hard_stop: CancellationToken,
+        circuit: Arc<Circuit>,
     ) -> Self {
         WorkerContext {
             client,
@@ -81,6 +85,7 @@ impl WorkerContext {
             stats,
             health,
             hard_stop,
+            circuit,
             // The configured ceiling is enforced by the client; this only slows down after
             // throttling answers, so it starts unlimited.
             send_rate: Mutex::new(AdaptiveRate::new(0, RATE_RECOVERY_PER_SECOND)),
@@ -166,48 +171,86 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
 
 /// Calls Alipay+ until a terminal answer or the end of the retry budget. `None` when the hard stop
 /// fired first.
+///
+/// The circuit breaker decides when a call may go out. Time spent waiting for it, and answers
+/// that came while it was not closed, do not count against the retry budget: no event is
+/// dead-lettered because Alipay+ as a whole was down. A refusal is held until the breaker tells
+/// whether it was about the event (other calls were answered since: dead-lettered) or about us
+/// (the circuit opened: retried after recovery); undecided after `refusal_hold`, the event asks
+/// again, which counts toward the refused streak that opens the circuit.
 async fn notify_with_retries(
     ctx: &WorkerContext,
     cancel: &CancellationToken,
     event: &RegistrationDecided,
 ) -> Option<Verdict> {
     let started = Instant::now();
+    let mut held = Duration::ZERO;
     let mut attempts: u32 = 0;
+    let mut counted: u32 = 0;
     let mut first_attempt_at_ms = None;
     loop {
+        let (probe, waited) = ctx.circuit.admitted(cancel).await?;
+        held += waited;
         let wait = ctx
             .send_rate
             .lock()
             .map(|mut rate| rate.reserve_send(Instant::now()))
             .unwrap_or_default();
         if !wait.is_zero() && !sleep_unless_stopped(cancel, wait).await {
+            if probe {
+                ctx.circuit.probe_abandoned();
+            }
             return None;
         }
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
         let attempt = tokio::select! {
             attempt = ctx.client.notify_registration_status(event) => attempt,
-            () = cancel.cancelled() => return None,
+            () = cancel.cancelled() => {
+                if probe {
+                    ctx.circuit.probe_abandoned();
+                }
+                return None;
+            }
         };
         attempts += 1;
         observe::notify_attempt(&ctx.stats, &attempt);
         ctx.health.answered(attempt.class == ResultClass::Refused);
+        let mark = ctx.circuit.record(attempt.class, probe);
         if let Ok(mut rate) = ctx.send_rate.lock() {
-            match attempt.class {
-                ResultClass::Throttled => rate.on_throttled(Instant::now()),
-                _ => rate.on_accepted(Instant::now()),
+            let throttled = attempt.class == ResultClass::Throttled;
+            if throttled {
+                rate.on_throttled(Instant::now());
+            } else {
+                rate.on_accepted(Instant::now());
             }
+            observe::send_rate(rate.allowed_per_second(), throttled);
         }
         let (outcome, dead_letter) = match attempt.class {
             ResultClass::Success => (NotifyOutcome::Notified, None),
             ResultClass::Rejected => (NotifyOutcome::Rejected, None),
+            ResultClass::Refused if ctx.circuit.enabled() => {
+                let (refusal, waited) = ctx.circuit.refusal(mark, cancel).await?;
+                held += waited;
+                if refusal != Refusal::AboutTheEvent {
+                    continue;
+                }
+                (
+                    NotifyOutcome::DeadLettered,
+                    Some((DeadLetterReason::RequestRefused, describe(&attempt))),
+                )
+            }
             ResultClass::Refused => (
                 NotifyOutcome::DeadLettered,
                 Some((DeadLetterReason::RequestRefused, describe(&attempt))),
             ),
             ResultClass::Throttled | ResultClass::Unknown => {
-                let delay = ctx
-                    .budget
-                    .next_delay(attempts, started.elapsed(), &mut rand::rng());
+                if !ctx.circuit.is_closed() {
+                    // The outage, not this event: held until the circuit closes, not counted.
+                    continue;
+                }
+                counted += 1;
+                let spent = started.elapsed().saturating_sub(held);
+                let delay = ctx.budget.next_delay(counted, spent, &mut rand::rng());
                 if let Some(delay) = delay {
                     observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
                     if !sleep_unless_stopped(cancel, delay).await {

@@ -147,6 +147,8 @@ impl Simulator {
             counters: Mutex::new(RuleCounters::default()),
             stats: Mutex::new(StatsRecorder::new(config.max_arrivals)),
             gate: Mutex::new(None),
+            outage: Mutex::new(None),
+            refused_until: Mutex::new(HashMap::new()),
             shutdown: shutdown.clone(),
         });
         let app = Router::new()
@@ -155,6 +157,7 @@ impl Simulator {
             .route("/admin/clients/{id}/refuse", post(refuse_route))
             .route("/admin/clients/{id}/accept", post(accept_route))
             .route("/admin/rules", put(rules_route))
+            .route("/admin/outage", post(outage_route))
             .fallback(no_interface)
             .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
             .with_state(Arc::clone(&shared));
@@ -193,6 +196,13 @@ impl SimulatorHandle {
         lock(&self.shared.stats).snapshot()
     }
 
+    /// The arrivals recorded since the last call, oldest first, forgotten by the simulator: a
+    /// long run that drains them often keeps its memory flat and loses none (compare
+    /// [`SimulatorStats::arrivals_dropped`]).
+    pub fn take_arrivals(&self) -> Vec<Arrival> {
+        lock(&self.shared.stats).take_arrivals()
+    }
+
     /// Answer `INVALID_CLIENT` to `client_id` from now on.
     pub fn refuse_client(&self, client_id: &str) {
         lock(&self.shared.refused).insert(client_id.to_owned());
@@ -226,6 +236,16 @@ impl SimulatorHandle {
         if let Some(gate) = lock(&self.shared.gate).take() {
             gate.close();
         }
+    }
+
+    /// Alipay+ is down for `duration`: every call fails as `mode` says, then service is back.
+    pub fn outage(&self, duration: Duration, mode: OutageMode) {
+        self.shared.start_outage(duration, mode);
+    }
+
+    /// Answer `INVALID_CLIENT` to `client_id` for `duration`, then accept it again.
+    pub fn refuse_client_for(&self, client_id: &str, duration: Duration) {
+        self.shared.refuse_for(client_id, duration);
     }
 
     /// Replaces the fault rules (and the latency, when the document sets one).
@@ -273,13 +293,77 @@ struct Shared {
     signatures: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     /// Closed gate: calls wait for a permit (see [`SimulatorHandle::hold`]).
     gate: Mutex<Option<Arc<Semaphore>>>,
+    /// A scripted outage (see [`SimulatorHandle::outage`]).
+    outage: Mutex<Option<Outage>>,
+    /// Client ids refused until a time (see [`SimulatorHandle::refuse_client_for`]).
+    refused_until: Mutex<HashMap<String, std::time::Instant>>,
     shutdown: CancellationToken,
 }
 
 /// Bound on remembered answer signatures; the map is cleared when it is reached.
 const MAX_CACHED_SIGNATURES: usize = 256;
 
+/// A scripted outage: until `until`, calls fail as `mode` says.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    until: std::time::Instant,
+    mode: OutageMode,
+}
+
+/// How calls fail during a scripted outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutageMode {
+    /// The connection is dropped before the answer is complete.
+    Drop,
+    /// HTTP 503.
+    Unavailable,
+    /// Half of the calls one way, half the other, at random.
+    Mixed,
+}
+
+impl std::str::FromStr for OutageMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "drop" => Ok(OutageMode::Drop),
+            "503" => Ok(OutageMode::Unavailable),
+            "mixed" => Ok(OutageMode::Mixed),
+            other => Err(format!(
+                "outage mode `{other}`: expected drop, 503 or mixed"
+            )),
+        }
+    }
+}
+
+/// A body that fails at once: the server aborts the connection mid-answer.
+struct DroppedConnection;
+
+impl tokio::io::AsyncRead for DroppedConnection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("simulated dropped connection")))
+    }
+}
+
 impl Shared {
+    fn start_outage(&self, duration: Duration, mode: OutageMode) {
+        tracing::info!(?duration, ?mode, "simulator outage starts");
+        *lock(&self.outage) = Some(Outage {
+            until: std::time::Instant::now() + duration,
+            mode,
+        });
+    }
+
+    fn refuse_for(&self, client_id: &str, duration: Duration) {
+        tracing::info!(client_id, ?duration, "simulator refuses client for a while");
+        lock(&self.refused_until)
+            .insert(client_id.to_owned(), std::time::Instant::now() + duration);
+    }
+
     fn set_rules(&self, rules: SimulatorRules) {
         let mut behaviour = self
             .behaviour
@@ -292,8 +376,29 @@ impl Shared {
     }
 
     fn accepts(&self, client_id: &str) -> bool {
+        let refused_for_now = lock(&self.refused_until)
+            .get(client_id)
+            .is_some_and(|until| std::time::Instant::now() < *until);
         (self.client_ids.is_empty() || self.client_ids.contains(client_id))
             && !lock(&self.refused).contains(client_id)
+            && !refused_for_now
+    }
+
+    /// How the current call fails, while a scripted outage lasts.
+    fn outage_now(&self) -> Option<OutageMode> {
+        let mut outage = lock(&self.outage);
+        match *outage {
+            Some(Outage { until, mode }) if std::time::Instant::now() < until => Some(match mode {
+                OutageMode::Mixed if rand::random::<bool>() => OutageMode::Drop,
+                OutageMode::Mixed => OutageMode::Unavailable,
+                other => other,
+            }),
+            Some(_) => {
+                *outage = None;
+                None
+            }
+            None => None,
+        }
     }
 
     fn record(&self, label: &str) {
@@ -462,6 +567,19 @@ async fn notify(
     body: Bytes,
 ) -> Response {
     lock(&shared.stats).call();
+    match shared.outage_now() {
+        Some(OutageMode::Unavailable) => {
+            shared.record("OUTAGE_503");
+            return (StatusCode::SERVICE_UNAVAILABLE, "simulated outage").into_response();
+        }
+        Some(_) => {
+            shared.record("OUTAGE_DROPPED");
+            let body =
+                axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(DroppedConnection));
+            return (StatusCode::OK, body).into_response();
+        }
+        None => {}
+    }
     let _open = OpenCall::open(&shared, &body);
     if !shared.pass_gate().await {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -635,13 +753,62 @@ async fn stats_route(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(lock(&shared.stats).snapshot()).into_response()
 }
 
+/// `?seconds=N` for a scripted refusal or outage; `mode=drop|503|mixed` for an outage.
+#[derive(Debug, serde::Deserialize)]
+struct ForAWhile {
+    seconds: Option<f64>,
+    mode: Option<String>,
+}
+
+impl ForAWhile {
+    /// `seconds` as a duration; `Err` with the text of a 400 answer when it is not one.
+    fn duration(&self) -> Result<Option<Duration>, &'static str> {
+        self.seconds
+            .map(|seconds| {
+                Duration::try_from_secs_f64(seconds)
+                    .map_err(|_| "seconds: a number of seconds, 0 or more")
+            })
+            .transpose()
+    }
+}
+
 async fn refuse_route(
     State(shared): State<Arc<Shared>>,
     UrlPath(id): UrlPath<String>,
-) -> StatusCode {
-    tracing::info!(client_id = %id, "simulator refuses client");
-    lock(&shared.refused).insert(id);
-    StatusCode::NO_CONTENT
+    axum::extract::Query(query): axum::extract::Query<ForAWhile>,
+) -> Response {
+    match query.duration() {
+        Err(error) => (StatusCode::BAD_REQUEST, error).into_response(),
+        Ok(Some(duration)) => {
+            shared.refuse_for(&id, duration);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(None) => {
+            tracing::info!(client_id = %id, "simulator refuses client");
+            lock(&shared.refused).insert(id);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+/// `POST /admin/outage?seconds=N&mode=drop|503|mixed` (mode: mixed unless given).
+async fn outage_route(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<ForAWhile>,
+) -> Response {
+    let duration = match query.duration() {
+        Err(error) => return (StatusCode::BAD_REQUEST, error).into_response(),
+        Ok(Some(duration)) => duration,
+        Ok(None) => {
+            return (StatusCode::BAD_REQUEST, "seconds is required").into_response();
+        }
+    };
+    let mode = match query.mode.as_deref().unwrap_or("mixed").parse() {
+        Ok(mode) => mode,
+        Err(error) => return (StatusCode::BAD_REQUEST, error).into_response(),
+    };
+    shared.start_outage(duration, mode);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn accept_route(

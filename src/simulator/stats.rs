@@ -183,6 +183,11 @@ impl StatsRecorder {
         self.arrivals.push_back(arrival);
     }
 
+    /// Hands over the arrivals recorded so far and forgets them.
+    pub(crate) fn take_arrivals(&mut self) -> Vec<Arrival> {
+        self.arrivals.drain(..).collect()
+    }
+
     pub(crate) fn snapshot(&self) -> SimulatorStats {
         SimulatorStats {
             total_calls: self.total_calls,

@@ -42,7 +42,7 @@ use regnotify::event::{Decision, RegistrationDecided, RegistrationNotifyOutcome}
 use regnotify::inspect::{self, PartitionProgress, ReadRecord};
 use regnotify::keys::PrivateSigningKey;
 use regnotify::observe::{Health, Stats};
-use regnotify::pipeline;
+use regnotify::service::Application;
 use regnotify::simulator::rules::FaultRule;
 use regnotify::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 
@@ -236,6 +236,8 @@ pub struct Harness {
 pub struct RunningPipeline {
     pub stats: Arc<Stats>,
     pub status: Arc<Health>,
+    /// Where the service's `/metrics`, `/healthz` and `/readyz` answer.
+    pub admin_url: String,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -332,6 +334,7 @@ impl Harness {
         settings.kafka.input_topic = self.input.clone();
         settings.kafka.result_topic = self.result.clone();
         settings.kafka.dlq_topic = self.dlq.clone();
+        settings.admin.listen = "127.0.0.1:0".into();
         settings.schema_registry = Some(self.registry.settings());
         settings.alipayplus.base_url = self.simulator.base_url();
         settings.alipayplus.allow_insecure_http = true;
@@ -357,16 +360,9 @@ impl Harness {
         settings
     }
 
-    pub fn start_pipeline(&self, settings: Settings) -> RunningPipeline {
-        self.start_pipeline_with_health(settings, Arc::new(Health::default()))
-    }
-
-    /// As [`Harness::start_pipeline`], reporting into `status` (which admin routes may read).
-    pub fn start_pipeline_with_health(
-        &self,
-        settings: Settings,
-        status: Arc<Health>,
-    ) -> RunningPipeline {
+    /// Starts the service as `regnotify run` does ([`Application`]: the admin listener bound
+    /// first, then the pipeline), with this harness's keys in memory.
+    pub async fn start_pipeline(&self, settings: Settings) -> RunningPipeline {
         let client = Arc::new(
             AlipayPlusClient::new(
                 ClientOptions::from_settings(&settings.alipayplus),
@@ -375,15 +371,17 @@ impl Harness {
             )
             .expect("client"),
         );
-        let stats = Arc::new(Stats::default());
+        let application = Application::build_with_client(settings, client)
+            .await
+            .expect("the service builds");
+        let (stats, status) = (application.stats(), application.health());
+        let admin_url = format!("http://{}", application.admin_addr());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (stats, status, shutdown) = (stats.clone(), status.clone(), shutdown.clone());
-            async move { pipeline::run(&settings, client, stats, status, shutdown).await }
-        });
+        let task = tokio::spawn(application.run_until_stopped(shutdown.clone()));
         RunningPipeline {
             stats,
             status,
+            admin_url,
             shutdown,
             task,
         }

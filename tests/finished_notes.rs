@@ -1,0 +1,152 @@
+//! Finished offsets beyond the committed one travel in the commit's metadata, and the next owner
+//! of the partition skips them: one slow merchant holding the commit position back no longer
+//! means calling Alipay+ again for everything that finished behind it. Metadata another tool
+//! committed skips nothing.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Harness, event, merchant_events};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use regnotify::event::NotifyOutcome;
+use regnotify::simulator::rules::{Fault, FaultRule};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Alipay+ calls per registration request id, as the simulator saw them.
+fn calls_per_request(harness: &Harness) -> HashMap<String, usize> {
+    let mut calls = HashMap::new();
+    for arrival in harness.simulator.stats().arrivals {
+        *calls.entry(arrival.registration_request_id).or_default() += 1;
+    }
+    calls
+}
+
+async fn stop_and_restart_behind_a_slow_merchant(exactly_once: bool) {
+    // The first event's first call is answered after 20 s; the 200 behind it at once.
+    let slow = FaultRule::for_prefix(
+        "M-SLOW",
+        Fault::Latency {
+            delay: Duration::from_secs(20),
+        },
+    )
+    .times(1);
+    let harness = Harness::new(1, vec![slow]).await;
+    let mut events = vec![event("M-SLOW-1", "R-SLOW")];
+    events.extend(merchant_events(200, 40));
+    harness.produce(&events).await;
+    let mut settings = harness.settings();
+    settings.processing.exactly_once = exactly_once;
+    // A deploy that outruns the drain: the slow call is abandoned at the stop.
+    settings.processing.shutdown_timeout = Duration::from_secs(1);
+    settings.alipayplus.request_timeout = Duration::from_secs(30);
+
+    let first = harness.start_pipeline(settings.clone()).await;
+    let stats = first.stats.clone();
+    common::eventually("the 200 fast events finished", WAIT, || {
+        stats.terminal() >= 200
+    })
+    .await;
+    // A commit (periodic, or in a transaction) carries the note of what finished.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.stop().await;
+    let before = calls_per_request(&harness);
+    assert_eq!(
+        before.len(),
+        201,
+        "every event was called by the first owner"
+    );
+
+    let second = harness.start_pipeline(settings).await;
+    let outcomes = harness.wait_outcomes_of(&events, WAIT).await;
+    common::assert_nothing_lost(&events, &outcomes);
+    let calls = calls_per_request(&harness);
+    let repeated: Vec<(&String, &usize)> = calls
+        .iter()
+        .filter(|(request, count)| **count > 1 && request.as_str() != "R-SLOW")
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "finished events called again after the restart: {repeated:?}"
+    );
+    assert!(
+        calls.get("R-SLOW") > before.get("R-SLOW"),
+        "the abandoned event is called again by the new owner"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| outcome.outcome == NotifyOutcome::Notified)
+    );
+    if exactly_once {
+        common::assert_one_outcome_each(&events, &outcomes);
+    } else {
+        // Nothing finished is written twice either.
+        assert_eq!(outcomes.len(), events.len(), "one outcome each");
+    }
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_skips_what_finished_behind_a_slow_merchant() {
+    stop_and_restart_behind_a_slow_merchant(false).await;
+}
+
+/// The mock cluster does not store transactional offset commits (nor their metadata): this runs
+/// only against a real broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_skips_what_finished_behind_a_slow_merchant_exactly_once() {
+    if !common::real_broker_or_skip(
+        "a_new_owner_skips_what_finished_behind_a_slow_merchant_exactly_once",
+    ) {
+        return;
+    }
+    stop_and_restart_behind_a_slow_merchant(true).await;
+}
+
+/// Metadata committed by another tool, or a note that belongs to another position, is ignored:
+/// every event from the committed offset on is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_another_tool_committed_skips_nothing() {
+    let harness = Harness::new(2, Vec::new()).await;
+    let events = merchant_events(60, 12);
+    harness.produce(&events).await;
+    let foreign = ["checkpoint:v2:offsets=11-29", "rn1:3:rAQ"];
+    {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &harness.kafka.bootstrap)
+            .set("group.id", &harness.group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for (partition, note) in foreign.iter().enumerate() {
+            tpl.add_partition_offset(&harness.input, partition as i32, Offset::Offset(10))
+                .unwrap();
+            tpl.find_partition(&harness.input, partition as i32)
+                .unwrap()
+                .set_metadata(*note);
+        }
+        consumer.commit(&tpl, CommitMode::Sync).unwrap();
+    }
+    let pipeline = harness.start_pipeline(harness.settings()).await;
+    let end: i64 = harness.end_offsets(&harness.input).await.values().sum();
+    let expected = (end - 20) as u64;
+    let stats = pipeline.stats.clone();
+    common::eventually("every record from offset 10 on", WAIT, || {
+        stats.terminal() >= expected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stats.terminal(), expected, "nothing skipped, nothing more");
+    let calls = calls_per_request(&harness);
+    assert_eq!(calls.len() as u64, expected);
+    assert!(calls.values().all(|count| *count == 1));
+    pipeline.stop().await;
+}
