@@ -166,7 +166,7 @@ async fn a_header_name_that_is_not_utf8_is_left_out_and_the_record_still_process
     .await
     .unwrap();
 
-    let pipeline = harness.start_pipeline(harness.settings());
+    let pipeline = harness.start_pipeline(harness.settings()).await;
     assert!(fully_committed(&harness.wait_fully_committed(WAIT).await));
     pipeline.assert_running();
 
