@@ -619,6 +619,14 @@ impl Settings {
             ));
         }
         self.admin.listen_addr()?;
+        // tracing-subscriber's directive parser slices by byte offsets that can fall inside a
+        // multi-byte character and panics (found by fuzzing); directives are ASCII anyway.
+        if !self.log.level.is_ascii() {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "must be ASCII, such as \"info\" or \"info,regnotify=debug\"",
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| ConfigError::invalid("log.level", err.to_string()))?;
         Ok(())
@@ -1388,6 +1396,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafka.input_topic"), "{err}");
+    }
+
+    /// Found by fuzzing (fuzz/corpus/settings/crash-envfilter-non-ascii-level): the log filter
+    /// parser panicked on some non-ASCII levels.
+    #[test]
+    fn a_non_ascii_log_level_is_refused_by_name() {
+        for level in ["info,a[{b=\"é\"}]=debug", "regnotify=dé[bug]", "ïnfo"] {
+            let err = load("", &[("REGNOTIFY_LOG__LEVEL", level)], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("log.level"), "{level}: {err}");
+        }
     }
 
     #[test]
