@@ -218,18 +218,16 @@ pub fn settings(data: &[u8]) {
     let Ok(settings) = Settings::load_from_toml_str(toml, env, &[]) else {
         return;
     };
-    let Some(key) = settings.alipayplus.private_key.clone() else {
+    if settings.alipayplus.private_key.is_none() {
         return;
-    };
-    // The key's text may occur in the output by chance (`[process` in `[processing]`): a leak is
-    // text that appears with the key and not without it.
+    }
+    // The output must not depend on the key's text at all: with another key in its place it is
+    // the same, byte for byte (a comparison of texts would trip on a key such as `)` that occurs
+    // in the output anyway).
     let printed = |settings: &Settings| format!("{settings:?}{}", settings.to_redacted_toml());
-    let mut without = settings.clone();
-    without.alipayplus.private_key = None;
-    assert!(
-        !printed(&settings).contains(key.expose()) || printed(&without).contains(key.expose()),
-        "private key printed"
-    );
+    let mut other = settings.clone();
+    other.alipayplus.private_key = Some(crate::config::Secret::new("another key"));
+    assert_eq!(printed(&settings), printed(&other), "private key printed");
 }
 
 /// The simulator's reading of a request body: an accepted request respects the field rules.
