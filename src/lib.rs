@@ -21,6 +21,8 @@
 //!   and `regnotify measure` (the service against a real broker, for the side-by-side with a peer).
 //! - [`usage`]: this process's CPU time and peak memory, from `/proc`.
 //! - [`telemetry`]: logging set-up.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of their corpus
+//!   replay on stable.
 
 pub mod admin;
 pub mod alipayplus;
@@ -29,6 +31,8 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod keys;
 pub mod observe;

@@ -637,6 +637,34 @@ pub fn commit_failed(error: &dyn std::error::Error) {
     tracing::warn!(error = %error, "offset commit failed");
 }
 
+/// A private key file that others can read (see [`crate::keys::private_key_exposure`]).
+pub fn private_key_file_exposed(setting: &str, path: &std::path::Path, mode: u32) {
+    tracing::warn!(
+        setting,
+        path = %path.display(),
+        mode = %format_args!("{mode:04o}"),
+        "private key file is readable by group or others: restrict it (chmod 600, or 0440 with a \
+         group of this process only)"
+    );
+}
+
+/// `alipayplus.allow_insecure_http` is on: said at every start, whatever the base URL.
+pub fn insecure_http_allowed(base_url: &str) {
+    tracing::warn!(
+        base_url,
+        "INSECURE: alipayplus.allow_insecure_http is on; signed notifications may travel without \
+         tls; meant for simulators only, never for a real alipay+ gateway"
+    );
+}
+
+/// `alipayplus.verify_response_signature` is off: answers are trusted unverified.
+pub fn response_verification_off() {
+    tracing::warn!(
+        "INSECURE: alipayplus.verify_response_signature is off; any answer, even forged, is taken \
+         at its word"
+    );
+}
+
 /// Result codes as labels: the documented set, or `other` for anything Alipay+ might invent, so a
 /// misbehaving peer cannot grow the label set without bound.
 fn bounded_code_label(code: &str) -> &'static str {
@@ -916,6 +944,64 @@ fn update_error_gauges(errors: &mut KafkaErrors) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A result code Alipay+ does not document is counted under `other`, so a peer inventing
+    /// codes cannot grow the label set; documented codes keep their names.
+    #[test]
+    fn undocumented_result_codes_are_counted_as_other() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let stats = Stats::default();
+        let finished = |code: Option<&str>, outcome: NotifyOutcome| RegistrationNotifyOutcome {
+            event_id: "e".into(),
+            reference_merchant_id: "m".into(),
+            registration_request_id: "r".into(),
+            decision: crate::event::Decision::Approved,
+            outcome,
+            result_status: code.map(|_| "F".into()),
+            result_code: code.map(Into::into),
+            result_message: None,
+            http_status: code.map(|_| 200),
+            attempts: 1,
+            first_attempt_at_ms: Some(0),
+            completed_at_ms: 1,
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_offset: 0,
+            error: None,
+        };
+        metrics::with_local_recorder(&recorder, || {
+            for code in ["BRAND_NEW_CODE_1", "brand-new-2", "A\"B{C}", "PROCESS_FAIL"] {
+                outcome(&stats, &finished(Some(code), NotifyOutcome::Rejected), 0);
+            }
+            outcome(&stats, &finished(None, NotifyOutcome::DeadLettered), 0);
+        });
+        let rendered = handle.render();
+        let lines: Vec<&str> = rendered
+            .lines()
+            .filter(|line| line.starts_with(names::OUTCOMES))
+            .collect();
+        assert_eq!(lines.len(), 3, "{rendered}");
+        assert!(
+            lines.contains(
+                &"regnotify_outcomes_total{outcome=\"REJECTED\",result_code=\"other\"} 3"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            lines.contains(
+                &"regnotify_outcomes_total{outcome=\"REJECTED\",result_code=\"PROCESS_FAIL\"} 1"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            lines.contains(
+                &"regnotify_outcomes_total{outcome=\"DEAD_LETTERED\",result_code=\"none\"} 1"
+            ),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("BRAND_NEW"), "{rendered}");
+    }
 
     fn consumption(code: RDKafkaErrorCode) -> KafkaError {
         KafkaError::MessageConsumption(code)

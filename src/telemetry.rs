@@ -10,7 +10,14 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Later calls are ignored (tests may call it many times).
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
+    // A non-ASCII RUST_LOG can panic tracing-subscriber's parser (as a non-ASCII `log.level`
+    // could, which the settings refuse): such a RUST_LOG is ignored.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| value.is_ascii())
+        .map(|value| EnvFilter::try_new(value).map_err(|_| ()));
+    let filter = from_env
+        .unwrap_or(Err(()))
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -496,6 +496,29 @@ async fn http_base_urls_are_refused_unless_allowed() {
 }
 
 #[tokio::test]
+async fn a_ca_bundle_must_hold_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "no certificate here").unwrap();
+    let settings = |ca_bundle_file: Option<std::path::PathBuf>| AlipayPlusSettings {
+        client_id: CLIENT_ID.into(),
+        private_key_file: Some(fixture("mpp_private_key.pem")),
+        alipayplus_public_key_file: Some(fixture("alipayplus_public_key.pem")),
+        ca_bundle_file,
+        ..AlipayPlusSettings::default()
+    };
+    for bad in [not_pem, dir.path().join("absent.pem")] {
+        let err = AlipayPlusClient::from_settings(&settings(Some(bad.clone()))).unwrap_err();
+        assert!(matches!(err, ClientBuildError::CaBundle(_)), "{err}");
+        assert!(
+            err.to_string().contains("alipayplus.ca_bundle_file"),
+            "{err}"
+        );
+    }
+    assert!(AlipayPlusClient::from_settings(&settings(Some(fixture("test_ca.pem")))).is_ok());
+}
+
+#[tokio::test]
 async fn missing_keys_are_named_errors() {
     let settings = AlipayPlusSettings {
         client_id: CLIENT_ID.into(),

@@ -131,6 +131,64 @@ alipayplus_public_key_file = "{keys}/alipayplus_public_key.pem"
     );
 }
 
+/// Settings that weaken security are said at start: a private key others can read, plain http to
+/// Alipay+, unverified answers. A `REGNOTIFY_` variable that is no setting stops start-up.
+#[test]
+fn check_config_warns_about_exposed_keys_and_insecure_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("mpp_private_key.pem");
+    std::fs::copy("tests/fixtures/mpp_private_key.pem", &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[alipayplus]\nbase_url = \"http://127.0.0.1:9\"\nallow_insecure_http = true\n\
+             verify_response_signature = false\nclient_id = \"C\"\nprivate_key_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let output = regnotify(&["check-config", "--config", &config]);
+    assert!(output.status.success(), "{}", text(&output));
+    let printed = text(&output);
+    for warning in [
+        "private key file is readable by group or others",
+        "0644",
+        "allow_insecure_http is on",
+        "verify_response_signature is off",
+    ] {
+        assert!(printed.contains(warning), "{warning}: {printed}");
+    }
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = regnotify(&["check-config", "--config", &config]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!text(&output).contains("readable by group or others"));
+
+    let output = binary()
+        .args(["check-config", "--config", &config])
+        .env("REGNOTIFY_MAX_IN_FLIGHT", "5")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("REGNOTIFY_PROCESSING__MAX_IN_FLIGHT"),
+        "{}",
+        text(&output)
+    );
+    // A tool's variable that resembles no setting is only warned about.
+    let output = binary()
+        .args(["check-config", "--config", &config])
+        .env("REGNOTIFY_BIN", "target/release/regnotify")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("REGNOTIFY_BIN is not a setting and is ignored"),
+        "{}",
+        text(&output)
+    );
+}
+
 #[test]
 fn sign_prints_the_signed_content_and_header() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,6 +249,7 @@ fn readme_documents_every_setting() {
     settings.alipayplus.private_key = Some(Secret::new("x"));
     settings.alipayplus.private_key_file = Some("k.pem".into());
     settings.alipayplus.alipayplus_public_key_file = Some("p.pem".into());
+    settings.alipayplus.ca_bundle_file = Some("ca.pem".into());
     let rendered = settings.to_redacted_toml();
     let keys_of = |toml: &str| -> std::collections::BTreeSet<String> {
         let mut table = String::new();

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub struct ClientOptions {
     pub max_requests_per_second: u32,
     pub result_overrides: ResultOverrides,
     pub max_response_bytes: usize,
+    /// Extra CA certificates (PEM bundle) trusted besides the built-in roots.
+    pub ca_bundle_file: Option<PathBuf>,
 }
 
 impl ClientOptions {
@@ -64,6 +67,7 @@ impl ClientOptions {
                 .map(|(code, policy)| (code.clone(), ResultClass::from(*policy)))
                 .collect(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            ca_bundle_file: settings.ca_bundle_file.clone(),
         }
     }
 }
@@ -92,6 +96,8 @@ pub enum ClientBuildError {
         #[source]
         source: KeyError,
     },
+    #[error("invalid setting `alipayplus.ca_bundle_file`: {0}")]
+    CaBundle(String),
     #[error("cannot build the http client: {0}")]
     Http(String),
 }
@@ -178,7 +184,12 @@ impl AlipayPlusClient {
         } else {
             None
         };
+        let extra_roots = match &options.ca_bundle_file {
+            Some(path) => ca_bundle(path)?,
+            None => Vec::new(),
+        };
         let http = reqwest::Client::builder()
+            .tls_certs_merge(extra_roots)
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
             // A redirect would change the signed path; a 3xx is classified as refused instead.
@@ -205,8 +216,20 @@ impl AlipayPlusClient {
         })
     }
 
-    /// Builds a client from settings, loading the keys they name.
+    /// Builds a client from settings, loading the keys they name, and warns about settings that
+    /// weaken security (an exposed key file, plain http, unverified answers).
     pub fn from_settings(settings: &AlipayPlusSettings) -> Result<Self, ClientBuildError> {
+        if let Some(path) = &settings.private_key_file
+            && let Some(mode) = crate::keys::private_key_exposure(path)
+        {
+            crate::observe::private_key_file_exposed("alipayplus.private_key_file", path, mode);
+        }
+        if settings.allow_insecure_http {
+            crate::observe::insecure_http_allowed(&settings.base_url);
+        }
+        if !settings.verify_response_signature {
+            crate::observe::response_verification_off();
+        }
         let signing_key = match (&settings.private_key, &settings.private_key_file) {
             (Some(pem), _) => PrivateSigningKey::from_pem(pem.expose(), "alipayplus.private_key")?,
             (None, Some(path)) => {
@@ -373,12 +396,15 @@ impl AlipayPlusClient {
                 client_id,
             } => (signature, response_time, client_id),
         };
-        // Alipay+ echoes our client id; fall back to it when the header is left off.
-        let client_id = client_id.as_deref().unwrap_or(&self.client_id);
+        // Alipay+ echoes our client id. An answer for another client, however well signed, is
+        // not an answer to this request; a left-off header stands for ours.
+        if client_id.is_some_and(|echoed| echoed != self.client_id) {
+            return SignatureCheck::Invalid;
+        }
         verify_signature(
             key,
             &self.path,
-            client_id,
+            &self.client_id,
             &response_time,
             body,
             Some(&signature),
@@ -420,6 +446,22 @@ impl SignedHeaders {
             _ => SignedHeaders::Unusable,
         }
     }
+}
+
+/// The certificates of a PEM bundle; a file without any is refused rather than trusting nothing new.
+fn ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientBuildError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| ClientBuildError::CaBundle(format!("cannot read {}: {e}", path.display())))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        ClientBuildError::CaBundle(format!("{} is not a PEM bundle: {e}", path.display()))
+    })?;
+    if certificates.is_empty() {
+        return Err(ClientBuildError::CaBundle(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certificates)
 }
 
 /// Reads the body in chunks and stops as soon as it passes `limit`.

@@ -12,7 +12,7 @@
 mod decode;
 mod encode;
 pub mod framing;
-mod registry;
+pub mod registry;
 pub mod schemas;
 pub mod value;
 

@@ -6,6 +6,7 @@
 //! the registry's or our set-up's fault and must be retried, never dead-lettered.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -151,34 +152,7 @@ impl SchemaRegistryClient {
         }
         let url = self.url(&["schemas", "ids", &id.to_string()]);
         let (status, body) = self.send(self.http.get(url)).await?;
-        if status == StatusCode::NOT_FOUND && error_code(&body) == Some(SCHEMA_NOT_FOUND) {
-            return Err(RegistryError::UnknownSchemaId(id));
-        }
-        if !status.is_success() {
-            return Err(unavailable_status(status, &body));
-        }
-        let answer: SchemaById = serde_json::from_slice(&body).map_err(|e| {
-            RegistryError::Unavailable(format!("malformed answer for schema id {id}: {e}"))
-        })?;
-        if let Some(kind) = answer
-            .schema_type
-            .filter(|t| !t.eq_ignore_ascii_case("AVRO"))
-        {
-            return Err(RegistryError::UnusableSchema {
-                schema_id: id,
-                reason: format!("schema type is {kind}"),
-            });
-        }
-        let schema =
-            Schema::parse_str(&answer.schema).map_err(|e| RegistryError::UnusableSchema {
-                schema_id: id,
-                reason: e.to_string(),
-            })?;
-        let registered = Arc::new(RegisteredSchema {
-            id,
-            fingerprint: fingerprint(&schema),
-            schema,
-        });
+        let registered = Arc::new(schema_from_answer(id, status, &body)?);
         insert_bounded(&self.by_id, id, Arc::clone(&registered));
         insert_bounded(
             &self.by_fingerprint,
@@ -186,6 +160,19 @@ impl SchemaRegistryClient {
             Arc::clone(&registered),
         );
         Ok(registered)
+    }
+
+    /// Puts a writer schema in the caches as if the registry had answered it: the registry stub of
+    /// the fuzzing entry points, which must not wait on a network.
+    #[doc(hidden)]
+    pub fn preload(&self, id: u32, schema: Schema) {
+        let registered = Arc::new(RegisteredSchema {
+            id,
+            fingerprint: fingerprint(&schema),
+            schema,
+        });
+        insert_bounded(&self.by_id, id, Arc::clone(&registered));
+        insert_bounded(&self.by_fingerprint, registered.fingerprint, registered);
     }
 
     /// A writer schema seen earlier through [`Self::schema_by_id`], by its CRC-64-AVRO fingerprint.
@@ -286,6 +273,51 @@ impl SchemaRegistryClient {
     }
 }
 
+/// What the registry's answer to `GET /schemas/ids/{id}` means: the writer schema, an id it does
+/// not know (the record's fault), or a registry that did not answer usefully (retried). The
+/// answer is untrusted input: it never panics, whatever the bytes.
+pub fn schema_from_answer(
+    id: u32,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<RegisteredSchema, RegistryError> {
+    if status == StatusCode::NOT_FOUND && error_code(body) == Some(SCHEMA_NOT_FOUND) {
+        return Err(RegistryError::UnknownSchemaId(id));
+    }
+    if !status.is_success() {
+        return Err(unavailable_status(status, body));
+    }
+    let answer: SchemaById = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::Unavailable(format!("malformed answer for schema id {id}: {e}"))
+    })?;
+    if let Some(kind) = answer
+        .schema_type
+        .filter(|t| !t.eq_ignore_ascii_case("AVRO"))
+    {
+        return Err(RegistryError::UnusableSchema {
+            schema_id: id,
+            reason: format!("schema type is {kind}"),
+        });
+    }
+    // apache-avro 0.21 unwraps inside its schema parser (an invalid record name, for one: found
+    // by fuzzing), so a broken or hostile registry answer could panic the decoding task; the
+    // panic is caught here and the schema reported unusable like any other parse failure.
+    let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| Schema::parse_str(&answer.schema)))
+        .map_err(|_| RegistryError::UnusableSchema {
+        schema_id: id,
+        reason: "the avro schema parser failed on it".into(),
+    })?;
+    let schema = parsed.map_err(|e| RegistryError::UnusableSchema {
+        schema_id: id,
+        reason: e.to_string(),
+    })?;
+    Ok(RegisteredSchema {
+        id,
+        fingerprint: fingerprint(&schema),
+        schema,
+    })
+}
+
 fn read<K, V>(lock: &RwLock<HashMap<K, V>>) -> std::sync::RwLockReadGuard<'_, HashMap<K, V>> {
     // The maps hold only complete entries, so a panic elsewhere cannot leave them inconsistent.
     lock.read().unwrap_or_else(PoisonError::into_inner)
@@ -333,4 +365,49 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/corpus/registry_answer/crash-avro-invalid-record-name): apache-avro
+    /// panicked on a record whose name is not an Avro name.
+    #[test]
+    fn an_answer_the_avro_parser_panics_on_is_an_unusable_schema() {
+        let schema = r#"{"type":"record","name":"Not a name.","fields":[]}"#;
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let answer = schema_from_answer(7, StatusCode::OK, body.as_bytes());
+        assert!(
+            matches!(
+                answer,
+                Err(RegistryError::UnusableSchema { schema_id: 7, .. })
+            ),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
+    fn registry_answers_map_to_their_errors() {
+        let not_found = br#"{"error_code":40403,"message":"Schema not found"}"#;
+        assert!(matches!(
+            schema_from_answer(3, StatusCode::NOT_FOUND, not_found),
+            Err(RegistryError::UnknownSchemaId(3))
+        ));
+        assert!(matches!(
+            schema_from_answer(3, StatusCode::INTERNAL_SERVER_ERROR, b"boom"),
+            Err(RegistryError::Unavailable(_))
+        ));
+        assert!(matches!(
+            schema_from_answer(3, StatusCode::OK, b"{\"schema\":"),
+            Err(RegistryError::Unavailable(_))
+        ));
+        let good = serde_json::json!({ "schema": "\"string\"" }).to_string();
+        assert_eq!(
+            schema_from_answer(3, StatusCode::OK, good.as_bytes())
+                .map(|registered| registered.id)
+                .ok(),
+            Some(3)
+        );
+    }
 }
