@@ -546,8 +546,19 @@ impl Harness {
             self.input.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            inspect::group_progress(&bootstrap, &group, &topic, Duration::from_secs(10))
-                .expect("group progress")
+            // A fresh broker answers NotCoordinator (or CoordinatorLoadInProgress) until the
+            // group's coordinator is up: ask again for a while.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match inspect::group_progress(&bootstrap, &group, &topic, Duration::from_secs(10)) {
+                    Ok(progress) => return progress,
+                    Err(error) if Instant::now() < deadline => {
+                        note(&format!("group progress not readable yet: {error}"));
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(error) => panic!("group progress: {error}"),
+                }
+            }
         })
         .await
         .unwrap()
