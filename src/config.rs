@@ -813,6 +813,12 @@ fn collect_paths(table: &toml::Table, prefix: &str, paths: &mut Vec<String>) {
 
 /// Environment and flag values are typed like TOML scalars (`8`, `true`, `"10s"`).
 fn parse_value(value: &str) -> figment::value::Value {
+    // figment's parser recurses once per `[` or `{`: a deeply nested value (`[[[[…`) overflowed
+    // the stack and killed the process (found by fuzzing). No setting nests, so a value nested
+    // deeper than any could be stays text, and the setting's type check names the key.
+    if nesting_depth(value) > MAX_VALUE_NESTING {
+        return figment::value::Value::from(value.to_owned());
+    }
     // figment's parser slices a quoted string by character index where it means byte index, and
     // panics when a backslash escape follows a non-ASCII character (found by fuzzing:
     // `REGNOTIFY_ALIPAYPLUS__CLIENT_ID="é\t"` stopped start-up with a panic). Such values go through
@@ -828,6 +834,25 @@ fn parse_value(value: &str) -> figment::value::Value {
         Ok(parsed) => parsed,
         Err(never) => match never {},
     }
+}
+
+/// Deeper than any setting's value (a table of arrays at most) could ever nest.
+const MAX_VALUE_NESTING: usize = 16;
+
+/// The deepest nesting of `[` and `{` in `value` (quotes are not told apart: an overestimate).
+fn nesting_depth(value: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for c in value.chars() {
+        match c {
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn describe_figment_error(err: figment::Error) -> ConfigError {
@@ -1378,6 +1403,38 @@ mod tests {
 
     /// Found by fuzzing (fuzz/corpus/settings/crash-figment-escape-after-non-ascii): figment's
     /// value parser panicked on an escape after a non-ASCII character.
+    #[test]
+    fn deeply_nested_values_are_refused_not_a_stack_overflow() {
+        let deep = "[".repeat(100_000);
+        let err = load(
+            "",
+            &[("REGNOTIFY_PROCESSING__MAX_IN_FLIGHT", deep.as_str())],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("processing.max_in_flight"),
+            "{err}"
+        );
+        let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
+        let err = load("", &[], &[("processing.max_in_flight", deep.as_str())]).unwrap_err();
+        assert!(
+            err.to_string().contains("processing.max_in_flight"),
+            "{err}"
+        );
+        // Ordinary nesting still parses.
+        let s = load(
+            "",
+            &[(
+                "REGNOTIFY_ALIPAYPLUS__RESULT_POLICY",
+                "{PROCESS_FAIL = \"retry\"}",
+            )],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.alipayplus.result_policy.len(), 1);
+    }
+
     #[test]
     fn escapes_after_non_ascii_characters_in_environment_values_do_not_panic() {
         let s = load(
