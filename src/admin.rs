@@ -30,10 +30,15 @@ const SIGNING_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
-/// Installs the process-wide Prometheus recorder once and returns its handle.
+/// Installs the process-wide Prometheus recorder once and returns its handle. Safe to call from
+/// several threads at once (services started side by side in one process share the recorder):
+/// the first installs it under a lock, the others wait and get its handle.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
+    static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut installed = HANDLE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -44,7 +49,8 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets(&LATENCY_BUCKETS)?
         .install_recorder()?;
     crate::observe::describe_metrics();
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
 /// What the admin routes read.
@@ -192,6 +198,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// Services started side by side in one process (the tests do) install the recorder at
+    /// the same moment: every one gets it, none fails.
+    #[test]
+    fn the_recorder_is_installed_once_however_many_ask_at_once() {
+        let threads: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(install_metrics))
+            .collect();
+        for thread in threads {
+            assert!(thread.join().unwrap().is_ok());
+        }
+    }
 
     /// Before the consumer group is joined the service is alive but not ready, and `/readyz`
     /// says why.
