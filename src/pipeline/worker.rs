@@ -177,7 +177,8 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
 /// dead-lettered because Alipay+ as a whole was down. A refusal is held until the breaker tells
 /// whether it was about the event (other calls were answered since: dead-lettered) or about us
 /// (the circuit opened: retried after recovery); undecided after `refusal_hold`, the event asks
-/// again, which counts toward the refused streak that opens the circuit.
+/// again, which counts toward the refused streak that opens the circuit and against its own
+/// retry budget (spent, it is dead-lettered as refused).
 async fn notify_with_retries(
     ctx: &WorkerContext,
     cancel: &CancellationToken,
@@ -231,8 +232,23 @@ async fn notify_with_retries(
             ResultClass::Refused if ctx.circuit.enabled() => {
                 let (refusal, waited) = ctx.circuit.refusal(mark, cancel).await?;
                 held += waited;
-                if refusal != Refusal::AboutTheEvent {
-                    continue;
+                match refusal {
+                    Refusal::AboutUs => continue,
+                    Refusal::AboutTheEvent => {}
+                    // Nothing told them apart (a lone event): asking again spends the event's
+                    // retry budget, so a refusal no other answer explains is dead-lettered in
+                    // the end rather than held for ever.
+                    Refusal::Undecided => {
+                        counted += 1;
+                        let spent = started.elapsed().saturating_sub(held);
+                        if ctx
+                            .budget
+                            .next_delay(counted, spent, &mut rand::rng())
+                            .is_some()
+                        {
+                            continue;
+                        }
+                    }
                 }
                 (
                     NotifyOutcome::DeadLettered,
