@@ -184,34 +184,31 @@ async fn notify_with_retries(
     cancel: &CancellationToken,
     event: &RegistrationDecided,
 ) -> Option<Verdict> {
-    let started = Instant::now();
-    let mut held = Duration::ZERO;
+    let mut budget = Spent::new();
     let mut attempts: u32 = 0;
-    let mut counted: u32 = 0;
     let mut first_attempt_at_ms = None;
     loop {
         let (probe, waited) = ctx.circuit.admitted(cancel).await?;
-        held += waited;
+        budget.held += waited;
+        // A probe whose job stops before its answer lets another caller probe.
+        let abandon = || {
+            if probe {
+                ctx.circuit.probe_abandoned();
+            }
+            None
+        };
         let wait = ctx
             .send_rate
             .lock()
             .map(|mut rate| rate.reserve_send(Instant::now()))
             .unwrap_or_default();
         if !wait.is_zero() && !sleep_unless_stopped(cancel, wait).await {
-            if probe {
-                ctx.circuit.probe_abandoned();
-            }
-            return None;
+            return abandon();
         }
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
         let attempt = tokio::select! {
             attempt = ctx.client.notify_registration_status(event) => attempt,
-            () = cancel.cancelled() => {
-                if probe {
-                    ctx.circuit.probe_abandoned();
-                }
-                return None;
-            }
+            () = cancel.cancelled() => return abandon(),
         };
         attempts += 1;
         observe::notify_attempt(&ctx.stats, &attempt);
@@ -229,24 +226,20 @@ async fn notify_with_retries(
         let (outcome, dead_letter) = match attempt.class {
             ResultClass::Success => (NotifyOutcome::Notified, None),
             ResultClass::Rejected => (NotifyOutcome::Rejected, None),
-            ResultClass::Refused if ctx.circuit.enabled() => {
-                let (refusal, waited) = ctx.circuit.refusal(mark, cancel).await?;
-                held += waited;
-                match refusal {
-                    Refusal::AboutUs => continue,
-                    Refusal::AboutTheEvent => {}
-                    // Nothing told them apart (a lone event): asking again spends the event's
-                    // retry budget, so a refusal no other answer explains is dead-lettered in
-                    // the end rather than held for ever.
-                    Refusal::Undecided => {
-                        counted += 1;
-                        let spent = started.elapsed().saturating_sub(held);
-                        if ctx
-                            .budget
-                            .next_delay(counted, spent, &mut rand::rng())
-                            .is_some()
-                        {
-                            continue;
+            ResultClass::Refused => {
+                if ctx.circuit.enabled() {
+                    let (refusal, waited) = ctx.circuit.refusal(mark, cancel).await?;
+                    budget.held += waited;
+                    match refusal {
+                        Refusal::AboutUs => continue,
+                        Refusal::AboutTheEvent => {}
+                        // Nothing told them apart (a lone event): asking again spends the
+                        // event's retry budget, so a refusal no other answer explains is
+                        // dead-lettered in the end rather than held for ever.
+                        Refusal::Undecided => {
+                            if budget.next_delay(&ctx.budget).is_some() {
+                                continue;
+                            }
                         }
                     }
                 }
@@ -255,19 +248,12 @@ async fn notify_with_retries(
                     Some((DeadLetterReason::RequestRefused, describe(&attempt))),
                 )
             }
-            ResultClass::Refused => (
-                NotifyOutcome::DeadLettered,
-                Some((DeadLetterReason::RequestRefused, describe(&attempt))),
-            ),
             ResultClass::Throttled | ResultClass::Unknown => {
                 if !ctx.circuit.is_closed() {
                     // The outage, not this event: held until the circuit closes, not counted.
                     continue;
                 }
-                counted += 1;
-                let spent = started.elapsed().saturating_sub(held);
-                let delay = ctx.budget.next_delay(counted, spent, &mut rand::rng());
-                if let Some(delay) = delay {
+                if let Some(delay) = budget.next_delay(&ctx.budget) {
                     observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
                     if !sleep_unless_stopped(cancel, delay).await {
                         return None;
@@ -291,6 +277,31 @@ async fn notify_with_retries(
             attempts,
             first_attempt_at_ms,
         });
+    }
+}
+
+/// What one event has spent of its retry budget: the attempts that count, and the time, less
+/// what it spent waiting for the circuit breaker.
+struct Spent {
+    started: Instant,
+    held: Duration,
+    counted: u32,
+}
+
+impl Spent {
+    fn new() -> Spent {
+        Spent {
+            started: Instant::now(),
+            held: Duration::ZERO,
+            counted: 0,
+        }
+    }
+
+    /// Counts one more attempt; the delay before the next, or `None` when the budget is spent.
+    fn next_delay(&mut self, budget: &RetryBudget) -> Option<Duration> {
+        self.counted += 1;
+        let spent = self.started.elapsed().saturating_sub(self.held);
+        budget.next_delay(self.counted, spent, &mut rand::rng())
     }
 }
 
