@@ -1,6 +1,7 @@
 //! Stopping with events queued behind busy merchants: the pipeline waits only for the work that
 //! can still settle, in both delivery modes, and then exits — well inside `shutdown_timeout`
-//! (and Kubernetes' default 30 s grace), not at its end.
+//! (and Kubernetes' default 30 s grace), not at its end. A stop that comes while a revoke
+//! waits for work that cannot finish answers the revoke at its drain deadline.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use regnotify::simulator::rules::{Fault, FaultRule};
 
-use common::{Harness, event, eventually};
+use common::{Harness, assert_nothing_lost, event, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Far longer than the calls in flight take: a stop that waits for it is the defect.
@@ -73,5 +74,75 @@ async fn at_least_once_stop_does_not_wait_for_work_that_cannot_settle() {
     assert!(
         took < SHUTDOWN_TIMEOUT / 2,
         "at-least-once stop took {took:?} of a {SHUTDOWN_TIMEOUT:?} budget"
+    );
+}
+
+/// A stop that comes while a revoke waits on calls that will not answer: the revoke is answered
+/// at `rebalance_drain_timeout` (its calls cancelled, its offsets left to the next owner), so
+/// the member leaves within seconds, not at the end of `shutdown_timeout`; the other member then
+/// finishes every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_pending_revoke_answers_it_at_the_drain_deadline() {
+    const DRAIN: Duration = Duration::from_secs(1);
+    let harness = Harness::new(2, Vec::new()).await;
+    let events: Vec<_> = (0..20)
+        .map(|i| event(&format!("M-{i:02}"), &format!("R-{i:02}")))
+        .collect();
+    harness.produce(&events).await;
+    // Every call waits at the simulator's gate until the test opens it: the first member's
+    // work cannot settle while it is held, and nothing times out or is retried meanwhile.
+    harness.simulator.hold();
+    let mut settings = harness.settings();
+    settings.alipayplus.request_timeout = Duration::from_secs(300);
+    settings.processing.max_attempts = 1;
+    settings.processing.max_in_flight = 4;
+    settings.processing.rebalance_drain_timeout = DRAIN;
+    settings.processing.shutdown_timeout = SHUTDOWN_TIMEOUT;
+
+    let first = harness.start_pipeline(settings.clone()).await;
+    let first_stats = first.stats.clone();
+    eventually("the first member's calls held", WAIT, || {
+        harness.simulator.stats().held_calls >= 2
+    })
+    .await;
+    let assigned = first_stats.rebalances.load(Ordering::Relaxed);
+    let second = harness.start_pipeline(settings).await;
+    eventually(
+        "the first member asked to give its partitions up",
+        WAIT,
+        || first_stats.rebalances.load(Ordering::Relaxed) > assigned,
+    )
+    .await;
+    // The revoke is pending: its calls are held. Stop now.
+    let took = first.stop().await;
+    common::note(&format!("stopped {took:?} after the revoke began"));
+    // Measured on the mock cluster: 4.7 s with the drain deadline honoured during the stop (the
+    // dispatcher is done at the deadline; the rest is the consumer leaving the group); 10.7 s
+    // without it: the stop then waits until the consumer thread gives up on the revoke (the
+    // drain deadline plus 5 s) and the group hands out the next assignment.
+    assert!(
+        took < DRAIN + Duration::from_secs(6),
+        "the stop waited {took:?}: the pending revoke was not answered at its {DRAIN:?} drain \
+         deadline (shutdown_timeout is {SHUTDOWN_TIMEOUT:?})"
+    );
+    assert_eq!(
+        first_stats.terminal(),
+        0,
+        "no held call was answered, so nothing finished on the first member"
+    );
+
+    harness.simulator.open();
+    let progress = harness.wait_fully_committed(WAIT).await;
+    assert!(
+        regnotify::inspect::fully_committed(&progress),
+        "the second member finished the stream: {progress:?}"
+    );
+    second.stop().await;
+    let outcomes = harness.outcomes().await;
+    assert_nothing_lost(&events, &outcomes);
+    assert_eq!(
+        outcomes.len(),
+        events.len(),
+        "one outcome each: the first member's cancelled calls wrote nothing"
     );
 }
