@@ -10,6 +10,9 @@
 //! holds at any run length the mock cluster can store) and asks the group coordinator for
 //! committed offsets.
 //!
+//! `--soak` ([`soak`]) reads the outputs while the run goes on instead, for runs longer than the
+//! mock cluster can hold, and reports throughput, memory, descriptors and threads over time.
+//!
 //! Besides correctness it measures itself for `regnotify bench`: events/s, CPU time and quantiles
 //! over the window from the first record consumed to the last terminal outcome (the consumer
 //! group's start-up left out), and the process's peak RSS.
@@ -38,8 +41,13 @@ use crate::observe::Stats;
 use crate::pipeline::record::DeadLetterReason;
 use crate::service::Application;
 use crate::simulator::rules::{Fault, FaultRule};
-use crate::simulator::{Simulator, SimulatorConfig};
+use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use crate::usage;
+
+mod ledger;
+pub mod soak;
+
+use ledger::{Delivered, Expect, OffsetSet};
 
 const INPUT_TOPIC: &str = "merchant.registration.decided";
 const RESULT_TOPIC: &str = "merchant.registration.notify-result";
@@ -223,6 +231,15 @@ fn simulator_rules() -> Vec<FaultRule> {
 
 /// Runs the demo to the end. Blocking: it owns the mock cluster, which must stay on this thread.
 pub fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
+    on_mock_cluster(|bootstrap| async move { run_against(&bootstrap, options).await })
+}
+
+/// Starts the mock cluster with the demo's topics and an async runtime, and runs `body` on it
+/// with the cluster's bootstrap servers; both are gone when it returns.
+fn on_mock_cluster<T, F>(body: impl FnOnce(String) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
     let cluster = MockCluster::new(1).context("cannot start the in-process kafka cluster")?;
     cluster.create_topic(INPUT_TOPIC, INPUT_PARTITIONS, 1)?;
     cluster.create_topic(RESULT_TOPIC, RESULT_PARTITIONS, 1)?;
@@ -232,51 +249,125 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = runtime.block_on(run_against(&bootstrap, options));
+    let result = runtime.block_on(body(bootstrap));
     drop(runtime);
     drop(cluster);
-    summary
+    result
+}
+
+/// What runs against the mock cluster in a demo: the simulator, the watch on merchant order, and
+/// the real pipeline.
+struct Rig {
+    simulator: Arc<SimulatorHandle>,
+    order: Arc<std::sync::Mutex<MerchantOrder>>,
+    order_watch: tokio::task::JoinHandle<()>,
+    settings: Settings,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    pipeline: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// When the pipeline was started.
+    started: Instant,
+}
+
+impl Rig {
+    /// Starts the simulator with fresh keys and the pipeline against it. `announce` prints the
+    /// admin address on stderr.
+    async fn start(bootstrap: &str, options: &DemoOptions, announce: bool) -> anyhow::Result<Rig> {
+        let mpp_key = PrivateSigningKey::generate()?;
+        let alipayplus_key = PrivateSigningKey::generate()?;
+        let mut simulator_config = SimulatorConfig::new(alipayplus_key.clone());
+        simulator_config.mpp_public_key = Some(mpp_key.public_key());
+        simulator_config.client_ids = vec![CLIENT_ID.into()];
+        simulator_config.latency = options.latency;
+        simulator_config.rules = simulator_rules();
+        let simulator = Arc::new(Simulator::start(simulator_config).await?);
+        // Arrivals are checked as they come and then forgotten, so memory stays flat however long
+        // the run; the simulator keeps up to 100,000 between two looks, far more than 20 ms bring.
+        let order = Arc::new(std::sync::Mutex::new(MerchantOrder::default()));
+        let order_watch = tokio::spawn(watch_merchant_order(
+            Arc::clone(&simulator),
+            Arc::clone(&order),
+        ));
+
+        let settings = demo_settings(bootstrap, &simulator.base_url(), options);
+        let client = Arc::new(AlipayPlusClient::new(
+            ClientOptions::from_settings(&settings.alipayplus),
+            mpp_key,
+            Some(alipayplus_key.public_key()),
+        )?);
+        let application = Application::build_with_client(settings.clone(), client).await?;
+        let stats = application.stats();
+        if announce {
+            eprintln!(
+                "metrics and health while the demo runs: http://{}/metrics /readyz",
+                application.admin_addr()
+            );
+        }
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let pipeline = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+        Ok(Rig {
+            simulator,
+            order,
+            order_watch,
+            settings,
+            stats,
+            shutdown,
+            pipeline,
+            started,
+        })
+    }
+
+    /// Lets the periodic commit catch up with the last outcomes, then stops the pipeline and the
+    /// simulator. Whether every merchant's requests reached the simulator in order.
+    async fn stop(self, bootstrap: &str) -> anyhow::Result<bool> {
+        wait_for_commits(
+            bootstrap,
+            &self.settings.kafka.group_id,
+            Duration::from_secs(10),
+        )
+        .await;
+        self.shutdown.cancel();
+        self.pipeline.await.context("pipeline task failed")??;
+        self.order_watch.abort();
+        // Wait for the aborted task to let go of the simulator.
+        let _ = self.order_watch.await;
+        let arrivals_dropped = self.simulator.stats().arrivals_dropped;
+        let merchants_in_order = {
+            let mut order = self
+                .order
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            order.observe(self.simulator.take_arrivals());
+            // Arrivals the simulator had to drop were never checked: no claim about them.
+            order.kept() && arrivals_dropped == 0
+        };
+        match Arc::try_unwrap(self.simulator) {
+            Ok(simulator) => simulator.shutdown().await?,
+            Err(_) => anyhow::bail!("the simulator is still shared after the run"),
+        }
+        Ok(merchants_in_order)
+    }
 }
 
 async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<DemoSummary> {
-    let mpp_key = PrivateSigningKey::generate()?;
-    let alipayplus_key = PrivateSigningKey::generate()?;
-    let mut simulator_config = SimulatorConfig::new(alipayplus_key.clone());
-    simulator_config.mpp_public_key = Some(mpp_key.public_key());
-    simulator_config.client_ids = vec![CLIENT_ID.into()];
-    simulator_config.latency = options.latency;
-    simulator_config.rules = simulator_rules();
-    let simulator = Arc::new(Simulator::start(simulator_config).await?);
-    // Arrivals are checked as they come and then forgotten, so memory stays flat however long the
-    // run; the simulator keeps up to 100,000 between two looks, far more than 20 ms bring.
-    let order = Arc::new(std::sync::Mutex::new(MerchantOrder::default()));
-    let order_watch = tokio::spawn(watch_merchant_order(
-        Arc::clone(&simulator),
-        Arc::clone(&order),
-    ));
-
-    let settings = demo_settings(bootstrap, &simulator.base_url(), options);
-    let client = Arc::new(AlipayPlusClient::new(
-        ClientOptions::from_settings(&settings.alipayplus),
-        mpp_key,
-        Some(alipayplus_key.public_key()),
-    )?);
-    let application = Application::build_with_client(settings.clone(), client).await?;
-    let stats = application.stats();
-    if options.progress {
-        eprintln!(
-            "metrics and health while the demo runs: http://{}/metrics /readyz",
-            application.admin_addr()
-        );
-    }
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let pipeline = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    let rig = Rig::start(bootstrap, options, options.progress).await?;
+    let (stats, started) = (Arc::clone(&rig.stats), rig.started);
+    let settings = rig.settings.clone();
     let first_consumed = tokio::spawn(first_consumption(Arc::clone(&stats)));
 
     let total = options.events as u64;
     let progress = progress_bar(options.progress, total);
-    let produced = produce_in_step(bootstrap, options.events, &stats, &progress).await?;
+    let merchants = (options.events / 4).max(1);
+    let produced = produce_in_step(
+        bootstrap,
+        options.events,
+        merchants,
+        &stats,
+        &progress,
+        |_| {},
+    )
+    .await?;
     let finished_at = wait_until(Duration::from_secs(120 + total / 50), &progress, || {
         stats.terminal() >= total
     })
@@ -295,29 +386,10 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
     let cpu_seconds = cpu_at_end
         .zip(cpu_at_start)
         .map(|(end, start)| end.saturating_sub(start).as_secs_f64());
-    // Let the periodic commit catch up with the last outcomes before stopping.
+    let merchants_in_order = rig.stop(bootstrap).await?;
+    progress.finish_and_clear();
     let bootstrap_owned = bootstrap.to_string();
     let group = settings.kafka.group_id.clone();
-    wait_for_commits(&bootstrap_owned, &group, Duration::from_secs(10)).await;
-    shutdown.cancel();
-    pipeline.await.context("pipeline task failed")??;
-    progress.finish_and_clear();
-    order_watch.abort();
-    // Wait for the aborted task to let go of the simulator.
-    let _ = order_watch.await;
-    let arrivals_dropped = simulator.stats().arrivals_dropped;
-    let merchants_in_order = {
-        let mut order = order
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        order.observe(simulator.take_arrivals());
-        // Arrivals the simulator had to drop were never checked: no claim about them.
-        order.kept() && arrivals_dropped == 0
-    };
-    match Arc::try_unwrap(simulator) {
-        Ok(simulator) => simulator.shutdown().await?,
-        Err(_) => anyhow::bail!("the simulator is still shared after the run"),
-    }
     let expected = produced;
     let verified =
         tokio::task::spawn_blocking(move || verify_topics(&bootstrap_owned, &group, &expected))
@@ -408,11 +480,32 @@ struct Produced {
     dead_letters: u64,
 }
 
+/// What the sample event at `index` must end as: an outcome when it can be decoded, a dead letter
+/// when it is poison, invalid or refused.
+fn expectation(index: usize) -> Expect {
+    let kind = sample_kind(index);
+    Expect {
+        outcome: kind != Sample::Poison,
+        dead_letter: matches!(
+            kind,
+            Sample::Poison
+                | Sample::InvalidEmptyId
+                | Sample::InvalidLongReason
+                | Sample::InvalidClient
+        ),
+    }
+}
+
+/// Produces `events` sample events over `merchants` regular merchants, at most `PRODUCE_WINDOW`
+/// ahead of the terminal count; `delivered` hears where each one was written and what it must
+/// end as.
 async fn produce_in_step(
     bootstrap: &str,
     events: usize,
+    merchants: usize,
     stats: &Stats,
     progress: &indicatif::ProgressBar,
+    mut delivered: impl FnMut(Delivered),
 ) -> anyhow::Result<Produced> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -420,7 +513,6 @@ async fn produce_in_step(
         .set("linger.ms", "5")
         .create()?;
     let encoder = EventEncoder::new(InputEncoding::SingleObject, None, INPUT_TOPIC)?;
-    let merchants = (events / 4).max(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut produced = Produced::default();
     let mut deliveries = Vec::with_capacity(1024);
@@ -429,20 +521,19 @@ async fn produce_in_step(
             progress.set_position(stats.terminal());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let expect = expectation(index);
+        if expect.outcome {
+            produced.decodable += 1;
+        }
+        if expect.dead_letter {
+            produced.dead_letters += 1;
+        }
         let (key, value) = match sample_event(index, merchants) {
             Some(event) => {
-                produced.decodable += 1;
-                if matches!(
-                    sample_kind(index),
-                    Sample::InvalidEmptyId | Sample::InvalidLongReason | Sample::InvalidClient
-                ) {
-                    produced.dead_letters += 1;
-                }
                 let value = encoder.encode(&event).await?;
                 (event.reference_merchant_id.into_bytes(), value)
             }
             None => {
-                produced.dead_letters += 1;
                 let mut garbage = vec![0u8; rng.random_range(1..64)];
                 rng.fill_bytes(&mut garbage);
                 garbage[0] = 0x7f;
@@ -453,22 +544,32 @@ async fn produce_in_step(
         let delivery = producer
             .send_result(record)
             .map_err(|(error, _)| anyhow::anyhow!("cannot queue sample event: {error}"))?;
-        deliveries.push(delivery);
+        deliveries.push((expect, delivery));
         if deliveries.len() >= 1024 {
-            for delivery in deliveries.drain(..) {
-                delivery
-                    .await?
-                    .map_err(|(error, _)| anyhow::anyhow!("sample event not written: {error}"))?;
+            for (expect, delivery) in deliveries.drain(..) {
+                delivered(written(expect, delivery.await?)?);
             }
             progress.set_position(stats.terminal());
         }
     }
-    for delivery in deliveries {
-        delivery
-            .await?
-            .map_err(|(error, _)| anyhow::anyhow!("sample event not written: {error}"))?;
+    for (expect, delivery) in deliveries {
+        delivered(written(expect, delivery.await?)?);
     }
     Ok(produced)
+}
+
+/// Where a sample event was written, or why not.
+fn written(
+    expect: Expect,
+    delivery: rdkafka::producer::future_producer::OwnedDeliveryResult,
+) -> anyhow::Result<Delivered> {
+    let delivery =
+        delivery.map_err(|(error, _)| anyhow::anyhow!("sample event not written: {error}"))?;
+    Ok(Delivered {
+        partition: delivery.partition,
+        offset: delivery.offset,
+        expect,
+    })
 }
 
 fn progress_bar(visible: bool, total: u64) -> indicatif::ProgressBar {
@@ -533,7 +634,7 @@ struct Verified {
 /// holds a few kilobytes however many events ran.
 #[derive(Debug, Default)]
 struct OutcomeLedger {
-    seen: HashMap<i32, Vec<u64>>,
+    seen: HashMap<i32, OffsetSet>,
     distinct: u64,
     repeated: u64,
     foreign: u64,
@@ -550,13 +651,7 @@ impl OutcomeLedger {
                 return;
             }
         };
-        let words = self.seen.entry(partition).or_default();
-        let (word, bit) = ((offset / 64) as usize, offset % 64);
-        if words.len() <= word {
-            words.resize(word + 1, 0);
-        }
-        if words[word] & (1 << bit) == 0 {
-            words[word] |= 1 << bit;
+        if self.seen.entry(partition).or_default().insert(offset) {
             self.distinct += 1;
         } else {
             self.repeated += 1;
@@ -637,7 +732,7 @@ impl MerchantOrder {
 }
 
 async fn watch_merchant_order(
-    simulator: Arc<crate::simulator::SimulatorHandle>,
+    simulator: Arc<SimulatorHandle>,
     order: Arc<std::sync::Mutex<MerchantOrder>>,
 ) {
     loop {
@@ -751,6 +846,19 @@ mod tests {
             assert!(kinds.contains(&kind), "{kind:?}");
         }
         assert!(sample_event(0, 10).is_none());
+        // Per hundred: 99 decodable events with an outcome, and 4 dead letters (poison, two
+        // invalid, one refused), of which only the poison one has no outcome.
+        let expected: Vec<Expect> = (0..100).map(expectation).collect();
+        assert_eq!(expected.iter().filter(|e| e.outcome).count(), 99);
+        assert_eq!(expected.iter().filter(|e| e.dead_letter).count(), 4);
+        assert!(expected.iter().all(|e| e.outcome || e.dead_letter));
+        assert_eq!(
+            expectation(0),
+            Expect {
+                outcome: false,
+                dead_letter: true
+            }
+        );
         let invalid = sample_event(1, 10).map(|e| e.validate().is_err());
         assert_eq!(invalid, Some(true));
     }

@@ -161,6 +161,15 @@ struct DemoArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Soak run: read the outputs while the run goes on instead of back at the end (for runs
+    /// longer than the in-process cluster keeps, e.g. --events 1000000), at most 10,000
+    /// merchants, and report throughput, RSS, open files and threads over time.
+    #[arg(long)]
+    soak: bool,
+    /// With --soak: seconds between two throughput lines.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "soak",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    report_every: u64,
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +295,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 progress: !args.json,
             };
+            if args.soak {
+                let soak = regnotify::demo::soak::SoakOptions {
+                    report_every: std::time::Duration::from_secs(args.report_every),
+                };
+                let report = regnotify::demo::soak::run(&options, &soak)?;
+                if args.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("regnotify soak summary\n{}", report.to_table());
+                }
+                return Ok(if report.succeeded() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "error: not every event reached its expected outputs and commit (see \
+                         the summary)"
+                    );
+                    ExitCode::FAILURE
+                });
+            }
             let summary = regnotify::demo::run(&options)?;
             if args.json {
                 println!("{}", serde_json::to_string(&summary)?);
