@@ -99,12 +99,14 @@ async fn sigkill_three_times(
         started.elapsed().as_secs_f64()
     ));
     // What was in flight at each kill (32) and what finished after the last commit (or, with
-    // exactly_once, outside a committed transaction) before it; finished work behind a slow
-    // offset is not repeated (tests/finished_notes.rs shows that alone). A loose bound: measured
-    // 60-150 a kill on a 2-core machine.
+    // exactly_once, in the transaction still open) before it; finished work behind a slow offset
+    // is not repeated (tests/finished_notes.rs shows that alone). Measured on a 2-core machine:
+    // at-least-once 92-122 over three kills (commits follow finished work), exactly-once
+    // 296-317 (a 50 ms transaction_interval). Bounds with room, so that a regression shows.
+    let bound = if exactly_once { 200 } else { 80 };
     assert!(
-        repeated_calls <= kills * 250,
-        "{repeated_calls} repeated calls over {kills} kills"
+        repeated_calls <= kills * bound,
+        "{repeated_calls} repeated calls over {kills} kills (bound {bound} a kill)"
     );
     (events, outcomes)
 }

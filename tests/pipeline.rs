@@ -1010,3 +1010,45 @@ async fn a_revoke_while_events_are_retried_loses_and_repeats_nothing_unexplained
         "one call at a time per merchant across the rebalance"
     );
 }
+
+/// A commit the group coordinator refuses is made again, even when nothing finishes after it:
+/// the committed offsets reach the end of the stream once the coordinator accepts commits, and
+/// no event is processed twice for it. (librdkafka reports the result of an asynchronous manual
+/// commit only to a commit callback rdkafka does not install; a failed one used to be taken as
+/// done, and the offsets it carried stayed uncommitted until the partition moved again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_commit_is_made_again_when_nothing_else_moves() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let harness = Harness::new(2, Vec::new()).await;
+    let Some(mock) = harness.kafka.mock() else {
+        // The fault is injected by librdkafka's mock cluster; a real broker cannot refuse commits
+        // on demand. The refusal path is the same code on either.
+        common::note("a_refused_commit_is_made_again_when_nothing_else_moves: mock cluster only");
+        return;
+    };
+    let events: Vec<_> = (0..20)
+        .map(|i| event(&format!("M-{i:02}"), &format!("R-{i:02}")))
+        .collect();
+    harness.produce(&events).await;
+    // Every commit fails until the errors are cleared.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 10_000],
+    );
+    let mut pipeline = harness.start_pipeline(harness.settings()).await;
+    let stats = pipeline.stats.clone();
+    pipeline
+        .wait_for("every event finished", WAIT, || stats.terminal() == 20)
+        .await;
+    // Nothing finishes from here on: only a commit made again can move the offsets.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    let progress = harness.wait_fully_committed(WAIT).await;
+    assert!(
+        fully_committed(&progress),
+        "the refused commits were made again: {progress:?}"
+    );
+    pipeline.assert_running();
+    pipeline.stop().await;
+    assert_one_outcome_each(&events, &harness.outcomes().await);
+}

@@ -132,6 +132,16 @@ impl Partition {
         }
     }
 
+    /// At-least-once: the position to commit, when it moved or its note changed since the last
+    /// commit (a revoking partition is committed by the revoke's answer instead).
+    fn commit_due(&self) -> Option<i64> {
+        if self.revoking {
+            return None;
+        }
+        let position = self.watermark.commit_position()?;
+        (self.committed < Some(position) || self.note_changed).then_some(position)
+    }
+
     /// True when no work of it can still move its commit position: nothing runs or waits in a
     /// transaction before the first offset that will never finish.
     fn settled(&self) -> bool {
@@ -439,20 +449,22 @@ impl PartitionBook {
         }
         let mut positions = Vec::new();
         for (partition, state) in &mut self.partitions {
-            if state.revoking {
-                continue;
-            }
-            let Some(position) = state.watermark.commit_position() else {
-                continue;
-            };
-            let moved = state.committed < Some(position);
-            if moved || state.note_changed {
+            if let Some(position) = state.commit_due() {
                 state.committed = Some(position);
                 state.note_changed = false;
                 positions.push((*partition, position));
             }
         }
         positions
+    }
+
+    /// At-least-once: whether [`take_commits`](Self::take_commits) would commit anything.
+    pub fn has_commits(&self) -> bool {
+        !self.exactly_once
+            && self
+                .partitions
+                .values()
+                .any(|state| state.commit_due().is_some())
     }
 
     /// At-least-once: a commit of these partitions failed; their positions are offered again.

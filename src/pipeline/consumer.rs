@@ -19,7 +19,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -68,8 +67,6 @@ const NOTE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// transaction writer.
 #[derive(Debug)]
 pub enum Control {
-    /// An asynchronous commit of these partitions failed; their positions must be offered again.
-    CommitFailed(Vec<i32>),
     /// Exactly-once: which commit positions would these settled offsets allow? (The books are
     /// not changed until the transaction commits.)
     PrepareCommit {
@@ -195,7 +192,6 @@ impl Flow {
 #[derive(Debug)]
 pub struct PipelineContext {
     events: mpsc::UnboundedSender<ConsumerEvent>,
-    control: mpsc::UnboundedSender<Control>,
     flow: Arc<Flow>,
     topic: String,
     drain_timeout: Duration,
@@ -285,27 +281,6 @@ impl ConsumerContext for PipelineContext {
             let notes = self.finished_notes(consumer, tpl);
             // Sent even when empty: an instance with no partitions has still joined the group.
             let _ = self.events.send(ConsumerEvent::Assigned(partitions, notes));
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let ours = offsets
-            .elements()
-            .into_iter()
-            .filter(|element| element.topic() == self.topic);
-        match result {
-            Ok(()) => {
-                for element in ours {
-                    if let Offset::Offset(offset) = element.offset() {
-                        crate::observe::committed(element.partition(), offset);
-                    }
-                }
-            }
-            Err(error) => {
-                crate::observe::commit_failed(&error);
-                let partitions = ours.map(|element| element.partition()).collect();
-                let _ = self.control.send(Control::CommitFailed(partitions));
-            }
         }
     }
 }
@@ -501,7 +476,6 @@ impl std::fmt::Debug for ConsumerThread {
 #[derive(Debug)]
 pub struct ConsumerChannels {
     pub events: mpsc::UnboundedSender<ConsumerEvent>,
-    pub control: mpsc::UnboundedSender<Control>,
     pub flow: Arc<Flow>,
 }
 
@@ -516,7 +490,6 @@ pub fn start(
 ) -> anyhow::Result<ConsumerThread> {
     let context = PipelineContext {
         events: channels.events.clone(),
-        control: channels.control,
         flow: Arc::clone(&channels.flow),
         applied: Mutex::new(Applied::default()),
         topic: kafka.input_topic.clone(),

@@ -275,6 +275,11 @@ impl<P> DispatchCore<P> {
         self.book.take_commits()
     }
 
+    /// At-least-once: whether [`take_commits`](Self::take_commits) would commit anything.
+    pub fn has_commits(&self) -> bool {
+        self.book.has_commits()
+    }
+
     pub fn commit_failed(&mut self, partitions: &[i32]) {
         self.book.commit_failed(partitions);
     }
@@ -872,7 +877,10 @@ mod model {
                     }
                 }
                 Op::CommitTick { fail } => {
+                    let due = self.core.has_commits();
                     let positions = self.core.take_commits();
+                    prop_assert_eq!(due, !positions.is_empty(), "has_commits agrees");
+                    prop_assert!(!self.core.has_commits(), "nothing due right after a commit");
                     prop_assert!(!self.exactly_once || positions.is_empty());
                     if fail {
                         let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();

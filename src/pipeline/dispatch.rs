@@ -16,8 +16,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +40,9 @@ const REGISTRY_RETRY_INITIAL: Duration = Duration::from_millis(200);
 const REGISTRY_RETRY_MAX: Duration = Duration::from_secs(10);
 /// How long a stopping pipeline waits for cancelled workers to notice.
 const ABANDON_GRACE: Duration = Duration::from_secs(2);
+/// The least time between two commits that follow finished work (at-least-once): under load the
+/// group coordinator sees at most one commit per member this often, and at most one at a time.
+const COMMIT_GAP: Duration = Duration::from_millis(10);
 /// Bound on the producer flush at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -100,7 +105,22 @@ pub struct Dispatcher {
     published_pause: Option<u64>,
     /// Partitions of the records taken off the channel since the flow counts were last told.
     received: Vec<i32>,
+    /// Commits at least this often (`commit_interval`); between ticks a commit follows finished
+    /// work as soon as the previous one was answered ([`Dispatcher::commit_when_free`]).
     commit_tick: Interval,
+    /// The commit under way, one at a time (so commits land in the order they were made), with
+    /// the positions it commits.
+    committing: Option<Committing>,
+    /// A revoke's answer held until the commit under way has landed: sent first, the older
+    /// positions of that commit could land after the revoke's.
+    held_revoke_answer: Option<(
+        std::sync::mpsc::SyncSender<TopicPartitionList>,
+        TopicPartitionList,
+    )>,
+    /// When the last commit was made.
+    last_commit: Instant,
+    /// When a commit that waits for [`COMMIT_GAP`] may go.
+    commit_due: Option<Instant>,
     /// The alipay+ circuit: every partition is paused while it is not closed.
     circuit: tokio::sync::watch::Receiver<CircuitState>,
 }
@@ -162,6 +182,10 @@ impl Dispatcher {
             published_pause: None,
             received: Vec::new(),
             commit_tick,
+            committing: None,
+            held_revoke_answer: None,
+            last_commit: Instant::now(),
+            commit_due: None,
         }
     }
 
@@ -185,6 +209,9 @@ impl Dispatcher {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(control) = self.control.recv() => self.on_control(control),
+                landed = commit_landed(&mut self.committing), if self.committing.is_some() => {
+                    self.on_commit_landed(landed);
+                }
                 Some(completion) = self.completions.recv() => self.on_completion(completion),
                 () = sleep_until_opt(revoke_deadline) => {
                     tracing::warn!("rebalance drain timeout passed with work in flight");
@@ -195,7 +222,11 @@ impl Dispatcher {
                     self.on_decoded(decoded);
                 }
                 () = sleep_until_opt(retry_at) => self.decode_retry = None,
-                _ = self.commit_tick.tick() => self.commit_async(),
+                _ = self.commit_tick.tick() => self.commit_on_tick(),
+                () = sleep_until_opt(self.commit_due) => {
+                    self.commit_due = None;
+                    self.commit_when_free();
+                }
                 Ok(()) = self.circuit.changed() => {
                     let state = *self.circuit.borrow_and_update();
                     self.core.hold_intake(state != CircuitState::Closed);
@@ -233,6 +264,7 @@ impl Dispatcher {
         while let Some(ticket) = self.core.next_start() {
             self.spawn(ticket);
         }
+        self.commit_when_free();
         observe::in_flight(self.core.in_flight());
         let book = self.core.book();
         self.flow.booked(
@@ -247,7 +279,6 @@ impl Dispatcher {
 
     fn on_control(&mut self, control: Control) {
         match control {
-            Control::CommitFailed(partitions) => self.core.commit_failed(&partitions),
             Control::PrepareCommit { settled, reply } => {
                 let _ = reply.send(self.core.prepare(&settled));
             }
@@ -334,8 +365,13 @@ impl Dispatcher {
             observe::pending(assignment.0, 0);
         }
         if let Some(revoke) = self.pending_revoke.take() {
-            // The callback may have stopped waiting; then nothing is committed, which is safe.
-            let _ = revoke.reply.send(self.commit_list(&commit, &notes));
+            let answer = self.commit_list(&commit, &notes);
+            if self.committing.is_some() {
+                self.held_revoke_answer = Some((revoke.reply, answer));
+            } else {
+                // The callback may have stopped waiting; then nothing is committed, which is safe.
+                let _ = revoke.reply.send(answer);
+            }
         }
         self.forget_undecoded();
         self.publish_assignment();
@@ -515,16 +551,64 @@ impl Dispatcher {
         commit_list(&self.topic, positions, notes)
     }
 
+    /// The periodic commit, and the retry of one that failed.
+    fn commit_on_tick(&mut self) {
+        self.commit_async();
+    }
+
+    /// Commits what finished as soon as the previous commit has landed and [`COMMIT_GAP`] has
+    /// passed since it was made, so that a crash repeats little beyond the work in flight.
+    fn commit_when_free(&mut self) {
+        if self.committing.is_some() || self.commit_due.is_some() || !self.core.has_commits() {
+            return;
+        }
+        let due = self.last_commit + COMMIT_GAP;
+        if Instant::now() < due {
+            self.commit_due = Some(due);
+            return;
+        }
+        self.commit_async();
+    }
+
+    /// Starts a commit of the positions that moved, unless one is under way. librdkafka reports
+    /// an asynchronous manual commit's result only to a configured `offset_commit_cb`, which
+    /// rdkafka does not set; so the commit is synchronous, on the blocking pool, and its result
+    /// comes back to the loop ([`Dispatcher::on_commit_landed`]).
     fn commit_async(&mut self) {
+        if self.committing.is_some() {
+            return;
+        }
         let positions = self.core.take_commits();
         if positions.is_empty() {
             return;
         }
         let tpl = self.positions(&positions);
-        if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
-            observe::commit_failed(&error);
-            let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
-            self.core.commit_failed(&partitions);
+        self.last_commit = Instant::now();
+        let consumer = Arc::clone(&self.consumer);
+        let task = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        self.committing = Some((positions, task));
+    }
+
+    fn on_commit_landed(&mut self, (positions, result): Landed) {
+        match result {
+            Ok(Ok(())) => {
+                for (partition, offset) in positions {
+                    observe::committed(partition, offset);
+                }
+            }
+            Ok(Err(error)) => {
+                observe::commit_failed(&error);
+                let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
+                self.core.commit_failed(&partitions);
+            }
+            Err(error) => {
+                tracing::error!(%error, "commit task failed");
+                let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
+                self.core.commit_failed(&partitions);
+            }
+        }
+        if let Some((reply, answer)) = self.held_revoke_answer.take() {
+            let _ = reply.send(answer);
         }
     }
 
@@ -548,8 +632,15 @@ impl Dispatcher {
             tokio::select! {
                 Some(completion) = self.completions.recv() => self.on_completion(completion),
                 Some(control) = self.control.recv() => self.on_control(control),
+                landed = commit_landed(&mut self.committing), if self.committing.is_some() => {
+                    self.on_commit_landed(landed);
+                }
                 () = sleep_until_opt(revoke_deadline) => self.finish_revoke(),
-                _ = self.commit_tick.tick() => self.commit_async(),
+                _ = self.commit_tick.tick() => self.commit_on_tick(),
+                () = sleep_until_opt(self.commit_due) => {
+                    self.commit_due = None;
+                    self.commit_when_free();
+                }
                 event = events.recv(), if events_open => match event {
                     // Records are no longer taken; revokes are still answered.
                     Some(ConsumerEvent::Record(record)) => self.on_record(record),
@@ -576,6 +667,14 @@ impl Dispatcher {
         }
         while let Ok(control) = self.control.try_recv() {
             self.on_control(control);
+        }
+        // The commit under way lands first: the final one must not be overtaken by older positions.
+        if let Some((positions, task)) = self.committing.take() {
+            let result = match tokio::time::timeout(FLUSH_TIMEOUT, task).await {
+                Ok(result) => result,
+                Err(_) => Ok(Err(KafkaError::Canceled)),
+            };
+            self.on_commit_landed((positions, result));
         }
         // A revoke still waiting gets its answer now, so those partitions' prefix is committed.
         self.finish_revoke();
@@ -656,6 +755,30 @@ pub fn commit_list(
         }
     }
     tpl
+}
+
+/// A commit under way: its positions and the blocking task that makes it.
+type Committing = (Vec<(i32, i64)>, JoinHandle<KafkaResult<()>>);
+
+/// A commit's positions and what became of it.
+type Landed = (
+    Vec<(i32, i64)>,
+    Result<KafkaResult<()>, tokio::task::JoinError>,
+);
+
+/// Waits for the commit under way; only polled while there is one.
+async fn commit_landed(committing: &mut Option<Committing>) -> Landed {
+    match committing {
+        Some((_, task)) => {
+            let result = task.await;
+            let positions = committing
+                .take()
+                .map(|(positions, _)| positions)
+                .unwrap_or_default();
+            (positions, result)
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -111,7 +111,6 @@ pub async fn run(
         &settings.kafka,
         consumer::ConsumerChannels {
             events: events_tx,
-            control: control_tx.clone(),
             flow: Arc::clone(&flow),
         },
         processing.rebalance_drain_timeout,

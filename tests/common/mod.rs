@@ -150,6 +150,11 @@ impl TestKafka {
         self.mock.is_none()
     }
 
+    /// librdkafka's mock cluster, for fault injection; `None` on a real broker.
+    pub fn mock(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        self.mock.as_ref()
+    }
+
     pub async fn create_topic(&self, name: &str, partitions: i32) {
         if let Some(mock) = &self.mock {
             mock.create_topic(name, partitions, 1).expect("mock topic");
