@@ -173,11 +173,11 @@ pub async fn run(
     });
     let stop = CancellationToken::new();
     let exit = {
-        let trigger = stop.clone();
+        let (trigger, failed) = (stop.clone(), fatal.clone());
         let watch = tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = fatal.cancelled() => {}
+                () = failed.cancelled() => {}
             }
             trigger.cancel();
         });
@@ -204,6 +204,13 @@ pub async fn run(
     anyhow::ensure!(
         consumer_healthy,
         "the kafka consumer thread failed; see the log above"
+    );
+    // The consumer thread is healthy, so only the writer can have cancelled `fatal`: its
+    // producer failed for good.
+    anyhow::ensure!(
+        !fatal.is_cancelled(),
+        "the transactional producer failed for good (see the log above); stopped without \
+         committing the events of its open transaction"
     );
     anyhow::ensure!(
         exit != dispatch::Exit::Fatal,

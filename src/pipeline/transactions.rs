@@ -420,20 +420,15 @@ impl TransactionWriter {
     pub async fn run(self, mut submissions: mpsc::Receiver<Submission>) {
         let mut held: Vec<Submission> = Vec::new();
         let mut open = true;
-        // At most one transaction starts per interval; one that took longer is followed at once
-        // (what arrived meanwhile is the next batch), so a crash loses at most about one
-        // interval's or one transaction's work, whichever is longer.
-        let mut last_start = tokio::time::Instant::now() - self.interval;
         while open || !held.is_empty() {
-            // Wait for something new to settle, then gather what else arrives until an
-            // interval has passed since the last transaction started.
+            // Wait for something new to settle, then gather what else arrives this interval.
             if open {
                 match submissions.recv().await {
                     Some(submission) => held.push(submission),
                     None => open = false,
                 }
             }
-            let deadline = (last_start + self.interval).max(tokio::time::Instant::now());
+            let deadline = tokio::time::Instant::now() + self.interval;
             while open && held.len() < MAX_BATCH {
                 match tokio::time::timeout_at(deadline, submissions.recv()).await {
                     Ok(Some(submission)) => held.push(submission),
@@ -441,7 +436,6 @@ impl TransactionWriter {
                     Err(_) => break,
                 }
             }
-            last_start = tokio::time::Instant::now();
             match self.settle(std::mem::take(&mut held)).await {
                 Ok(waiting) => held = waiting,
                 Err(()) => {
