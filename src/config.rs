@@ -337,7 +337,48 @@ pub struct AlipayPlusSettings {
     pub result_policy: BTreeMap<String, ResultPolicy>,
     /// When Alipay+ as a whole fails or refuses us: pause and probe (see the README).
     pub circuit_breaker: CircuitBreakerSettings,
+    /// A file holding the `keyVersion` of the private key (one number); read with the key at
+    /// start and at every reload, and then preferred to `key_version`.
+    pub key_version_file: Option<PathBuf>,
+    /// The MPP's public key (PEM), when given: a private key that does not pair with it is
+    /// refused, at start and at every reload.
+    pub mpp_public_key_file: Option<PathBuf>,
+    /// How often key files are checked for changes (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub key_reload_interval: Duration,
+    /// After Alipay+'s public key file changes, answers signed with the previous key still
+    /// verify for this long.
+    #[serde(with = "humantime_serde")]
+    pub alipayplus_public_key_overlap: Duration,
+    /// One table per MPP (`[alipayplus.clients.<pspId>]`): the credentials for events naming
+    /// that `pspId`. The settings above serve events without one.
+    pub clients: BTreeMap<String, MppClientSettings>,
 }
+
+/// `[alipayplus.clients.<pspId>]`: one MPP's identity. What it leaves out (timeouts, result
+/// policy, circuit breaker settings, signature verification) is taken from `[alipayplus]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MppClientSettings {
+    #[serde(deserialize_with = "lenient_string")]
+    pub client_id: String,
+    pub key_version: u32,
+    pub key_version_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    pub private_key: Option<Secret>,
+    pub mpp_public_key_file: Option<PathBuf>,
+    pub alipayplus_public_key_file: Option<PathBuf>,
+    /// Absent: `alipayplus.base_url`.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub base_url: Option<String>,
+    /// Absent: `alipayplus.max_requests_per_second` (each MPP has its own ceiling).
+    pub max_requests_per_second: Option<u32>,
+}
+
+/// The longest `pspId` a `[alipayplus.clients]` table may be named by.
+pub const MAX_PSP_ID_LEN: usize = 64;
+/// The `psp` metric label of the top-level `[alipayplus]` identity.
+pub const DEFAULT_PSP_LABEL: &str = "default";
 
 /// `[alipayplus.circuit_breaker]`. The refused streak that opens the circuit is
 /// `processing.refused_streak_threshold`.
@@ -433,6 +474,11 @@ impl Default for AlipayPlusSettings {
             max_requests_per_second: 0,
             result_policy: BTreeMap::new(),
             circuit_breaker: CircuitBreakerSettings::default(),
+            key_version_file: None,
+            mpp_public_key_file: None,
+            key_reload_interval: Duration::from_secs(5),
+            alipayplus_public_key_overlap: Duration::from_secs(24 * 3600),
+            clients: BTreeMap::new(),
         }
     }
 }
@@ -644,10 +690,11 @@ impl Settings {
 pub const RESERVED_ENV_PREFIXES: [&str; 3] = ["TEST_", "REQUIRE_", "EXTERNAL_"];
 /// Tables whose keys are free-form (librdkafka properties, result codes), so any key below them is
 /// a candidate setting that the table itself judges.
-const FREE_FORM_TABLES: [&str; 3] = [
+const FREE_FORM_TABLES: [&str; 4] = [
     "kafka.consumer",
     "kafka.producer",
     "alipayplus.result_policy",
+    "alipayplus.clients",
 ];
 
 /// The process environment as text. A `REGNOTIFY_` variable that is not UTF-8 is an error naming
@@ -787,6 +834,8 @@ fn setting_paths() -> &'static [String] {
         every.alipayplus.private_key = Some(Secret::new(""));
         every.alipayplus.alipayplus_public_key_file = Some(PathBuf::new());
         every.alipayplus.ca_bundle_file = Some(PathBuf::new());
+        every.alipayplus.key_version_file = Some(PathBuf::new());
+        every.alipayplus.mpp_public_key_file = Some(PathBuf::new());
         let mut paths = Vec::new();
         if let Ok(toml::Value::Table(table)) = toml::Value::try_from(&every) {
             collect_paths(&table, "", &mut paths);
@@ -953,6 +1002,14 @@ impl AlipayPlusSettings {
                 "must be at most 128 characters without control characters",
             ));
         }
+        positive("alipayplus.key_reload_interval", self.key_reload_interval)?;
+        positive(
+            "alipayplus.alipayplus_public_key_overlap",
+            self.alipayplus_public_key_overlap,
+        )?;
+        for (psp_id, client) in &self.clients {
+            client.validate(psp_id, self.allow_insecure_http)?;
+        }
         for code in self.result_policy.keys() {
             if code.is_empty()
                 || !code
@@ -982,6 +1039,68 @@ impl AlipayPlusSettings {
                 "alipayplus.alipayplus_public_key_file",
                 "is required while alipayplus.verify_response_signature is true",
             ));
+        }
+        for (psp_id, client) in &self.clients {
+            let key = |name: &str| format!("alipayplus.clients.{psp_id}.{name}");
+            if client.private_key.is_none() && client.private_key_file.is_none() {
+                return Err(ConfigError::invalid(
+                    key("private_key_file"),
+                    format!("is required (or {} as PEM text)", key("private_key")),
+                ));
+            }
+            if self.verify_response_signature && client.alipayplus_public_key_file.is_none() {
+                return Err(ConfigError::invalid(
+                    key("alipayplus_public_key_file"),
+                    "is required while alipayplus.verify_response_signature is true",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MppClientSettings {
+    fn validate(&self, psp_id: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("alipayplus.clients.{psp_id}.{name}");
+        if psp_id.is_empty()
+            || psp_id.len() > MAX_PSP_ID_LEN
+            || !psp_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(ConfigError::invalid(
+                format!("alipayplus.clients.{psp_id}"),
+                format!(
+                    "a pspId names the table: 1-{MAX_PSP_ID_LEN} of a-z A-Z 0-9 _ - . (quote it in TOML)"
+                ),
+            ));
+        }
+        if psp_id == DEFAULT_PSP_LABEL {
+            return Err(ConfigError::invalid(
+                format!("alipayplus.clients.{psp_id}"),
+                "`default` is the metric label of the top-level [alipayplus] identity; events \
+                 without a pspId use that one",
+            ));
+        }
+        non_empty(&key("client_id"), &self.client_id)?;
+        if self.client_id.len() > 128 || self.client_id.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::invalid(
+                key("client_id"),
+                "must be at most 128 characters without control characters",
+            ));
+        }
+        if self.private_key.is_some() && self.private_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                key("private_key"),
+                format!(
+                    "set either {} or {}, not both",
+                    key("private_key"),
+                    key("private_key_file")
+                ),
+            ));
+        }
+        if let Some(base_url) = &self.base_url {
+            check_http_url(&key("base_url"), base_url, allow_insecure_http)?;
         }
         Ok(())
     }
@@ -1080,7 +1199,7 @@ fn check_http_url(key: &str, value: &str, allow_http: bool) -> Result<(), Config
     match url.scheme() {
         "https" => {}
         "http" if allow_http => {}
-        "http" if key == "alipayplus.base_url" => {
+        "http" if key.starts_with("alipayplus.") => {
             return Err(ConfigError::invalid(
                 key,
                 "http:// is refused; use https:// or set alipayplus.allow_insecure_http = true",
