@@ -357,7 +357,7 @@ pub struct AlipayPlusSettings {
 
 /// `[alipayplus.clients.<pspId>]`: one MPP's identity. What it leaves out (timeouts, result
 /// policy, circuit breaker settings, signature verification) is taken from `[alipayplus]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MppClientSettings {
     #[serde(deserialize_with = "lenient_string")]
@@ -373,6 +373,22 @@ pub struct MppClientSettings {
     pub base_url: Option<String>,
     /// Absent: `alipayplus.max_requests_per_second` (each MPP has its own ceiling).
     pub max_requests_per_second: Option<u32>,
+}
+
+impl Default for MppClientSettings {
+    fn default() -> Self {
+        MppClientSettings {
+            client_id: String::new(),
+            key_version: 1,
+            key_version_file: None,
+            private_key_file: None,
+            private_key: None,
+            mpp_public_key_file: None,
+            alipayplus_public_key_file: None,
+            base_url: None,
+            max_requests_per_second: None,
+        }
+    }
 }
 
 /// The longest `pspId` a `[alipayplus.clients]` table may be named by.

@@ -651,7 +651,11 @@ pub fn signing_key_reloaded(psp: &str, key_version: u32) {
     )
     .increment(1);
     self::key_version(psp, key_version);
-    tracing::info!(psp, key_version, "private key reloaded: new requests are signed with it");
+    tracing::info!(
+        psp,
+        key_version,
+        "private key reloaded: new requests are signed with it"
+    );
 }
 
 /// A new Alipay+ public key verifies answers; the previous one still does for `overlap`.

@@ -120,10 +120,10 @@ impl Application {
         tracing::info!(listen = %self.admin_addr, "admin listener up: /metrics /healthz /readyz");
         // Key files are reloaded while the pipeline runs (SIGHUP or a change seen by polling).
         let watcher_stop = CancellationToken::new();
-        let watcher = tokio::spawn(
-            self.watcher
-                .run(settings.alipayplus.key_reload_interval, watcher_stop.clone()),
-        );
+        let watcher = tokio::spawn(self.watcher.run(
+            settings.alipayplus.key_reload_interval,
+            watcher_stop.clone(),
+        ));
         let result =
             pipeline::run(&settings, self.clients, self.stats, self.health, shutdown).await;
         watcher_stop.cancel();

@@ -21,8 +21,8 @@ use super::classify::{
     ApiResult, Exchange, ResultClass, ResultOverrides, TransportFailure, classify,
     parse_response_body,
 };
-use super::request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
 use super::credentials::{ClientKeys, KeyLoadError, KeySources, Signer};
+use super::request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
 use super::signature::{SignatureCheck, request_time_now, sign_request, verify_signature};
 use crate::config::{AlipayPlusSettings, MppClientSettings};
 use crate::event::RegistrationDecided;

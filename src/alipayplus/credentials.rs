@@ -79,7 +79,11 @@ impl ClientKeys {
     /// Forgets the previous Alipay+ key once its overlap has ended at `now`; true when it did.
     pub fn expire_previous_answer_key(&self, now: Instant) -> bool {
         let mut answer = self.answer.write().unwrap_or_else(PoisonError::into_inner);
-        if answer.previous.as_ref().is_some_and(|(_, until)| now >= *until) {
+        if answer
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| now >= *until)
+        {
             answer.previous = None;
             return true;
         }
@@ -238,8 +242,9 @@ impl KeySources {
             }
         };
         let key_version = match &self.key_version_file {
-            Some(path) => read_key_version(path)
-                .map_err(|message| self.error("key_version_file", message))?,
+            Some(path) => {
+                read_key_version(path).map_err(|message| self.error("key_version_file", message))?
+            }
             None => self.key_version,
         };
         if let Some(path) = &self.mpp_public_key_file {
@@ -280,7 +285,10 @@ impl KeySources {
 
     /// Loads everything, for start-up.
     pub fn load(&self) -> Result<ClientKeys, KeyLoadError> {
-        Ok(ClientKeys::new(self.load_signer()?, self.load_answer_key()?))
+        Ok(ClientKeys::new(
+            self.load_signer()?,
+            self.load_answer_key()?,
+        ))
     }
 
     /// A digest of the files the signer is read from; `None` when the key is inline (it cannot
@@ -431,7 +439,10 @@ mod tests {
         let signed_by_new = |key: &PublicVerifyingKey| key.same_key(&new);
         assert_eq!(keys.verify_answer(start, true, signed_by_new), Some(false));
         assert!(keys.rotate_answer_key(new.clone(), until));
-        assert!(!keys.rotate_answer_key(new.clone(), until), "same key twice");
+        assert!(
+            !keys.rotate_answer_key(new.clone(), until),
+            "same key twice"
+        );
         assert_eq!(keys.verify_answer(start, true, signed_by_new), Some(true));
         assert_eq!(keys.verify_answer(start, true, signed_by_old), Some(true));
         let after = until + Duration::from_millis(1);

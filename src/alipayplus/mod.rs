@@ -22,8 +22,8 @@ use anyhow::Context;
 pub use classify::{ApiResult, ResultClass, ResultOverrides, classify};
 pub use client::{AlipayPlusClient, AttemptError, ClientBuildError, ClientOptions, NotifyAttempt};
 pub use credentials::{ClientKeys, KeyLoadError, KeySources};
-pub use rotation::KeyWatcher;
 pub use request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
+pub use rotation::KeyWatcher;
 pub use signature::{SignatureCheck, SignedRequest, sign_request};
 
 use crate::config::AlipayPlusSettings;
@@ -105,4 +105,77 @@ pub fn sign_command(
         body,
         key_version,
     )?)
+}
+
+/// What `check-config` reports of one MPP: never key material, only whether the keys load and pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MppCheck {
+    /// `default` or the pspId of its table.
+    pub psp: String,
+    pub client_id: String,
+    /// The key version requests would be signed with, when it could be read.
+    pub key_version: Option<u32>,
+    /// The private key: loaded (and paired with `mpp_public_key_file` when given), or why not.
+    pub private_key: Result<&'static str, String>,
+    /// Alipay+'s public key: loaded, not verified, or why not.
+    pub alipayplus_public_key: Result<&'static str, String>,
+}
+
+impl MppCheck {
+    pub fn is_ok(&self) -> bool {
+        self.private_key.is_ok() && self.alipayplus_public_key.is_ok()
+    }
+}
+
+impl std::fmt::Display for MppCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let version = self
+            .key_version
+            .map_or_else(|| "?".to_owned(), |v| v.to_string());
+        let verdict = |result: &Result<&'static str, String>| match result {
+            Ok(what) => (*what).to_owned(),
+            Err(error) => format!("REFUSED: {error}"),
+        };
+        write!(
+            f,
+            "mpp {}: client_id {}, key_version {version}; private key {}; alipay+ public key {}",
+            self.psp,
+            self.client_id,
+            verdict(&self.private_key),
+            verdict(&self.alipayplus_public_key),
+        )
+    }
+}
+
+/// Loads every MPP's keys as `run` would, for `check-config`.
+pub fn check_mpps(settings: &AlipayPlusSettings) -> Vec<MppCheck> {
+    std::iter::once(KeySources::top_level(settings))
+        .chain(
+            settings
+                .clients
+                .iter()
+                .map(|(psp, client)| KeySources::for_client(settings, psp, client)),
+        )
+        .map(|sources| {
+            let signer = sources.load_signer();
+            let paired = if sources.mpp_public_key_file.is_some() {
+                "loads and pairs with mpp_public_key_file"
+            } else {
+                "loads (no mpp_public_key_file to pair it with)"
+            };
+            MppCheck {
+                psp: sources.psp.clone(),
+                client_id: sources.client_id.clone(),
+                key_version: signer.as_ref().ok().map(|signer| signer.key_version),
+                private_key: signer.map(|_| paired).map_err(|e| e.to_string()),
+                alipayplus_public_key: sources
+                    .load_answer_key()
+                    .map(|key| match key {
+                        Some(_) => "loads",
+                        None => "not used (verify_response_signature = false)",
+                    })
+                    .map_err(|e| e.to_string()),
+            }
+        })
+        .collect()
 }

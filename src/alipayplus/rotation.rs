@@ -144,14 +144,14 @@ impl KeyWatcher {
 
     /// Checks every `interval` and on SIGHUP until `stop` fires.
     pub async fn run(mut self, interval: Duration, stop: CancellationToken) {
-        let mut hangup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(signal) => Some(signal),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGHUP; key files are only polled");
-                    None
-                }
-            };
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; key files are only polled");
+                None
+            }
+        };
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -194,12 +194,18 @@ mod tests {
         let mut seen = Seen::at_start(Some(1));
         assert!(!seen.should_load(1, false));
         assert!(!seen.should_load(2, false), "first sight of a change waits");
-        assert!(seen.should_load(2, false), "the same change seen twice loads");
+        assert!(
+            seen.should_load(2, false),
+            "the same change seen twice loads"
+        );
         seen.applied = Some(2);
         assert!(!seen.should_load(2, false));
         assert!(seen.should_load(3, true), "SIGHUP does not wait");
         seen.refused = Some(3);
-        assert!(!seen.should_load(3, false), "a refused change is not retried");
+        assert!(
+            !seen.should_load(3, false),
+            "a refused change is not retried"
+        );
         assert!(!seen.should_load(3, true));
         assert!(!seen.should_load(4, false));
         assert!(seen.should_load(4, false));
