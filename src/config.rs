@@ -1619,6 +1619,98 @@ mod tests {
     }
 
     #[test]
+    fn mpp_tables_load_from_file_and_environment_and_are_checked_by_name() {
+        let toml = r#"
+            [alipayplus]
+            client_id = "top"
+            private_key_file = "/keys/top.pem"
+            alipayplus_public_key_file = "/keys/alipay.pem"
+            [alipayplus.clients.PSP_A]
+            client_id = "client-a"
+            private_key_file = "/keys/a.pem"
+            alipayplus_public_key_file = "/keys/alipay-a.pem"
+            base_url = "https://open-na-global.alipayplus.com"
+            max_requests_per_second = 50
+        "#;
+        let s = load(
+            toml,
+            &[
+                (
+                    "REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__CLIENT_ID",
+                    "2022000000000002",
+                ),
+                (
+                    "REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__PRIVATE_KEY",
+                    "pem-hunter2",
+                ),
+                ("REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__KEY_VERSION", "3"),
+                (
+                    "REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__ALIPAYPLUS_PUBLIC_KEY_FILE",
+                    "/keys/alipay-b.pem",
+                ),
+            ],
+            &[],
+        )
+        .unwrap();
+        let a = &s.alipayplus.clients["PSP_A"];
+        assert_eq!(a.client_id, "client-a");
+        assert_eq!(a.key_version, 1, "a table's key_version defaults to 1");
+        assert_eq!(a.max_requests_per_second, Some(50));
+        // Environment keys arrive lower-cased, pspIds too (documented: use TOML for mixed case).
+        let b = &s.alipayplus.clients["psp_b"];
+        assert_eq!(
+            (b.client_id.as_str(), b.key_version),
+            ("2022000000000002", 3)
+        );
+        assert!(s.alipayplus.require_credentials().is_ok());
+        for printed in [format!("{s:?}"), s.to_redacted_toml()] {
+            assert!(!printed.contains("hunter2"), "{printed}");
+        }
+        let cases = [
+            (
+                "[alipayplus.clients.A]\nclient_id = \"a\"\nprivate_key_fil = \"x\"\n",
+                "alipayplus.clients.A.private_key_fil",
+            ),
+            (
+                "[alipayplus.clients.A]\nprivate_key_file = \"x\"\n",
+                "alipayplus.clients.A.client_id",
+            ),
+            (
+                "[alipayplus.clients.A]\nclient_id = \"a\"\nbase_url = \"http://x\"\n",
+                "alipayplus.clients.A.base_url",
+            ),
+            (
+                "[alipayplus.clients.default]\nclient_id = \"a\"\n",
+                "alipayplus.clients.default",
+            ),
+            (
+                "[alipayplus.clients.\"a b\"]\nclient_id = \"a\"\n",
+                "alipayplus.clients.a b",
+            ),
+            (
+                "[alipayplus]\nkey_reload_interval = \"0s\"\n",
+                "alipayplus.key_reload_interval",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = load(toml, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err}");
+        }
+        let s = load(
+            "[alipayplus]\nclient_id = \"t\"\nprivate_key_file = \"k\"\nalipayplus_public_key_file = \"p\"\n\
+             [alipayplus.clients.A]\nclient_id = \"a\"\nalipayplus_public_key_file = \"p\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        let err = s.alipayplus.require_credentials().unwrap_err().to_string();
+        assert!(
+            err.contains("alipayplus.clients.A.private_key_file"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn credentials_are_required_for_run() {
         let s = load("", &[], &[]).unwrap();
         let err = s.alipayplus.require_credentials().unwrap_err().to_string();

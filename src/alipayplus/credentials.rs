@@ -241,12 +241,7 @@ impl KeySources {
                 ));
             }
         };
-        let key_version = match &self.key_version_file {
-            Some(path) => {
-                read_key_version(path).map_err(|message| self.error("key_version_file", message))?
-            }
-            None => self.key_version,
-        };
+        let key_version = self.key_version()?;
         if let Some(path) = &self.mpp_public_key_file {
             let public = PublicVerifyingKey::from_file(path)
                 .map_err(|e| self.error("mpp_public_key_file", e.to_string()))?;
@@ -265,6 +260,16 @@ impl KeySources {
             }
         }
         Ok(Signer { key, key_version })
+    }
+
+    /// The key version: the `key_version_file`'s when one is set, else `key_version`.
+    pub fn key_version(&self) -> Result<u32, KeyLoadError> {
+        match &self.key_version_file {
+            Some(path) => {
+                read_key_version(path).map_err(|message| self.error("key_version_file", message))
+            }
+            None => Ok(self.key_version),
+        }
     }
 
     /// Alipay+'s public key, or `None` when answers are not verified.

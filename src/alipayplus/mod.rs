@@ -166,7 +166,7 @@ pub fn check_mpps(settings: &AlipayPlusSettings) -> Vec<MppCheck> {
             MppCheck {
                 psp: sources.psp.clone(),
                 client_id: sources.client_id.clone(),
-                key_version: signer.as_ref().ok().map(|signer| signer.key_version),
+                key_version: sources.key_version().ok(),
                 private_key: signer.map(|_| paired).map_err(|e| e.to_string()),
                 alipayplus_public_key: sources
                     .load_answer_key()
