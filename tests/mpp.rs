@@ -291,7 +291,7 @@ async fn each_mpp_signs_with_its_own_key_and_an_unknown_psp_is_dead_lettered() {
 async fn one_mpp_refused_and_another_down_do_not_stop_the_third() {
     let harness = Harness::new(2, Vec::new()).await;
     let dir = tempfile::tempdir().unwrap();
-    // The top-level identity and PSP_A share one gateway; PSP_B has its own.
+    // The top-level identity and REF_A share one gateway; DOWN_B has its own.
     let shared = simulator(
         vec![
             trusted("default", DEFAULT_CLIENT, &default_key()),
@@ -310,17 +310,17 @@ async fn one_mpp_refused_and_another_down_do_not_stop_the_third() {
     breaker.min_calls = 5;
     breaker.probe_interval_max = Duration::from_secs(2);
     settings.alipayplus.clients.insert(
-        "PSP_A".into(),
-        client_table(dir.path(), "PSP_A", CLIENT_A, &key_a()),
+        "REF_A".into(),
+        client_table(dir.path(), "REF_A", CLIENT_A, &key_a()),
     );
-    let mut table_b = client_table(dir.path(), "PSP_B", CLIENT_B, &key_b());
+    let mut table_b = client_table(dir.path(), "DOWN_B", CLIENT_B, &key_b());
     table_b.base_url = Some(gateway_b.base_url());
-    settings.alipayplus.clients.insert("PSP_B".into(), table_b);
+    settings.alipayplus.clients.insert("DOWN_B".into(), table_b);
 
     shared.refuse_client(CLIENT_A);
     gateway_b.outage(Duration::from_secs(3600), OutageMode::Unavailable);
-    let of_a = events("A", Some("PSP_A"), 20);
-    let of_b = events("B", Some("PSP_B"), 20);
+    let of_a = events("A", Some("REF_A"), 20);
+    let of_b = events("B", Some("DOWN_B"), 20);
     let of_default = events("D", None, 20);
     // The refused and the failing MPPs' events come first in every partition.
     let all: Vec<_> = [&of_a, &of_b, &of_default]
@@ -337,14 +337,14 @@ async fn one_mpp_refused_and_another_down_do_not_stop_the_third() {
     metric_reaches(
         &pipeline,
         "regnotify_circuit_state",
-        &["psp=\"PSP_A\""],
+        &["psp=\"REF_A\""],
         1.0,
     )
     .await;
     metric_reaches(
         &pipeline,
         "regnotify_circuit_state",
-        &["psp=\"PSP_B\""],
+        &["psp=\"DOWN_B\""],
         1.0,
     )
     .await;

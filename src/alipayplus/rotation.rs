@@ -144,6 +144,10 @@ impl KeyWatcher {
 
     /// Checks every `interval` and on SIGHUP until `stop` fires.
     pub async fn run(mut self, interval: Duration, stop: CancellationToken) {
+        // The gauges set while the clients were built went nowhere: no recorder was installed yet.
+        for watched in &self.watched {
+            observe::key_version(&watched.sources.psp, watched.keys.key_version());
+        }
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(signal) => Some(signal),
