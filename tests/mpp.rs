@@ -9,6 +9,7 @@
 //!   new ones, nothing is lost, no restart; broken or mismatched replacements are refused;
 //! - Alipay+ rotates its answer key: answers signed with either key verify during the overlap,
 //!   answers signed with the old key are not trusted after it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -122,10 +123,11 @@ fn events(prefix: &str, psp: Option<&str>, count: usize) -> Vec<RegistrationDeci
         .collect()
 }
 
-/// Who signed each request id the simulator accepted: (client id, trusted key name, keyVersion).
-fn signers(
-    simulator: &SimulatorHandle,
-) -> HashMap<String, Vec<(String, Option<String>, Option<String>)>> {
+/// One accepted call: (client id, trusted key name, keyVersion).
+type Signed = (String, Option<String>, Option<String>);
+
+/// Who signed each request id the simulator accepted.
+fn signers(simulator: &SimulatorHandle) -> HashMap<String, Vec<Signed>> {
     let mut signers: HashMap<String, Vec<_>> = HashMap::new();
     for arrival in simulator.stats().arrivals {
         signers
