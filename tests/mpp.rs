@@ -590,3 +590,89 @@ async fn answers_signed_with_either_alipayplus_key_verify_during_the_overlap_onl
     watcher.check(true);
     trusted_success(&notify("R-8").await);
 }
+
+/// `regnotify run` as a process: a new private key and key version written while it runs are
+/// taken on SIGHUP (polling is set to an hour, so only the signal can explain it), the process
+/// keeps running, and later calls carry the new key and version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_private_key_of_a_running_service() {
+    use common::service::Service;
+    let harness = Harness::new(1, Vec::new()).await;
+    let service = Service::new(&harness, Duration::ZERO, "").await;
+    let keys = service.dir.path().join("keys");
+    let version_file = service.dir.path().join("key_version");
+    replace_file(&version_file, "1\n");
+    let config = std::fs::read_to_string(&service.config).unwrap().replace(
+        "[alipayplus]\n",
+        &format!(
+            "[alipayplus]\nkey_reload_interval = \"1h\"\nkey_version_file = \"{}\"\n",
+            version_file.display()
+        ),
+    );
+    std::fs::write(&service.config, config).unwrap();
+    let mut running = service.spawn("sighup");
+    let signed_by = |events: &[RegistrationDecided]| -> Vec<(Option<String>, Option<String>)> {
+        let signers = signers(&service.simulator);
+        events
+            .iter()
+            .flat_map(|e| signers[&e.registration_request_id].clone())
+            .map(|(_, key, version)| (key, version))
+            .collect()
+    };
+    let old = (Some("mpp".to_owned()), Some("1".to_owned()));
+    let new = (Some("new".to_owned()), Some("2".to_owned()));
+
+    let first = events("first", None, 5);
+    harness.produce(&first).await;
+    harness.wait_outcomes_of(&first, WAIT).await;
+    assert!(
+        signed_by(&first).iter().all(|s| *s == old),
+        "{:?}",
+        signed_by(&first)
+    );
+
+    // Alipay+ is given the new public key; the files are replaced, no signal yet.
+    let new_key = common::test_key(0);
+    service.simulator.trust(TrustedKey {
+        name: "new".into(),
+        client_id: None,
+        key: new_key.public_key(),
+    });
+    let pem = new_key.to_pkcs8_pem().unwrap();
+    replace_file(
+        &keys.join("mpp_private_key.pem"),
+        secrecy::ExposeSecret::expose_secret(&pem),
+    );
+    replace_file(&version_file, "2\n");
+    let unsignalled = events("unsignalled", None, 5);
+    harness.produce(&unsignalled).await;
+    harness.wait_outcomes_of(&unsignalled, WAIT).await;
+    assert!(
+        signed_by(&unsignalled).iter().all(|s| *s == old),
+        "{:?}",
+        signed_by(&unsignalled)
+    );
+
+    running.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&running.log)
+        .unwrap_or_default()
+        .contains("private key reloaded")
+    {
+        running.assert_alive();
+        assert!(Instant::now() < deadline, "no reload logged after SIGHUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = events("after", None, 5);
+    harness.produce(&after).await;
+    harness.wait_outcomes_of(&after, WAIT).await;
+    running.assert_alive();
+    assert!(
+        signed_by(&after).iter().all(|s| *s == new),
+        "{:?}",
+        signed_by(&after)
+    );
+    let log = std::fs::read_to_string(&running.log).unwrap();
+    assert!(!log.contains("BEGIN"), "no key material in the log");
+    running.stop_cleanly(Duration::from_secs(20));
+}
