@@ -304,6 +304,8 @@ async fn one_mpp_refused_and_another_down_do_not_stop_the_third() {
     .await;
     let gateway_b = simulator(vec![trusted("B", CLIENT_B, &key_b())], Duration::ZERO).await;
     let mut settings = settings(&harness, &shared.base_url(), dir.path());
+    // Fewer slots than the held MPPs have events: their waiting events must not keep the slots.
+    settings.processing.max_in_flight = 8;
     settings.processing.max_attempts = 8;
     settings.processing.max_retry_elapsed = Duration::from_secs(5);
     settings.processing.refused_streak_threshold = 5;

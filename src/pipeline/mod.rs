@@ -7,6 +7,7 @@
 //!   partitions and offsets, and the [`scheduler`]), which hold no I/O and are model-tested.
 //! - [`worker`]: one event's notify-retry-publish life.
 //! - [`mpp`]: which MPP's credentials, circuit and send rate serve an event.
+//! - [`parking`]: in-flight slots given back by jobs that wait for their MPP's circuit.
 //! - [`output`]: the idempotent producer for outcomes and dead letters.
 //! - [`transactions`]: exactly-once outputs, written with their offsets in Kafka transactions.
 //! - [`record`]: the consumed record and the dead-letter headers.
@@ -23,6 +24,7 @@ pub mod finished;
 pub mod keyed;
 pub mod mpp;
 pub mod output;
+pub mod parking;
 pub mod record;
 pub mod scheduler;
 pub mod transactions;
@@ -176,6 +178,7 @@ pub async fn run(
     );
     let worker = Arc::new(WorkerContext::new(
         mpps,
+        parking::Parking::new(processing.max_in_flight),
         sink,
         budget,
         stats,

@@ -24,6 +24,7 @@ use crate::pipeline::circuit::Circuits;
 pub use crate::pipeline::decisions::Finish;
 use crate::pipeline::mpp::{Mpp, Mpps};
 use crate::pipeline::output::OutputSink;
+use crate::pipeline::parking::Parking;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
 
 /// What a worker is given: a decoded event, or a record that could not be decoded.
@@ -48,6 +49,8 @@ pub struct Job {
 pub struct WorkerContext {
     /// Each MPP's client, circuit breaker and send rate.
     pub mpps: Mpps,
+    /// In-flight slots: a job waiting for its MPP's open circuit gives its slot back.
+    pub parking: Arc<Parking>,
     pub sink: OutputSink,
     pub budget: RetryBudget,
     pub stats: Arc<Stats>,
@@ -69,6 +72,7 @@ impl std::fmt::Debug for WorkerContext {
 impl WorkerContext {
     pub fn new(
         mpps: Mpps,
+        parking: Arc<Parking>,
         sink: OutputSink,
         budget: RetryBudget,
         stats: Arc<Stats>,
@@ -78,6 +82,7 @@ impl WorkerContext {
     ) -> Self {
         WorkerContext {
             mpps,
+            parking,
             sink,
             budget,
             stats,
@@ -189,7 +194,7 @@ async fn notify_with_retries(
     let mut attempts: u32 = 0;
     let mut first_attempt_at_ms = None;
     loop {
-        let (probe, waited) = mpp.circuit.admitted(cancel).await?;
+        let (probe, waited) = admitted(ctx, mpp, cancel).await?;
         budget.held += waited;
         // A probe whose job stops before its answer lets another caller probe.
         let abandon = || {
@@ -279,6 +284,29 @@ async fn notify_with_retries(
             first_attempt_at_ms,
         });
     }
+}
+
+/// Waits until `mpp`'s circuit lets a call go out: whether it is the probe, and how long it
+/// waited; `None` when `cancel` fired first. While the circuit is not closed the job gives its
+/// in-flight slot back, so other MPPs' events take it, and then waits for a slot to call again.
+async fn admitted(
+    ctx: &WorkerContext,
+    mpp: &Mpp,
+    cancel: &CancellationToken,
+) -> Option<(bool, Duration)> {
+    if mpp.circuit.is_closed() {
+        return mpp.circuit.admitted(cancel).await;
+    }
+    let parked = ctx.parking.park();
+    let (probe, waited) = mpp.circuit.admitted(cancel).await?;
+    let resuming = Instant::now();
+    if parked.resume(cancel).await.is_none() {
+        if probe {
+            mpp.circuit.probe_abandoned();
+        }
+        return None;
+    }
+    Some((probe, waited + resuming.elapsed()))
 }
 
 /// What one event has spent of its retry budget: the attempts that count, and the time, less
