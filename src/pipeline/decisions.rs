@@ -315,7 +315,8 @@ impl<P> DispatchCore<P> {
         }
     }
 
-    /// Alipay+ is unavailable (`true`) or back: every partition is paused while it is not.
+    /// Alipay+ is unavailable for every MPP (`true`: no MPP's circuit is closed) or back for
+    /// some: every partition is paused while it is unavailable for all.
     pub fn hold_intake(&mut self, held: bool) {
         if self.downstream_held != held {
             self.downstream_held = held;
