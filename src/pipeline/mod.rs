@@ -176,16 +176,16 @@ pub async fn run(
             })
             .collect::<Vec<_>>(),
     );
-    let worker = Arc::new(WorkerContext::new(
+    let worker = Arc::new(WorkerContext {
         mpps,
-        parking::Parking::new(processing.max_in_flight),
+        parking: parking::Parking::new(processing.max_in_flight),
         sink,
         budget,
         stats,
-        Arc::clone(&status),
-        CancellationToken::new(),
-        circuits,
-    ));
+        health: Arc::clone(&status),
+        hard_stop: CancellationToken::new(),
+        circuit: circuits,
+    });
     let dispatcher = Dispatcher::new(DispatcherParts {
         processing: processing.clone(),
         topic: settings.kafka.input_topic.clone(),

@@ -69,30 +69,6 @@ impl std::fmt::Debug for WorkerContext {
     }
 }
 
-impl WorkerContext {
-    pub fn new(
-        mpps: Mpps,
-        parking: Arc<Parking>,
-        sink: OutputSink,
-        budget: RetryBudget,
-        stats: Arc<Stats>,
-        health: Arc<Health>,
-        hard_stop: CancellationToken,
-        circuit: Arc<Circuits>,
-    ) -> Self {
-        WorkerContext {
-            mpps,
-            parking,
-            sink,
-            budget,
-            stats,
-            health,
-            hard_stop,
-            circuit,
-        }
-    }
-}
-
 /// Runs one job to its end.
 pub async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
     match &job.work {
