@@ -86,14 +86,6 @@ impl KeyWatcher {
         });
     }
 
-    /// Whether any file can change (inline keys and unverified answers cannot).
-    pub fn is_empty(&self) -> bool {
-        self.watched.iter().all(|watched| {
-            watched.sources.signer_fingerprint().is_none()
-                && watched.sources.answer_key_fingerprint().is_none()
-        })
-    }
-
     /// Reads the files and applies what changed; `immediate` (SIGHUP) does not wait for a
     /// change to be seen twice. Blocking file reads and key parsing: run it off the async workers.
     pub fn check(&mut self, immediate: bool) {
