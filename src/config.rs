@@ -337,7 +337,64 @@ pub struct AlipayPlusSettings {
     pub result_policy: BTreeMap<String, ResultPolicy>,
     /// When Alipay+ as a whole fails or refuses us: pause and probe (see the README).
     pub circuit_breaker: CircuitBreakerSettings,
+    /// A file holding the `keyVersion` of the private key (one number); read with the key at
+    /// start and at every reload, and then preferred to `key_version`.
+    pub key_version_file: Option<PathBuf>,
+    /// The MPP's public key (PEM), when given: a private key that does not pair with it is
+    /// refused, at start and at every reload.
+    pub mpp_public_key_file: Option<PathBuf>,
+    /// How often key files are checked for changes (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub key_reload_interval: Duration,
+    /// After Alipay+'s public key file changes, answers signed with the previous key still
+    /// verify for this long.
+    #[serde(with = "humantime_serde")]
+    pub alipayplus_public_key_overlap: Duration,
+    /// One table per MPP (`[alipayplus.clients.<pspId>]`): the credentials for events naming
+    /// that `pspId`. The settings above serve events without one.
+    pub clients: BTreeMap<String, MppClientSettings>,
 }
+
+/// `[alipayplus.clients.<pspId>]`: one MPP's identity. What it leaves out (timeouts, result
+/// policy, circuit breaker settings, signature verification) is taken from `[alipayplus]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MppClientSettings {
+    #[serde(deserialize_with = "lenient_string")]
+    pub client_id: String,
+    pub key_version: u32,
+    pub key_version_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    pub private_key: Option<Secret>,
+    pub mpp_public_key_file: Option<PathBuf>,
+    pub alipayplus_public_key_file: Option<PathBuf>,
+    /// Absent: `alipayplus.base_url`.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub base_url: Option<String>,
+    /// Absent: `alipayplus.max_requests_per_second` (each MPP has its own ceiling).
+    pub max_requests_per_second: Option<u32>,
+}
+
+impl Default for MppClientSettings {
+    fn default() -> Self {
+        MppClientSettings {
+            client_id: String::new(),
+            key_version: 1,
+            key_version_file: None,
+            private_key_file: None,
+            private_key: None,
+            mpp_public_key_file: None,
+            alipayplus_public_key_file: None,
+            base_url: None,
+            max_requests_per_second: None,
+        }
+    }
+}
+
+/// The longest `pspId` a `[alipayplus.clients]` table may be named by.
+pub const MAX_PSP_ID_LEN: usize = 64;
+/// The `psp` metric label of the top-level `[alipayplus]` identity.
+pub const DEFAULT_PSP_LABEL: &str = "default";
 
 /// `[alipayplus.circuit_breaker]`. The refused streak that opens the circuit is
 /// `processing.refused_streak_threshold`.
@@ -433,6 +490,11 @@ impl Default for AlipayPlusSettings {
             max_requests_per_second: 0,
             result_policy: BTreeMap::new(),
             circuit_breaker: CircuitBreakerSettings::default(),
+            key_version_file: None,
+            mpp_public_key_file: None,
+            key_reload_interval: Duration::from_secs(5),
+            alipayplus_public_key_overlap: Duration::from_secs(24 * 3600),
+            clients: BTreeMap::new(),
         }
     }
 }
@@ -644,10 +706,11 @@ impl Settings {
 pub const RESERVED_ENV_PREFIXES: [&str; 3] = ["TEST_", "REQUIRE_", "EXTERNAL_"];
 /// Tables whose keys are free-form (librdkafka properties, result codes), so any key below them is
 /// a candidate setting that the table itself judges.
-const FREE_FORM_TABLES: [&str; 3] = [
+const FREE_FORM_TABLES: [&str; 4] = [
     "kafka.consumer",
     "kafka.producer",
     "alipayplus.result_policy",
+    "alipayplus.clients",
 ];
 
 /// The process environment as text. A `REGNOTIFY_` variable that is not UTF-8 is an error naming
@@ -787,6 +850,8 @@ fn setting_paths() -> &'static [String] {
         every.alipayplus.private_key = Some(Secret::new(""));
         every.alipayplus.alipayplus_public_key_file = Some(PathBuf::new());
         every.alipayplus.ca_bundle_file = Some(PathBuf::new());
+        every.alipayplus.key_version_file = Some(PathBuf::new());
+        every.alipayplus.mpp_public_key_file = Some(PathBuf::new());
         let mut paths = Vec::new();
         if let Ok(toml::Value::Table(table)) = toml::Value::try_from(&every) {
             collect_paths(&table, "", &mut paths);
@@ -953,6 +1018,14 @@ impl AlipayPlusSettings {
                 "must be at most 128 characters without control characters",
             ));
         }
+        positive("alipayplus.key_reload_interval", self.key_reload_interval)?;
+        positive(
+            "alipayplus.alipayplus_public_key_overlap",
+            self.alipayplus_public_key_overlap,
+        )?;
+        for (psp_id, client) in &self.clients {
+            client.validate(psp_id, self.allow_insecure_http)?;
+        }
         for code in self.result_policy.keys() {
             if code.is_empty()
                 || !code
@@ -982,6 +1055,68 @@ impl AlipayPlusSettings {
                 "alipayplus.alipayplus_public_key_file",
                 "is required while alipayplus.verify_response_signature is true",
             ));
+        }
+        for (psp_id, client) in &self.clients {
+            let key = |name: &str| format!("alipayplus.clients.{psp_id}.{name}");
+            if client.private_key.is_none() && client.private_key_file.is_none() {
+                return Err(ConfigError::invalid(
+                    key("private_key_file"),
+                    format!("is required (or {} as PEM text)", key("private_key")),
+                ));
+            }
+            if self.verify_response_signature && client.alipayplus_public_key_file.is_none() {
+                return Err(ConfigError::invalid(
+                    key("alipayplus_public_key_file"),
+                    "is required while alipayplus.verify_response_signature is true",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MppClientSettings {
+    fn validate(&self, psp_id: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("alipayplus.clients.{psp_id}.{name}");
+        if psp_id.is_empty()
+            || psp_id.len() > MAX_PSP_ID_LEN
+            || !psp_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(ConfigError::invalid(
+                format!("alipayplus.clients.{psp_id}"),
+                format!(
+                    "a pspId names the table: 1-{MAX_PSP_ID_LEN} of a-z A-Z 0-9 _ - . (quote it in TOML)"
+                ),
+            ));
+        }
+        if psp_id == DEFAULT_PSP_LABEL {
+            return Err(ConfigError::invalid(
+                format!("alipayplus.clients.{psp_id}"),
+                "`default` is the metric label of the top-level [alipayplus] identity; events \
+                 without a pspId use that one",
+            ));
+        }
+        non_empty(&key("client_id"), &self.client_id)?;
+        if self.client_id.len() > 128 || self.client_id.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::invalid(
+                key("client_id"),
+                "must be at most 128 characters without control characters",
+            ));
+        }
+        if self.private_key.is_some() && self.private_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                key("private_key"),
+                format!(
+                    "set either {} or {}, not both",
+                    key("private_key"),
+                    key("private_key_file")
+                ),
+            ));
+        }
+        if let Some(base_url) = &self.base_url {
+            check_http_url(&key("base_url"), base_url, allow_insecure_http)?;
         }
         Ok(())
     }
@@ -1080,7 +1215,7 @@ fn check_http_url(key: &str, value: &str, allow_http: bool) -> Result<(), Config
     match url.scheme() {
         "https" => {}
         "http" if allow_http => {}
-        "http" if key == "alipayplus.base_url" => {
+        "http" if key.starts_with("alipayplus.") => {
             return Err(ConfigError::invalid(
                 key,
                 "http:// is refused; use https:// or set alipayplus.allow_insecure_http = true",
@@ -1481,6 +1616,98 @@ mod tests {
         assert_eq!(s.alipayplus.client_id, "2022123456789012");
         assert_eq!(s.kafka.group_id, "42");
         assert_eq!(s.kafka.consumer.0["session.timeout.ms"], "6000");
+    }
+
+    #[test]
+    fn mpp_tables_load_from_file_and_environment_and_are_checked_by_name() {
+        let toml = r#"
+            [alipayplus]
+            client_id = "top"
+            private_key_file = "/keys/top.pem"
+            alipayplus_public_key_file = "/keys/alipay.pem"
+            [alipayplus.clients.PSP_A]
+            client_id = "client-a"
+            private_key_file = "/keys/a.pem"
+            alipayplus_public_key_file = "/keys/alipay-a.pem"
+            base_url = "https://open-na-global.alipayplus.com"
+            max_requests_per_second = 50
+        "#;
+        let s = load(
+            toml,
+            &[
+                (
+                    "REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__CLIENT_ID",
+                    "2022000000000002",
+                ),
+                (
+                    "REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__PRIVATE_KEY",
+                    "pem-hunter2",
+                ),
+                ("REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__KEY_VERSION", "3"),
+                (
+                    "REGNOTIFY_ALIPAYPLUS__CLIENTS__PSP_B__ALIPAYPLUS_PUBLIC_KEY_FILE",
+                    "/keys/alipay-b.pem",
+                ),
+            ],
+            &[],
+        )
+        .unwrap();
+        let a = &s.alipayplus.clients["PSP_A"];
+        assert_eq!(a.client_id, "client-a");
+        assert_eq!(a.key_version, 1, "a table's key_version defaults to 1");
+        assert_eq!(a.max_requests_per_second, Some(50));
+        // Environment keys arrive lower-cased, pspIds too (documented: use TOML for mixed case).
+        let b = &s.alipayplus.clients["psp_b"];
+        assert_eq!(
+            (b.client_id.as_str(), b.key_version),
+            ("2022000000000002", 3)
+        );
+        assert!(s.alipayplus.require_credentials().is_ok());
+        for printed in [format!("{s:?}"), s.to_redacted_toml()] {
+            assert!(!printed.contains("hunter2"), "{printed}");
+        }
+        let cases = [
+            (
+                "[alipayplus.clients.A]\nclient_id = \"a\"\nprivate_key_fil = \"x\"\n",
+                "alipayplus.clients.A.private_key_fil",
+            ),
+            (
+                "[alipayplus.clients.A]\nprivate_key_file = \"x\"\n",
+                "alipayplus.clients.A.client_id",
+            ),
+            (
+                "[alipayplus.clients.A]\nclient_id = \"a\"\nbase_url = \"http://x\"\n",
+                "alipayplus.clients.A.base_url",
+            ),
+            (
+                "[alipayplus.clients.default]\nclient_id = \"a\"\n",
+                "alipayplus.clients.default",
+            ),
+            (
+                "[alipayplus.clients.\"a b\"]\nclient_id = \"a\"\n",
+                "alipayplus.clients.a b",
+            ),
+            (
+                "[alipayplus]\nkey_reload_interval = \"0s\"\n",
+                "alipayplus.key_reload_interval",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = load(toml, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err}");
+        }
+        let s = load(
+            "[alipayplus]\nclient_id = \"t\"\nprivate_key_file = \"k\"\nalipayplus_public_key_file = \"p\"\n\
+             [alipayplus.clients.A]\nclient_id = \"a\"\nalipayplus_public_key_file = \"p\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        let err = s.alipayplus.require_credentials().unwrap_err().to_string();
+        assert!(
+            err.contains("alipayplus.clients.A.private_key_file"),
+            "{err}"
+        );
     }
 
     #[test]

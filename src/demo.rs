@@ -890,6 +890,7 @@ mod tests {
             reference_merchant_id: merchant.into(),
             registration_request_id: request.into(),
             registration_status: "APPROVED".into(),
+            ..Default::default()
         };
         let mut order = MerchantOrder::default();
         order.observe(vec![arrival("M-1", "R-001"), arrival("M-2", "R-002")]);

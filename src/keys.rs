@@ -235,6 +235,11 @@ impl PrivateSigningKey {
         self.public.clone()
     }
 
+    /// Whether `public` is this key's public half.
+    pub fn pairs_with(&self, public: &PublicVerifyingKey) -> bool {
+        self.public.same_key(public)
+    }
+
     /// PKCS#8 PEM text (the form `keygen` writes). The caller owns keeping it secret.
     pub fn to_pkcs8_pem(&self) -> Result<secrecy::SecretString, KeyError> {
         let pem = self
@@ -348,6 +353,11 @@ impl PublicVerifyingKey {
     /// About 12 µs for RSA-2048 in release builds: async code may call it in place.
     pub fn verify(&self, content: &[u8], signature: &[u8]) -> bool {
         self.verifier.verify_sig(content, signature).is_ok()
+    }
+
+    /// Whether both are the same RSA public key (modulus and exponent).
+    pub fn same_key(&self, other: &PublicVerifyingKey) -> bool {
+        self.key.n() == other.key.n() && self.key.e() == other.key.e()
     }
 
     /// SPKI PEM text.

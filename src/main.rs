@@ -37,8 +37,9 @@ enum Command {
     /// Write an RSA-2048 key pair for the MPP and one for a simulated Alipay+ (PEM; private keys
     /// mode 0600).
     Keygen(KeygenArgs),
-    /// Validate a configuration file, load the keys it names and print the effective settings
-    /// (secrets redacted).
+    /// Validate a configuration file, load the keys it names, list each MPP with its client id,
+    /// key version and whether its keys load and pair, and print the effective settings (secrets
+    /// redacted).
     CheckConfig(ConfigArgs),
     /// Publish decisions written as JSON lines (the input schema's fields in camelCase) as Avro
     /// events on `kafka.input_topic`, in the configured framing, keyed by referenceMerchantId.
@@ -394,8 +395,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init(LogFormat::Text, "warn");
             let settings = args.load()?;
             settings.alipayplus.require_credentials()?;
-            regnotify::alipayplus::AlipayPlusClient::from_settings(&settings.alipayplus)
-                .context("the alipay+ client cannot be built from these settings")?;
+            let checks = regnotify::alipayplus::check_mpps(&settings.alipayplus);
+            for check in &checks {
+                println!("{check}");
+            }
+            let refused: Vec<&str> = checks
+                .iter()
+                .filter(|check| !check.is_ok())
+                .map(|check| check.psp.as_str())
+                .collect();
+            anyhow::ensure!(
+                refused.is_empty(),
+                "the keys of mpp {} do not load (see above)",
+                refused.join(", ")
+            );
+            regnotify::alipayplus::Clients::from_settings(&settings.alipayplus)?;
             print!("{}", settings.to_redacted_toml());
             eprintln!("configuration is valid");
             Ok(ExitCode::SUCCESS)

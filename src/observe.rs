@@ -61,6 +61,8 @@ pub mod names {
     pub const THROTTLED: &str = "regnotify_throttled_total";
     pub const SKIPPED_FINISHED: &str = "regnotify_skipped_finished_total";
     pub const FINISHED_NOTE_BYTES: &str = "regnotify_finished_note_bytes";
+    pub const KEY_RELOADS: &str = "regnotify_key_reloads_total";
+    pub const KEY_VERSION: &str = "regnotify_key_version";
 }
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
@@ -443,6 +445,17 @@ pub fn describe_metrics() {
         Unit::Count,
         "throttling answers from alipay+ (REQUEST_TRAFFIC_EXCEED_LIMIT)"
     );
+    describe_counter!(
+        names::KEY_RELOADS,
+        Unit::Count,
+        "key files reloaded while running, by psp, key (mpp_private_key, alipayplus_public_key) \
+         and result (applied, refused)"
+    );
+    describe_gauge!(
+        names::KEY_VERSION,
+        Unit::Count,
+        "the keyVersion requests of this psp are signed with"
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -452,14 +465,19 @@ pub fn record_consumed(stats: &Stats, partition: i32) {
 }
 
 /// One HTTP call to Alipay+ has ended, whatever its answer.
-pub fn notify_attempt(stats: &Stats, attempt: &NotifyAttempt) {
+pub fn notify_attempt(stats: &Stats, psp: &str, attempt: &NotifyAttempt) {
     stats.http_calls.fetch_add(1, Ordering::Relaxed);
     stats
         .notify_latency
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .record(attempt.latency);
-    metrics::counter!(names::NOTIFY_ATTEMPTS, "class" => attempt.class.as_str()).increment(1);
+    metrics::counter!(
+        names::NOTIFY_ATTEMPTS,
+        "class" => attempt.class.as_str(),
+        "psp" => psp.to_owned(),
+    )
+    .increment(1);
     metrics::histogram!(names::NOTIFY_LATENCY).record(attempt.latency.as_secs_f64());
     let success_code = attempt
         .result
@@ -468,13 +486,15 @@ pub fn notify_attempt(stats: &Stats, attempt: &NotifyAttempt) {
     if !attempt.signature.is_trusted() {
         if success_code {
             stats.signature_failures.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(names::RESPONSE_SIGNATURE_FAILURES).increment(1);
+            metrics::counter!(names::RESPONSE_SIGNATURE_FAILURES, "psp" => psp.to_owned())
+                .increment(1);
             tracing::warn!(
+                psp,
                 signature = attempt.signature.as_str(),
                 "success answer without a valid signature, treated as unknown"
             );
         } else if attempt.result.is_some() {
-            metrics::counter!(names::UNVERIFIED_RESPONSES).increment(1);
+            metrics::counter!(names::UNVERIFIED_RESPONSES, "psp" => psp.to_owned()).increment(1);
         }
     }
 }
@@ -597,21 +617,84 @@ pub fn pending(partition: i32, count: usize) {
     metrics::gauge!(names::PENDING, "partition" => partition.to_string()).set(count as f64);
 }
 
-pub fn circuit_state(state: crate::pipeline::breaker::CircuitState) {
-    metrics::gauge!(names::CIRCUIT_STATE).set(state.gauge());
+pub fn circuit_state(psp: &str, state: crate::pipeline::breaker::CircuitState) {
+    metrics::gauge!(names::CIRCUIT_STATE, "psp" => psp.to_owned()).set(state.gauge());
 }
 
-pub fn circuit_transition(to: crate::pipeline::breaker::CircuitState) {
-    metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to.as_str()).increment(1);
-    circuit_state(to);
+pub fn circuit_transition(psp: &str, to: crate::pipeline::breaker::CircuitState) {
+    metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to.as_str(), "psp" => psp.to_owned())
+        .increment(1);
+    circuit_state(psp, to);
 }
 
-/// The adaptive send rate after an answer (`None`: not limited).
-pub fn send_rate(allowed_per_second: Option<f64>, throttled: bool) {
+/// The adaptive send rate of one psp after an answer (`None`: not limited).
+pub fn send_rate(psp: &str, allowed_per_second: Option<f64>, throttled: bool) {
     if throttled {
-        metrics::counter!(names::THROTTLED).increment(1);
+        metrics::counter!(names::THROTTLED, "psp" => psp.to_owned()).increment(1);
     }
-    metrics::gauge!(names::SEND_RATE_LIMIT).set(allowed_per_second.unwrap_or(0.0));
+    metrics::gauge!(names::SEND_RATE_LIMIT, "psp" => psp.to_owned())
+        .set(allowed_per_second.unwrap_or(0.0));
+}
+
+/// The keyVersion a psp's requests are signed with (at start and after each reload).
+pub fn key_version(psp: &str, version: u32) {
+    metrics::gauge!(names::KEY_VERSION, "psp" => psp.to_owned()).set(f64::from(version));
+}
+
+/// A new private key (and its version) signs this psp's requests from now on.
+pub fn signing_key_reloaded(psp: &str, key_version: u32) {
+    metrics::counter!(
+        names::KEY_RELOADS,
+        "psp" => psp.to_owned(),
+        "key" => "mpp_private_key",
+        "result" => "applied",
+    )
+    .increment(1);
+    self::key_version(psp, key_version);
+    tracing::info!(
+        psp,
+        key_version,
+        "private key reloaded: new requests are signed with it"
+    );
+}
+
+/// A new Alipay+ public key verifies answers; the previous one still does for `overlap`.
+pub fn answer_key_reloaded(psp: &str, overlap: Duration) {
+    metrics::counter!(
+        names::KEY_RELOADS,
+        "psp" => psp.to_owned(),
+        "key" => "alipayplus_public_key",
+        "result" => "applied",
+    )
+    .increment(1);
+    tracing::info!(
+        psp,
+        overlap_s = overlap.as_secs(),
+        "alipay+ public key reloaded: answers signed with the previous key are accepted until \
+         the overlap ends"
+    );
+}
+
+/// The previous Alipay+ public key's overlap ended: answers signed with it no longer verify.
+pub fn answer_key_overlap_ended(psp: &str) {
+    tracing::info!(psp, "previous alipay+ public key no longer accepted");
+}
+
+/// A changed key file was refused; the keys in use stay.
+pub fn key_reload_refused(psp: &str, key: &'static str, error: &dyn std::error::Error) {
+    metrics::counter!(
+        names::KEY_RELOADS,
+        "psp" => psp.to_owned(),
+        "key" => key,
+        "result" => "refused",
+    )
+    .increment(1);
+    tracing::error!(
+        psp,
+        key,
+        %error,
+        "changed key file refused; the key in use stays until a valid replacement is written"
+    );
 }
 
 pub fn skipped_finished(partition: i32) {

@@ -12,7 +12,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::alipayplus::AlipayPlusClient;
+use crate::alipayplus::{AlipayPlusClient, Clients, KeyWatcher};
 use crate::config::Settings;
 use crate::observe::{Health, Stats};
 use crate::pipeline;
@@ -20,7 +20,8 @@ use crate::pipeline;
 /// The service, built and bound, not running yet.
 pub struct Application {
     settings: Settings,
-    client: Arc<AlipayPlusClient>,
+    clients: Clients,
+    watcher: KeyWatcher,
     metrics: PrometheusHandle,
     listener: tokio::net::TcpListener,
     admin_addr: SocketAddr,
@@ -37,21 +38,27 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Builds the service from its settings: the Alipay+ client from the configured keys.
+    /// Builds the service from its settings: every MPP's Alipay+ client from the configured keys.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         settings.alipayplus.require_credentials()?;
-        let client = Arc::new(
-            AlipayPlusClient::from_settings(&settings.alipayplus)
-                .context("the alipay+ client cannot be built from these settings")?,
-        );
-        Self::build_with_client(settings, client).await
+        let (clients, watcher) = Clients::from_settings(&settings.alipayplus)?;
+        Self::build_with_clients(settings, clients, watcher).await
     }
 
-    /// Builds the service around a client made elsewhere (the demo and the tests hold their
-    /// keys in memory).
+    /// Builds the service around a top-level client made elsewhere (the demo and the tests hold
+    /// its keys in memory); `[alipayplus.clients]` tables are built from their files.
     pub async fn build_with_client(
         settings: Settings,
         client: Arc<AlipayPlusClient>,
+    ) -> anyhow::Result<Application> {
+        let (clients, watcher) = Clients::with_default(&settings.alipayplus, client)?;
+        Self::build_with_clients(settings, clients, watcher).await
+    }
+
+    async fn build_with_clients(
+        settings: Settings,
+        clients: Clients,
+        watcher: KeyWatcher,
     ) -> anyhow::Result<Application> {
         let metrics = crate::admin::install_metrics()?;
         let listener = crate::admin::bind(settings.admin.listen_addr()?).await?;
@@ -60,7 +67,8 @@ impl Application {
             .context("cannot read the admin listener's address")?;
         Ok(Application {
             settings,
-            client,
+            clients,
+            watcher,
             metrics,
             listener,
             admin_addr,
@@ -89,7 +97,8 @@ impl Application {
         tracing::info!(
             input_topic = %settings.kafka.input_topic,
             group_id = %settings.kafka.group_id,
-            endpoint = self.client.endpoint(),
+            endpoint = self.clients.default.endpoint(),
+            mpp_tables = self.clients.named.len(),
             "regnotify starting"
         );
         let admin_stop = CancellationToken::new();
@@ -109,7 +118,16 @@ impl Application {
             admin_stop.clone(),
         ));
         tracing::info!(listen = %self.admin_addr, "admin listener up: /metrics /healthz /readyz");
-        let result = pipeline::run(&settings, self.client, self.stats, self.health, shutdown).await;
+        // Key files are reloaded while the pipeline runs (SIGHUP or a change seen by polling).
+        let watcher_stop = CancellationToken::new();
+        let watcher = tokio::spawn(self.watcher.run(
+            settings.alipayplus.key_reload_interval,
+            watcher_stop.clone(),
+        ));
+        let result =
+            pipeline::run(&settings, self.clients, self.stats, self.health, shutdown).await;
+        watcher_stop.cancel();
+        let _ = watcher.await;
         admin_stop.cancel();
         if let Ok(Err(error)) = admin.await {
             tracing::warn!(%error, "admin listener failed");

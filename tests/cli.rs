@@ -131,6 +131,79 @@ alipayplus_public_key_file = "{keys}/alipayplus_public_key.pem"
     );
 }
 
+/// `check-config` lists every MPP with its client id and key version and says whether its keys
+/// load and pair, without printing key material; a private key that is not the pair of its
+/// configured public key is refused, naming the MPP and the setting.
+#[test]
+fn check_config_lists_each_mpp_and_whether_its_keys_load_and_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let other = dir.path().join("other");
+    for out in [&keys, &other] {
+        let output = regnotify(&["keygen", "--out", out.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    std::fs::write(dir.path().join("psp_b.version"), "4\n").unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[alipayplus]
+client_id = "2022000000000001"
+key_version = 2
+private_key_file = "{keys}/mpp_private_key.pem"
+mpp_public_key_file = "{keys}/mpp_public_key.pem"
+alipayplus_public_key_file = "{keys}/alipayplus_public_key.pem"
+[alipayplus.clients.PSP_B]
+client_id = "2022000000000002"
+key_version_file = "{dir}/psp_b.version"
+private_key_file = "{other}/mpp_private_key.pem"
+alipayplus_public_key_file = "{other}/alipayplus_public_key.pem"
+"#,
+            keys = keys.display(),
+            other = other.display(),
+            dir = dir.path().display(),
+        ),
+    );
+    let output = regnotify(&["check-config", "--config", &config]);
+    let printed = text(&output);
+    assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.contains(
+            "mpp default: client_id 2022000000000001, key_version 2; private key loads and pairs \
+             with mpp_public_key_file; alipay+ public key loads"
+        ),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("mpp PSP_B: client_id 2022000000000002, key_version 4; private key loads"),
+        "{printed}"
+    );
+    assert!(!printed.contains("BEGIN"), "no key material: {printed}");
+
+    // The top-level private key replaced by another: it no longer pairs with its public key.
+    std::fs::copy(
+        other.join("mpp_private_key.pem"),
+        keys.join("mpp_private_key.pem"),
+    )
+    .unwrap();
+    let output = regnotify(&["check-config", "--config", &config]);
+    let printed = text(&output);
+    assert!(!output.status.success(), "{printed}");
+    assert!(
+        printed.contains(
+            "mpp default: client_id 2022000000000001, key_version 2; private key REFUSED"
+        ),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("alipayplus.mpp_public_key_file"),
+        "{printed}"
+    );
+    assert!(printed.contains("not the pair"), "{printed}");
+    assert!(!printed.contains("BEGIN"), "no key material: {printed}");
+}
+
 /// Settings that weaken security are said at start: a private key others can read, plain http to
 /// Alipay+, unverified answers. A `REGNOTIFY_` variable that is no setting stops start-up.
 #[test]
@@ -250,6 +323,22 @@ fn readme_documents_every_setting() {
     settings.alipayplus.private_key_file = Some("k.pem".into());
     settings.alipayplus.alipayplus_public_key_file = Some("p.pem".into());
     settings.alipayplus.ca_bundle_file = Some("ca.pem".into());
+    settings.alipayplus.key_version_file = Some("v".into());
+    settings.alipayplus.mpp_public_key_file = Some("m.pem".into());
+    settings.alipayplus.clients.insert(
+        "PSP_A".into(),
+        regnotify::config::MppClientSettings {
+            client_id: "a".into(),
+            key_version_file: Some("v".into()),
+            private_key_file: Some("k.pem".into()),
+            private_key: Some(Secret::new("x")),
+            mpp_public_key_file: Some("m.pem".into()),
+            alipayplus_public_key_file: Some("p.pem".into()),
+            base_url: Some("https://x".into()),
+            max_requests_per_second: Some(1),
+            ..Default::default()
+        },
+    );
     let rendered = settings.to_redacted_toml();
     let keys_of = |toml: &str| -> std::collections::BTreeSet<String> {
         let mut table = String::new();

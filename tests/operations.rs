@@ -186,15 +186,24 @@ async fn metrics_count_what_happened_and_health_endpoints_answer() {
     );
     let attempts = "regnotify_notify_attempts_total";
     assert_eq!(
-        value(&samples, &format!(r#"{attempts}{{class="success"}}"#)),
+        value(
+            &samples,
+            &format!(r#"{attempts}{{class="success",psp="default"}}"#)
+        ),
         4.0
     );
     assert_eq!(
-        value(&samples, &format!(r#"{attempts}{{class="refused"}}"#)),
+        value(
+            &samples,
+            &format!(r#"{attempts}{{class="refused",psp="default"}}"#)
+        ),
         1.0
     );
     assert_eq!(
-        value(&samples, &format!(r#"{attempts}{{class="unknown"}}"#)),
+        value(
+            &samples,
+            &format!(r#"{attempts}{{class="unknown",psp="default"}}"#)
+        ),
         1.0
     );
     assert_eq!(

@@ -21,9 +21,10 @@ use super::classify::{
     ApiResult, Exchange, ResultClass, ResultOverrides, TransportFailure, classify,
     parse_response_body,
 };
+use super::credentials::{ClientKeys, KeyLoadError, KeySources, Signer};
 use super::request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
 use super::signature::{SignatureCheck, request_time_now, sign_request, verify_signature};
-use crate::config::AlipayPlusSettings;
+use crate::config::{AlipayPlusSettings, MppClientSettings};
 use crate::event::RegistrationDecided;
 use crate::keys::{KeyError, PrivateSigningKey, PublicVerifyingKey, run_rsa};
 
@@ -51,6 +52,21 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
+    /// The options of the `[alipayplus.clients.<pspId>]` identity: its own client id, key
+    /// version, base URL and rate ceiling, everything else from `[alipayplus]`.
+    pub fn for_client(settings: &AlipayPlusSettings, client: &MppClientSettings) -> Self {
+        let mut options = Self::from_settings(settings);
+        options.client_id = client.client_id.clone();
+        options.key_version = client.key_version;
+        if let Some(base_url) = &client.base_url {
+            options.base_url = base_url.clone();
+        }
+        if let Some(rate) = client.max_requests_per_second {
+            options.max_requests_per_second = rate;
+        }
+        options
+    }
+
     pub fn from_settings(settings: &AlipayPlusSettings) -> Self {
         ClientOptions {
             base_url: settings.base_url.clone(),
@@ -89,13 +105,9 @@ pub enum ClientBuildError {
     MissingPublicKey,
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// A key file named by a setting does not load.
-    #[error("invalid setting `{setting}`: {source}")]
-    KeyFile {
-        setting: &'static str,
-        #[source]
-        source: KeyError,
-    },
+    /// A key named by a setting does not load (or does not pair with its public key).
+    #[error(transparent)]
+    KeyFile(#[from] KeyLoadError),
     #[error("invalid setting `alipayplus.ca_bundle_file`: {0}")]
     CaBundle(String),
     #[error("cannot build the http client: {0}")]
@@ -143,10 +155,9 @@ pub struct AlipayPlusClient {
     path: String,
     client_id: String,
     client_id_header: HeaderValue,
-    key_version: u32,
-    signing_key: Arc<PrivateSigningKey>,
-    /// `None` when verification is off.
-    verifying_key: Option<Arc<PublicVerifyingKey>>,
+    /// Signing key and version, Alipay+'s key(s): swapped by the key watcher while calls run.
+    keys: Arc<ClientKeys>,
+    verify_response_signature: bool,
     overrides: ResultOverrides,
     max_response_bytes: usize,
     limiter: Option<DefaultDirectRateLimiter>,
@@ -157,8 +168,8 @@ impl fmt::Debug for AlipayPlusClient {
         f.debug_struct("AlipayPlusClient")
             .field("endpoint", &self.endpoint.as_str())
             .field("client_id", &self.client_id)
-            .field("key_version", &self.key_version)
-            .field("verify_response_signature", &self.verifying_key.is_some())
+            .field("key_version", &self.keys.key_version())
+            .field("verify_response_signature", &self.verify_response_signature)
             .field("rate_limited", &self.limiter.is_some())
             .finish_non_exhaustive()
     }
@@ -172,18 +183,30 @@ impl AlipayPlusClient {
         signing_key: PrivateSigningKey,
         alipayplus_public_key: Option<PublicVerifyingKey>,
     ) -> Result<Self, ClientBuildError> {
+        let keys = ClientKeys::new(
+            Signer {
+                key: signing_key,
+                key_version: options.key_version,
+            },
+            alipayplus_public_key.filter(|_| options.verify_response_signature),
+        );
+        Self::with_keys(options, Arc::new(keys))
+    }
+
+    /// Builds a client around keys shared with a key watcher. The key version is the signer's;
+    /// `options.key_version` is not used.
+    pub fn with_keys(
+        options: ClientOptions,
+        keys: Arc<ClientKeys>,
+    ) -> Result<Self, ClientBuildError> {
         let endpoint = endpoint_url(&options.base_url, options.allow_insecure_http)?;
         let client_id_header = HeaderValue::from_str(&options.client_id)
             .ok()
             .filter(|_| !options.client_id.is_empty())
             .ok_or(ClientBuildError::ClientId)?;
-        let verifying_key = if options.verify_response_signature {
-            Some(Arc::new(
-                alipayplus_public_key.ok_or(ClientBuildError::MissingPublicKey)?,
-            ))
-        } else {
-            None
-        };
+        if options.verify_response_signature && !keys.verifies_answers() {
+            return Err(ClientBuildError::MissingPublicKey);
+        }
         let extra_roots = match &options.ca_bundle_file {
             Some(path) => ca_bundle(path)?,
             None => Vec::new(),
@@ -207,22 +230,24 @@ impl AlipayPlusClient {
             endpoint,
             client_id: options.client_id,
             client_id_header,
-            key_version: options.key_version,
-            signing_key: Arc::new(signing_key),
-            verifying_key,
+            keys,
+            verify_response_signature: options.verify_response_signature,
             overrides: options.result_overrides,
             max_response_bytes: options.max_response_bytes,
             limiter,
         })
     }
 
-    /// Builds a client from settings, loading the keys they name, and warns about settings that
-    /// weaken security (an exposed key file, plain http, unverified answers).
+    /// Builds the top-level `[alipayplus]` client from settings, loading the keys they name,
+    /// and warns about settings that weaken security (an exposed key file, plain http,
+    /// unverified answers).
     pub fn from_settings(settings: &AlipayPlusSettings) -> Result<Self, ClientBuildError> {
-        if let Some(path) = &settings.private_key_file
-            && let Some(mode) = crate::keys::private_key_exposure(path)
-        {
-            crate::observe::private_key_file_exposed("alipayplus.private_key_file", path, mode);
+        let sources = KeySources::top_level(settings);
+        if sources.private_key.is_none() {
+            return Err(ClientBuildError::MissingPrivateKey);
+        }
+        if settings.verify_response_signature && settings.alipayplus_public_key_file.is_none() {
+            return Err(ClientBuildError::MissingPublicKey);
         }
         if settings.allow_insecure_http {
             crate::observe::insecure_http_allowed(&settings.base_url);
@@ -230,33 +255,48 @@ impl AlipayPlusClient {
         if !settings.verify_response_signature {
             crate::observe::response_verification_off();
         }
-        let signing_key = match (&settings.private_key, &settings.private_key_file) {
-            (Some(pem), _) => PrivateSigningKey::from_pem(pem.expose(), "alipayplus.private_key")?,
-            (None, Some(path)) => {
-                PrivateSigningKey::from_file(path).map_err(|source| ClientBuildError::KeyFile {
-                    setting: "alipayplus.private_key_file",
-                    source,
-                })?
-            }
-            (None, None) => return Err(ClientBuildError::MissingPrivateKey),
-        };
-        let public_key = match (
-            settings.verify_response_signature,
-            &settings.alipayplus_public_key_file,
-        ) {
-            (true, Some(path)) => Some(PublicVerifyingKey::from_file(path).map_err(|source| {
-                ClientBuildError::KeyFile {
-                    setting: "alipayplus.alipayplus_public_key_file",
-                    source,
-                }
-            })?),
-            _ => None,
-        };
-        Self::new(
-            ClientOptions::from_settings(settings),
-            signing_key,
-            public_key,
-        )
+        Self::from_sources(ClientOptions::from_settings(settings), &sources)
+    }
+
+    /// Builds the client of `[alipayplus.clients.<psp_id>]`.
+    pub fn for_mpp(
+        settings: &AlipayPlusSettings,
+        psp_id: &str,
+        client: &MppClientSettings,
+    ) -> Result<Self, ClientBuildError> {
+        let sources = KeySources::for_client(settings, psp_id, client);
+        let options = ClientOptions::for_client(settings, client);
+        if client.base_url.is_some() && settings.allow_insecure_http {
+            crate::observe::insecure_http_allowed(&options.base_url);
+        }
+        Self::from_sources(options, &sources)
+    }
+
+    /// Loads the keys `sources` name (warning about a private key file others can read).
+    pub fn from_sources(
+        options: ClientOptions,
+        sources: &KeySources,
+    ) -> Result<Self, ClientBuildError> {
+        if let Some(super::credentials::PrivateKeySource::File(path)) = &sources.private_key
+            && let Some(mode) = crate::keys::private_key_exposure(path)
+        {
+            crate::observe::private_key_file_exposed(
+                &format!("{}.private_key_file", sources.prefix),
+                path,
+                mode,
+            );
+        }
+        let keys = sources.load()?;
+        Self::with_keys(options, Arc::new(keys))
+    }
+
+    /// The keys this client signs and verifies with (the key watcher replaces them).
+    pub fn keys(&self) -> &Arc<ClientKeys> {
+        &self.keys
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
     }
 
     /// The full URL called.
@@ -300,14 +340,21 @@ impl AlipayPlusClient {
     }
 
     async fn sign(&self, request_time: &str, body: Bytes) -> Result<HeaderValue, AttemptError> {
-        let key = Arc::clone(&self.signing_key);
+        // One read: the key and its version are always used together.
+        let signer = self.keys.signer();
         let path = self.path.clone();
         let client_id = self.client_id.clone();
         let request_time = request_time.to_owned();
-        let key_version = self.key_version;
         let signed = run_rsa(move || {
             let started = Instant::now();
-            let signed = sign_request(&key, &path, &client_id, &request_time, &body, key_version);
+            let signed = sign_request(
+                &signer.key,
+                &path,
+                &client_id,
+                &request_time,
+                &body,
+                signer.key_version,
+            );
             crate::observe::signing_time(started.elapsed());
             signed
         })
@@ -384,9 +431,9 @@ impl AlipayPlusClient {
     /// handing it to another thread, and an answer already received must not queue behind the
     /// signatures waiting in [`run_rsa`] for other requests.
     fn check_signature(&self, headers: SignedHeaders, body: &[u8]) -> SignatureCheck {
-        let Some(key) = &self.verifying_key else {
+        if !self.verify_response_signature {
             return SignatureCheck::NotChecked;
-        };
+        }
         let (signature, response_time, client_id) = match headers {
             SignedHeaders::Missing => return SignatureCheck::Missing,
             SignedHeaders::Unusable => return SignatureCheck::Invalid,
@@ -401,14 +448,19 @@ impl AlipayPlusClient {
         if client_id.is_some_and(|echoed| echoed != self.client_id) {
             return SignatureCheck::Invalid;
         }
-        verify_signature(
-            key,
-            &self.path,
-            &self.client_id,
-            &response_time,
-            body,
-            Some(&signature),
-        )
+        // During a rotation of Alipay+'s key, the previous key verifies until its overlap ends.
+        self.keys
+            .verify_answer(Instant::now(), SignatureCheck::Verified, |key| {
+                verify_signature(
+                    key,
+                    &self.path,
+                    &self.client_id,
+                    &response_time,
+                    body,
+                    Some(&signature),
+                )
+            })
+            .unwrap_or(SignatureCheck::Invalid)
     }
 }
 

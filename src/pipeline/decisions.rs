@@ -117,6 +117,16 @@ impl<P> DispatchCore<P> {
         }
     }
 
+    /// Jobs parked on an open circuit give their in-flight slot back (see
+    /// [`crate::pipeline::parking`]).
+    pub fn with_parking(
+        mut self,
+        parking: std::sync::Arc<crate::pipeline::parking::Parking>,
+    ) -> Self {
+        self.scheduler = self.scheduler.with_parking(parking);
+        self
+    }
+
     /// The same core with another bound on waiting events (the model test keeps it small, so
     /// that the global pause happens within a few operations).
     #[cfg(test)]
@@ -310,7 +320,8 @@ impl<P> DispatchCore<P> {
         }
     }
 
-    /// Alipay+ is unavailable (`true`) or back: every partition is paused while it is not.
+    /// Alipay+ is unavailable for every MPP (`true`: no MPP's circuit is closed) or back for
+    /// some: every partition is paused while it is unavailable for all.
     pub fn hold_intake(&mut self, held: bool) {
         if self.downstream_held != held {
             self.downstream_held = held;

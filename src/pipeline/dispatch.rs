@@ -157,7 +157,8 @@ impl Dispatcher {
             processing.exactly_once,
             processing.max_in_flight,
             processing.max_pending_per_partition,
-        );
+        )
+        .with_parking(Arc::clone(&parts.worker.parking));
         let circuit = parts.worker.circuit.subscribe();
         Dispatcher {
             circuit,

@@ -6,6 +6,8 @@
 //! - [`dispatch`]: the loop that carries out the decisions of [`decisions`] (the [`book`] of
 //!   partitions and offsets, and the [`scheduler`]), which hold no I/O and are model-tested.
 //! - [`worker`]: one event's notify-retry-publish life.
+//! - [`mpp`]: which MPP's credentials, circuit and send rate serve an event.
+//! - [`parking`]: in-flight slots given back by jobs that wait for their MPP's circuit.
 //! - [`output`]: the idempotent producer for outcomes and dead letters.
 //! - [`transactions`]: exactly-once outputs, written with their offsets in Kafka transactions.
 //! - [`record`]: the consumed record and the dead-letter headers.
@@ -20,14 +22,17 @@ pub mod decisions;
 pub mod dispatch;
 pub mod finished;
 pub mod keyed;
+pub mod mpp;
 pub mod output;
+pub mod parking;
 pub mod record;
 pub mod scheduler;
 pub mod transactions;
 pub mod watermark;
 pub mod worker;
 
-use crate::pipeline::circuit::Circuit;
+use crate::pipeline::circuit::{Circuit, Circuits};
+use crate::pipeline::mpp::{Mpp, Mpps};
 
 use std::sync::Arc;
 
@@ -35,7 +40,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::alipayplus::AlipayPlusClient;
+use crate::alipayplus::Clients;
 use crate::codec::{EventDecoder, OutcomeEncoder, SchemaRegistryClient};
 use crate::config::{SchemaRegistrySettings, Settings};
 use crate::observe::{Health, Stats};
@@ -72,7 +77,7 @@ pub fn schema_registry(
 /// flight within `shutdown_timeout`, commits, flushes and leaves the group.
 pub async fn run(
     settings: &Settings,
-    client: Arc<AlipayPlusClient>,
+    clients: Clients,
     stats: Arc<Stats>,
     status: Arc<Health>,
     shutdown: CancellationToken,
@@ -148,19 +153,38 @@ pub async fn run(
             .context("cannot create kafka producer")?;
         (OutputSink::Idempotent(Arc::new(publisher)), None)
     };
-    let worker = Arc::new(WorkerContext::new(
-        client,
+    // One circuit per MPP; the board tells the dispatcher when none is closed.
+    let circuits = Circuits::new(Arc::clone(&status));
+    let mpp = |psp: &str, client| {
+        let circuit = Circuit::new(
+            settings.alipayplus.circuit_breaker.clone(),
+            processing.refused_streak_threshold,
+            psp,
+            Arc::clone(&circuits),
+        );
+        Mpp::new(psp, client, Arc::new(circuit))
+    };
+    let mpps = Mpps::new(
+        mpp(crate::config::DEFAULT_PSP_LABEL, clients.default),
+        clients
+            .named
+            .into_iter()
+            .map(|(psp, client)| {
+                let built = mpp(&psp, client);
+                (psp, built)
+            })
+            .collect::<Vec<_>>(),
+    );
+    let worker = Arc::new(WorkerContext {
+        mpps,
+        parking: parking::Parking::new(processing.max_in_flight),
         sink,
         budget,
         stats,
-        Arc::clone(&status),
-        CancellationToken::new(),
-        Arc::new(Circuit::new(
-            settings.alipayplus.circuit_breaker.clone(),
-            processing.refused_streak_threshold,
-            Arc::clone(&status),
-        )),
-    ));
+        health: Arc::clone(&status),
+        hard_stop: CancellationToken::new(),
+        circuit: circuits,
+    });
     let dispatcher = Dispatcher::new(DispatcherParts {
         processing: processing.clone(),
         topic: settings.kafka.input_topic.clone(),

@@ -7,8 +7,10 @@
 
 use std::collections::VecDeque;
 use std::hash::Hash;
+use std::sync::Arc;
 
 use crate::pipeline::keyed::KeyedQueue;
+use crate::pipeline::parking::Parking;
 
 /// A job as the scheduler sees it.
 pub trait Schedule {
@@ -25,6 +27,8 @@ pub struct Scheduler<J: Schedule> {
     ready: VecDeque<J>,
     in_flight: usize,
     max_in_flight: usize,
+    /// When set, jobs parked on an open circuit do not hold a slot (see [`Parking`]).
+    parking: Option<Arc<Parking>>,
 }
 
 impl<J: Schedule> Scheduler<J> {
@@ -34,7 +38,15 @@ impl<J: Schedule> Scheduler<J> {
             ready: VecDeque::new(),
             in_flight: 0,
             max_in_flight: max_in_flight.max(1),
+            parking: None,
         }
+    }
+
+    /// Shares the slots with workers that park (see [`Parking`]).
+    pub fn with_parking(mut self, parking: Arc<Parking>) -> Self {
+        parking.set_in_flight(self.in_flight);
+        self.parking = Some(parking);
+        self
     }
 
     /// Queues a decoded job behind its key.
@@ -51,7 +63,14 @@ impl<J: Schedule> Scheduler<J> {
     /// The next job to start now, if a slot is free; it counts as in flight until
     /// [`finished`](Self::finished).
     pub fn start_next(&mut self) -> Option<J> {
-        if self.in_flight >= self.max_in_flight {
+        if self.ready.is_empty() {
+            return None;
+        }
+        let free = match &self.parking {
+            Some(parking) => parking.try_start(self.in_flight),
+            None => self.in_flight < self.max_in_flight,
+        };
+        if !free {
             return None;
         }
         let job = self.ready.pop_front()?;
@@ -63,6 +82,9 @@ impl<J: Schedule> Scheduler<J> {
     pub fn finished(&mut self, key: Option<&J::Key>) {
         debug_assert!(self.in_flight > 0, "a job finished that never started");
         self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(parking) = &self.parking {
+            parking.set_in_flight(self.in_flight);
+        }
         if let Some(key) = key {
             self.release(key);
         }

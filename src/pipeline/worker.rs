@@ -8,26 +8,24 @@
 //! accept (too large, not authorised, producer fenced) is reported as fatal: the service stops
 //! rather than leave a partition silently stuck.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::alipayplus::{AlipayPlusClient, NotifyAttempt, ResultClass};
+use crate::alipayplus::{NotifyAttempt, ResultClass};
 use crate::codec::DecodeError;
 use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 use crate::observe::{self, Health, Stats};
-use crate::pipeline::backoff::{AdaptiveRate, RetryBudget};
+use crate::pipeline::backoff::RetryBudget;
 use crate::pipeline::breaker::Refusal;
-use crate::pipeline::circuit::Circuit;
+use crate::pipeline::circuit::Circuits;
 pub use crate::pipeline::decisions::Finish;
+use crate::pipeline::mpp::{Mpp, Mpps};
 use crate::pipeline::output::OutputSink;
+use crate::pipeline::parking::Parking;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
-
-/// How fast the send rate recovers after Alipay+ throttled us, in requests per second gained per
-/// second.
-const RATE_RECOVERY_PER_SECOND: f64 = 5.0;
 
 /// What a worker is given: a decoded event, or a record that could not be decoded.
 #[derive(Debug)]
@@ -49,15 +47,18 @@ pub struct Job {
 
 /// What every worker shares.
 pub struct WorkerContext {
-    pub client: Arc<AlipayPlusClient>,
+    /// Each MPP's client, circuit breaker and send rate.
+    pub mpps: Mpps,
+    /// In-flight slots: a job waiting for its MPP's open circuit gives its slot back.
+    pub parking: Arc<Parking>,
     pub sink: OutputSink,
     pub budget: RetryBudget,
     pub stats: Arc<Stats>,
     pub health: Arc<Health>,
     /// Fires when all work in flight must stop at once; every job's token is a child of it.
     pub hard_stop: CancellationToken,
-    pub circuit: Arc<Circuit>,
-    send_rate: Mutex<AdaptiveRate>,
+    /// Every MPP's circuit together (the dispatcher pauses intake when none is closed).
+    pub circuit: Arc<Circuits>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -65,31 +66,6 @@ impl std::fmt::Debug for WorkerContext {
         f.debug_struct("WorkerContext")
             .field("budget", &self.budget)
             .finish_non_exhaustive()
-    }
-}
-
-impl WorkerContext {
-    pub fn new(
-        client: Arc<AlipayPlusClient>,
-        sink: OutputSink,
-        budget: RetryBudget,
-        stats: Arc<Stats>,
-        health: Arc<Health>,
-        hard_stop: CancellationToken,
-        circuit: Arc<Circuit>,
-    ) -> Self {
-        WorkerContext {
-            client,
-            sink,
-            budget,
-            stats,
-            health,
-            hard_stop,
-            circuit,
-            // The configured ceiling is enforced by the client; this only slows down after
-            // throttling answers, so it starts unlimited.
-            send_rate: Mutex::new(AdaptiveRate::new(0, RATE_RECOVERY_PER_SECOND)),
-        }
     }
 }
 
@@ -132,15 +108,20 @@ struct Verdict {
 
 async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecided) -> Finish {
     let (record, cancel) = (&job.record, &job.cancel);
-    let verdict = match event.validate() {
-        Err(invalid) => Verdict {
-            outcome: NotifyOutcome::DeadLettered,
-            dead_letter: Some((DeadLetterReason::InvalidEvent, invalid.to_string())),
-            last: None,
-            attempts: 0,
-            first_attempt_at_ms: None,
-        },
-        Ok(()) => match notify_with_retries(ctx, cancel, event).await {
+    let invalid = |error: String| Verdict {
+        outcome: NotifyOutcome::DeadLettered,
+        dead_letter: Some((DeadLetterReason::InvalidEvent, error)),
+        last: None,
+        attempts: 0,
+        first_attempt_at_ms: None,
+    };
+    let verdict = match event
+        .validate()
+        .map_err(|invalid| invalid.to_string())
+        .and_then(|()| ctx.mpps.route(event.psp_id.as_deref()))
+    {
+        Err(error) => invalid(error),
+        Ok(mpp) => match notify_with_retries(ctx, mpp, cancel, event).await {
             Some(verdict) => verdict,
             None => return Finish::Abandoned,
         },
@@ -181,6 +162,7 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
 /// retry budget (spent, it is dead-lettered as refused).
 async fn notify_with_retries(
     ctx: &WorkerContext,
+    mpp: &Mpp,
     cancel: &CancellationToken,
     event: &RegistrationDecided,
 ) -> Option<Verdict> {
@@ -188,16 +170,16 @@ async fn notify_with_retries(
     let mut attempts: u32 = 0;
     let mut first_attempt_at_ms = None;
     loop {
-        let (probe, waited) = ctx.circuit.admitted(cancel).await?;
+        let (probe, waited) = admitted(ctx, mpp, cancel).await?;
         budget.held += waited;
         // A probe whose job stops before its answer lets another caller probe.
         let abandon = || {
             if probe {
-                ctx.circuit.probe_abandoned();
+                mpp.circuit.probe_abandoned();
             }
             None
         };
-        let wait = ctx
+        let wait = mpp
             .send_rate
             .lock()
             .map(|mut rate| rate.reserve_send(Instant::now()))
@@ -207,28 +189,28 @@ async fn notify_with_retries(
         }
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
         let attempt = tokio::select! {
-            attempt = ctx.client.notify_registration_status(event) => attempt,
+            attempt = mpp.client.notify_registration_status(event) => attempt,
             () = cancel.cancelled() => return abandon(),
         };
         attempts += 1;
-        observe::notify_attempt(&ctx.stats, &attempt);
+        observe::notify_attempt(&ctx.stats, &mpp.psp, &attempt);
         ctx.health.answered(attempt.class == ResultClass::Refused);
-        let mark = ctx.circuit.record(attempt.class, probe);
-        if let Ok(mut rate) = ctx.send_rate.lock() {
+        let mark = mpp.circuit.record(attempt.class, probe);
+        if let Ok(mut rate) = mpp.send_rate.lock() {
             let throttled = attempt.class == ResultClass::Throttled;
             if throttled {
                 rate.on_throttled(Instant::now());
             } else {
                 rate.on_accepted(Instant::now());
             }
-            observe::send_rate(rate.allowed_per_second(), throttled);
+            observe::send_rate(&mpp.psp, rate.allowed_per_second(), throttled);
         }
         let (outcome, dead_letter) = match attempt.class {
             ResultClass::Success => (NotifyOutcome::Notified, None),
             ResultClass::Rejected => (NotifyOutcome::Rejected, None),
             ResultClass::Refused => {
-                if ctx.circuit.enabled() {
-                    let (refusal, waited) = ctx.circuit.refusal(mark, cancel).await?;
+                if mpp.circuit.enabled() {
+                    let (refusal, waited) = mpp.circuit.refusal(mark, cancel).await?;
                     budget.held += waited;
                     match refusal {
                         Refusal::AboutUs => continue,
@@ -249,7 +231,7 @@ async fn notify_with_retries(
                 )
             }
             ResultClass::Throttled | ResultClass::Unknown => {
-                if !ctx.circuit.is_closed() {
+                if !mpp.circuit.is_closed() {
                     // The outage, not this event: held until the circuit closes, not counted.
                     continue;
                 }
@@ -278,6 +260,29 @@ async fn notify_with_retries(
             first_attempt_at_ms,
         });
     }
+}
+
+/// Waits until `mpp`'s circuit lets a call go out: whether it is the probe, and how long it
+/// waited; `None` when `cancel` fired first. While the circuit is not closed the job gives its
+/// in-flight slot back, so other MPPs' events take it, and then waits for a slot to call again.
+async fn admitted(
+    ctx: &WorkerContext,
+    mpp: &Mpp,
+    cancel: &CancellationToken,
+) -> Option<(bool, Duration)> {
+    if mpp.circuit.is_closed() {
+        return mpp.circuit.admitted(cancel).await;
+    }
+    let parked = ctx.parking.park();
+    let (probe, waited) = mpp.circuit.admitted(cancel).await?;
+    let resuming = Instant::now();
+    if parked.resume(cancel).await.is_none() {
+        if probe {
+            mpp.circuit.probe_abandoned();
+        }
+        return None;
+    }
+    Some((probe, waited + resuming.elapsed()))
 }
 
 /// What one event has spent of its retry budget: the attempts that count, and the time, less

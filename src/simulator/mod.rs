@@ -7,6 +7,10 @@
 //! `…/accept` (answer `INVALID_CLIENT` to a client id, or stop doing so), `PUT /admin/rules`
 //! (replace the fault rules with a TOML rules document).
 //!
+//! Several MPPs can be trusted at once ([`TrustedKey`], per client id), and keys can be added,
+//! withdrawn and the answer key replaced while it runs, to rehearse key rotations; each arrival
+//! records which trusted key verified it and the `keyVersion` it carried.
+//!
 //! Tests can also hold answers at a gate ([`SimulatorHandle::hold`]) and let them through one by
 //! one ([`SimulatorHandle::release`]), to stop the client's work at a known point.
 //!
@@ -40,7 +44,8 @@ pub use stats::{Arrival, SimulatorStats};
 
 use crate::alipayplus::NOTIFY_REGISTRATION_STATUS_PATH;
 use crate::alipayplus::signature::{
-    encode_signature, format_request_time, signature_header_value, signed_content, verify_signature,
+    encode_signature, format_request_time, parse_signature_header, signature_header_value,
+    signed_content, verify_signature,
 };
 use crate::keys::{PrivateSigningKey, PublicVerifyingKey, run_rsa};
 use rules::RuleCounters;
@@ -56,8 +61,12 @@ pub struct SimulatorConfig {
     pub listen: SocketAddr,
     /// Signs every answer, like Alipay+'s own key.
     pub private_key: PrivateSigningKey,
-    /// Verifies request signatures; `None` accepts any signature (and says so in a log line).
+    /// Verifies request signatures of any client id; with no trusted key at all (this or
+    /// `trusted_keys`) any signature is accepted (and a log line says so).
     pub mpp_public_key: Option<PublicVerifyingKey>,
+    /// More MPP public keys, each for one client id or any: a request verifies when one of the
+    /// keys of its client id does.
+    pub trusted_keys: Vec<TrustedKey>,
     /// `keyVersion` of response signatures.
     pub key_version: u32,
     /// Client ids accepted; empty accepts any.
@@ -79,6 +88,7 @@ impl SimulatorConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             private_key,
             mpp_public_key: None,
+            trusted_keys: Vec::new(),
             key_version: 1,
             client_ids: Vec::new(),
             refused_client_ids: Vec::new(),
@@ -116,6 +126,16 @@ impl SimulatorConfig {
     }
 }
 
+/// An MPP public key the simulator trusts.
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    /// Recorded in [`Arrival::signed_by`] for the requests it verifies.
+    pub name: String,
+    /// The client id it signs for; `None`: any.
+    pub client_id: Option<String>,
+    pub key: PublicVerifyingKey,
+}
+
 /// Starts simulators.
 #[derive(Debug)]
 pub struct Simulator;
@@ -129,15 +149,26 @@ impl Simulator {
         let addr = listener
             .local_addr()
             .context("simulator listener address")?;
-        if config.mpp_public_key.is_none() {
+        let mut trusted = config.trusted_keys;
+        if let Some(key) = config.mpp_public_key {
+            trusted.insert(
+                0,
+                TrustedKey {
+                    name: "mpp".into(),
+                    client_id: None,
+                    key,
+                },
+            );
+        }
+        if trusted.is_empty() {
             tracing::warn!(%addr, "simulator accepts requests without checking their signature");
         }
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             signatures: Mutex::default(),
-            private_key: Arc::new(config.private_key),
-            mpp_public_key: config.mpp_public_key.map(Arc::new),
-            key_version: config.key_version,
+            answer_key: RwLock::new((Arc::new(config.private_key), config.key_version)),
+            check_signatures: !trusted.is_empty(),
+            trusted: RwLock::new(trusted),
             client_ids: config.client_ids.into_iter().collect(),
             refused: Mutex::new(config.refused_client_ids.into_iter().collect()),
             behaviour: RwLock::new(Behaviour {
@@ -201,6 +232,36 @@ impl SimulatorHandle {
     /// [`SimulatorStats::arrivals_dropped`]).
     pub fn take_arrivals(&self) -> Vec<Arrival> {
         lock(&self.shared.stats).take_arrivals()
+    }
+
+    /// Trusts one more MPP public key (replacing a trusted key of the same name).
+    pub fn trust(&self, key: TrustedKey) {
+        let mut trusted = self
+            .shared
+            .trusted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        trusted.retain(|known| known.name != key.name);
+        trusted.push(key);
+    }
+
+    /// Stops trusting the MPP public key called `name`.
+    pub fn distrust(&self, name: &str) {
+        self.shared
+            .trusted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|known| known.name != name);
+    }
+
+    /// Signs answers with `key` and `key_version` from now on (Alipay+ rotating its key).
+    pub fn set_answer_key(&self, key: PrivateSigningKey, key_version: u32) {
+        *self
+            .shared
+            .answer_key
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (Arc::new(key), key_version);
+        lock(&self.shared.signatures).clear();
     }
 
     /// Answer `INVALID_CLIENT` to `client_id` from now on.
@@ -279,9 +340,11 @@ struct Behaviour {
 
 #[derive(Debug)]
 struct Shared {
-    private_key: Arc<PrivateSigningKey>,
-    mpp_public_key: Option<Arc<PublicVerifyingKey>>,
-    key_version: u32,
+    /// Signs answers, with its `keyVersion`.
+    answer_key: RwLock<(Arc<PrivateSigningKey>, u32)>,
+    /// Whether request signatures are checked (some key was trusted at start).
+    check_signatures: bool,
+    trusted: RwLock<Vec<TrustedKey>>,
     client_ids: HashSet<String>,
     refused: Mutex<HashSet<String>>,
     behaviour: RwLock<Behaviour>,
@@ -401,6 +464,26 @@ impl Shared {
         }
     }
 
+    /// The name of the trusted key of `client_id` that verifies the request, if any.
+    fn signed_by(
+        &self,
+        path: &str,
+        client_id: &str,
+        request_time: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> Option<String> {
+        let trusted = self.trusted.read().unwrap_or_else(PoisonError::into_inner);
+        trusted
+            .iter()
+            .filter(|known| known.client_id.as_deref().is_none_or(|id| id == client_id))
+            .find(|known| {
+                verify_signature(&known.key, path, client_id, request_time, body, signature)
+                    == crate::alipayplus::SignatureCheck::Verified
+            })
+            .map(|known| known.name.clone())
+    }
+
     fn record(&self, label: &str) {
         lock(&self.stats).answer(label);
     }
@@ -495,11 +578,17 @@ async fn signed_response(
         if signing == Signing::Wrong {
             content.push(b' ');
         }
+        let (key, key_version) = {
+            let answer_key = shared
+                .answer_key
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            (Arc::clone(&answer_key.0), answer_key.1)
+        };
         let cached = lock(&shared.signatures).get(&content).cloned();
         let signed = match cached {
             Some(raw) => Some(raw),
             None => {
-                let key = Arc::clone(&shared.private_key);
                 let signing = content.clone();
                 let raw = run_rsa(move || key.sign(&signing))
                     .await
@@ -516,7 +605,7 @@ async fn signed_response(
             }
         };
         if let Some(raw) = signed {
-            let value = signature_header_value(shared.key_version, &encode_signature(&raw));
+            let value = signature_header_value(key_version, &encode_signature(&raw));
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert("signature", value);
             }
@@ -632,18 +721,18 @@ async fn notify(
         return answer(&shared, a).await;
     }
     let request_time = header(&headers, "request-time").unwrap_or_default();
-    if let Some(key) = &shared.mpp_public_key {
+    let mut signed_by = None;
+    if shared.check_signatures {
         // Verifying costs about 12 µs: less than handing it to another thread, and it must not
         // queue behind the signatures waiting in `run_rsa`.
-        let check = verify_signature(
-            key,
+        signed_by = shared.signed_by(
             path,
             client_id,
             request_time,
             &body,
             header(&headers, "signature"),
         );
-        if check != crate::alipayplus::SignatureCheck::Verified {
+        if signed_by.is_none() {
             lock(&shared.stats).signature_failure();
             // Alipay+ leaves the signature off this answer: it cannot trust who it talks to.
             let a = reply(
@@ -675,6 +764,11 @@ async fn notify(
         reference_merchant_id: request.reference_merchant_id.clone(),
         registration_request_id: request.registration_request_id.clone(),
         registration_status: request.registration_status.clone(),
+        client_id: client_id.to_owned(),
+        key_version: header(&headers, "signature")
+            .and_then(|value| parse_signature_header(value).ok())
+            .and_then(|parsed| parsed.key_version),
+        signed_by,
     });
     let faults = {
         let behaviour = shared

@@ -10,12 +10,23 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 /// One well-formed, correctly signed request, in arrival order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Arrival {
     pub reference_merchant_id: String,
     pub registration_request_id: String,
     pub registration_status: String,
+    /// The `Client-Id` header.
+    #[serde(default)]
+    pub client_id: String,
+    /// The `keyVersion` of the `Signature` header, as sent.
+    #[serde(default)]
+    pub key_version: Option<String>,
+    /// The name of the trusted MPP public key that verified the request (`mpp` for
+    /// [`crate::simulator::SimulatorConfig::mpp_public_key`]); `None` when signatures are not
+    /// checked.
+    #[serde(default)]
+    pub signed_by: Option<String>,
 }
 
 /// A snapshot of the simulator's counters.

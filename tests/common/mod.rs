@@ -392,6 +392,25 @@ impl Harness {
         }
     }
 
+    /// Starts the service exactly as `regnotify run` does ([`Application::build`]): every key is
+    /// loaded from the files the settings name, and watched for changes while it runs.
+    pub async fn start_service(&self, settings: Settings) -> RunningPipeline {
+        let application = Application::build(settings)
+            .await
+            .expect("the service builds");
+        let (stats, status) = (application.stats(), application.health());
+        let admin_url = format!("http://{}", application.admin_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+        RunningPipeline {
+            stats,
+            status,
+            admin_url,
+            shutdown,
+            task,
+        }
+    }
+
     /// Produces events keyed by merchant, Confluent and single-object framing in turn (both
     /// auto-detected), and waits for the acks.
     pub async fn produce(&self, events: &[RegistrationDecided]) {

@@ -167,6 +167,16 @@ impl RunningService {
         }
     }
 
+    /// Sends the signal `name` (`HUP`, `USR1`, …) to the child.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{name}").as_str(), &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
     /// SIGKILL: no shutdown, no commit, no flush.
     pub fn crash(mut self) {
         let mut child = self.child.take().unwrap();
