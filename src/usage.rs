@@ -41,15 +41,15 @@ fn cpu_time_from_stat(stat: &str) -> Option<Duration> {
 }
 
 fn peak_rss_from_status(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    kib.checked_mul(1024)
+    status_number(status, "VmHWM")?.checked_mul(1024)
+}
+
+/// The number in the `/proc/self/status` line `name:` (a `kB` unit is dropped: sizes are in KiB).
+pub fn status_number(status: &str, name: &str) -> Option<u64> {
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -69,6 +69,18 @@ mod tests {
             "Name:\tregnotify\nVmPeak:\t  900000 kB\nVmHWM:\t   52048 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(peak_rss_from_status(status), Some(52_048 * 1024));
         assert_eq!(peak_rss_from_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn status_numbers_are_read_by_their_exact_name() {
+        let status = "Name:\tregnotify\nVmHWM:\t   52048 kB\nVmRSS:\t   40000 kB\nThreads:\t23\n";
+        assert_eq!(status_number(status, "VmRSS"), Some(40_000));
+        assert_eq!(status_number(status, "VmHWM"), Some(52_048));
+        assert_eq!(status_number(status, "Threads"), Some(23));
+        assert_eq!(status_number(status, "VmSwap"), None);
+        // A name that only starts another's is not it.
+        assert_eq!(status_number("VmRSSx:\t5 kB\n", "VmRSS"), None);
+        assert_eq!(status_number("VmRSS:\tlots\n", "VmRSS"), None);
     }
 
     #[test]

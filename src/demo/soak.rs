@@ -25,10 +25,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::{LedgerVerdict, SoakLedger};
-use super::{DLQ_TOPIC, DemoOptions, INPUT_TOPIC, RESULT_TOPIC, Rig};
+use super::{DLQ_TOPIC, DemoOptions, INPUT_TOPIC, RESULT_TOPIC, Rig, yes_no};
 use crate::codec::decode_outcome;
 use crate::inspect;
 use crate::observe::Stats;
+use crate::usage::status_number;
 
 /// Regular merchants in a soak (the demo's own rule, events / 4, would give 250,000 at a million
 /// events, and the order check and the simulator keep an entry for each).
@@ -72,22 +73,14 @@ impl ProcessUsage {
     pub fn now() -> ProcessUsage {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         ProcessUsage {
-            rss_bytes: status_kib(&status, "VmRSS").and_then(|kib| kib.checked_mul(1024)),
-            peak_rss_bytes: status_kib(&status, "VmHWM").and_then(|kib| kib.checked_mul(1024)),
+            rss_bytes: status_number(&status, "VmRSS").and_then(|kib| kib.checked_mul(1024)),
+            peak_rss_bytes: status_number(&status, "VmHWM").and_then(|kib| kib.checked_mul(1024)),
             open_fds: std::fs::read_dir("/proc/self/fd")
                 .ok()
                 .map(|entries| entries.count() as u64),
-            threads: status_kib(&status, "Threads"),
+            threads: status_number(&status, "Threads"),
         }
     }
-}
-
-/// The number in the `/proc/self/status` line `name:` (a `kB` unit is dropped).
-fn status_kib(status: &str, name: &str) -> Option<u64> {
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?;
-    line.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// What the soak saw; printed as a table or as one JSON object.
@@ -546,25 +539,9 @@ impl SoakReport {
     }
 }
 
-fn yes_no(value: bool) -> String {
-    if value { "yes" } else { "NO" }.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn process_figures_are_read_from_proc_status_lines() {
-        let status = "Name:\tregnotify\nVmHWM:\t   52048 kB\nVmRSS:\t   40000 kB\nThreads:\t23\n";
-        assert_eq!(status_kib(status, "VmRSS"), Some(40_000));
-        assert_eq!(status_kib(status, "VmHWM"), Some(52_048));
-        assert_eq!(status_kib(status, "Threads"), Some(23));
-        assert_eq!(status_kib(status, "VmSwap"), None);
-        // A name that only starts another's is not it.
-        assert_eq!(status_kib("VmRSSx:\t5 kB\n", "VmRSS"), None);
-        assert_eq!(status_kib("VmRSS:\tlots\n", "VmRSS"), None);
-    }
 
     #[test]
     fn this_process_reports_what_it_holds() {

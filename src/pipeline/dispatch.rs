@@ -223,7 +223,7 @@ impl Dispatcher {
                     self.on_decoded(decoded);
                 }
                 () = sleep_until_opt(retry_at) => self.decode_retry = None,
-                _ = self.commit_tick.tick() => self.commit_on_tick(),
+                _ = self.commit_tick.tick() => self.start_commit(),
                 () = sleep_until_opt(self.commit_due) => {
                     self.commit_due = None;
                     self.commit_when_free();
@@ -552,11 +552,6 @@ impl Dispatcher {
         commit_list(&self.topic, positions, notes)
     }
 
-    /// The periodic commit, and the retry of one that failed.
-    fn commit_on_tick(&mut self) {
-        self.commit_async();
-    }
-
     /// Commits what finished as soon as the previous commit has landed and [`COMMIT_GAP`] has
     /// passed since it was made, so that a crash repeats little beyond the work in flight.
     fn commit_when_free(&mut self) {
@@ -568,14 +563,14 @@ impl Dispatcher {
             self.commit_due = Some(due);
             return;
         }
-        self.commit_async();
+        self.start_commit();
     }
 
     /// Starts a commit of the positions that moved, unless one is under way. librdkafka reports
     /// an asynchronous manual commit's result only to a configured `offset_commit_cb`, which
     /// rdkafka does not set; so the commit is synchronous, on the blocking pool, and its result
     /// comes back to the loop ([`Dispatcher::on_commit_landed`]).
-    fn commit_async(&mut self) {
+    fn start_commit(&mut self) {
         if self.committing.is_some() {
             return;
         }
@@ -637,7 +632,7 @@ impl Dispatcher {
                     self.on_commit_landed(landed);
                 }
                 () = sleep_until_opt(revoke_deadline) => self.finish_revoke(),
-                _ = self.commit_tick.tick() => self.commit_on_tick(),
+                _ = self.commit_tick.tick() => self.start_commit(),
                 () = sleep_until_opt(self.commit_due) => {
                     self.commit_due = None;
                     self.commit_when_free();

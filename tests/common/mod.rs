@@ -248,6 +248,21 @@ pub struct RunningPipeline {
 }
 
 impl RunningPipeline {
+    /// Runs a built service in the background until [`RunningPipeline::stop`].
+    fn run(application: Application) -> RunningPipeline {
+        let (stats, status) = (application.stats(), application.health());
+        let admin_url = format!("http://{}", application.admin_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+        RunningPipeline {
+            stats,
+            status,
+            admin_url,
+            shutdown,
+            task,
+        }
+    }
+
     /// SIGTERM-style stop; returns how long the pipeline took to stop.
     pub async fn stop(self) -> Duration {
         let started = Instant::now();
@@ -379,17 +394,7 @@ impl Harness {
         let application = Application::build_with_client(settings, client)
             .await
             .expect("the service builds");
-        let (stats, status) = (application.stats(), application.health());
-        let admin_url = format!("http://{}", application.admin_addr());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(application.run_until_stopped(shutdown.clone()));
-        RunningPipeline {
-            stats,
-            status,
-            admin_url,
-            shutdown,
-            task,
-        }
+        RunningPipeline::run(application)
     }
 
     /// Starts the service exactly as `regnotify run` does ([`Application::build`]): every key is
@@ -398,17 +403,7 @@ impl Harness {
         let application = Application::build(settings)
             .await
             .expect("the service builds");
-        let (stats, status) = (application.stats(), application.health());
-        let admin_url = format!("http://{}", application.admin_addr());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(application.run_until_stopped(shutdown.clone()));
-        RunningPipeline {
-            stats,
-            status,
-            admin_url,
-            shutdown,
-            task,
-        }
+        RunningPipeline::run(application)
     }
 
     /// Produces events keyed by merchant, Confluent and single-object framing in turn (both
