@@ -80,7 +80,12 @@ async fn every_class_of_answer_ends_as_specified() {
         event("M-GARB-1", "R-GARB-1"),
     ];
     harness.produce(&events).await;
-    let pipeline = harness.start_pipeline(harness.settings()).await;
+    // SPEC's routing table as it stands, without the circuit breaker. With it, a refusal is held
+    // until other answers explain it (tests/circuit.rs): whether one came in time depends on the
+    // order the partitions were served in, so the refused event's attempt count would too.
+    let mut settings = harness.settings();
+    settings.alipayplus.circuit_breaker.enabled = false;
+    let pipeline = harness.start_pipeline(settings).await;
 
     let progress = harness.wait_fully_committed(WAIT).await;
     assert!(fully_committed(&progress), "{progress:?}");
