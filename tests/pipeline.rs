@@ -871,14 +871,15 @@ async fn a_full_partition_window_pauses_the_partition_until_half_of_it_drained()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_waiting_events_pause_every_partition_until_half_of_them_started() {
+async fn too_many_waiting_events_stop_the_intake_until_some_of_them_start() {
     const MAX_IN_FLIGHT: usize = 2;
-    // 4 × max_in_flight, at least 1,024 (a smaller bound pauses and refetches too often).
-    let limit = regnotify::pipeline::decisions::waiting_limit(MAX_IN_FLIGHT);
+    // The consumer thread takes no more on while half the dispatcher's waiting limit wait (4 ×
+    // max_in_flight, at least 1,024): it holds off polling, then pauses every partition.
+    let intake = regnotify::pipeline::decisions::waiting_limit(MAX_IN_FLIGHT) / 2;
     let harness = Harness::new(4, Vec::new()).await;
-    // Far more events than the limit, spread over merchants and partitions; no partition window
+    // Far more events than the bound, spread over merchants and partitions; no partition window
     // (max_pending_per_partition, 10 000 by default) comes near full.
-    let events = merchant_events(limit * 2, 200);
+    let events = merchant_events(intake * 4, 200);
     harness.produce(&events).await;
     harness.simulator.hold();
     let mut settings = held_settings(&harness);
@@ -891,34 +892,32 @@ async fn too_many_waiting_events_pause_every_partition_until_half_of_them_starte
         harness.simulator.stats().held_calls == MAX_IN_FLIGHT as u64
     })
     .await;
-    eventually("the waiting limit reached", WAIT, || {
-        consumed() >= MAX_IN_FLIGHT + limit
+    eventually("the intake bound reached", WAIT, || {
+        consumed() >= MAX_IN_FLIGHT + intake
     })
     .await;
+    // Longer than the hold (500 ms): the partitions are paused by then, and stay so.
     tokio::time::sleep(QUIET).await;
     assert_eq!(
         consumed(),
-        MAX_IN_FLIGHT + limit,
-        "every partition pauses with {limit} events waiting behind {MAX_IN_FLIGHT} in flight"
+        MAX_IN_FLIGHT + intake,
+        "nothing more taken on with {intake} events waiting behind {MAX_IN_FLIGHT} in flight"
     );
 
-    // Each finished event lets a waiting one start: one short of half the limit, still paused.
-    let finished = limit / 2 - 1;
+    // Each finished event lets a waiting one start, and one more record in.
+    let finished = 5;
     let held = MAX_IN_FLIGHT as u64;
     release_and_settle(&harness, &stats, finished, finished as u64, held).await;
+    eventually("as many taken on as started", WAIT, || {
+        consumed() >= MAX_IN_FLIGHT + intake + finished
+    })
+    .await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(
         consumed(),
-        MAX_IN_FLIGHT + limit,
-        "still paused with {} waiting",
-        limit - finished
+        MAX_IN_FLIGHT + intake + finished,
+        "no more than room was made for"
     );
-
-    release_and_settle(&harness, &stats, 1, (finished + 1) as u64, held).await;
-    eventually("consumption resumed at half the limit", WAIT, || {
-        consumed() > MAX_IN_FLIGHT + limit
-    })
-    .await;
 
     harness.simulator.open();
     assert!(fully_committed(&harness.wait_fully_committed(WAIT).await));

@@ -2,9 +2,10 @@
 //! records to the dispatcher over one channel, in the order librdkafka produced them, so that a
 //! revoke can never overtake the assignment it cancels. The thread never blocks on the
 //! dispatcher (the channel is unbounded): it keeps polling, so rebalance callbacks always run and
-//! the member stays in its group however slow the dispatcher is. Memory stays bounded by pausing
-//! instead: the thread applies the dispatcher's [`PausePlan`], and pauses every partition while
-//! too many records wait in the channel.
+//! the member stays in its group however slow the dispatcher is. Memory stays bounded by holding
+//! and pausing instead: the thread applies the dispatcher's [`PausePlan`], holds off polling
+//! while too many events wait (for at most [`INTAKE_HOLD_MAX`]), and pauses a partition whose
+//! window is full, or every partition when a hold lasts longer.
 //!
 //! Rebalance callbacks run on that thread. On revoke the callback only signals the dispatcher and
 //! waits, until a deadline it sets itself, for the offsets it may commit; it then commits them
@@ -14,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,15 @@ use crate::pipeline::record::InputRecord;
 
 /// How long one poll waits for a record; bounds how late the thread notices a stop.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest the thread holds off polling while too many events wait. librdkafka keeps what
+/// it fetched ahead meanwhile; a pause would drop it, and after a resume librdkafka's fetcher
+/// looks again only on its next wake-up, up to a second later (measured on the demo: bursts
+/// every 500 ms to 1 s, the pipeline idle between them). Held longer than this, every partition
+/// pauses and the thread polls again, so rebalances are served: the hold delays one by at most
+/// this much.
+const INTAKE_HOLD_MAX: Duration = Duration::from_millis(500);
+/// One wait for room within that hold; bounds how late the thread notices a stop.
+const INTAKE_HOLD_STEP: Duration = Duration::from_millis(50);
 /// Extra time a revoke callback waits beyond the drain timeout for the dispatcher's answer.
 const REVOKE_REPLY_GRACE: Duration = Duration::from_secs(5);
 /// Assignments, revocations and records, in librdkafka's order.
@@ -106,15 +116,21 @@ impl PauseBoard {
 
 /// What the consumer thread shares with the dispatcher besides the channels: the pause plan,
 /// and the counts that let the consumer thread pause a partition the moment its window would be
-/// full, before the dispatcher has even seen the records in the channel. librdkafka drops what
-/// it had fetched of a paused partition and fetches it again on resume, so a pause taken here
-/// bounds memory exactly.
+/// full, before the dispatcher has even seen the records in the channel, and hold off polling
+/// while too many events wait overall. librdkafka drops what it had fetched of a paused
+/// partition and fetches it again on resume, so a pause taken here bounds memory exactly; a hold
+/// leaves it to librdkafka's own prefetch bounds (`queued.max.messages.kbytes`).
 #[derive(Debug)]
 pub struct Flow {
     pub pause: PauseBoard,
     counts: Mutex<Counts>,
+    /// Signalled when the dispatcher took records on while the consumer thread waits for room.
+    room: Condvar,
     max_pending_per_partition: usize,
     waiting_limit: usize,
+    /// Set while the intake has been held longer than [`INTAKE_HOLD_MAX`]: every partition
+    /// pauses until there is room again.
+    stalled: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +141,8 @@ struct Counts {
     /// Over all partitions: offsets waiting in the book, and records in the channel.
     book_waiting: usize,
     in_channel_total: usize,
+    /// The consumer thread waits on [`Flow::room`].
+    holding: bool,
 }
 
 impl Flow {
@@ -132,9 +150,49 @@ impl Flow {
         Flow {
             pause: PauseBoard::default(),
             counts: Mutex::new(Counts::default()),
+            room: Condvar::new(),
             max_pending_per_partition: max_pending_per_partition.max(1),
             waiting_limit: waiting_limit.max(1),
+            stalled: AtomicBool::new(false),
         }
+    }
+
+    /// Events waiting or in the channel beyond which the consumer thread stops taking records
+    /// on: half the dispatcher's waiting limit, so that the dispatcher's own pause of every
+    /// partition (at the whole limit) is a safety net that steady load never reaches.
+    fn intake_limit(&self) -> usize {
+        (self.waiting_limit / 2).max(1)
+    }
+
+    fn waiting_full(&self, counts: &Counts) -> bool {
+        counts.book_waiting + counts.in_channel_total >= self.intake_limit()
+    }
+
+    /// Waits up to `timeout` for room to take another record on; whether there is room.
+    fn wait_for_room(&self, timeout: Duration) -> bool {
+        let Ok(mut counts) = self.counts.lock() else {
+            return true;
+        };
+        if !self.waiting_full(&counts) {
+            return true;
+        }
+        counts.holding = true;
+        let Ok((mut counts, _)) = self
+            .room
+            .wait_timeout_while(counts, timeout, |counts| self.waiting_full(counts))
+        else {
+            return true;
+        };
+        counts.holding = false;
+        !self.waiting_full(&counts)
+    }
+
+    fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
+    fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
     }
 
     /// The consumer thread sent a record of `partition`: true when that fills its window or the
@@ -169,10 +227,13 @@ impl Flow {
         counts.book_window.clear();
         counts.book_window.extend(windows);
         counts.book_waiting = waiting;
+        if counts.holding && !self.waiting_full(&counts) {
+            self.room.notify_one();
+        }
     }
 
-    /// Whether `partition`'s window, or the events waiting overall, counting what is in the
-    /// channel, reached their bound.
+    /// Whether `partition`'s window reached its bound, or the events waiting overall did and the
+    /// intake was held too long, counting what is in the channel.
     fn over(&self, partition: i32) -> bool {
         self.counts
             .lock()
@@ -183,8 +244,7 @@ impl Flow {
     fn full(&self, counts: &Counts, partition: i32) -> bool {
         let window = counts.book_window.get(&partition).copied().unwrap_or(0)
             + counts.in_channel.get(&partition).copied().unwrap_or(0);
-        window >= self.max_pending_per_partition
-            || counts.book_waiting + counts.in_channel_total >= self.waiting_limit
+        window >= self.max_pending_per_partition || (self.stalled() && self.waiting_full(counts))
     }
 }
 
@@ -549,6 +609,7 @@ fn poll_loop(
 ) {
     let health = &consumer.context().health;
     let mut last_recheck = Instant::now();
+    let mut held_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         let context = consumer.context();
         // A partition paused by the counts is let go by no plan change: look again regularly.
@@ -557,6 +618,23 @@ fn poll_loop(
             if context.paused_by_counts() {
                 context.recheck();
             }
+        }
+        // Too many events wait: take nothing more on until the dispatcher starts some, rather
+        // than pause (see INTAKE_HOLD_MAX); held too long, pause every partition and poll on.
+        if flow.stalled() {
+            if flow.wait_for_room(Duration::ZERO) {
+                flow.set_stalled(false);
+                held_since = None;
+                context.recheck();
+            }
+        } else if flow.wait_for_room(INTAKE_HOLD_STEP) {
+            held_since = None;
+        } else if held_since.get_or_insert_with(Instant::now).elapsed() < INTAKE_HOLD_MAX {
+            continue;
+        } else {
+            tracing::debug!("intake held too long: pausing every partition");
+            flow.set_stalled(true);
+            context.recheck();
         }
         context.apply_pause(consumer);
         let message = match consumer.poll(POLL_INTERVAL) {
@@ -612,4 +690,61 @@ pub fn read_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8
         }
     }
     copied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_waiting_holds_the_intake_without_pausing_until_the_hold_lasts() {
+        let flow = Flow::new(100, 8);
+        // Four waiting (half the limit) is the intake's bound; each is in the channel first.
+        for _ in 0..3 {
+            assert!(!flow.sent(0), "a window of 3 of 100 is not full");
+        }
+        assert!(flow.wait_for_room(Duration::ZERO));
+        assert!(!flow.sent(0));
+        assert!(
+            !flow.wait_for_room(Duration::from_millis(1)),
+            "four wait: hold"
+        );
+        assert!(!flow.over(0), "a hold is not a pause");
+        flow.set_stalled(true);
+        assert!(flow.over(0), "held too long: every partition pauses");
+        assert!(flow.over(1));
+        flow.set_stalled(false);
+
+        // The dispatcher takes the four off the channel and starts two of them.
+        let waker = std::thread::spawn({
+            let flow = Arc::new(flow);
+            let waiting = Arc::clone(&flow);
+            move || {
+                let started = Instant::now();
+                let room = std::thread::scope(|scope| {
+                    let wait = scope.spawn(|| waiting.wait_for_room(Duration::from_secs(10)));
+                    std::thread::sleep(Duration::from_millis(50));
+                    flow.booked(&[0, 0, 0, 0], [(0, 4)].into_iter(), 2);
+                    wait.join().unwrap_or(false)
+                });
+                (room, started.elapsed())
+            }
+        });
+        let (room, waited) = waker.join().expect("the waiting thread");
+        assert!(room, "room once fewer wait");
+        assert!(waited < Duration::from_secs(10), "woken, not timed out");
+    }
+
+    #[test]
+    fn a_full_window_pauses_its_partition_alone() {
+        let flow = Flow::new(2, 1_000);
+        assert!(!flow.sent(0));
+        assert!(flow.sent(0), "the second record fills a window of 2");
+        assert!(flow.over(0));
+        assert!(!flow.over(1));
+        assert!(
+            flow.wait_for_room(Duration::ZERO),
+            "far below the waiting limit"
+        );
+    }
 }
