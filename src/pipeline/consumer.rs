@@ -515,6 +515,20 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
     if !kafka.consumer.0.contains_key("auto.offset.reset") {
         config.set("auto.offset.reset", "earliest");
     }
+    // While the intake is held librdkafka goes on fetching ahead, up to its prefetch bounds:
+    // 64 MB or 100,000 records a partition by default, which a backlog fills (measured: peak RSS
+    // 32 MB at 10,000 events and 71 MB at 100,000 with the whole run produced before the start;
+    // 51 MB with these). 2,000 records a partition is seconds of work; room is looked for every
+    // 50 ms rather than librdkafka's 1 s, so the queue does not run dry in between.
+    for (name, value) in [
+        ("queued.max.messages.kbytes", "4096"),
+        ("queued.min.messages", "2000"),
+        ("fetch.queue.backoff.ms", "50"),
+    ] {
+        if !kafka.consumer.0.contains_key(name) {
+            config.set(name, value);
+        }
+    }
     config
 }
 
