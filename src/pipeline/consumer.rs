@@ -38,7 +38,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// looks again only on its next wake-up, up to a second later (measured on the demo: bursts
 /// every 500 ms to 1 s, the pipeline idle between them). Held longer than this, every partition
 /// pauses and the thread polls again, so rebalances are served: the hold delays one by at most
-/// this much.
+/// this much and one [`INTAKE_HOLD_STEP`].
 const INTAKE_HOLD_MAX: Duration = Duration::from_millis(500);
 /// One wait for room within that hold; bounds how late the thread notices a stop.
 const INTAKE_HOLD_STEP: Duration = Duration::from_millis(50);
@@ -641,14 +641,17 @@ fn poll_loop(
                 held_since = None;
                 context.recheck();
             }
-        } else if flow.wait_for_room(INTAKE_HOLD_STEP) {
-            held_since = None;
-        } else if held_since.get_or_insert_with(Instant::now).elapsed() < INTAKE_HOLD_MAX {
-            continue;
         } else {
-            tracing::debug!("intake held too long: pausing every partition");
-            flow.set_stalled(true);
-            context.recheck();
+            let since = *held_since.get_or_insert_with(Instant::now);
+            if flow.wait_for_room(INTAKE_HOLD_STEP) {
+                held_since = None;
+            } else if since.elapsed() < INTAKE_HOLD_MAX {
+                continue;
+            } else {
+                tracing::debug!("intake held too long: pausing every partition");
+                flow.set_stalled(true);
+                context.recheck();
+            }
         }
         context.apply_pause(consumer);
         let message = match consumer.poll(POLL_INTERVAL) {
@@ -737,7 +740,10 @@ mod tests {
                 let started = Instant::now();
                 let room = std::thread::scope(|scope| {
                     let wait = scope.spawn(|| waiting.wait_for_room(Duration::from_secs(10)));
-                    std::thread::sleep(Duration::from_millis(50));
+                    // Booked only once the other thread waits, so that its wake-up is tested.
+                    while !flow.counts.lock().is_ok_and(|counts| counts.holding) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     flow.booked(&[0, 0, 0, 0], [(0, 4)].into_iter(), 2);
                     wait.join().unwrap_or(false)
                 });

@@ -238,7 +238,11 @@ pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all");
-    if !kafka.producer.0.contains_key("linger.ms") {
+    // `queue.buffering.max.ms` is librdkafka's other name for it: a user who set either keeps it.
+    if !["linger.ms", "queue.buffering.max.ms"]
+        .iter()
+        .any(|name| kafka.producer.0.contains_key(*name))
+    {
         // An event holds its in-flight slot until its outcome is acknowledged, so librdkafka's
         // 5 ms default is 5 ms more of every slot (measured: 1,024 against 1,074 events/s at
         // 64 in flight and 50 ms latency); under load batches fill without waiting anyway.
@@ -301,5 +305,28 @@ impl OutputPublisher {
     /// Waits until every record handed to the producer is acknowledged or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_producer_lingers_one_millisecond_unless_told_otherwise_by_either_name() {
+        let kafka = KafkaSettings::default();
+        assert_eq!(producer_config(&kafka).get("linger.ms"), Some("1"));
+        for name in ["linger.ms", "queue.buffering.max.ms"] {
+            let mut kafka = KafkaSettings::default();
+            kafka.producer.0.insert(name.into(), "20".into());
+            let config = producer_config(&kafka);
+            assert_eq!(config.get(name), Some("20"), "{name}");
+            let other = if name == "linger.ms" {
+                "queue.buffering.max.ms"
+            } else {
+                "linger.ms"
+            };
+            assert_eq!(config.get(other), None, "{name} set: {other} left alone");
+        }
     }
 }
