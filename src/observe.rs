@@ -40,6 +40,7 @@ pub mod names {
     pub const RETRIES: &str = "regnotify_retries_total";
     pub const DEAD_LETTERS: &str = "regnotify_dead_letters_total";
     pub const IN_FLIGHT: &str = "regnotify_in_flight";
+    pub const AWAITING_COMMIT: &str = "regnotify_awaiting_commit";
     pub const PENDING: &str = "regnotify_pending_events";
     pub const COMMITTED_OFFSET: &str = "regnotify_committed_offset";
     pub const RESPONSE_SIGNATURE_FAILURES: &str = "regnotify_response_signature_failures_total";
@@ -339,6 +340,11 @@ pub fn describe_metrics() {
     );
     describe_gauge!(names::IN_FLIGHT, Unit::Count, "events being notified now");
     describe_gauge!(
+        names::AWAITING_COMMIT,
+        Unit::Count,
+        "events notified whose outcome is not committed yet; each keeps its max_in_flight slot"
+    );
+    describe_gauge!(
         names::PENDING,
         Unit::Count,
         "uncommitted events per partition"
@@ -611,6 +617,10 @@ pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
 
 pub fn in_flight(count: usize) {
     metrics::gauge!(names::IN_FLIGHT).set(count as f64);
+}
+
+pub fn awaiting_commit(count: usize) {
+    metrics::gauge!(names::AWAITING_COMMIT).set(count as f64);
 }
 
 pub fn pending(partition: i32, count: usize) {

@@ -26,6 +26,8 @@ use common::{
 };
 
 const WAIT: Duration = Duration::from_secs(120);
+/// `max_in_flight` of the SIGKILL tests: what each kill may repeat at most.
+const MAX_IN_FLIGHT: u64 = 32;
 
 /// Runs `regnotify run` over 2000 events, SIGKILLs it three times at random moments (restarting
 /// it each time), lets it finish and stops it with SIGTERM. Returns the events and every outcome
@@ -37,8 +39,8 @@ async fn sigkill_three_times(
     let started = Instant::now();
     let harness = Harness::new(3, Vec::new()).await;
     let mut processing = format!(
-        "max_in_flight = 32\nmax_pending_per_partition = 500\nexactly_once = {exactly_once}\n\
-         transaction_interval = \"50ms\""
+        "max_in_flight = {MAX_IN_FLIGHT}\nmax_pending_per_partition = 500\n\
+         exactly_once = {exactly_once}\ntransaction_interval = \"50ms\""
     );
     if exactly_once {
         // One instance restarted in place keeps its transactional id, so each restart aborts
@@ -85,9 +87,11 @@ async fn sigkill_three_times(
         "no dead letters expected: {dead_letters:?}"
     );
     assert_eq!(service.simulator.stats().signature_failures, 0);
-    // Every event is answered at the first call, so each call beyond one per event is a repeat:
-    // work in flight at a kill, or finished after the last commit (and its note) before it.
-    // Finished work the commits' notes name is not called again.
+    // Every event is answered at the first call, so each call beyond one per event is a repeat.
+    // An event keeps its in-flight slot from its call until its outcome is durable (its commit,
+    // or its transaction, landed), so a kill can repeat only the events holding a slot then:
+    // at most max_in_flight a kill. Finished work the commits cover (their notes included) is
+    // not called again.
     let repeated_calls = service.calls() - events.len() as u64;
     note(&format!(
         "{test}: {} events, {kills} SIGKILLs at {killed_at:?} HTTP calls, {} HTTP calls in all \
@@ -98,15 +102,10 @@ async fn sigkill_three_times(
         commits.samples,
         started.elapsed().as_secs_f64()
     ));
-    // What was in flight at each kill (32) and what finished after the last commit (or, with
-    // exactly_once, in the transaction still open) before it; finished work behind a slow offset
-    // is not repeated (tests/finished_notes.rs shows that alone). Measured on a 2-core machine:
-    // at-least-once 92-122 over three kills (commits follow finished work), exactly-once
-    // 380-440 (a 50 ms transaction_interval). Bounds with room, so that a regression shows.
-    let bound = if exactly_once { 250 } else { 80 };
     assert!(
-        repeated_calls <= kills * bound,
-        "{repeated_calls} repeated calls over {kills} kills (bound {bound} a kill)"
+        repeated_calls <= kills * MAX_IN_FLIGHT,
+        "{repeated_calls} repeated calls over {kills} kills: more than the {MAX_IN_FLIGHT} \
+         events that can be in flight at each"
     );
     (events, outcomes)
 }

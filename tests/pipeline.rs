@@ -1056,3 +1056,51 @@ async fn a_refused_commit_is_made_again_when_nothing_else_moves() {
     pipeline.stop().await;
     assert_one_outcome_each(&events, &harness.outcomes().await);
 }
+
+/// An event keeps its in-flight slot until a commit covering it lands (README, "A crash repeats
+/// at most `max_in_flight` calls"): while the coordinator refuses every commit, no more than
+/// `max_in_flight` events are called, since none of their outcomes would survive a crash; once
+/// commits land again, the rest follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commits_stop_new_calls_at_max_in_flight() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let harness = Harness::new(2, Vec::new()).await;
+    let Some(mock) = harness.kafka.mock() else {
+        common::note("refused_commits_stop_new_calls_at_max_in_flight: mock cluster only");
+        return;
+    };
+    let events: Vec<_> = (0..20)
+        .map(|i| event(&format!("M-{i:02}"), &format!("R-{i:02}")))
+        .collect();
+    harness.produce(&events).await;
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 100_000],
+    );
+    let mut settings = harness.settings();
+    settings.processing.max_in_flight = 4;
+    let mut pipeline = harness.start_pipeline(settings).await;
+    let stats = pipeline.stats.clone();
+    pipeline
+        .wait_for("the first slots' events finished", WAIT, || {
+            stats.terminal() == 4
+        })
+        .await;
+    // Their commits keep failing: nothing else may be called meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        harness.simulator.stats().total_calls,
+        4,
+        "calls beyond max_in_flight while no commit lands"
+    );
+    assert_eq!(stats.terminal(), 4);
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    pipeline
+        .wait_for("every event finished", WAIT, || stats.terminal() == 20)
+        .await;
+    let progress = harness.wait_fully_committed(WAIT).await;
+    assert!(fully_committed(&progress), "{progress:?}");
+    pipeline.stop().await;
+    assert_one_outcome_each(&events, &harness.outcomes().await);
+    assert_eq!(harness.simulator.stats().total_calls, 20);
+}

@@ -115,6 +115,12 @@ struct Partition {
     /// Paused because its window is full.
     paused: bool,
     revoking: bool,
+    /// Events whose job ended and whose outcome is not durable yet: at-least-once, acknowledged
+    /// and in no commit handed out; exactly-once, submitted and not committed. They keep their
+    /// in-flight slot (see [`PartitionBook::undurable`]).
+    undurable: usize,
+    /// At-least-once: acknowledged events that the commit under way covers.
+    undurable_committing: usize,
 }
 
 impl Partition {
@@ -129,6 +135,8 @@ impl Partition {
             note_changed: false,
             paused: false,
             revoking: false,
+            undurable: 0,
+            undurable_committing: 0,
         }
     }
 
@@ -374,6 +382,12 @@ impl PartitionBook {
             Settle::Submitted => self.set_stage(slot, Stage::Submitted),
             Settle::Abandoned => self.set_stage(slot, Stage::Dropped),
         }
+        if let Some(state) = self.partitions.get_mut(&slot.partition)
+            && (settle == Settle::Submitted
+                || (settle == Settle::Acknowledged && !self.exactly_once))
+        {
+            state.undurable += 1;
+        }
     }
 
     /// Exactly-once: the positions these settled offsets allow, if their transaction commits;
@@ -431,6 +445,9 @@ impl PartitionBook {
         for slot in settled {
             if self.stage(*slot) == Some(Stage::Submitted) {
                 self.acknowledge(*slot);
+                if let Some(state) = self.partitions.get_mut(&slot.partition) {
+                    state.undurable = state.undurable.saturating_sub(1);
+                }
             }
         }
         for state in self.partitions.values_mut() {
@@ -452,6 +469,8 @@ impl PartitionBook {
             if let Some(position) = state.commit_due() {
                 state.committed = Some(position);
                 state.note_changed = false;
+                // Everything acknowledged so far is below the position or named in its note.
+                state.undurable_committing += std::mem::take(&mut state.undurable);
                 positions.push((*partition, position));
             }
         }
@@ -472,8 +491,29 @@ impl PartitionBook {
         for partition in partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
                 state.committed = None;
+                state.undurable += std::mem::take(&mut state.undurable_committing);
             }
         }
+    }
+
+    /// At-least-once: the commit of these partitions landed; the events it covers are durable.
+    pub fn commit_landed(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            if let Some(state) = self.partitions.get_mut(partition) {
+                state.undurable_committing = 0;
+            }
+        }
+    }
+
+    /// Events whose job ended but whose outcome is not durable yet (at-least-once: its offset is
+    /// neither below a landed commit nor named in its note; exactly-once: its transaction has not
+    /// committed). A crash would call Alipay+ again for them, so they keep their in-flight slot:
+    /// what a crash repeats is bounded by `max_in_flight`.
+    pub fn undurable(&self) -> usize {
+        self.partitions
+            .values()
+            .map(|state| state.undurable + state.undurable_committing)
+            .sum()
     }
 
     /// Stops taking records: every waiting slot is dropped. Returns them, for the caller to

@@ -206,6 +206,7 @@ impl<P> DispatchCore<P> {
             end.notes.clear();
         }
         self.pause_version += 1;
+        self.sync_held();
         Some(end)
     }
 
@@ -218,6 +219,7 @@ impl<P> DispatchCore<P> {
             self.scheduler.remove_waiting(|ticket| {
                 ticket.slot.partition == partition && ticket.slot.generation == stale
             });
+            self.sync_held();
         }
         if consumed != Consumed::Ignore {
             self.update_pause(partition);
@@ -262,6 +264,7 @@ impl<P> DispatchCore<P> {
             }
         };
         self.book.settle(slot, settle);
+        self.sync_held();
         self.update_pause(slot.partition);
     }
 
@@ -273,6 +276,7 @@ impl<P> DispatchCore<P> {
     /// Exactly-once: the transaction carrying these offsets committed.
     pub fn transaction_committed(&mut self, settled: &[Slot]) {
         self.book.transaction_committed(settled);
+        self.sync_held();
         let mut partitions: Vec<i32> = settled.iter().map(|slot| slot.partition).collect();
         partitions.dedup();
         for partition in partitions {
@@ -292,6 +296,25 @@ impl<P> DispatchCore<P> {
 
     pub fn commit_failed(&mut self, partitions: &[i32]) {
         self.book.commit_failed(partitions);
+        self.sync_held();
+    }
+
+    /// At-least-once: the commit of these partitions landed; the slots of the events it covers
+    /// are free.
+    pub fn commit_landed(&mut self, partitions: &[i32]) {
+        self.book.commit_landed(partitions);
+        self.sync_held();
+    }
+
+    /// Jobs wait for slots that ended events hold until their outcome is durable: a commit (or
+    /// a transaction) now would let them start.
+    pub fn short_of_slots(&self) -> bool {
+        self.scheduler.short_of_held_slots()
+    }
+
+    /// Ended events whose outcome is not durable yet (see [`PartitionBook::undurable`]).
+    pub fn undurable(&self) -> usize {
+        self.book.undurable()
     }
 
     /// Stops taking work: records no longer count, waiting jobs are dropped.
@@ -354,6 +377,12 @@ impl<P> DispatchCore<P> {
     fn book_stopping(&self) -> bool {
         // A stopping book ignores records; fetching them only costs memory.
         self.book.is_stopping()
+    }
+
+    /// Ended events keep their slot until their outcome is durable: a crash repeats at most
+    /// `max_in_flight` calls.
+    fn sync_held(&mut self) {
+        self.scheduler.set_held(self.book.undurable());
     }
 
     fn update_pause(&mut self, partition: i32) {
@@ -532,6 +561,8 @@ mod model {
         committed: Option<i64>,
         /// Offsets the committed note said an earlier owner finished.
         skip: std::collections::BTreeSet<i64>,
+        /// At-least-once: offsets acknowledged by their job that no landed commit covers yet.
+        uncommitted: std::collections::BTreeSet<i64>,
     }
 
     #[derive(Debug)]
@@ -808,6 +839,7 @@ mod model {
                             prints,
                             committed: None,
                             skip: Default::default(),
+                            uncommitted: Default::default(),
                         },
                     );
                     self.sequence.insert(slot, self.next_sequence);
@@ -879,6 +911,7 @@ mod model {
                     if finish == Finish::Submitted {
                         self.submitted.push(job.slot);
                     }
+                    self.acknowledged_by_job(job.slot, finish);
                     self.core.finished(job.slot, job.key.as_ref(), finish);
                 }
                 Op::Transaction { pick, commit } => {
@@ -897,10 +930,24 @@ mod model {
                         let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                         self.core.commit_failed(&partitions);
                     } else {
+                        let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                         for (partition, position) in positions {
                             let note = self.core.book().note(partition, position);
                             self.check_commit(partition, position, &note, &[])?;
+                            // The landed commit frees the slots of every event acknowledged
+                            // before it was taken: each must be below it or named in its note.
+                            let names = finished::decode(&note, position).unwrap_or_default();
+                            if let Some(assignment) = self.owned.get_mut(&partition) {
+                                for offset in std::mem::take(&mut assignment.uncommitted) {
+                                    prop_assert!(
+                                        offset < position || names.contains(&offset),
+                                        "commit {position} of partition {partition} frees the \
+                                         slot of offset {offset}, which it does not cover"
+                                    );
+                                }
+                            }
                         }
+                        self.core.commit_landed(&partitions);
                     }
                 }
                 Op::Assign { partitions } => {
@@ -929,6 +976,7 @@ mod model {
                                 prints: BTreeMap::new(),
                                 committed: None,
                                 skip,
+                                uncommitted: Default::default(),
                             },
                         );
                     }
@@ -1053,7 +1101,43 @@ mod model {
             false
         }
 
+        /// At-least-once: a job acknowledged its outputs; its event is not durable until a
+        /// commit covers it.
+        fn acknowledged_by_job(&mut self, slot: Slot, finish: Finish) {
+            if finish != Finish::Terminal {
+                return;
+            }
+            if let Some(assignment) = self.owned.get_mut(&slot.partition)
+                && assignment.generation == slot.generation
+            {
+                assignment.uncommitted.insert(slot.offset);
+            }
+        }
+
         fn check_state(&mut self) -> Result<(), TestCaseError> {
+            // Every event called and not durable keeps a slot, so what a crash would call again
+            // is bounded by max_in_flight.
+            let undurable: usize = self
+                .owned
+                .values()
+                .map(|a| {
+                    a.uncommitted.len()
+                        + a.consumed
+                            .values()
+                            .filter(|fate| **fate == Fate::Submitted)
+                            .count()
+                })
+                .sum();
+            prop_assert_eq!(
+                self.core.undurable(),
+                undurable,
+                "slots held after the call"
+            );
+            prop_assert!(
+                self.running.len() + undurable <= MAX_IN_FLIGHT,
+                "{} running and {undurable} not durable: over {MAX_IN_FLIGHT}",
+                self.running.len()
+            );
             let book = self.core.book();
             // The book owns exactly the model's assignments.
             let owned: Vec<(i32, u64)> =
@@ -1118,6 +1202,7 @@ mod model {
                     if finish == Finish::Submitted {
                         self.submitted.push(job.slot);
                     }
+                    self.acknowledged_by_job(job.slot, finish);
                     self.core.finished(job.slot, job.key.as_ref(), finish);
                 } else if !self.submitted.is_empty() {
                     let before = self.submitted.len();

@@ -123,6 +123,9 @@ pub struct Dispatcher {
     commit_due: Option<Instant>,
     /// The alipay+ circuit: every partition is paused while it is not closed.
     circuit: tokio::sync::watch::Receiver<CircuitState>,
+    /// Exactly-once: tells the transaction writer that events wait for the slots of outputs it
+    /// holds.
+    transaction_due: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -145,6 +148,10 @@ pub struct DispatcherParts {
     pub status: Arc<Health>,
     pub flow: Arc<Flow>,
     pub control: mpsc::UnboundedReceiver<Control>,
+    /// Exactly-once: the transaction writer's "commit now" (see [`TransactionWriter::due`]).
+    ///
+    /// [`TransactionWriter::due`]: crate::pipeline::transactions::TransactionWriter::due
+    pub transaction_due: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Dispatcher {
@@ -187,6 +194,7 @@ impl Dispatcher {
             held_revoke_answer: None,
             last_commit: Instant::now(),
             commit_due: None,
+            transaction_due: parts.transaction_due,
         }
     }
 
@@ -266,7 +274,14 @@ impl Dispatcher {
             self.spawn(ticket);
         }
         self.commit_when_free();
+        if let Some(due) = &self.transaction_due
+            && self.core.short_of_slots()
+        {
+            // The transaction writer commits what it holds without waiting out its interval.
+            due.notify_one();
+        }
         observe::in_flight(self.core.in_flight());
+        observe::awaiting_commit(self.core.undurable());
         let book = self.core.book();
         self.flow.booked(
             &self.received,
@@ -554,15 +569,19 @@ impl Dispatcher {
 
     /// Commits what finished as soon as the previous commit has landed and [`COMMIT_GAP`] has
     /// passed since it was made, so that a crash repeats little beyond the work in flight.
+    ///
+    /// Finished events keep their in-flight slot until a commit covers them; when events wait
+    /// for those slots, the commit goes at once, without the gap.
     fn commit_when_free(&mut self) {
-        if self.committing.is_some() || self.commit_due.is_some() || !self.core.has_commits() {
+        if self.committing.is_some() || !self.core.has_commits() {
             return;
         }
         let due = self.last_commit + COMMIT_GAP;
-        if Instant::now() < due {
-            self.commit_due = Some(due);
+        if Instant::now() < due && !self.core.short_of_slots() {
+            self.commit_due.get_or_insert(due);
             return;
         }
+        self.commit_due = None;
         self.start_commit();
     }
 
@@ -588,6 +607,8 @@ impl Dispatcher {
     fn on_commit_landed(&mut self, (positions, result): Landed) {
         match result {
             Ok(Ok(())) => {
+                let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
+                self.core.commit_landed(&partitions);
                 for (partition, offset) in positions {
                     observe::committed(partition, offset);
                 }

@@ -123,7 +123,10 @@ pub async fn run(
         fatal.clone(),
     )
     .context("cannot start kafka consumer")?;
-    let (sink, writer) = if processing.exactly_once {
+    let transaction_due = processing
+        .exactly_once
+        .then(|| Arc::new(tokio::sync::Notify::new()));
+    let (sink, writer) = if let Some(due) = &transaction_due {
         let kafka = settings.kafka.clone();
         let producer =
             tokio::task::spawn_blocking(move || transactions::transactional_producer(&kafka))
@@ -140,6 +143,7 @@ pub async fn run(
             consumer_group: settings.kafka.group_id.clone(),
             input_topic: settings.kafka.input_topic.clone(),
             interval: processing.transaction_interval,
+            due: Arc::clone(due),
             call_timeout: transactions::TRANSACTION_CALL_TIMEOUT,
             control: control_tx,
             fatal: fatal.clone(),
@@ -194,6 +198,7 @@ pub async fn run(
         status,
         flow,
         control: control_rx,
+        transaction_due,
     });
     let stop = CancellationToken::new();
     let exit = {

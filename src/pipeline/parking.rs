@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 struct State {
-    /// Jobs started and not finished, as the scheduler counts them (parked ones included).
+    /// Slots the scheduler counts as taken: jobs started and not finished (parked ones
+    /// included), and ended jobs whose outcome is not durable yet.
     in_flight: usize,
     /// Started jobs waiting for their circuit, not holding a slot.
     parked: usize,

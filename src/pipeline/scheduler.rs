@@ -26,6 +26,9 @@ pub struct Scheduler<J: Schedule> {
     /// Jobs whose key is free (they hold it), waiting for a slot.
     ready: VecDeque<J>,
     in_flight: usize,
+    /// Slots still held by jobs that ended but whose outcome is not durable yet (the partition
+    /// book counts them): they count against `max_in_flight` as if still running.
+    held: usize,
     max_in_flight: usize,
     /// When set, jobs parked on an open circuit do not hold a slot (see [`Parking`]).
     parking: Option<Arc<Parking>>,
@@ -37,6 +40,7 @@ impl<J: Schedule> Scheduler<J> {
             keyed: KeyedQueue::new(),
             ready: VecDeque::new(),
             in_flight: 0,
+            held: 0,
             max_in_flight: max_in_flight.max(1),
             parking: None,
         }
@@ -44,7 +48,7 @@ impl<J: Schedule> Scheduler<J> {
 
     /// Shares the slots with workers that park (see [`Parking`]).
     pub fn with_parking(mut self, parking: Arc<Parking>) -> Self {
-        parking.set_in_flight(self.in_flight);
+        parking.set_in_flight(self.occupied());
         self.parking = Some(parking);
         self
     }
@@ -67,8 +71,8 @@ impl<J: Schedule> Scheduler<J> {
             return None;
         }
         let free = match &self.parking {
-            Some(parking) => parking.try_start(self.in_flight),
-            None => self.in_flight < self.max_in_flight,
+            Some(parking) => parking.try_start(self.occupied()),
+            None => self.occupied() < self.max_in_flight,
         };
         if !free {
             return None;
@@ -83,7 +87,7 @@ impl<J: Schedule> Scheduler<J> {
         debug_assert!(self.in_flight > 0, "a job finished that never started");
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(parking) = &self.parking {
-            parking.set_in_flight(self.in_flight);
+            parking.set_in_flight(self.occupied());
         }
         if let Some(key) = key {
             self.release(key);
@@ -117,6 +121,28 @@ impl<J: Schedule> Scheduler<J> {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// How many ended jobs still hold a slot (see [`held`](Self::held)).
+    pub fn set_held(&mut self, held: usize) {
+        if held == self.held {
+            return;
+        }
+        self.held = held;
+        if let Some(parking) = &self.parking {
+            parking.set_in_flight(self.occupied());
+        }
+    }
+
+    /// Jobs ready to start wait for slots that ended jobs hold: releasing those (a commit)
+    /// would let them start.
+    pub fn short_of_held_slots(&self) -> bool {
+        self.held > 0 && !self.ready.is_empty()
+    }
+
+    /// Slots taken: jobs running and ended jobs still holding theirs.
+    fn occupied(&self) -> usize {
+        self.in_flight + self.held
     }
 
     fn release(&mut self, key: &J::Key) {

@@ -3,7 +3,8 @@
 //! sees exactly one outcome per event even across crashes.
 //!
 //! One task owns the transactional producer. Workers hand it their finished outputs and move on.
-//! Every `transaction_interval` it asks the dispatcher which commit positions the outputs it holds
+//! Every `transaction_interval` (sooner when events wait for the in-flight slots that the outputs
+//! it holds keep) it asks the dispatcher which commit positions the outputs it holds
 //! would allow (without changing the dispatcher's books), writes exactly the outputs those
 //! positions cover, adds the positions with `send_offsets_to_transaction` (the group's metadata
 //! fences zombies, KIP-447) and commits. Outputs of an event finished ahead of an earlier one
@@ -235,6 +236,7 @@ mod tests {
             consumer_group: "resume".into(),
             input_topic: "in".into(),
             interval: Duration::from_millis(20),
+            due: Arc::new(tokio::sync::Notify::new()),
             call_timeout: Duration::from_millis(500),
             control: control_tx,
             fatal: fatal.clone(),
@@ -402,6 +404,10 @@ pub struct TransactionWriter {
     pub consumer_group: String,
     pub input_topic: String,
     pub interval: Duration,
+    /// Fired by the dispatcher when events wait for in-flight slots that the outputs held here
+    /// keep (an event's slot is free only once its transaction commits): the gathering stops
+    /// and the transaction goes at once.
+    pub due: Arc<tokio::sync::Notify>,
     /// Bound on one blocking transaction call.
     pub call_timeout: Duration,
     pub control: mpsc::UnboundedSender<Control>,
@@ -430,10 +436,17 @@ impl TransactionWriter {
             }
             let deadline = tokio::time::Instant::now() + self.interval;
             while open && held.len() < MAX_BATCH {
-                match tokio::time::timeout_at(deadline, submissions.recv()).await {
-                    Ok(Some(submission)) => held.push(submission),
-                    Ok(None) => open = false,
-                    Err(_) => break,
+                tokio::select! {
+                    // What has arrived is taken first, then a "due" ends the gathering.
+                    biased;
+                    received = tokio::time::timeout_at(deadline, submissions.recv()) => {
+                        match received {
+                            Ok(Some(submission)) => held.push(submission),
+                            Ok(None) => open = false,
+                            Err(_) => break,
+                        }
+                    }
+                    () = self.due.notified() => break,
                 }
             }
             match self.settle(std::mem::take(&mut held)).await {
