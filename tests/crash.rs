@@ -92,10 +92,33 @@ async fn sigkill_three_times(
     // or its transaction, landed), so a kill can repeat only the events holding a slot then:
     // at most max_in_flight a kill. Finished work the commits cover (their notes included) is
     // not called again.
+    let stats = service.simulator.stats();
+    assert_eq!(
+        stats.arrivals_dropped, 0,
+        "every call is in the simulator's record"
+    );
+    let mut calls_per_event: HashMap<&str, u64> = HashMap::new();
+    for arrival in &stats.arrivals {
+        *calls_per_event
+            .entry(arrival.registration_request_id.as_str())
+            .or_default() += 1;
+    }
+    for event in &events {
+        assert!(
+            calls_per_event.contains_key(event.registration_request_id.as_str()),
+            "{} never called",
+            event.registration_request_id
+        );
+    }
+    // The simulator records a call when it answers; a call cut short by a kill has no answer.
+    let answered_again: u64 = calls_per_event.values().map(|calls| calls - 1).sum();
+    let most = calls_per_event.values().copied().max().unwrap_or(0);
+    let cut_short = service.calls() - stats.arrivals.len() as u64;
     let repeated_calls = service.calls() - events.len() as u64;
     note(&format!(
         "{test}: {} events, {kills} SIGKILLs at {killed_at:?} HTTP calls, {} HTTP calls in all \
-         ({repeated_calls} repeated), {} outcomes ({repeats} repeated), {} commit samples, {:.1}s",
+         ({repeated_calls} repeated: {answered_again} answered again, {cut_short} cut short by \
+         a kill; at most {most} answered calls for one event), {} outcomes ({repeats} repeated), {} commit samples, {:.1}s",
         events.len(),
         service.calls(),
         outcomes.len(),
