@@ -1015,6 +1015,32 @@ async fn a_revoke_while_events_are_retried_loses_and_repeats_nothing_unexplained
     );
 }
 
+/// Produces 20 events of 20 merchants and makes the mock cluster's coordinator refuse every
+/// commit until `clear_request_errors(OffsetCommit)`. `None` on a real broker, which cannot
+/// refuse commits on demand (the refusal path is the same code on either).
+async fn twenty_events_with_commits_refused<'h>(
+    harness: &'h Harness,
+    test: &str,
+) -> Option<(
+    &'h rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Vec<RegistrationDecided>,
+)> {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let Some(mock) = harness.kafka.mock() else {
+        common::note(&format!("{test}: mock cluster only"));
+        return None;
+    };
+    let events: Vec<_> = (0..20)
+        .map(|i| event(&format!("M-{i:02}"), &format!("R-{i:02}")))
+        .collect();
+    harness.produce(&events).await;
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 100_000],
+    );
+    Some((mock, events))
+}
+
 /// A commit the group coordinator refuses is made again, even when nothing finishes after it:
 /// the committed offsets reach the end of the stream once the coordinator accepts commits, and
 /// no event is processed twice for it. (librdkafka reports the result of an asynchronous manual
@@ -1022,23 +1048,11 @@ async fn a_revoke_while_events_are_retried_loses_and_repeats_nothing_unexplained
 /// done, and the offsets it carried stayed uncommitted until the partition moved again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_commit_is_made_again_when_nothing_else_moves() {
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let harness = Harness::new(2, Vec::new()).await;
-    let Some(mock) = harness.kafka.mock() else {
-        // The fault is injected by librdkafka's mock cluster; a real broker cannot refuse commits
-        // on demand. The refusal path is the same code on either.
-        common::note("a_refused_commit_is_made_again_when_nothing_else_moves: mock cluster only");
+    let test = "a_refused_commit_is_made_again_when_nothing_else_moves";
+    let Some((mock, events)) = twenty_events_with_commits_refused(&harness, test).await else {
         return;
     };
-    let events: Vec<_> = (0..20)
-        .map(|i| event(&format!("M-{i:02}"), &format!("R-{i:02}")))
-        .collect();
-    harness.produce(&events).await;
-    // Every commit fails until the errors are cleared.
-    mock.request_errors(
-        RDKafkaApiKey::OffsetCommit,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 10_000],
-    );
     let mut pipeline = harness.start_pipeline(harness.settings()).await;
     let stats = pipeline.stats.clone();
     pipeline
@@ -1046,7 +1060,7 @@ async fn a_refused_commit_is_made_again_when_nothing_else_moves() {
         .await;
     // Nothing finishes from here on: only a commit made again can move the offsets.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::OffsetCommit);
     let progress = harness.wait_fully_committed(WAIT).await;
     assert!(
         fully_committed(&progress),
@@ -1063,20 +1077,11 @@ async fn a_refused_commit_is_made_again_when_nothing_else_moves() {
 /// commits land again, the rest follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_commits_stop_new_calls_at_max_in_flight() {
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let harness = Harness::new(2, Vec::new()).await;
-    let Some(mock) = harness.kafka.mock() else {
-        common::note("refused_commits_stop_new_calls_at_max_in_flight: mock cluster only");
+    let test = "refused_commits_stop_new_calls_at_max_in_flight";
+    let Some((mock, events)) = twenty_events_with_commits_refused(&harness, test).await else {
         return;
     };
-    let events: Vec<_> = (0..20)
-        .map(|i| event(&format!("M-{i:02}"), &format!("R-{i:02}")))
-        .collect();
-    harness.produce(&events).await;
-    mock.request_errors(
-        RDKafkaApiKey::OffsetCommit,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 100_000],
-    );
     let mut settings = harness.settings();
     settings.processing.max_in_flight = 4;
     let mut pipeline = harness.start_pipeline(settings).await;
@@ -1094,7 +1099,7 @@ async fn refused_commits_stop_new_calls_at_max_in_flight() {
         "calls beyond max_in_flight while no commit lands"
     );
     assert_eq!(stats.terminal(), 4);
-    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::OffsetCommit);
     pipeline
         .wait_for("every event finished", WAIT, || stats.terminal() == 20)
         .await;
