@@ -926,11 +926,10 @@ mod model {
                     prop_assert_eq!(due, !positions.is_empty(), "has_commits agrees");
                     prop_assert!(!self.core.has_commits(), "nothing due right after a commit");
                     prop_assert!(!self.exactly_once || positions.is_empty());
+                    let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                     if fail {
-                        let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                         self.core.commit_failed(&partitions);
                     } else {
-                        let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                         for (partition, position) in positions {
                             let note = self.core.book().note(partition, position);
                             self.check_commit(partition, position, &note, &[])?;

@@ -605,9 +605,9 @@ impl Dispatcher {
     }
 
     fn on_commit_landed(&mut self, (positions, result): Landed) {
+        let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
         match result {
             Ok(Ok(())) => {
-                let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                 self.core.commit_landed(&partitions);
                 for (partition, offset) in positions {
                     observe::committed(partition, offset);
@@ -615,12 +615,10 @@ impl Dispatcher {
             }
             Ok(Err(error)) => {
                 observe::commit_failed(&error);
-                let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                 self.core.commit_failed(&partitions);
             }
             Err(error) => {
                 tracing::error!(%error, "commit task failed");
-                let partitions: Vec<i32> = positions.iter().map(|(p, _)| *p).collect();
                 self.core.commit_failed(&partitions);
             }
         }
