@@ -78,22 +78,45 @@ pub struct Breaker {
     /// Closed: recent answers (when, unknown?) within `settings.window`.
     window: VecDeque<(Instant, bool)>,
     unknown_in_window: usize,
-    refused_streak: u32,
+    /// Closed: when each event refused since the last healthy answer was first refused, within
+    /// `settings.window`. One event asking again adds nothing: only refusals of distinct events
+    /// say the fault is ours.
+    refused_streak: VecDeque<Instant>,
     probe_interval: Duration,
     next_probe_at: Instant,
     /// Why the circuit is not closed.
     reason: String,
-    /// Healthy answers recorded so far: a held refusal compares it with its own snapshot.
-    healthy: u64,
+    /// Calls let out so far; the number of each is its [`Call`].
+    sent: u64,
+    /// The newest call (by when it was sent) answered healthily: a held refusal is about the
+    /// event once a call sent after it was answered.
+    newest_healthy: u64,
     /// Times the circuit opened so far.
     openings: u64,
 }
 
-/// Where the breaker stood when an answer was recorded: a held refusal waits for either number
-/// to move.
+/// One call let out by [`Breaker::admit`], numbered in the order calls were sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Call(u64);
+
+/// An answer, as the breaker weighs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub signal: Signal,
+    /// The call it answers.
+    pub call: Call,
+    /// That call was the one [`Admit::Probe`] allowed.
+    pub probe: bool,
+    /// A refusal of an event that was refused before: it does not lengthen the refused streak,
+    /// which counts distinct events.
+    pub repeat: bool,
+}
+
+/// Where the breaker stood when a refusal was recorded: a held refusal waits for a call sent
+/// after it to be answered, or for the circuit to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
-    healthy: u64,
+    call: Call,
     openings: u64,
 }
 
@@ -120,10 +143,11 @@ impl Breaker {
             state: CircuitState::Closed,
             window: VecDeque::new(),
             unknown_in_window: 0,
-            refused_streak: 0,
+            refused_streak: VecDeque::new(),
             next_probe_at: now,
             reason: String::new(),
-            healthy: 0,
+            sent: 0,
+            newest_healthy: 0,
             openings: 0,
         }
     }
@@ -141,11 +165,23 @@ impl Breaker {
         self.settings.enabled
     }
 
-    pub fn mark(&self) -> Mark {
+    /// Where the breaker stands for a refusal of `call` recorded now.
+    pub fn mark(&self, call: Call) -> Mark {
         Mark {
-            healthy: self.healthy,
+            call,
             openings: self.openings,
         }
+    }
+
+    /// The time the next probe may go while the circuit is open.
+    pub fn next_probe_at(&self) -> Option<Instant> {
+        (self.settings.enabled && self.state == CircuitState::Open).then_some(self.next_probe_at)
+    }
+
+    /// Numbers a call that [`admit`](Self::admit) let out.
+    pub fn send(&mut self) -> Call {
+        self.sent += 1;
+        Call(self.sent)
     }
 
     /// May a call go out now? While open, nobody calls until the probe time; then exactly one
@@ -163,18 +199,24 @@ impl Breaker {
         }
     }
 
-    /// The answer to a call (`probe`: the one [`Admit::Probe`] allowed).
-    pub fn record(&mut self, now: Instant, signal: Signal, probe: bool) -> Option<Transition> {
+    /// The answer to a call.
+    pub fn record(&mut self, now: Instant, answer: Answer) -> Option<Transition> {
         if !self.settings.enabled {
             return None;
         }
+        let Answer {
+            signal,
+            call,
+            probe,
+            repeat,
+        } = answer;
         match signal {
             Signal::Healthy => {
-                self.healthy += 1;
-                self.refused_streak = 0;
+                self.newest_healthy = self.newest_healthy.max(call.0);
+                self.refused_streak.clear();
             }
-            Signal::Refused => self.refused_streak += 1,
-            Signal::Unknown => {}
+            Signal::Refused if !repeat => self.refused_streak.push_back(now),
+            Signal::Refused | Signal::Unknown => {}
         }
         match self.state {
             CircuitState::HalfOpen if probe => {
@@ -208,10 +250,12 @@ impl Breaker {
     }
 
     /// A held refusal, decided by what was recorded since `mark`.
+    /// Only calls sent after the refused one count: an answer to a call sent before it (signed
+    /// before a key changed, say) says nothing about it.
     pub fn refusal(&self, mark: Mark) -> Refusal {
         if self.state != CircuitState::Closed || self.openings > mark.openings {
             Refusal::AboutUs
-        } else if self.healthy > mark.healthy {
+        } else if self.newest_healthy > mark.call.0 {
             Refusal::AboutTheEvent
         } else {
             Refusal::Undecided
@@ -219,10 +263,17 @@ impl Breaker {
     }
 
     fn closed_answer(&mut self, now: Instant, signal: Signal) -> Option<Transition> {
-        if self.refused_streak >= self.refused_streak_threshold {
+        while let Some(&at) = self.refused_streak.front() {
+            if now.saturating_duration_since(at) <= self.settings.window {
+                break;
+            }
+            self.refused_streak.pop_front();
+        }
+        if self.refused_streak.len() >= self.refused_streak_threshold as usize {
             let reason = format!(
-                "alipay+ refused the last {} requests (check client id, keys and key version)",
-                self.refused_streak
+                "alipay+ refused the last {} events in a row (check client id, keys and key \
+                 version)",
+                self.refused_streak.len()
             );
             return self.open(now, reason);
         }
@@ -258,7 +309,7 @@ impl Breaker {
         self.openings += 1;
         self.window.clear();
         self.unknown_in_window = 0;
-        self.refused_streak = 0;
+        self.refused_streak.clear();
         self.next_probe_at = now + self.probe_interval;
         self.change(CircuitState::Open, reason)
     }
@@ -298,6 +349,20 @@ mod tests {
         }
     }
 
+    /// Sends one call now and records its answer (a first refusal, for `Refused`).
+    fn rec(breaker: &mut Breaker, now: Instant, signal: Signal, probe: bool) -> Option<Transition> {
+        let call = breaker.send();
+        breaker.record(
+            now,
+            Answer {
+                signal,
+                call,
+                probe,
+                repeat: false,
+            },
+        )
+    }
+
     fn at(start: Instant, millis: u64) -> Instant {
         start + Duration::from_millis(millis)
     }
@@ -306,12 +371,19 @@ mod tests {
     fn unknown_answers_over_the_ratio_open_the_circuit_only_after_min_calls() {
         let start = Instant::now();
         let mut breaker = Breaker::new(settings(), 20, start);
-        assert_eq!(breaker.record(at(start, 1), Signal::Unknown, false), None);
-        assert_eq!(breaker.record(at(start, 2), Signal::Unknown, false), None);
-        assert_eq!(breaker.record(at(start, 3), Signal::Healthy, false), None);
-        let opened = breaker
-            .record(at(start, 4), Signal::Unknown, false)
-            .unwrap();
+        assert_eq!(
+            rec(&mut breaker, at(start, 1), Signal::Unknown, false),
+            None
+        );
+        assert_eq!(
+            rec(&mut breaker, at(start, 2), Signal::Unknown, false),
+            None
+        );
+        assert_eq!(
+            rec(&mut breaker, at(start, 3), Signal::Healthy, false),
+            None
+        );
+        let opened = rec(&mut breaker, at(start, 4), Signal::Unknown, false).unwrap();
         assert_eq!(
             (opened.from, opened.to),
             (CircuitState::Closed, CircuitState::Open)
@@ -332,17 +404,22 @@ mod tests {
         let start = Instant::now();
         let mut breaker = Breaker::new(settings(), 20, start);
         for millis in 0..3 {
-            breaker.record(at(start, millis), Signal::Unknown, false);
+            rec(&mut breaker, at(start, millis), Signal::Unknown, false);
         }
         // Eleven seconds later the three unknown answers are out of the window.
         for millis in 0..3 {
             assert_eq!(
-                breaker.record(at(start, 11_000 + millis), Signal::Healthy, false),
+                rec(
+                    &mut breaker,
+                    at(start, 11_000 + millis),
+                    Signal::Healthy,
+                    false
+                ),
                 None
             );
         }
         assert_eq!(
-            breaker.record(at(start, 11_010), Signal::Unknown, false),
+            rec(&mut breaker, at(start, 11_010), Signal::Unknown, false),
             None
         );
         assert_eq!(breaker.state(), CircuitState::Closed);
@@ -353,12 +430,12 @@ mod tests {
         let start = Instant::now();
         let mut breaker = Breaker::new(settings(), 20, start);
         for millis in 0..1_000 {
-            breaker.record(at(start, millis), Signal::Healthy, false);
+            rec(&mut breaker, at(start, millis), Signal::Healthy, false);
         }
         // Three unknown among the last six answers: half of the window.
-        breaker.record(at(start, 1_001), Signal::Unknown, false);
-        breaker.record(at(start, 1_002), Signal::Unknown, false);
-        let opened = breaker.record(at(start, 1_003), Signal::Unknown, false);
+        rec(&mut breaker, at(start, 1_001), Signal::Unknown, false);
+        rec(&mut breaker, at(start, 1_002), Signal::Unknown, false);
+        let opened = rec(&mut breaker, at(start, 1_003), Signal::Unknown, false);
         assert_eq!(opened.unwrap().to, CircuitState::Open);
     }
 
@@ -366,10 +443,10 @@ mod tests {
     fn one_probe_at_a_time_closes_on_an_answer_and_backs_off_on_failure() {
         let start = Instant::now();
         let mut breaker = Breaker::new(settings(), 2, start);
-        breaker.record(start, Signal::Refused, false);
-        let opened = breaker.record(start, Signal::Refused, false).unwrap();
+        rec(&mut breaker, start, Signal::Refused, false);
+        let opened = rec(&mut breaker, start, Signal::Refused, false).unwrap();
         assert!(
-            opened.reason.contains("refused the last 2"),
+            opened.reason.contains("refused the last 2 events"),
             "{}",
             opened.reason
         );
@@ -381,34 +458,30 @@ mod tests {
         assert!(matches!(breaker.admit(at(start, 1_001)).0, Admit::Wait(_)));
         // A late answer to an earlier call decides nothing.
         assert_eq!(
-            breaker.record(at(start, 1_002), Signal::Healthy, false),
+            rec(&mut breaker, at(start, 1_002), Signal::Healthy, false),
             None
         );
         // The probe fails: open again, next probe after twice the interval.
-        let reopened = breaker
-            .record(at(start, 1_100), Signal::Unknown, true)
-            .unwrap();
+        let reopened = rec(&mut breaker, at(start, 1_100), Signal::Unknown, true).unwrap();
         assert_eq!(reopened.to, CircuitState::Open);
         assert_eq!(
             breaker.admit(at(start, 2_000)).0,
             Admit::Wait(Duration::from_millis(1_100))
         );
         assert_eq!(breaker.admit(at(start, 3_100)).0, Admit::Probe);
-        breaker.record(at(start, 3_200), Signal::Refused, true);
+        rec(&mut breaker, at(start, 3_200), Signal::Refused, true);
         // Doubled again, up to the maximum of 4 s.
         assert_eq!(
             breaker.admit(at(start, 3_200)).0,
             Admit::Wait(Duration::from_secs(4))
         );
         assert_eq!(breaker.admit(at(start, 7_200)).0, Admit::Probe);
-        let closed = breaker
-            .record(at(start, 7_300), Signal::Healthy, true)
-            .unwrap();
+        let closed = rec(&mut breaker, at(start, 7_300), Signal::Healthy, true).unwrap();
         assert_eq!(closed.to, CircuitState::Closed);
         assert_eq!(breaker.admit(at(start, 7_301)).0, Admit::Call);
         // The interval starts over after a recovery.
-        breaker.record(at(start, 8_000), Signal::Refused, false);
-        breaker.record(at(start, 8_000), Signal::Refused, false);
+        rec(&mut breaker, at(start, 8_000), Signal::Refused, false);
+        rec(&mut breaker, at(start, 8_000), Signal::Refused, false);
         assert_eq!(
             breaker.admit(at(start, 8_000)).0,
             Admit::Wait(Duration::from_secs(1))
@@ -419,17 +492,17 @@ mod tests {
     fn a_held_refusal_is_about_the_event_when_others_are_answered_and_about_us_when_it_opens() {
         let start = Instant::now();
         let mut breaker = Breaker::new(settings(), 3, start);
-        breaker.record(start, Signal::Refused, false);
-        let mark = breaker.mark();
+        rec(&mut breaker, start, Signal::Refused, false);
+        let mark = breaker.mark(Call(breaker.sent));
         assert_eq!(breaker.refusal(mark), Refusal::Undecided);
-        breaker.record(start, Signal::Healthy, false);
+        rec(&mut breaker, start, Signal::Healthy, false);
         assert_eq!(breaker.refusal(mark), Refusal::AboutTheEvent);
 
-        breaker.record(start, Signal::Refused, false);
-        let mark = breaker.mark();
-        breaker.record(start, Signal::Refused, false);
+        rec(&mut breaker, start, Signal::Refused, false);
+        let mark = breaker.mark(Call(breaker.sent));
+        rec(&mut breaker, start, Signal::Refused, false);
         assert_eq!(breaker.refusal(mark), Refusal::Undecided);
-        breaker.record(start, Signal::Refused, false);
+        rec(&mut breaker, start, Signal::Refused, false);
         assert_eq!(breaker.state(), CircuitState::Open);
         assert_eq!(breaker.refusal(mark), Refusal::AboutUs);
     }
@@ -438,7 +511,7 @@ mod tests {
     fn an_abandoned_probe_lets_another_caller_probe() {
         let start = Instant::now();
         let mut breaker = Breaker::new(settings(), 1, start);
-        breaker.record(start, Signal::Refused, false);
+        rec(&mut breaker, start, Signal::Refused, false);
         assert_eq!(breaker.admit(at(start, 1_000)).0, Admit::Probe);
         breaker.probe_abandoned(at(start, 1_500));
         assert_eq!(breaker.admit(at(start, 1_500)).0, Admit::Probe);
@@ -456,9 +529,73 @@ mod tests {
             start,
         );
         for _ in 0..50 {
-            assert_eq!(breaker.record(start, Signal::Refused, false), None);
-            assert_eq!(breaker.record(start, Signal::Unknown, false), None);
+            assert_eq!(rec(&mut breaker, start, Signal::Refused, false), None);
+            assert_eq!(rec(&mut breaker, start, Signal::Unknown, false), None);
         }
         assert_eq!(breaker.admit(start).0, Admit::Call);
+    }
+
+    #[test]
+    fn an_answer_to_a_call_sent_before_a_refusal_does_not_judge_it() {
+        let start = Instant::now();
+        let mut breaker = Breaker::new(settings(), 20, start);
+        // Sent before the key changed, answered after the refusal of a call sent later.
+        let earlier = breaker.send();
+        let refused = breaker.send();
+        breaker.record(
+            start,
+            Answer {
+                signal: Signal::Refused,
+                call: refused,
+                probe: false,
+                repeat: false,
+            },
+        );
+        let mark = breaker.mark(refused);
+        breaker.record(
+            at(start, 10),
+            Answer {
+                signal: Signal::Healthy,
+                call: earlier,
+                probe: false,
+                repeat: false,
+            },
+        );
+        assert_eq!(breaker.refusal(mark), Refusal::Undecided);
+        // A call sent after the refusal and answered tells: it was about the event.
+        rec(&mut breaker, at(start, 20), Signal::Healthy, false);
+        assert_eq!(breaker.refusal(mark), Refusal::AboutTheEvent);
+    }
+
+    #[test]
+    fn the_refused_streak_counts_distinct_events_within_the_window() {
+        let start = Instant::now();
+        let mut breaker = Breaker::new(settings(), 3, start);
+        rec(&mut breaker, start, Signal::Refused, false);
+        // The same event refused again and again adds nothing.
+        for millis in 1..50 {
+            let call = breaker.send();
+            let answer = Answer {
+                signal: Signal::Refused,
+                call,
+                probe: false,
+                repeat: true,
+            };
+            assert_eq!(breaker.record(at(start, millis), answer), None);
+        }
+        rec(&mut breaker, at(start, 100), Signal::Refused, false);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        // Eleven seconds on, the first two are out of the 10 s window.
+        assert_eq!(
+            rec(&mut breaker, at(start, 11_000), Signal::Refused, false),
+            None
+        );
+        rec(&mut breaker, at(start, 11_001), Signal::Refused, false);
+        let opened = rec(&mut breaker, at(start, 11_002), Signal::Refused, false).unwrap();
+        assert!(
+            opened.reason.contains("refused the last 3 events"),
+            "{}",
+            opened.reason
+        );
     }
 }

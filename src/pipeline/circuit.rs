@@ -5,8 +5,11 @@
 //!
 //! One MPP's outage or refusal opens only its own circuit: its events wait, the others' go on.
 //! The dispatcher pauses every partition only while no MPP's circuit is closed, since a partition
-//! mixes MPPs; while some are closed, the waiting events of the open ones are bounded by the
-//! partition windows and the in-flight limit like any other slow work.
+//! mixes MPPs, and only while every circuit that is not closed has an event waiting to probe it
+//! (or its probe is out): an open circuit moves only when a call goes out, so holding the intake
+//! with nobody left to probe (the waiting jobs were cancelled by a rebalance, or dead-lettered)
+//! would stop the service for good. While some are closed, the waiting events of the open ones
+//! are bounded by the partition windows like any other slow work.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,14 +21,37 @@ use tokio_util::sync::CancellationToken;
 use crate::alipayplus::ResultClass;
 use crate::config::CircuitBreakerSettings;
 use crate::observe::{self, Health};
-use crate::pipeline::breaker::{Admit, Breaker, CircuitState, Mark, Refusal, Signal, Transition};
+use crate::pipeline::breaker::{
+    Admit, Answer, Breaker, Call, CircuitState, Mark, Refusal, Signal, Transition,
+};
 
-/// Every MPP's circuit state, and the state they make together for the dispatcher.
+/// One MPP's circuit as the board sees it.
+#[derive(Debug, Clone, Default)]
+struct Board {
+    state: Option<CircuitState>,
+    /// Why it is not closed.
+    reason: String,
+    /// Jobs waiting for it to let a call out.
+    waiting: usize,
+}
+
+impl Board {
+    fn state(&self) -> CircuitState {
+        self.state.unwrap_or(CircuitState::Closed)
+    }
+
+    /// A call will move this circuit without new events: one waits to call, or the probe is out.
+    fn moves_alone(&self) -> bool {
+        self.waiting > 0 || self.state() == CircuitState::HalfOpen
+    }
+}
+
+/// Every MPP's circuit state, and whether the dispatcher should hold the intake.
 #[derive(Debug)]
 pub struct Circuits {
-    /// Per psp label: the state and why it is not closed.
-    states: Mutex<BTreeMap<String, (CircuitState, String)>>,
-    combined: watch::Sender<CircuitState>,
+    /// Per psp label.
+    states: Mutex<BTreeMap<String, Board>>,
+    hold: watch::Sender<bool>,
     health: Arc<Health>,
 }
 
@@ -33,51 +59,67 @@ impl Circuits {
     pub fn new(health: Arc<Health>) -> Arc<Circuits> {
         Arc::new(Circuits {
             states: Mutex::new(BTreeMap::new()),
-            combined: watch::Sender::new(CircuitState::Closed),
+            hold: watch::Sender::new(false),
             health,
         })
     }
 
-    /// Follows the combined state: closed while any MPP's circuit is closed, open when all are
-    /// open (the dispatcher then pauses the partitions), half-open when none is closed and some
-    /// probe.
-    pub fn subscribe(&self) -> watch::Receiver<CircuitState> {
-        self.combined.subscribe()
+    /// Follows whether the intake should be held: no MPP's circuit is closed and each will move
+    /// without new events (see [`hold_intake`]).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.hold.subscribe()
     }
 
     fn set(&self, psp: &str, state: CircuitState, reason: String) {
+        self.update(psp, |board| {
+            board.state = Some(state);
+            board.reason = reason;
+        });
+    }
+
+    fn waiting(&self, psp: &str, more: bool) {
+        self.update(psp, |board| {
+            if more {
+                board.waiting += 1;
+            } else {
+                board.waiting = board.waiting.saturating_sub(1);
+            }
+        });
+    }
+
+    fn update(&self, psp: &str, change: impl FnOnce(&mut Board)) {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        states.insert(psp.to_owned(), (state, reason));
-        let combined = combine(states.values().map(|(state, _)| *state));
+        change(states.entry(psp.to_owned()).or_default());
+        let hold = hold_intake(states.values());
         let open: Vec<String> = states
             .iter()
-            .filter(|(_, (state, _))| *state != CircuitState::Closed)
-            .map(|(psp, (_, reason))| format!("psp {psp}: {reason}"))
+            .filter(|(_, board)| board.state() != CircuitState::Closed)
+            .map(|(psp, board)| format!("psp {psp}: {}", board.reason))
             .collect();
         drop(states);
         self.health
             .set_circuit((!open.is_empty()).then(|| open.join("; ")));
-        self.combined.send_if_modified(|now| {
-            let changed = *now != combined;
-            *now = combined;
+        self.hold.send_if_modified(|now| {
+            let changed = *now != hold;
+            *now = hold;
             changed
         });
     }
 }
 
-/// The dispatcher's view of several circuits: any closed one keeps intake going.
-fn combine(states: impl Iterator<Item = CircuitState>) -> CircuitState {
-    let mut combined = None;
-    for state in states {
-        combined = Some(match (combined, state) {
-            (_, CircuitState::Closed) | (Some(CircuitState::Closed), _) => CircuitState::Closed,
-            (_, CircuitState::HalfOpen) | (Some(CircuitState::HalfOpen), _) => {
-                CircuitState::HalfOpen
-            }
-            _ => CircuitState::Open,
-        });
+/// Whether the dispatcher should stop fetching: no circuit is closed (any closed one keeps the
+/// intake going, since a partition mixes MPPs), and every circuit will move without new events.
+/// A circuit that nobody waits on takes new events in, so that one of them probes it when its
+/// time comes.
+fn hold_intake<'a>(boards: impl Iterator<Item = &'a Board>) -> bool {
+    let mut any = false;
+    for board in boards {
+        if board.state() == CircuitState::Closed || !board.moves_alone() {
+            return false;
+        }
+        any = true;
     }
-    combined.unwrap_or(CircuitState::Closed)
+    any
 }
 
 /// One MPP's circuit breaker.
@@ -122,21 +164,40 @@ impl Circuit {
         self.lock().state() == CircuitState::Closed
     }
 
-    /// Waits until a call may go out. Returns whether it is the probe, and how long it waited;
-    /// `None` when `cancel` fired first.
-    pub async fn admitted(&self, cancel: &CancellationToken) -> Option<(bool, Duration)> {
+    /// Waits until a call may go out. Returns the call (and whether it is the probe) and how
+    /// long it waited; `None` when `cancel` fired first. While it waits, the board counts it
+    /// (see [`hold_intake`]).
+    pub async fn admitted(&self, cancel: &CancellationToken) -> Option<(Admitted, Duration)> {
         let started = Instant::now();
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (admit, transition) = self.lock().admit(Instant::now());
-            self.publish(transition);
-            let wait = match admit {
-                Admit::Call => return Some((false, started.elapsed())),
-                Admit::Probe => return Some((true, started.elapsed())),
-                Admit::Wait(wait) => wait,
+            let (admitted, wait, transition) = {
+                let mut breaker = self.lock();
+                let (admit, transition) = breaker.admit(Instant::now());
+                match admit {
+                    Admit::Call | Admit::Probe => {
+                        let call = breaker.send();
+                        let probe = admit == Admit::Probe;
+                        (Some(Admitted { call, probe }), Duration::ZERO, transition)
+                    }
+                    Admit::Wait(wait) => (None, wait, transition),
+                }
             };
+            if let Some(admitted) = admitted {
+                // Counted out before the transition is published, so the board never sees a
+                // half-open circuit's probe as a waiter too.
+                drop(waiting.take());
+                self.publish(transition);
+                return Some((admitted, started.elapsed()));
+            }
+            self.publish(transition);
+            waiting.get_or_insert_with(|| {
+                self.board.waiting(&self.psp, true);
+                Waiting { circuit: self }
+            });
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep(wait) => {}
@@ -145,8 +206,9 @@ impl Circuit {
         }
     }
 
-    /// Records an answer; returns where the breaker stood right after it, for a held refusal.
-    pub fn record(&self, class: ResultClass, probe: bool) -> Mark {
+    /// Records the answer to `call` (`repeat`: a refusal of an event refused before); returns
+    /// where the breaker stood right after it, for a held refusal.
+    pub fn record(&self, class: ResultClass, call: Admitted, repeat: bool) -> Mark {
         let signal = match class {
             ResultClass::Success | ResultClass::Rejected | ResultClass::Throttled => {
                 Signal::Healthy
@@ -154,10 +216,16 @@ impl Circuit {
             ResultClass::Refused => Signal::Refused,
             ResultClass::Unknown => Signal::Unknown,
         };
+        let answer = Answer {
+            signal,
+            call: call.call,
+            probe: call.probe,
+            repeat,
+        };
         let (transition, mark) = {
             let mut breaker = self.lock();
-            let transition = breaker.record(Instant::now(), signal, probe);
-            (transition, breaker.mark())
+            let transition = breaker.record(Instant::now(), answer);
+            (transition, breaker.mark(call.call))
         };
         self.publish(transition);
         self.changed.notify_waiters();
@@ -235,35 +303,99 @@ impl Circuit {
     }
 }
 
+/// A call the circuit let out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub call: Call,
+    /// The one call of the half-open state: its answer decides.
+    pub probe: bool,
+}
+
+/// A job counted on the board as waiting for its circuit; uncounted when dropped.
+struct Waiting<'a> {
+    circuit: &'a Circuit,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.circuit.board.waiting(&self.circuit.psp, false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use CircuitState::{Closed, HalfOpen, Open};
 
-    #[test]
-    fn intake_stops_only_when_no_circuit_is_closed() {
-        assert_eq!(combine([].into_iter()), Closed);
-        assert_eq!(combine([Open, Closed].into_iter()), Closed);
-        assert_eq!(combine([Closed, Open, HalfOpen].into_iter()), Closed);
-        assert_eq!(combine([Open, HalfOpen].into_iter()), HalfOpen);
-        assert_eq!(combine([Open, Open].into_iter()), Open);
+    fn board(state: CircuitState, waiting: usize) -> Board {
+        Board {
+            state: Some(state),
+            reason: String::new(),
+            waiting,
+        }
     }
 
     #[test]
-    fn the_board_names_the_open_psps() {
+    fn intake_is_held_only_while_no_circuit_is_closed_and_each_will_move_alone() {
+        let hold = |boards: &[Board]| hold_intake(boards.iter());
+        assert!(!hold(&[]));
+        assert!(!hold(&[board(Open, 3), board(Closed, 0)]));
+        assert!(hold(&[board(Open, 1), board(HalfOpen, 0)]));
+        assert!(hold(&[board(Open, 2), board(Open, 1)]));
+        // Nobody waits on the second: new events must come in to probe it.
+        assert!(!hold(&[board(Open, 2), board(Open, 0)]));
+        assert!(!hold(&[board(Open, 0)]));
+    }
+
+    #[test]
+    fn the_board_names_the_open_psps_and_holds_while_someone_waits() {
         let health = Arc::new(Health::default());
         let board = Circuits::new(Arc::clone(&health));
-        let state = board.subscribe();
+        let hold = board.subscribe();
         board.set("A", Closed, String::new());
         board.set("B", Closed, String::new());
         board.set("B", Open, "refused".into());
-        assert_eq!(*state.borrow(), Closed);
+        assert!(!*hold.borrow());
         assert_eq!(health.circuit().as_deref(), Some("psp B: refused"));
         board.set("A", Open, "down".into());
-        assert_eq!(*state.borrow(), Open);
+        // Both open, but nobody waits to probe: new events are let in.
+        assert!(!*hold.borrow());
+        board.waiting("A", true);
+        assert!(!*hold.borrow());
+        board.waiting("B", true);
+        assert!(*hold.borrow());
+        board.waiting("B", false);
+        assert!(!*hold.borrow());
         board.set("B", Closed, String::new());
         board.set("A", Closed, String::new());
-        assert_eq!(*state.borrow(), Closed);
+        assert!(!*hold.borrow());
         assert_eq!(health.circuit(), None);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_lets_the_intake_go() {
+        let health = Arc::new(Health::default());
+        let board = Circuits::new(health);
+        let settings = CircuitBreakerSettings {
+            probe_interval: Duration::from_secs(3600),
+            probe_interval_max: Duration::from_secs(3600),
+            ..CircuitBreakerSettings::default()
+        };
+        let circuit = Arc::new(Circuit::new(settings, 1, "A", Arc::clone(&board)));
+        let hold = board.subscribe();
+        let cancel = CancellationToken::new();
+        let (call, _) = circuit.admitted(&cancel).await.expect("closed");
+        circuit.record(ResultClass::Refused, call, false);
+        assert!(!circuit.is_closed());
+        assert!(!*hold.borrow(), "open, but nobody waits");
+        let waiter = tokio::spawn({
+            let (circuit, cancel) = (Arc::clone(&circuit), cancel.clone());
+            async move { circuit.admitted(&cancel).await }
+        });
+        let mut watching = hold.clone();
+        watching.wait_for(|held| *held).await.expect("board alive");
+        cancel.cancel();
+        assert!(waiter.await.expect("joins").is_none());
+        assert!(!*hold.borrow(), "the waiter was cancelled: intake goes on");
     }
 }

@@ -29,7 +29,6 @@ use crate::config::{Ordering, ProcessingSettings};
 use crate::event::RegistrationDecided;
 use crate::observe::{self, Health};
 use crate::pipeline::book::{Consumed, RevokeEnd, Slot, Stage};
-use crate::pipeline::breaker::CircuitState;
 use crate::pipeline::consumer::{ConsumerEvent, Control, FinishedNote, Flow, PipelineConsumer};
 use crate::pipeline::decisions::{DispatchCore, Finish, OrderKey, Ticket};
 use crate::pipeline::record::InputRecord;
@@ -121,8 +120,10 @@ pub struct Dispatcher {
     last_commit: Instant,
     /// When a commit that waits for [`COMMIT_GAP`] may go.
     commit_due: Option<Instant>,
-    /// The alipay+ circuit: every partition is paused while it is not closed.
-    circuit: tokio::sync::watch::Receiver<CircuitState>,
+    /// Whether the circuits hold the intake: every partition is paused while it does.
+    circuit: tokio::sync::watch::Receiver<bool>,
+    /// Woken when a job parks on an open circuit and gives its slot back.
+    parking: Arc<crate::pipeline::parking::Parking>,
     /// Exactly-once: tells the transaction writer that events wait for the slots of outputs it
     /// holds.
     transaction_due: Option<Arc<tokio::sync::Notify>>,
@@ -169,6 +170,7 @@ impl Dispatcher {
         let circuit = parts.worker.circuit.subscribe();
         Dispatcher {
             circuit,
+            parking: Arc::clone(&parts.worker.parking),
             processing,
             topic: parts.topic,
             consumer: parts.consumer,
@@ -237,9 +239,11 @@ impl Dispatcher {
                     self.commit_when_free();
                 }
                 Ok(()) = self.circuit.changed() => {
-                    let state = *self.circuit.borrow_and_update();
-                    self.core.hold_intake(state != CircuitState::Closed);
+                    let held = *self.circuit.borrow_and_update();
+                    self.core.hold_intake(held);
                 }
+                // A slot given back by a parked job: the next job may start in it.
+                () = self.parking.slot_given_back() => {}
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,

@@ -127,15 +127,24 @@ pub async fn run(
         .exactly_once
         .then(|| Arc::new(tokio::sync::Notify::new()));
     let (sink, writer) = if let Some(due) = &transaction_due {
-        let kafka = settings.kafka.clone();
-        let producer =
-            tokio::task::spawn_blocking(move || transactions::transactional_producer(&kafka))
+        // One transactional.id for the process's life: a producer that replaces a failed one
+        // fences it and completes its open transaction.
+        let renew: transactions::Renew = {
+            let kafka = settings.kafka.clone();
+            let id = transactions::transactional_id(&kafka);
+            Arc::new(move || transactions::transactional_producer(&kafka, &id))
+        };
+        let producer = {
+            let renew = Arc::clone(&renew);
+            tokio::task::spawn_blocking(move || renew())
                 .await
                 .context("transactional producer set-up failed")?
-                .context("cannot initialise kafka transactions (processing.exactly_once)")?;
+                .context("cannot initialise kafka transactions (processing.exactly_once)")?
+        };
         let (submitter, submissions) = mpsc::channel(processing.max_in_flight.max(1));
         let writer = transactions::TransactionWriter {
-            producer: Arc::new(producer),
+            producer: std::sync::Mutex::new(Arc::new(producer)),
+            renew,
             consumer: Arc::clone(&consumer_thread.consumer),
             encoder: Arc::new(encoder()),
             result_topic: settings.kafka.result_topic.clone(),

@@ -42,6 +42,8 @@ pub struct Parking {
     state: Mutex<State>,
     /// Woken when a slot may have become free.
     freed: Notify,
+    /// Wakes the scheduler when a job parks: a job may start in the slot it gave back.
+    given_back: Notify,
 }
 
 impl Parking {
@@ -50,6 +52,7 @@ impl Parking {
             max_in_flight: max_in_flight.max(1),
             state: Mutex::new(State::default()),
             freed: Notify::new(),
+            given_back: Notify::new(),
         })
     }
 
@@ -71,6 +74,12 @@ impl Parking {
         self.freed.notify_waiters();
     }
 
+    /// Scheduler: resolves once a job parked since the last call (a permit is kept, so a park
+    /// between two calls is not missed).
+    pub async fn slot_given_back(&self) {
+        self.given_back.notified().await;
+    }
+
     /// Jobs started but parked now.
     pub fn parked(&self) -> usize {
         self.lock().parked
@@ -81,6 +90,7 @@ impl Parking {
     pub fn park(self: &Arc<Self>) -> Parked {
         self.lock().parked += 1;
         self.freed.notify_waiters();
+        self.given_back.notify_one();
         Parked {
             parking: Arc::clone(self),
             resuming: false,

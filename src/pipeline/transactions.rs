@@ -10,8 +10,14 @@
 //! fences zombies, KIP-447) and commits. Outputs of an event finished ahead of an earlier one
 //! still in flight wait for a later transaction: a transaction never carries an output whose
 //! offset it does not commit, or a crash would repeat that output. Only after the commit does the
-//! dispatcher advance its watermarks. An aborted transaction is retried; a fenced or fatally
-//! failed producer stops the service. HTTP calls stay at-least-once.
+//! dispatcher advance its watermarks. An aborted transaction is retried. A producer that fails
+//! for good (librdkafka's fatal errors, such as `INVALID_TXN_STATE` after a broker restart) is
+//! replaced in-process, as Kafka Streams does: a new producer under the same `transactional.id`
+//! fences the old one and completes its open transaction; the group's committed offsets then
+//! tell whether that transaction landed, and if it did not its outputs are written again in a
+//! new one (from memory: Alipay+ is not called again). Only a producer fenced by another
+//! instance, an authorisation failure or an output Kafka can never accept stops the service.
+//! HTTP calls stay at-least-once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +43,12 @@ pub const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BATCH: usize = 5_000;
 /// Pause before retrying an aborted transaction.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Longest pause between attempts to replace a failed producer (the broker may be down).
+const RENEW_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// Creates a new transactional producer under the writer's `transactional.id` and initialises
+/// its transactions (which fences every older producer of that id). Blocking.
+pub type Renew = Arc<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>;
 
 /// One event's outputs, handed over by its worker.
 #[derive(Debug)]
@@ -171,10 +184,56 @@ mod tests {
     /// commit open, and the writer must resume it. Aborting instead conflicts with the open call
     /// and no transaction could ever commit again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[allow(clippy::unwrap_used, clippy::expect_used)]
     async fn a_commit_that_times_out_is_resumed_until_it_commits() {
+        use rdkafka::types::RDKafkaRespErr;
+        commit_through_end_txn_errors(
+            "resume",
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 8],
+        )
+        .await;
+    }
+
+    /// Issue 19, scenario 3: a broker restart leaves librdkafka's transactional producer in a
+    /// fatal state (`INVALID_TXN_STATE` on ending the transaction). The writer replaces it under
+    /// the same transactional.id, finds the transaction did not land, and writes its outputs
+    /// again; the service does not stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_that_fails_for_good_is_replaced_and_its_transaction_redone() {
+        use rdkafka::types::RDKafkaRespErr;
+        commit_through_end_txn_errors(
+            "renew",
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
+        )
+        .await;
+    }
+
+    #[test]
+    fn only_a_producer_another_instance_fenced_or_not_authorised_is_not_replaced() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let error = |code| TransactionError::Kafka(KafkaError::MessageProduction(code));
+        for code in [
+            Code::Fatal,
+            Code::InvalidProducerEpoch,
+            Code::InvalidTransactionalState,
+        ] {
+            assert!(error(code).renewable(), "{code:?}");
+        }
+        for code in [
+            Code::ProducerFenced,
+            Code::TransactionalIdAuthorizationFailed,
+            Code::MessageSizeTooLarge,
+        ] {
+            assert!(!error(code).renewable(), "{code:?}");
+        }
+        assert!(!TransactionError::Closed.renewable());
+    }
+
+    /// Runs one dead letter through a writer while the mock coordinator answers the first
+    /// EndTxn requests with `errors`; asserts it commits and the writer did not give up.
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    async fn commit_through_end_txn_errors(group: &str, errors: &[rdkafka::types::RDKafkaRespErr]) {
         use rdkafka::mocking::MockCluster;
-        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        use rdkafka::types::RDKafkaApiKey;
 
         use crate::pipeline::consumer::{self, ConsumerChannels, ConsumerEvent, Flow};
         use crate::pipeline::record::{DeadLetter, DeadLetterReason};
@@ -186,7 +245,7 @@ mod tests {
             input_topic: "in".into(),
             result_topic: "out".into(),
             dlq_topic: "dlq".into(),
-            group_id: "resume".into(),
+            group_id: group.into(),
             ..Default::default()
         };
         for topic in ["in", "out", "dlq"] {
@@ -215,16 +274,22 @@ mod tests {
         })
         .await
         .expect("assigned");
-        let producer = {
+        let id = transactional_id(&kafka);
+        let renew: Renew = {
             let kafka = kafka.clone();
-            tokio::task::spawn_blocking(move || transactional_producer(&kafka))
+            Arc::new(move || transactional_producer(&kafka, &id))
+        };
+        let producer = {
+            let renew = Arc::clone(&renew);
+            tokio::task::spawn_blocking(move || renew())
                 .await
                 .unwrap()
                 .expect("transactional producer")
         };
         let fatal = CancellationToken::new();
         let writer = TransactionWriter {
-            producer: Arc::new(producer),
+            producer: std::sync::Mutex::new(Arc::new(producer)),
+            renew,
             consumer: Arc::clone(&consumer_thread.consumer),
             encoder: Arc::new(OutcomeEncoder::new(
                 crate::config::OutputEncoding::Json,
@@ -233,7 +298,7 @@ mod tests {
             )),
             result_topic: "out".into(),
             dlq_topic: "dlq".into(),
-            consumer_group: "resume".into(),
+            consumer_group: group.into(),
             input_topic: "in".into(),
             interval: Duration::from_millis(20),
             due: Arc::new(tokio::sync::Notify::new()),
@@ -241,11 +306,7 @@ mod tests {
             control: control_tx,
             fatal: fatal.clone(),
         };
-        // The coordinator answers every EndTxn "loading" for a while: the commit times out.
-        mock.request_errors(
-            RDKafkaApiKey::EndTxn,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 8],
-        );
+        mock.request_errors(RDKafkaApiKey::EndTxn, errors);
         let (submitter, submissions) = mpsc::channel(8);
         let writer = tokio::spawn(writer.run(submissions));
         let mut letter = submission(0, 1, 0);
@@ -278,7 +339,7 @@ mod tests {
             Vec::new()
         })
         .await
-        .expect("the transaction committed after the coordinator recovered");
+        .expect("the transaction committed after the fault");
         assert_eq!(committed.len(), 1);
         assert!(!fatal.is_cancelled(), "the writer gave up");
         drop(submitter);
@@ -339,19 +400,26 @@ mod tests {
     }
 }
 
-/// Creates the transactional producer and initialises its transactions.
-pub fn transactional_producer(kafka: &KafkaSettings) -> anyhow::Result<FutureProducer> {
-    let mut config = producer_config(kafka);
-    // With KIP-447 the group's generation, not the id, fences zombies, so a unique id per process
-    // is safe. A stable id (`[kafka.producer] "transactional.id"`, one per instance, e.g. a
-    // StatefulSet pod name) lets a restarted instance abort its predecessor's open transaction at
-    // once instead of after `transaction.timeout.ms`, during which read_committed readers wait.
-    let id = kafka
+/// The `transactional.id` of this process: the configured one, or a new one per process.
+///
+/// With KIP-447 the group's generation, not the id, fences zombies, so a unique id per process
+/// is safe. A stable id (`[kafka.producer] "transactional.id"`, one per instance, e.g. a
+/// StatefulSet pod name) lets a restarted instance abort its predecessor's open transaction at
+/// once instead of after `transaction.timeout.ms`, during which read_committed readers wait.
+/// Either way a process keeps its id for its whole life: a producer that replaces a failed one
+/// must fence it and complete its open transaction.
+pub fn transactional_id(kafka: &KafkaSettings) -> String {
+    kafka
         .producer
         .0
         .get("transactional.id")
         .cloned()
-        .unwrap_or_else(|| format!("{}-{}", kafka.group_id, uuid::Uuid::new_v4().simple()));
+        .unwrap_or_else(|| format!("{}-{}", kafka.group_id, uuid::Uuid::new_v4().simple()))
+}
+
+/// Creates the transactional producer under `id` and initialises its transactions.
+pub fn transactional_producer(kafka: &KafkaSettings, id: &str) -> anyhow::Result<FutureProducer> {
+    let mut config = producer_config(kafka);
     config.set("transactional.id", id);
     if !kafka.producer.0.contains_key("transaction.timeout.ms") {
         // Our transactions last a transaction_interval plus a round trip; a crashed instance's
@@ -396,7 +464,10 @@ where
 /// The transaction task. Runs until every submitter is dropped and the last batch is settled, or
 /// until the producer fails fatally (then `fatal` is cancelled).
 pub struct TransactionWriter {
-    pub producer: Arc<FutureProducer>,
+    /// The producer now; replaced when it fails for good.
+    pub producer: std::sync::Mutex<Arc<FutureProducer>>,
+    /// Makes its replacement.
+    pub renew: Renew,
     pub consumer: Arc<PipelineConsumer>,
     pub encoder: Arc<OutcomeEncoder>,
     pub result_topic: String,
@@ -449,7 +520,7 @@ impl TransactionWriter {
                     () = self.due.notified() => break,
                 }
             }
-            match self.settle(std::mem::take(&mut held)).await {
+            match self.settle_or_recover(std::mem::take(&mut held)).await {
                 Ok(waiting) => held = waiting,
                 Err(()) => {
                     self.fatal.cancel();
@@ -464,8 +535,146 @@ impl TransactionWriter {
         }
     }
 
-    /// Commits every held output whose offset the transaction also commits; returns the rest.
-    async fn settle(&self, held: Vec<Submission>) -> Result<Vec<Submission>, ()> {
+    /// [`settle`](Self::settle), replacing the producer each time it fails for good in a way a
+    /// new producer mends. `Err` when the service must stop.
+    async fn settle_or_recover(&self, held: Vec<Submission>) -> Result<Vec<Submission>, ()> {
+        let mut held = held;
+        loop {
+            let (error, lost) = match self.settle(held).await {
+                Ok(waiting) => return Ok(waiting),
+                Err(Broken { error, lost }) => (error, lost),
+            };
+            let cause = self.producer().client().fatal_error();
+            let fenced = matches!(
+                cause,
+                Some((rdkafka::types::RDKafkaErrorCode::ProducerFenced, _))
+            );
+            if fenced || !error.renewable() {
+                tracing::error!(%error, ?cause, "transactional producer failed for good");
+                return Err(());
+            }
+            tracing::error!(
+                %error,
+                "transactional producer failed; a new one takes over under the same \
+                 transactional.id and its open transaction is completed or written again"
+            );
+            if !self.renew().await {
+                // The dispatcher is gone: nothing held can be committed any more.
+                return Ok(Vec::new());
+            }
+            held = match lost {
+                Lost::Aborted(outputs) => outputs,
+                Lost::Open {
+                    covered,
+                    waiting,
+                    prepared,
+                } => match self.landed(&prepared).await {
+                    None => return Ok(Vec::new()),
+                    Some(true) => {
+                        tracing::info!(
+                            outputs = covered.len(),
+                            "the failed producer's last transaction had committed"
+                        );
+                        let settled = covered.iter().map(Submission::slot).collect();
+                        let _ = self.control.send(Control::TransactionCommitted(settled));
+                        waiting
+                    }
+                    Some(false) => {
+                        tracing::info!(
+                            outputs = covered.len(),
+                            "the failed producer's last transaction did not commit: its outputs \
+                             are written again"
+                        );
+                        covered.into_iter().chain(waiting).collect()
+                    }
+                },
+            };
+        }
+    }
+
+    /// Drops the failed producer and makes a new one under the same `transactional.id`, trying
+    /// again (the broker may be down) until it works; `false` once the dispatcher is gone.
+    async fn renew(&self) -> bool {
+        let old = self.producer();
+        // Its destruction purges and flushes for a bounded time: not on the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+        let mut pause = RETRY_PAUSE;
+        loop {
+            if self.control.is_closed() {
+                return false;
+            }
+            let renew = Arc::clone(&self.renew);
+            match tokio::task::spawn_blocking(move || renew()).await {
+                Ok(Ok(producer)) => {
+                    *self
+                        .producer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(producer);
+                    return true;
+                }
+                Ok(Err(error)) => tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in = ?pause,
+                    "cannot create the new transactional producer yet"
+                ),
+                Err(_) => return false,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RENEW_PAUSE_MAX);
+        }
+    }
+
+    /// Whether the transaction that committed `prepared` landed: the group's committed offsets
+    /// (read once the new producer completed it) are those positions and notes, or beyond them.
+    /// `None` once the dispatcher is gone.
+    async fn landed(&self, prepared: &Prepared) -> Option<bool> {
+        let expected = crate::pipeline::dispatch::commit_list(
+            &self.input_topic,
+            &prepared.positions,
+            &prepared.notes,
+        );
+        if expected.count() == 0 {
+            return Some(false);
+        }
+        let mut pause = RETRY_PAUSE;
+        loop {
+            if self.control.is_closed() {
+                return None;
+            }
+            let (consumer, asked, timeout) = (
+                Arc::clone(&self.consumer),
+                expected.clone(),
+                self.call_timeout,
+            );
+            let fetched =
+                tokio::task::spawn_blocking(move || consumer.committed_offsets(asked, timeout))
+                    .await
+                    .ok()?;
+            match fetched {
+                Ok(committed) => return Some(covers(&committed, &expected)),
+                Err(error) => tracing::warn!(
+                    %error,
+                    retry_in = ?pause,
+                    "cannot read the committed offsets yet"
+                ),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RENEW_PAUSE_MAX);
+        }
+    }
+
+    fn producer(&self) -> Arc<FutureProducer> {
+        Arc::clone(
+            &self
+                .producer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Commits every held output whose offset the transaction also commits; returns the rest,
+    /// or what the producer's failure left.
+    async fn settle(&self, held: Vec<Submission>) -> Result<Vec<Submission>, Broken> {
         let mut held = held;
         loop {
             if held.is_empty() {
@@ -505,23 +714,35 @@ impl TransactionWriter {
                     return Ok(parts.waiting);
                 }
                 Err(Failure::Fatal(error)) => {
-                    tracing::error!(%error, "transactional producer failed for good");
-                    return Err(());
+                    return Err(Broken {
+                        error,
+                        lost: Lost::Open {
+                            covered: parts.covered,
+                            waiting: parts.waiting,
+                            prepared,
+                        },
+                    });
                 }
                 Err(Failure::Abort(error)) => {
                     tracing::warn!(%error, "transaction aborted, retrying");
-                    if let Err(error) = self
+                    held = parts.covered;
+                    held.extend(parts.waiting);
+                    if let Err(failure) = self
                         .call("abort", |producer, timeout| {
                             producer.abort_transaction(timeout)
                         })
                         .await
                     {
+                        let error = match failure {
+                            Failure::Abort(error) | Failure::Fatal(error) => error,
+                        };
                         tracing::error!(%error, "transaction cannot be aborted");
-                        return Err(());
+                        return Err(Broken {
+                            error,
+                            lost: Lost::Aborted(held),
+                        });
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
-                    held = parts.covered;
-                    held.extend(parts.waiting);
                 }
             }
         }
@@ -546,7 +767,7 @@ impl TransactionWriter {
         let call = Arc::new(call);
         let mut resumed = 0;
         loop {
-            let producer = Arc::clone(&self.producer);
+            let producer = self.producer();
             let attempt = Arc::clone(&call);
             let timeout = self.call_timeout;
             let result = tokio::task::spawn_blocking(move || attempt(&producer, timeout))
@@ -578,6 +799,7 @@ impl TransactionWriter {
     ) -> Result<(), Failure> {
         self.call("begin", |producer, _| producer.begin_transaction())
             .await?;
+        let producer = self.producer();
         let mut deliveries = Vec::new();
         for submission in batch {
             if let Some(letter) = &submission.dead_letter {
@@ -588,7 +810,7 @@ impl TransactionWriter {
                     letter,
                 );
                 deliveries.push(
-                    self.producer
+                    producer
                         .send_result(record)
                         .map_err(|(error, _)| Failure::from_delivery(error))?,
                 );
@@ -605,7 +827,7 @@ impl TransactionWriter {
                     .key(outcome.reference_merchant_id.as_bytes())
                     .payload(&value);
                 deliveries.push(
-                    self.producer
+                    producer
                         .send_result(record)
                         .map_err(|(error, _)| Failure::from_delivery(error))?,
                 );
@@ -635,6 +857,41 @@ impl TransactionWriter {
         }
         Ok(())
     }
+}
+
+/// A producer failure and the outputs it left.
+struct Broken {
+    error: TransactionError,
+    lost: Lost,
+}
+
+/// What a failed producer leaves.
+enum Lost {
+    /// A transaction whose commit may have landed: the committed offsets tell.
+    Open {
+        covered: Vec<Submission>,
+        waiting: Vec<Submission>,
+        prepared: Prepared,
+    },
+    /// Outputs of a transaction that was being aborted (none landed).
+    Aborted(Vec<Submission>),
+}
+
+/// Whether `committed` (the group's offsets) holds each of `expected`'s positions with its
+/// note, or a later position (the partition moved on: its outputs are not ours to write).
+fn covers(committed: &TopicPartitionList, expected: &TopicPartitionList) -> bool {
+    expected.elements().iter().all(|want| {
+        let Some(have) = committed.find_partition(want.topic(), want.partition()) else {
+            return false;
+        };
+        match (have.offset(), want.offset()) {
+            (Offset::Offset(have_at), Offset::Offset(want_at)) if have_at > want_at => true,
+            (Offset::Offset(have_at), Offset::Offset(want_at)) if have_at == want_at => {
+                have.metadata() == want.metadata()
+            }
+            _ => false,
+        }
+    })
 }
 
 /// Why a transaction did not commit.
@@ -677,6 +934,37 @@ fn next_step(error: &KafkaError) -> Step {
         KafkaError::Transaction(error) if error.is_retriable() => Step::Resume,
         other if is_permanent(other) => Step::Fatal,
         _ => Step::Abort,
+    }
+}
+
+impl TransactionError {
+    /// Whether a new producer under the same `transactional.id` mends the failure: librdkafka's
+    /// fatal states (an epoch or sequence lost with a broker restart, `INVALID_TXN_STATE`) yes;
+    /// another instance holding our id, missing authorisation and outputs Kafka can never
+    /// accept no (they would fail again).
+    fn renewable(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let TransactionError::Kafka(error) = self else {
+            return false;
+        };
+        let code = match error {
+            KafkaError::Transaction(error) => Some(error.code()),
+            other => other.rdkafka_error_code(),
+        };
+        !matches!(
+            code,
+            Some(
+                Code::ProducerFenced
+                    | Code::TransactionalIdAuthorizationFailed
+                    | Code::ClusterAuthorizationFailed
+                    | Code::TopicAuthorizationFailed
+                    | Code::GroupAuthorizationFailed
+                    | Code::MessageSizeTooLarge
+                    | Code::InvalidMessageSize
+                    | Code::InvalidMessage
+                    | Code::UnknownTopic
+            )
+        )
     }
 }
 

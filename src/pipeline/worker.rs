@@ -20,7 +20,7 @@ use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome
 use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::RetryBudget;
 use crate::pipeline::breaker::Refusal;
-use crate::pipeline::circuit::Circuits;
+use crate::pipeline::circuit::{Admitted, Circuits};
 pub use crate::pipeline::decisions::Finish;
 use crate::pipeline::mpp::{Mpp, Mpps};
 use crate::pipeline::output::OutputSink;
@@ -156,10 +156,14 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
 /// The circuit breaker decides when a call may go out. Time spent waiting for it, and answers
 /// that came while it was not closed, do not count against the retry budget: no event is
 /// dead-lettered because Alipay+ as a whole was down. A refusal is held until the breaker tells
-/// whether it was about the event (other calls were answered since: dead-lettered) or about us
+/// whether it was about the event (a call sent after it was answered: dead-lettered) or about us
 /// (the circuit opened: retried after recovery); undecided after `refusal_hold`, the event asks
-/// again, which counts toward the refused streak that opens the circuit and against its own
-/// retry budget (spent, it is dead-lettered as refused).
+/// again after its backoff delay, against its own retry budget (spent, it is dead-lettered as
+/// refused). Only an event's first refusal counts toward the refused streak that opens the
+/// circuit, so a few bad events cannot open it by asking again. A refused probe spends the
+/// probing event's budget too: with the circuit open nothing else can tell the refusal apart,
+/// and an event that is refused every time it probes would otherwise hold the circuit open for
+/// ever.
 async fn notify_with_retries(
     ctx: &WorkerContext,
     mpp: &Mpp,
@@ -169,8 +173,10 @@ async fn notify_with_retries(
     let mut budget = Spent::new();
     let mut attempts: u32 = 0;
     let mut first_attempt_at_ms = None;
+    let mut refused_before = false;
     loop {
-        let (probe, waited) = admitted(ctx, mpp, cancel).await?;
+        let (call, waited) = admitted(ctx, mpp, cancel).await?;
+        let probe = call.probe;
         budget.held += waited;
         // A probe whose job stops before its answer lets another caller probe.
         let abandon = || {
@@ -195,7 +201,11 @@ async fn notify_with_retries(
         attempts += 1;
         observe::notify_attempt(&ctx.stats, &mpp.psp, &attempt);
         ctx.health.answered(attempt.class == ResultClass::Refused);
-        let mark = mpp.circuit.record(attempt.class, probe);
+        let refused = attempt.class == ResultClass::Refused;
+        let mark = mpp
+            .circuit
+            .record(attempt.class, call, refused && refused_before);
+        refused_before |= refused;
         if let Ok(mut rate) = mpp.send_rate.lock() {
             let throttled = attempt.class == ResultClass::Throttled;
             if throttled {
@@ -210,16 +220,25 @@ async fn notify_with_retries(
             ResultClass::Rejected => (NotifyOutcome::Rejected, None),
             ResultClass::Refused => {
                 if mpp.circuit.enabled() {
-                    let (refusal, waited) = mpp.circuit.refusal(mark, cancel).await?;
-                    budget.held += waited;
+                    let refusal = if probe {
+                        Refusal::Undecided
+                    } else {
+                        let (refusal, waited) = mpp.circuit.refusal(mark, cancel).await?;
+                        budget.held += waited;
+                        refusal
+                    };
                     match refusal {
                         Refusal::AboutUs => continue,
                         Refusal::AboutTheEvent => {}
-                        // Nothing told them apart (a lone event): asking again spends the
-                        // event's retry budget, so a refusal no other answer explains is
-                        // dead-lettered in the end rather than held for ever.
+                        // Nothing told them apart (a lone event, or this event's probe): asking
+                        // again spends the event's retry budget, so a refusal no other answer
+                        // explains is dead-lettered in the end rather than held for ever.
                         Refusal::Undecided => {
-                            if budget.next_delay(&ctx.budget).is_some() {
+                            if let Some(delay) = budget.next_delay(&ctx.budget) {
+                                observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
+                                if !sleep_unless_stopped(cancel, delay).await {
+                                    return None;
+                                }
                                 continue;
                             }
                         }
@@ -269,20 +288,20 @@ async fn admitted(
     ctx: &WorkerContext,
     mpp: &Mpp,
     cancel: &CancellationToken,
-) -> Option<(bool, Duration)> {
+) -> Option<(Admitted, Duration)> {
     if mpp.circuit.is_closed() {
         return mpp.circuit.admitted(cancel).await;
     }
     let parked = ctx.parking.park();
-    let (probe, waited) = mpp.circuit.admitted(cancel).await?;
+    let (call, waited) = mpp.circuit.admitted(cancel).await?;
     let resuming = Instant::now();
     if parked.resume(cancel).await.is_none() {
-        if probe {
+        if call.probe {
             mpp.circuit.probe_abandoned();
         }
         return None;
     }
-    Some((probe, waited + resuming.elapsed()))
+    Some((call, waited + resuming.elapsed()))
 }
 
 /// What one event has spent of its retry budget: the attempts that count, and the time, less
