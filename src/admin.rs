@@ -1,12 +1,13 @@
 //! The admin listener of `regnotify run` (SPEC section 8): Prometheus text at `/metrics`,
-//! liveness at `/healthz`, readiness at `/readyz`.
+//! liveness at `/livez` (with its limit from `admin.livez_after`) and `/healthz` (SPEC's, with a
+//! fixed limit), readiness at `/readyz`.
 //!
 //! It only reads what the pipeline publishes in [`Health`] and the metrics recorder; it never
 //! changes the pipeline's behaviour and never exposes an id, a key or a secret.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::observe::{Health, names};
 
-/// A main loop quieter than this is considered stuck (it turns at least every commit interval).
-pub const STALL_AFTER: Duration = Duration::from_secs(60);
+/// `/healthz` answers 503 once the main loop has been quieter than this (it turns at least every
+/// commit interval). Fixed, as SPEC names it; `/livez` has the same rule with its limit from
+/// `admin.livez_after`.
+pub const HEALTHZ_QUIET_AFTER: Duration = Duration::from_secs(60);
 
 /// Histogram buckets, in seconds: HTTP calls and end-to-end latency span milliseconds to minutes.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -70,6 +73,7 @@ impl std::fmt::Debug for AdminState {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -118,9 +122,22 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+/// Alive while the main loop turns within `admin.livez_after`: the probe that restarts a
+/// process whose loop is wedged.
+async fn livez(State(state): State<AdminState>) -> impl IntoResponse {
+    livez_answer(&state.health, Instant::now())
+}
+
+fn livez_answer(health: &Health, now: Instant) -> (StatusCode, String) {
+    match health.liveness(now) {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    }
+}
+
 async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
     let quiet = state.health.since_last_beat();
-    if quiet > STALL_AFTER {
+    if quiet > HEALTHZ_QUIET_AFTER {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("main loop has not turned for {} s\n", quiet.as_secs()),
@@ -129,9 +146,14 @@ async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
     (StatusCode::OK, "ok\n".to_string())
 }
 
-/// Ready when the group is joined, Kafka answers, no consumer error persists, and Alipay+ is not
-/// refusing every request.
+/// Ready when the group is joined, Kafka answers, no consumer error persists, Alipay+ is not
+/// refusing every request, and the service is not stuck (no broken invariant, no stall of
+/// waiting work, no overdue probe: [`Health::stuck`]).
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    readyz_answer(&state, Instant::now())
+}
+
+fn readyz_answer(state: &AdminState, now: Instant) -> (StatusCode, String) {
     let health = &state.health;
     let mut problems = Vec::new();
     if !health.joined() {
@@ -178,6 +200,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             "alipay+ refused the last {streak} requests (check client id, keys and key version)"
         ));
     }
+    problems.extend(health.stuck(now));
     if problems.is_empty() {
         return (
             StatusCode::OK,
@@ -235,7 +258,66 @@ mod tests {
         assert!(body.contains("consumer group not joined yet"), "{body}");
         let healthz = http.get(format!("{url}/healthz")).send().await.unwrap();
         assert_eq!(healthz.status().as_u16(), 200, "alive while not ready");
+        let livez = http.get(format!("{url}/livez")).send().await.unwrap();
+        assert_eq!(livez.status().as_u16(), 200, "alive while not ready");
+        assert_eq!(livez.text().await.unwrap(), "ok\n");
         stop.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    fn state(health: Health) -> AdminState {
+        AdminState {
+            metrics: install_metrics().unwrap(),
+            health: Arc::new(health),
+            refused_streak_threshold: 20,
+        }
+    }
+
+    #[test]
+    fn livez_is_503_with_a_one_line_reason_once_the_loop_is_quieter_than_its_limit() {
+        let health = Health::isolated().with_limits(crate::observe::HealthLimits {
+            livez_after: Duration::from_secs(60),
+            stall_after: Duration::from_secs(300),
+        });
+        health.beat();
+        let now = Instant::now();
+        assert_eq!(livez_answer(&health, now), (StatusCode::OK, "ok\n".into()));
+        let (status, body) = livez_answer(&health, now + Duration::from_secs(61));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "main loop has not turned for 61 s (admin.livez_after = 1m)\n"
+        );
+    }
+
+    /// A joined, reachable service is ready until work stalls, a probe is overdue or an
+    /// invariant breaks; `/readyz` names each.
+    #[test]
+    fn readyz_names_a_stall_an_overdue_probe_and_a_broken_invariant() {
+        let health = Health::isolated();
+        health.assigned(3);
+        let state = state(health);
+        let health = &state.health;
+        let now = Instant::now();
+        assert_eq!(
+            readyz_answer(&state, now),
+            (StatusCode::OK, "ready: 3 partitions assigned\n".into())
+        );
+        health.reporting(|| crate::observe::in_flight(4));
+        let later = Instant::now() + Duration::from_secs(301);
+        let (status, body) = readyz_answer(&state, later);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.starts_with("not ready: stalled: 4 events in flight and 0 awaiting commit"),
+            "{body}"
+        );
+        health.circuit_probe("PSP_A", Some(now));
+        health.reporting(|| crate::observe::invariant_broken("slots", "freed twice"));
+        let (status, body) = readyz_answer(&state, later);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body.lines().count(), 1, "{body}");
+        for named in ["invariant `slots`", "stalled", "psp PSP_A"] {
+            assert!(body.contains(named), "{named}: {body}");
+        }
     }
 }

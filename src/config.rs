@@ -550,12 +550,22 @@ impl Default for ProcessingSettings {
 pub struct AdminSettings {
     #[serde(deserialize_with = "lenient_string")]
     pub listen: String,
+    /// `/livez` answers 503 once the main loop has not turned for longer than this. It turns at
+    /// least every `processing.commit_interval`, even while idle.
+    #[serde(with = "humantime_serde")]
+    pub livez_after: Duration,
+    /// `/readyz` answers 503 once events wait (in flight or awaiting their commit) and none has
+    /// finished, Alipay+ has not answered and no commit has landed for longer than this.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: "0.0.0.0:8080".into(),
+            livez_after: Duration::from_secs(60),
+            stall_after: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -680,7 +690,7 @@ impl Settings {
                 "is only used with processing.exactly_once = true",
             ));
         }
-        self.admin.listen_addr()?;
+        self.admin.validate(&self.processing)?;
         // tracing-subscriber's directive parser slices by byte offsets that can fall inside a
         // multi-byte character and panics (found by fuzzing); directives are ASCII anyway.
         if !self.log.level.is_ascii() {
@@ -1157,6 +1167,30 @@ impl ProcessingSettings {
 }
 
 impl AdminSettings {
+    fn validate(&self, processing: &ProcessingSettings) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        positive("admin.livez_after", self.livez_after)?;
+        positive("admin.stall_after", self.stall_after)?;
+        // An idle main loop turns only at the commit tick: a shorter limit fails it while idle.
+        if self.livez_after <= processing.commit_interval {
+            return Err(ConfigError::invalid(
+                "admin.livez_after",
+                "must be longer than processing.commit_interval (an idle main loop turns only \
+                 that often)",
+            ));
+        }
+        // An event waits up to backoff_max between calls without any progress; a shorter stall
+        // time would call a single retrying event a stall.
+        if self.stall_after <= processing.backoff_max {
+            return Err(ConfigError::invalid(
+                "admin.stall_after",
+                "must be longer than processing.backoff_max (a retrying event waits that long \
+                 between calls)",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|_| {
             ConfigError::invalid(
@@ -1276,7 +1310,39 @@ mod tests {
         assert_eq!(s.processing.backoff_initial, Duration::from_millis(200));
         assert_eq!(s.alipayplus.request_timeout, Duration::from_secs(10));
         assert_eq!(s.admin.listen, "0.0.0.0:8080");
+        assert_eq!(s.admin.livez_after, Duration::from_secs(60));
+        assert_eq!(s.admin.stall_after, Duration::from_secs(300));
         assert!(s.schema_registry.is_none());
+    }
+
+    #[test]
+    fn health_limits_are_read_and_checked() {
+        let s = load(
+            "[admin]\nlivez_after = \"90s\"\nstall_after = \"15m\"\n",
+            &[("REGNOTIFY_ADMIN__STALL_AFTER", "20m")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.admin.livez_after, Duration::from_secs(90));
+        assert_eq!(s.admin.stall_after, Duration::from_secs(20 * 60));
+        let cases = [
+            ("[admin]\nlivez_after = \"0s\"\n", "admin.livez_after"),
+            ("[admin]\nstall_after = \"0s\"\n", "admin.stall_after"),
+            ("[admin]\nstall_after = \"five\"\n", "admin.stall_after"),
+            ("[admin]\nlivez_after = \"30d\"\n", "admin.livez_after"),
+            (
+                "[admin]\nlivez_after = \"5s\"\n[processing]\ncommit_interval = \"5s\"\n",
+                "admin.livez_after",
+            ),
+            (
+                "[admin]\nstall_after = \"1m\"\n[processing]\nbackoff_max = \"2m\"\n",
+                "admin.stall_after",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = load(toml, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err}");
+        }
     }
 
     #[test]

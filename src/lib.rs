@@ -16,7 +16,7 @@
 //! - [`demo`]: the whole flow on one machine (mock Kafka cluster, simulator).
 //! - [`inspect`]: read-only views of topics and group offsets.
 //! - [`tools`]: `produce` and `replay-dlq`, the operator tools that write to Kafka.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: `/metrics`, `/livez`, `/healthz`, `/readyz`.
 //! - [`bench`]: `regnotify bench` (signer against OpenSSL, demo scenarios against their bounds)
 //!   and `regnotify measure` (the service against a real broker, for the side-by-side with a peer).
 //! - [`usage`]: this process's CPU time and peak memory, from `/proc`.

@@ -10,13 +10,14 @@
 mod consumer_errors;
 mod latency_histogram;
 mod log_limiter;
+mod stuck;
 
 pub use self::latency_histogram::LatencyHistogram;
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
@@ -26,6 +27,7 @@ use self::consumer_errors::{
     ErrorBook, ErrorKey, FetchProgress, Progress, Reported, Rules, partition_in_text,
 };
 use self::log_limiter::{LogLimiter, Verdict};
+use self::stuck::{Count, Vigil};
 use crate::alipayplus::NotifyAttempt;
 use crate::event::{NotifyOutcome, RegistrationNotifyOutcome};
 use crate::pipeline::record::DeadLetterReason;
@@ -64,6 +66,7 @@ pub mod names {
     pub const FINISHED_NOTE_BYTES: &str = "regnotify_finished_note_bytes";
     pub const KEY_RELOADS: &str = "regnotify_key_reloads_total";
     pub const KEY_VERSION: &str = "regnotify_key_version";
+    pub const INVARIANT_VIOLATIONS: &str = "regnotify_invariant_violations_total";
 }
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
@@ -80,10 +83,59 @@ const TRACKED_PARTITIONS: usize = 256;
 /// Distinct (code, partition) keys each log limiter remembers.
 const LOG_LIMITER_KEYS: usize = 128;
 
-/// What `/healthz` and `/readyz` look at, written by the pipeline as it runs.
+/// The time limits of `/livez` and of the stall rule of `/readyz` (`admin.livez_after`,
+/// `admin.stall_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthLimits {
+    /// `/livez` answers 503 once the main loop has not turned for longer than this.
+    pub livez_after: Duration,
+    /// `/readyz` answers 503 once work waits and nothing has progressed for longer than this.
+    pub stall_after: Duration,
+}
+
+impl Default for HealthLimits {
+    /// The defaults of the `[admin]` settings.
+    fn default() -> Self {
+        let admin = crate::config::AdminSettings::default();
+        HealthLimits {
+            livez_after: admin.livez_after,
+            stall_after: admin.stall_after,
+        }
+    }
+}
+
+/// The process's record of waiting work, progress and broken invariants. The dispatcher reports
+/// its counts ([`in_flight`], [`awaiting_commit`]) and the terminal outcomes and commits are
+/// reported ([`outcome`], [`dead_letter`], [`poison`], [`committed`], [`invariant_broken`])
+/// without a handle to a [`Health`], so every `Health` of the process reads this one. Several
+/// services in one process (tests, the demo) share it, as they share the metrics recorder.
+static PROCESS_VIGIL: LazyLock<Arc<Vigil>> = LazyLock::new(Arc::default);
+
+#[cfg(test)]
+thread_local! {
+    /// In unit tests: the vigil the free functions called on this thread report to instead of
+    /// the process's, so that a test's broken invariant does not leak into other tests.
+    static TEST_VIGIL: RefCell<Option<Arc<Vigil>>> = const { RefCell::new(None) };
+}
+
+/// Runs `report` against the process's vigil (in unit tests, the one set for this thread).
+fn with_vigil<R>(report: impl FnOnce(&Vigil) -> R) -> R {
+    #[cfg(test)]
+    if let Some(vigil) = TEST_VIGIL.with(|local| local.borrow().clone()) {
+        return report(&vigil);
+    }
+    report(&PROCESS_VIGIL)
+}
+
+/// What `/livez`, `/healthz` and `/readyz` look at, written by the pipeline as it runs.
 #[derive(Debug)]
 pub struct Health {
     started: std::time::Instant,
+    limits: HealthLimits,
+    /// Waiting work, progress and broken invariants (the process's; see [`PROCESS_VIGIL`]).
+    vigil: Arc<Vigil>,
+    /// Per psp whose open circuit has jobs waiting: the instant by which its probe is overdue.
+    probe_deadlines: Mutex<BTreeMap<String, Instant>>,
     /// Milliseconds since `started` at the main loop's last turn.
     last_beat_ms: AtomicU64,
     joined: std::sync::atomic::AtomicBool,
@@ -119,6 +171,9 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             started: std::time::Instant::now(),
+            limits: HealthLimits::default(),
+            vigil: Arc::clone(&PROCESS_VIGIL),
+            probe_deadlines: Mutex::new(BTreeMap::new()),
             last_beat_ms: AtomicU64::new(0),
             joined: Default::default(),
             assigned_partitions: AtomicU64::new(0),
@@ -143,6 +198,43 @@ impl Default for Health {
 }
 
 impl Health {
+    /// The same health with these limits (from the `[admin]` settings).
+    #[must_use]
+    pub fn with_limits(mut self, limits: HealthLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> HealthLimits {
+        self.limits
+    }
+
+    /// A health of its own for a unit test: it reads a fresh vigil, not the process's; the free
+    /// functions report to it inside [`Health::reporting`].
+    #[cfg(test)]
+    pub(crate) fn isolated() -> Health {
+        Health {
+            vigil: Arc::default(),
+            ..Health::default()
+        }
+    }
+
+    /// Runs `report` with the free functions of this thread ([`in_flight`], [`committed`],
+    /// [`invariant_broken`], …) reporting to this health's vigil (unit tests).
+    #[cfg(test)]
+    pub(crate) fn reporting<R>(&self, report: impl FnOnce() -> R) -> R {
+        struct Restore(Option<Arc<Vigil>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                TEST_VIGIL.with(|local| *local.borrow_mut() = previous);
+            }
+        }
+        let previous = TEST_VIGIL.with(|local| local.borrow_mut().replace(Arc::clone(&self.vigil)));
+        let _restore = Restore(previous);
+        report()
+    }
+
     /// The main loop turned.
     pub fn beat(&self) {
         let now = self.started.elapsed().as_millis() as u64;
@@ -151,8 +243,87 @@ impl Health {
 
     /// How long ago the main loop last turned.
     pub fn since_last_beat(&self) -> Duration {
-        let now = self.started.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_beat_ms.load(Ordering::Relaxed)))
+        self.quiet_at(Instant::now())
+    }
+
+    /// How long the main loop has not turned, at `now`.
+    fn quiet_at(&self, now: Instant) -> Duration {
+        let last_beat =
+            self.started + Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(last_beat)
+    }
+
+    /// `/livez` at `now`: `Err` with a one-line reason once the main loop has not turned for
+    /// longer than [`HealthLimits::livez_after`]. The loop turns at least every
+    /// `processing.commit_interval`, even while idle.
+    pub fn liveness(&self, now: Instant) -> Result<(), String> {
+        let quiet = self.quiet_at(now);
+        if quiet > self.limits.livez_after {
+            return Err(format!(
+                "main loop has not turned for {} s (admin.livez_after = {})",
+                quiet.as_secs(),
+                humantime::format_duration(self.limits.livez_after)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The open circuit of `psp` has jobs waiting and its probe is due by `overdue_after`
+    /// (`Some`); or it closed, or nobody waits on it any more (`None`). `/readyz` answers 503
+    /// naming `psp` once the deadline has passed.
+    pub fn circuit_probe(&self, psp: &str, overdue_after: Option<Instant>) {
+        let mut deadlines = self
+            .probe_deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match overdue_after {
+            Some(deadline) => match deadlines.get_mut(psp) {
+                Some(known) => *known = deadline,
+                None => {
+                    deadlines.insert(psp.to_owned(), deadline);
+                }
+            },
+            None => {
+                deadlines.remove(psp);
+            }
+        }
+    }
+
+    /// Why the service is stuck at `now` although its main loop turns (this part of `/readyz`):
+    /// broken invariants, a stall of waiting work (`admin.stall_after`), overdue probes. Empty
+    /// when it is not.
+    pub fn stuck(&self, now: Instant) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (check, broken) in self.vigil.broken() {
+            problems.push(format!(
+                "internal invariant `{check}` broken ({} times, first {} s ago): the service's \
+                 state can no longer be trusted to make progress; restart it",
+                broken.times,
+                now.saturating_duration_since(broken.first).as_secs()
+            ));
+        }
+        if let Some(stall) = stuck::stall(&self.vigil.work(), self.limits.stall_after, now) {
+            problems.push(format!(
+                "stalled: {} events in flight and {} awaiting commit, and no event finished, no \
+                 alipay+ answer and no commit landed for {} s (admin.stall_after = {})",
+                stall.in_flight,
+                stall.awaiting_commit,
+                stall.quiet.as_secs(),
+                humantime::format_duration(self.limits.stall_after)
+            ));
+        }
+        let deadlines = self
+            .probe_deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (psp, overdue) in stuck::overdue_probes(&deadlines, now) {
+            problems.push(format!(
+                "alipay+ circuit of psp {psp} has jobs waiting and its probe has not gone out \
+                 ({} s past its deadline)",
+                overdue.as_secs()
+            ));
+        }
+        problems
     }
 
     /// The group assigned this instance `count` partitions (possibly none).
@@ -181,8 +352,10 @@ impl Health {
         self.kafka_reachable.load(Ordering::Relaxed)
     }
 
-    /// Counts refused answers in a row; any other answer ends the streak.
+    /// Counts refused answers in a row; any other answer ends the streak. Every answer is
+    /// progress (see [`Health::stuck`]).
     pub fn answered(&self, refused: bool) {
+        self.vigil.progressed(Instant::now());
         if refused {
             self.refused_streak.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -462,6 +635,11 @@ pub fn describe_metrics() {
         Unit::Count,
         "the keyVersion requests of this psp are signed with"
     );
+    describe_counter!(
+        names::INVARIANT_VIOLATIONS,
+        Unit::Count,
+        "internal invariants found broken, by check (readyz answers 503 from the first)"
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -527,6 +705,7 @@ pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_m
         NotifyOutcome::DeadLettered => &stats.dead_lettered,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    with_vigil(|vigil| vigil.progressed(Instant::now()));
     let code = outcome.result_code.as_deref().unwrap_or("none");
     if let Ok(mut codes) = stats.result_codes.lock() {
         *codes.entry(code.to_string()).or_default() += 1;
@@ -570,6 +749,7 @@ pub fn dead_letter(stats: &Stats, reason: DeadLetterReason, partition: i32, offs
     stats
         .dead_letter_counter(reason)
         .fetch_add(1, Ordering::Relaxed);
+    with_vigil(|vigil| vigil.progressed(Instant::now()));
     metrics::counter!(names::DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
     tracing::debug!(
         reason = reason.as_str(),
@@ -582,6 +762,7 @@ pub fn dead_letter(stats: &Stats, reason: DeadLetterReason, partition: i32, offs
 /// An undecodable record was dead-lettered; it has no outcome.
 pub fn poison(stats: &Stats, partition: i32, offset: i64, error: &str) {
     stats.poison.fetch_add(1, Ordering::Relaxed);
+    with_vigil(|vigil| vigil.progressed(Instant::now()));
     tracing::info!(
         outcome = "POISON",
         source_partition = partition,
@@ -615,12 +796,17 @@ pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
     tracing::info!(kind, ?partitions, "rebalance");
 }
 
+/// Events being notified now (the dispatcher reports it after every turn): with
+/// [`awaiting_commit`], the work the stall rule of `/readyz` watches.
 pub fn in_flight(count: usize) {
     metrics::gauge!(names::IN_FLIGHT).set(count as f64);
+    with_vigil(|vigil| vigil.count(Count::InFlight, count, Instant::now));
 }
 
+/// Events called whose outcome is not committed yet (reported after every turn).
 pub fn awaiting_commit(count: usize) {
     metrics::gauge!(names::AWAITING_COMMIT).set(count as f64);
+    with_vigil(|vigil| vigil.count(Count::AwaitingCommit, count, Instant::now));
 }
 
 pub fn pending(partition: i32, count: usize) {
@@ -720,9 +906,30 @@ pub fn partition_restarted(partition: i32) {
     metrics::counter!(names::PARTITION_RESTARTS, "partition" => partition.to_string()).increment(1);
 }
 
+/// A commit of `partition` up to `offset` landed: progress.
 pub fn committed(partition: i32, offset: i64) {
     metrics::gauge!(names::COMMITTED_OFFSET, "partition" => partition.to_string())
         .set(offset as f64);
+    with_vigil(|vigil| vigil.progressed(Instant::now()));
+}
+
+/// The pipeline found one of its own invariants broken (`check`: a fixed name, the metric's
+/// label; `detail`: what it saw, for the log). Release builds report instead of panicking, but
+/// the service's state can no longer be trusted to make progress: counted in
+/// `regnotify_invariant_violations_total{check}`, logged at ERROR (at most once per
+/// [`ERROR_LOG_INTERVAL`] per check, the next line saying how many were left out), and `/readyz`
+/// answers 503 naming the check from now on, until a restart.
+pub fn invariant_broken(check: &'static str, detail: &str) {
+    metrics::counter!(names::INVARIANT_VIOLATIONS, "check" => check).increment(1);
+    let verdict = with_vigil(|vigil| vigil.invariant_broken(check, Instant::now()));
+    if let Verdict::Log { suppressed } = verdict {
+        tracing::error!(
+            check,
+            detail,
+            suppressed,
+            "internal invariant broken; /readyz answers 503 from now on: restart the service"
+        );
+    }
 }
 
 pub fn commit_failed(error: &dyn std::error::Error) {
@@ -1036,16 +1243,14 @@ fn update_error_gauges(errors: &mut KafkaErrors) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     /// A result code Alipay+ does not document is counted under `other`, so a peer inventing
     /// codes cannot grow the label set; documented codes keep their names.
-    #[test]
-    fn undocumented_result_codes_are_counted_as_other() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let stats = Stats::default();
-        let finished = |code: Option<&str>, outcome: NotifyOutcome| RegistrationNotifyOutcome {
+    fn finished(code: Option<&str>, outcome: NotifyOutcome) -> RegistrationNotifyOutcome {
+        RegistrationNotifyOutcome {
             event_id: "e".into(),
             reference_merchant_id: "m".into(),
             registration_request_id: "r".into(),
@@ -1062,7 +1267,14 @@ mod tests {
             source_partition: 0,
             source_offset: 0,
             error: None,
-        };
+        }
+    }
+
+    #[test]
+    fn undocumented_result_codes_are_counted_as_other() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let stats = Stats::default();
         metrics::with_local_recorder(&recorder, || {
             for code in ["BRAND_NEW_CODE_1", "brand-new-2", "A\"B{C}", "PROCESS_FAIL"] {
                 outcome(&stats, &finished(Some(code), NotifyOutcome::Rejected), 0);
@@ -1171,5 +1383,191 @@ mod tests {
             consumer_error_status(&health).persistent.is_empty(),
             "only after {CONSUMER_ERROR_PERSIST_AFTER:?} of reports"
         );
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn health_limits_default_to_the_admin_settings_defaults() {
+        let limits = Health::default().limits();
+        assert_eq!(limits.livez_after, secs(60));
+        assert_eq!(limits.stall_after, secs(300));
+        assert_eq!(limits, HealthLimits::default());
+    }
+
+    #[test]
+    fn liveness_fails_once_the_main_loop_is_quiet_longer_than_livez_after() {
+        let health = Health::isolated().with_limits(HealthLimits {
+            livez_after: 2 * MINUTE,
+            stall_after: 10 * MINUTE,
+        });
+        health.beat();
+        let now = Instant::now();
+        assert_eq!(health.liveness(now), Ok(()));
+        assert_eq!(health.liveness(now + secs(119)), Ok(()));
+        let reason = health.liveness(now + secs(121)).unwrap_err();
+        assert!(
+            reason.starts_with("main loop has not turned for 121 s"),
+            "{reason}"
+        );
+        assert!(reason.contains("admin.livez_after = 2m"), "{reason}");
+        assert!(!reason.contains('\n'), "one line: {reason}");
+    }
+
+    /// The dispatcher's reports of its counts are what "work waits" means; nothing else is
+    /// needed for a stall to show.
+    #[test]
+    fn waiting_work_reported_by_the_dispatcher_stalls_readiness_after_stall_after() {
+        let health = Health::isolated();
+        assert!(health.stuck(Instant::now() + secs(3_600)).is_empty());
+        health.reporting(|| {
+            in_flight(2);
+            awaiting_commit(1);
+        });
+        let now = Instant::now();
+        assert!(health.stuck(now + secs(299)).is_empty());
+        let problems = health.stuck(now + secs(301));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("stalled: 2 events in flight and 1 awaiting commit"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].contains("admin.stall_after = 5m"),
+            "{problems:?}"
+        );
+        // All work done: no stall, however long nothing happens.
+        health.reporting(|| {
+            in_flight(0);
+            awaiting_commit(0);
+        });
+        assert!(health.stuck(now + secs(3_600)).is_empty());
+    }
+
+    /// Each kind of progress (an outcome, a dead letter, a poison record, an Alipay+ answer, a
+    /// commit) is recorded, and the stall time counts from it (the rule itself is tested in
+    /// `stuck` with injected time).
+    #[test]
+    fn every_kind_of_progress_is_recorded_and_the_stall_time_counts_from_it() {
+        let stats = Stats::default();
+        type Kind<'a> = (&'a str, &'a dyn Fn(&Health));
+        let kinds: [Kind<'_>; 5] = [
+            ("outcome", &|health| {
+                health.reporting(|| {
+                    outcome(&stats, &finished(None, NotifyOutcome::Notified), 0);
+                });
+            }),
+            ("dead letter", &|health| {
+                health.reporting(|| dead_letter(&stats, DeadLetterReason::DecodeError, 0, 1));
+            }),
+            ("poison", &|health| {
+                health.reporting(|| poison(&stats, 0, 1, "undecodable"));
+            }),
+            ("answer", &|health| health.answered(false)),
+            ("commit", &|health| health.reporting(|| committed(0, 2))),
+        ];
+        for (kind, progress) in kinds {
+            let health = Health::isolated();
+            health.reporting(|| in_flight(1));
+            assert_eq!(health.vigil.work().last_progress, None, "{kind}");
+            let before = Instant::now();
+            progress(&health);
+            let at = health.vigil.work().last_progress;
+            assert!(at.is_some_and(|at| at >= before), "{kind} is progress");
+            let at = at.unwrap_or(before);
+            assert!(health.stuck(at + secs(299)).is_empty(), "{kind}");
+            assert_eq!(health.stuck(at + secs(301)).len(), 1, "{kind}");
+        }
+    }
+
+    #[test]
+    fn an_overdue_probe_makes_readiness_fail_naming_its_psp() {
+        let health = Health::isolated();
+        let now = Instant::now();
+        health.circuit_probe("PSP_A", Some(now + secs(10)));
+        health.circuit_probe("PSP_B", Some(now + secs(100)));
+        assert!(health.stuck(now + secs(10)).is_empty(), "due, not overdue");
+        let problems = health.stuck(now + secs(11));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("psp PSP_A"), "{problems:?}");
+        assert!(
+            problems[0].contains("1 s past its deadline"),
+            "{problems:?}"
+        );
+        // A later deadline replaces the earlier one; None forgets the psp.
+        health.circuit_probe("PSP_A", Some(now + secs(60)));
+        assert!(health.stuck(now + secs(11)).is_empty());
+        health.circuit_probe("PSP_B", None);
+        health.circuit_probe("PSP_A", None);
+        assert!(health.stuck(now + secs(3_600)).is_empty());
+    }
+
+    /// A writer for a test's log lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_broken_invariant_is_counted_logged_and_keeps_readiness_off_for_good() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let log = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let log = log.clone();
+                move || log.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let health = Health::isolated();
+        let bystander = Health::isolated();
+        let now = Instant::now();
+        tracing::subscriber::with_default(subscriber, || {
+            metrics::with_local_recorder(&recorder, || {
+                health.reporting(|| {
+                    invariant_broken("window_order", "offset 7 finished before 5 was taken");
+                    invariant_broken("window_order", "offset 8 finished before 5 was taken");
+                });
+            });
+        });
+        let rendered = handle.render();
+        assert!(
+            rendered.lines().any(
+                |line| line == "regnotify_invariant_violations_total{check=\"window_order\"} 2"
+            ),
+            "{rendered}"
+        );
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "the repeat is held back: {log}");
+        assert!(lines[0].contains("ERROR"), "{log}");
+        assert!(lines[0].contains("check=\"window_order\""), "{log}");
+        assert!(lines[0].contains("offset 7 finished before 5"), "{log}");
+        for later in [now, now + secs(86_400)] {
+            let problems = health.stuck(later);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].starts_with("internal invariant `window_order` broken (2 times"),
+                "{problems:?}"
+            );
+        }
+        assert!(bystander.stuck(now).is_empty(), "another vigil saw nothing");
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alipayplus::{AlipayPlusClient, Clients, KeyWatcher};
 use crate::config::Settings;
-use crate::observe::{Health, Stats};
+use crate::observe::{Health, HealthLimits, Stats};
 use crate::pipeline;
 
 /// The service, built and bound, not running yet.
@@ -65,6 +65,10 @@ impl Application {
         let admin_addr = listener
             .local_addr()
             .context("cannot read the admin listener's address")?;
+        let health = Health::default().with_limits(HealthLimits {
+            livez_after: settings.admin.livez_after,
+            stall_after: settings.admin.stall_after,
+        });
         Ok(Application {
             settings,
             clients,
@@ -73,11 +77,11 @@ impl Application {
             listener,
             admin_addr,
             stats: Arc::new(Stats::default()),
-            health: Arc::new(Health::default()),
+            health: Arc::new(health),
         })
     }
 
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    /// Where `/metrics`, `/livez`, `/healthz` and `/readyz` are served.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
@@ -117,7 +121,7 @@ impl Application {
             },
             admin_stop.clone(),
         ));
-        tracing::info!(listen = %self.admin_addr, "admin listener up: /metrics /healthz /readyz");
+        tracing::info!(listen = %self.admin_addr, "admin listener up: /metrics /livez /healthz /readyz");
         // Key files are reloaded while the pipeline runs (SIGHUP or a change seen by polling).
         let watcher_stop = CancellationToken::new();
         let watcher = tokio::spawn(self.watcher.run(

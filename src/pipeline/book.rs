@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::pipeline::finished::{self, NOTE_PRESSURE_BYTES};
+use crate::pipeline::invariant;
 use crate::pipeline::watermark::CommitWatermark;
 
 /// One consumed record in one assignment of its partition.
@@ -299,7 +300,7 @@ impl PartitionBook {
                 state.skip.remove(&offset);
                 remember(&mut state.recent, offset, fingerprint, recent_limit);
                 let completed = state.watermark.complete(offset);
-                debug_assert!(completed, "a skipped offset was not in the window");
+                invariant::expect(completed, "skipped_offset_in_window");
                 return Consumed::Skip;
             }
         }
@@ -323,7 +324,7 @@ impl PartitionBook {
             .filter(|stage| **stage == Stage::Waiting)
             .count();
         let paused = state.paused;
-        self.waiting -= void_waiting;
+        invariant::take(&mut self.waiting, void_waiting, "book_waiting");
         let generation = self.new_generation();
         let mut fresh = Partition::new(generation);
         fresh.paused = paused;
@@ -360,7 +361,7 @@ impl PartitionBook {
     pub fn start(&mut self, slot: Slot) {
         if self.stage(slot) == Some(Stage::Waiting) {
             self.set_stage(slot, Stage::Running);
-            self.waiting -= 1;
+            invariant::take(&mut self.waiting, 1, "book_waiting");
         }
     }
 
@@ -368,7 +369,7 @@ impl PartitionBook {
     pub fn drop_waiting(&mut self, slot: Slot) {
         if self.stage(slot) == Some(Stage::Waiting) {
             self.set_stage(slot, Stage::Dropped);
-            self.waiting -= 1;
+            invariant::take(&mut self.waiting, 1, "book_waiting");
         }
     }
 
@@ -620,7 +621,7 @@ impl PartitionBook {
                 }
             }
         }
-        self.waiting -= dropped.len();
+        invariant::take(&mut self.waiting, dropped.len(), "book_waiting");
         dropped
     }
 
@@ -644,7 +645,7 @@ impl PartitionBook {
             state.stages.remove(&slot.offset);
             let completed = state.watermark.complete(slot.offset);
             state.note_changed = true;
-            debug_assert!(completed, "an acknowledged offset was not in the window");
+            invariant::expect(completed, "acknowledged_offset_in_window");
         }
     }
 }

@@ -33,6 +33,9 @@ struct Board {
     reason: String,
     /// Jobs waiting for it to let a call out.
     waiting: usize,
+    /// While open: when the next probe may go, and when it is overdue (twice the longest
+    /// probe interval later; `/readyz` fails then, if anyone waits).
+    probe_due: Option<(Instant, Duration)>,
 }
 
 impl Board {
@@ -70,10 +73,17 @@ impl Circuits {
         self.hold.subscribe()
     }
 
-    fn set(&self, psp: &str, state: CircuitState, reason: String) {
+    fn set(
+        &self,
+        psp: &str,
+        state: CircuitState,
+        reason: String,
+        probe_due: Option<(Instant, Duration)>,
+    ) {
         self.update(psp, |board| {
             board.state = Some(state);
             board.reason = reason;
+            board.probe_due = probe_due;
         });
     }
 
@@ -89,7 +99,13 @@ impl Circuits {
 
     fn update(&self, psp: &str, change: impl FnOnce(&mut Board)) {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        change(states.entry(psp.to_owned()).or_default());
+        let board = states.entry(psp.to_owned()).or_default();
+        change(board);
+        let overdue_after = match (board.state(), board.probe_due) {
+            (CircuitState::Open, Some((at, grace))) if board.waiting > 0 => Some(at + grace),
+            _ => None,
+        };
+        self.health.circuit_probe(psp, overdue_after);
         let hold = hold_intake(states.values());
         let open: Vec<String> = states
             .iter()
@@ -128,6 +144,7 @@ pub struct Circuit {
     psp: String,
     breaker: Mutex<Breaker>,
     refusal_hold: Duration,
+    probe_interval_max: Duration,
     /// Woken on every recorded answer and every transition.
     changed: Notify,
     board: Arc<Circuits>,
@@ -142,10 +159,11 @@ impl Circuit {
         board: Arc<Circuits>,
     ) -> Circuit {
         observe::circuit_state(psp, CircuitState::Closed);
-        board.set(psp, CircuitState::Closed, String::new());
+        board.set(psp, CircuitState::Closed, String::new(), None);
         Circuit {
             psp: psp.to_owned(),
             refusal_hold: settings.refusal_hold,
+            probe_interval_max: settings.probe_interval_max,
             breaker: Mutex::new(Breaker::new(
                 settings,
                 refused_streak_threshold,
@@ -295,7 +313,11 @@ impl Circuit {
             }
         }
         observe::circuit_transition(psp, to);
-        self.board.set(psp, to, reason);
+        let probe_due = self
+            .lock()
+            .next_probe_at()
+            .map(|at| (at, self.probe_interval_max * 2));
+        self.board.set(psp, to, reason, probe_due);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -332,6 +354,7 @@ mod tests {
             state: Some(state),
             reason: String::new(),
             waiting,
+            probe_due: None,
         }
     }
 
@@ -352,12 +375,12 @@ mod tests {
         let health = Arc::new(Health::default());
         let board = Circuits::new(Arc::clone(&health));
         let hold = board.subscribe();
-        board.set("A", Closed, String::new());
-        board.set("B", Closed, String::new());
-        board.set("B", Open, "refused".into());
+        board.set("A", Closed, String::new(), None);
+        board.set("B", Closed, String::new(), None);
+        board.set("B", Open, "refused".into(), None);
         assert!(!*hold.borrow());
         assert_eq!(health.circuit().as_deref(), Some("psp B: refused"));
-        board.set("A", Open, "down".into());
+        board.set("A", Open, "down".into(), None);
         // Both open, but nobody waits to probe: new events are let in.
         assert!(!*hold.borrow());
         board.waiting("A", true);
@@ -366,8 +389,8 @@ mod tests {
         assert!(*hold.borrow());
         board.waiting("B", false);
         assert!(!*hold.borrow());
-        board.set("B", Closed, String::new());
-        board.set("A", Closed, String::new());
+        board.set("B", Closed, String::new(), None);
+        board.set("A", Closed, String::new(), None);
         assert!(!*hold.borrow());
         assert_eq!(health.circuit(), None);
     }

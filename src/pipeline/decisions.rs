@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 pub use crate::pipeline::book::RevokeEnd;
 use crate::pipeline::book::{Consumed, PartitionBook, Prepared, Settle, Slot, Stage};
+use crate::pipeline::invariant;
 use crate::pipeline::scheduler::{Schedule, Scheduler};
 
 /// Jobs waiting (decoding, or for their key or a slot) beyond this many times `max_in_flight`
@@ -246,7 +247,10 @@ impl<P> DispatchCore<P> {
             self.update_global_pause();
             return None;
         };
-        debug_assert_eq!(self.book.stage(ticket.slot), Some(Stage::Waiting));
+        invariant::expect(
+            self.book.stage(ticket.slot) == Some(Stage::Waiting),
+            "started_slot_was_waiting",
+        );
         self.book.start(ticket.slot);
         Some(ticket)
     }

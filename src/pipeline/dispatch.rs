@@ -42,6 +42,9 @@ const ABANDON_GRACE: Duration = Duration::from_secs(2);
 /// The least time between two commits that follow finished work (at-least-once): under load the
 /// group coordinator sees at most one commit per member this often, and at most one at a time.
 const COMMIT_GAP: Duration = Duration::from_millis(10);
+/// The first pause after a refused commit; it doubles up to [`COMMIT_BACKOFF_MAX`].
+const COMMIT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const COMMIT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Bound on the producer flush at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -118,8 +121,11 @@ pub struct Dispatcher {
     )>,
     /// When the last commit was made.
     last_commit: Instant,
-    /// When a commit that waits for [`COMMIT_GAP`] may go.
+    /// When a commit that waits for [`COMMIT_GAP`] (or a refused commit's backoff) may go.
     commit_due: Option<Instant>,
+    /// Commits refused in a row, and the backoff they earned: no commit goes before
+    /// `commit_refused.1`.
+    commit_refused: (u32, Option<Instant>),
     /// Whether the circuits hold the intake: every partition is paused while it does.
     circuit: tokio::sync::watch::Receiver<bool>,
     /// Woken when a job parks on an open circuit and gives its slot back.
@@ -196,6 +202,7 @@ impl Dispatcher {
             held_revoke_answer: None,
             last_commit: Instant::now(),
             commit_due: None,
+            commit_refused: (0, None),
             transaction_due: parts.transaction_due,
         }
     }
@@ -580,6 +587,12 @@ impl Dispatcher {
         if self.committing.is_some() || !self.core.has_commits() {
             return;
         }
+        if let Some(retry_at) = self.commit_refused.1
+            && Instant::now() < retry_at
+        {
+            self.commit_due = Some(retry_at);
+            return;
+        }
         let due = self.last_commit + COMMIT_GAP;
         if Instant::now() < due && !self.core.short_of_slots() {
             self.commit_due.get_or_insert(due);
@@ -595,6 +608,11 @@ impl Dispatcher {
     /// comes back to the loop ([`Dispatcher::on_commit_landed`]).
     fn start_commit(&mut self) {
         if self.committing.is_some() {
+            return;
+        }
+        if let Some(retry_at) = self.commit_refused.1
+            && Instant::now() < retry_at
+        {
             return;
         }
         let positions = self.core.take_commits();
@@ -613,22 +631,40 @@ impl Dispatcher {
         match result {
             Ok(Ok(())) => {
                 self.core.commit_landed(&partitions);
+                self.commit_refused = (0, None);
                 for (partition, offset) in positions {
                     observe::committed(partition, offset);
                 }
             }
             Ok(Err(error)) => {
+                let pause = self.commit_refused_again();
                 observe::commit_failed(&error);
+                tracing::warn!(
+                    refused_in_a_row = self.commit_refused.0,
+                    retry_in = ?pause,
+                    "offset commit refused: the next one waits"
+                );
                 self.core.commit_failed(&partitions);
             }
             Err(error) => {
                 tracing::error!(%error, "commit task failed");
+                self.commit_refused_again();
                 self.core.commit_failed(&partitions);
             }
         }
         if let Some((reply, answer)) = self.held_revoke_answer.take() {
             let _ = reply.send(answer);
         }
+    }
+
+    /// Counts a refused commit and sets the pause before the next (doubling from
+    /// [`COMMIT_BACKOFF_MIN`] to [`COMMIT_BACKOFF_MAX`]), so a coordinator that keeps refusing
+    /// is not asked every few milliseconds; returns the pause.
+    fn commit_refused_again(&mut self) -> Duration {
+        let refused = self.commit_refused.0.saturating_add(1);
+        let pause = commit_backoff(refused);
+        self.commit_refused = (refused, Some(Instant::now() + pause));
+        pause
     }
 
     /// Stops taking work, lets the work that can still settle finish within `shutdown_timeout`
@@ -647,6 +683,7 @@ impl Dispatcher {
         let deadline = Instant::now() + self.processing.shutdown_timeout;
         let mut events_open = true;
         while !self.core.is_fatal() && !self.core.stop_settled() {
+            self.status.beat();
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             tokio::select! {
                 Some(completion) = self.completions.recv() => self.on_completion(completion),
@@ -729,6 +766,14 @@ impl Dispatcher {
     }
 }
 
+/// The pause after the `refused`-th refused commit in a row.
+fn commit_backoff(refused: u32) -> Duration {
+    let doublings = refused.saturating_sub(1).min(16);
+    COMMIT_BACKOFF_MIN
+        .saturating_mul(1 << doublings)
+        .min(COMMIT_BACKOFF_MAX)
+}
+
 /// Decodes one record; the future owns it and gives it back with the result.
 fn decode(decoder: Arc<EventDecoder>, slot: Slot, record: InputRecord) -> Decoding {
     Box::pin(async move {
@@ -804,5 +849,19 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_commits_back_off_doubling_to_a_ceiling() {
+        assert_eq!(commit_backoff(1), COMMIT_BACKOFF_MIN);
+        assert_eq!(commit_backoff(2), COMMIT_BACKOFF_MIN * 2);
+        assert_eq!(commit_backoff(4), COMMIT_BACKOFF_MIN * 8);
+        assert_eq!(commit_backoff(8), COMMIT_BACKOFF_MAX);
+        assert_eq!(commit_backoff(u32::MAX), COMMIT_BACKOFF_MAX);
     }
 }

@@ -9,6 +9,7 @@
 //! It owns only the per-key order. It never runs work, never waits, and bounds nothing: the
 //! caller limits how much it pushes (`max_in_flight`, `max_pending_per_partition`).
 
+use crate::pipeline::invariant;
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -85,7 +86,7 @@ impl<K: Hash + Eq, T> KeyedQueue<K, T> {
         let waiting = self.busy.get_mut(key)?;
         match waiting.pop_front() {
             Some(next) => {
-                self.queued -= 1;
+                invariant::take(&mut self.queued, 1, "keyed_queued");
                 Some(next)
             }
             None => {

@@ -21,6 +21,7 @@ pub mod consumer;
 pub mod decisions;
 pub mod dispatch;
 pub mod finished;
+mod invariant;
 pub mod keyed;
 pub mod mpp;
 pub mod output;

@@ -13,6 +13,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::pipeline::invariant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +31,7 @@ struct State {
 impl State {
     /// Jobs holding a slot.
     fn occupied(&self) -> usize {
-        debug_assert!(self.parked <= self.in_flight, "{self:?}");
+        invariant::expect(self.parked <= self.in_flight, "parked_within_in_flight");
         self.in_flight.saturating_sub(self.parked)
     }
 }
@@ -133,9 +134,9 @@ impl Parked {
     fn try_resume(&mut self) -> bool {
         let mut state = self.parking.lock();
         if state.occupied() < self.parking.max_in_flight {
-            state.parked -= 1;
+            invariant::take(&mut state.parked, 1, "parked_jobs");
             if self.resuming {
-                state.resuming -= 1;
+                invariant::take(&mut state.resuming, 1, "resuming_jobs");
             }
             self.done = true;
             return true;
@@ -154,9 +155,9 @@ impl Drop for Parked {
             return;
         }
         let mut state = self.parking.lock();
-        state.parked -= 1;
+        invariant::take(&mut state.parked, 1, "parked_jobs");
         if self.resuming {
-            state.resuming -= 1;
+            invariant::take(&mut state.resuming, 1, "resuming_jobs");
         }
         drop(state);
         self.parking.freed.notify_waiters();

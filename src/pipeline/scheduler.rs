@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use crate::pipeline::invariant;
 use crate::pipeline::keyed::KeyedQueue;
 use crate::pipeline::parking::Parking;
 
@@ -84,8 +85,7 @@ impl<J: Schedule> Scheduler<J> {
 
     /// A started job ended: its slot and its key are free.
     pub fn finished(&mut self, key: Option<&J::Key>) {
-        debug_assert!(self.in_flight > 0, "a job finished that never started");
-        self.in_flight = self.in_flight.saturating_sub(1);
+        invariant::take(&mut self.in_flight, 1, "scheduler_in_flight");
         if let Some(parking) = &self.parking {
             parking.set_in_flight(self.occupied());
         }

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use crate::pipeline::invariant;
 use thiserror::Error;
 
 /// Why an offset could not be tracked.
@@ -93,7 +94,7 @@ impl CommitWatermark {
             return false;
         }
         entry.1 = true;
-        self.unfinished -= 1;
+        invariant::take(&mut self.unfinished, 1, "watermark_unfinished");
         self.release_finished_prefix();
         true
     }
