@@ -189,6 +189,9 @@ fn readyz_answer(state: &AdminState, now: Instant) -> (StatusCode, String) {
             crate::observe::CONSUMER_ERROR_PERSIST_AFTER.as_secs()
         ));
     }
+    if let Some(reason) = health.commits_refused() {
+        problems.push(format!("offset commits failing: {reason}"));
+    }
     if let Some(reason) = health.circuit() {
         problems.push(format!(
             "alipay+ circuit open, calls paused and probed: {reason}"
@@ -197,7 +200,7 @@ fn readyz_answer(state: &AdminState, now: Instant) -> (StatusCode, String) {
     let streak = health.refused_streak();
     if streak >= state.refused_streak_threshold {
         problems.push(format!(
-            "alipay+ refused the last {streak} requests (check client id, keys and key version)"
+            "alipay+ refused the last {streak} events in a row (check client id, keys and key version)"
         ));
     }
     problems.extend(health.stuck(now));

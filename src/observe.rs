@@ -146,6 +146,8 @@ pub struct Health {
     refused_streak: AtomicU64,
     /// Why the alipay+ circuit is open or half-open; `None` while closed.
     circuit: Mutex<Option<String>>,
+    /// Why offset commits keep failing, while they do.
+    commits_refused: Mutex<Option<String>>,
     /// Records consumed, all partitions; then per partition below [`TRACKED_PARTITIONS`].
     records_consumed: AtomicU64,
     partition_records: Box<[AtomicU64]>,
@@ -180,6 +182,7 @@ impl Default for Health {
             kafka_reachable: std::sync::atomic::AtomicBool::new(true),
             refused_streak: AtomicU64::new(0),
             circuit: Mutex::new(None),
+            commits_refused: Mutex::new(None),
             records_consumed: AtomicU64::new(0),
             partition_records: (0..TRACKED_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
             assignments: AtomicU64::new(0),
@@ -354,8 +357,13 @@ impl Health {
 
     /// Counts refused answers in a row; any other answer ends the streak. Every answer is
     /// progress (see [`Health::stuck`]).
-    pub fn answered(&self, refused: bool) {
+    /// An answer from Alipay+. `repeat`: a refusal of an event refused before, which neither
+    /// lengthens nor ends the streak (it counts distinct events, like the circuit breaker's).
+    pub fn answered(&self, refused: bool, repeat: bool) {
         self.vigil.progressed(Instant::now());
+        if repeat {
+            return;
+        }
         if refused {
             self.refused_streak.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -365,6 +373,22 @@ impl Health {
 
     pub fn set_circuit(&self, open_because: Option<String>) {
         *self.circuit.lock().unwrap_or_else(PoisonError::into_inner) = open_because;
+    }
+
+    /// Offset commits keep failing (`Some`: why), or one landed again (`None`).
+    pub fn set_commits_refused(&self, because: Option<String>) {
+        *self
+            .commits_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = because;
+    }
+
+    /// Why offset commits keep failing, if they do.
+    pub fn commits_refused(&self) -> Option<String> {
+        self.commits_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Why the alipay+ circuit is not closed, if it is not.
@@ -1467,7 +1491,7 @@ mod tests {
             ("poison", &|health| {
                 health.reporting(|| poison(&stats, 0, 1, "undecodable"));
             }),
-            ("answer", &|health| health.answered(false)),
+            ("answer", &|health| health.answered(false, false)),
             ("commit", &|health| health.reporting(|| committed(0, 2))),
         ];
         for (kind, progress) in kinds {

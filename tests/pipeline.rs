@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -1058,14 +1059,27 @@ async fn a_refused_commit_is_made_again_when_nothing_else_moves() {
     pipeline
         .wait_for("every event finished", WAIT, || stats.terminal() == 20)
         .await;
-    // Nothing finishes from here on: only a commit made again can move the offsets.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing finishes from here on: only a commit made again can move the offsets. The
+    // coordinator says we are not authorised, which no retry mends alone: readiness says so.
+    let status = Arc::clone(&pipeline.status);
+    pipeline
+        .wait_for("readiness names the refused commits", WAIT, || {
+            status.commits_refused().is_some()
+        })
+        .await;
+    let reason = status.commits_refused().unwrap_or_default();
+    assert!(reason.contains("Group authorization failed"), "{reason}");
     mock.clear_request_errors(rdkafka::types::RDKafkaApiKey::OffsetCommit);
     let progress = harness.wait_fully_committed(WAIT).await;
     assert!(
         fully_committed(&progress),
         "the refused commits were made again: {progress:?}"
     );
+    pipeline
+        .wait_for("readiness clears once a commit lands", WAIT, || {
+            status.commits_refused().is_none()
+        })
+        .await;
     pipeline.assert_running();
     pipeline.stop().await;
     assert_one_outcome_each(&events, &harness.outcomes().await);

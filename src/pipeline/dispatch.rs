@@ -631,6 +631,9 @@ impl Dispatcher {
         match result {
             Ok(Ok(())) => {
                 self.core.commit_landed(&partitions);
+                if self.commit_refused.0 > 0 {
+                    self.status.set_commits_refused(None);
+                }
                 self.commit_refused = (0, None);
                 for (partition, offset) in positions {
                     observe::committed(partition, offset);
@@ -639,11 +642,27 @@ impl Dispatcher {
             Ok(Err(error)) => {
                 let pause = self.commit_refused_again();
                 observe::commit_failed(&error);
-                tracing::warn!(
-                    refused_in_a_row = self.commit_refused.0,
-                    retry_in = ?pause,
-                    "offset commit refused: the next one waits"
-                );
+                let refused = self.commit_refused.0;
+                let permanent = commit_never_lands(&error);
+                if permanent || refused >= COMMITS_REFUSED_UNREADY {
+                    // Nothing is lost (the events stay uncommitted and are held back), but the
+                    // service makes no durable progress: an operator must look.
+                    tracing::error!(
+                        %error,
+                        refused_in_a_row = refused,
+                        retry_in = ?pause,
+                        "offset commits keep failing; /readyz answers 503 until one lands"
+                    );
+                    self.status.set_commits_refused(Some(format!(
+                        "{refused} in a row, the last: {error}"
+                    )));
+                } else {
+                    tracing::warn!(
+                        refused_in_a_row = refused,
+                        retry_in = ?pause,
+                        "offset commit refused: the next one waits"
+                    );
+                }
                 self.core.commit_failed(&partitions);
             }
             Err(error) => {
@@ -692,6 +711,15 @@ impl Dispatcher {
                     self.on_commit_landed(landed);
                 }
                 () = sleep_until_opt(revoke_deadline) => self.finish_revoke(),
+                // The transaction writer failed for good: what it held can never settle, so
+                // waiting out the shutdown timeout for it only delays the exit.
+                () = self.worker.sink.writer_gone() => {
+                    tracing::warn!(
+                        in_flight = self.core.in_flight(),
+                        "the transaction writer has ended: abandoning work in flight"
+                    );
+                    break;
+                }
                 _ = self.commit_tick.tick() => self.start_commit(),
                 () = sleep_until_opt(self.commit_due) => {
                     self.commit_due = None;
@@ -764,6 +792,24 @@ impl Dispatcher {
             Exit::Requested
         }
     }
+}
+
+/// Refused commits in a row (about half a minute of backoff) after which `/readyz` fails.
+const COMMITS_REFUSED_UNREADY: u32 = 8;
+
+/// A commit error no retry mends without an operator: the group or topic not authorised, or
+/// the topic gone. It is still retried (a fixed ACL heals it) but fails readiness at once.
+fn commit_never_lands(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::GroupAuthorizationFailed
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::UnknownTopic
+        )
+    )
 }
 
 /// The pause after the `refused`-th refused commit in a row.

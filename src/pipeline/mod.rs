@@ -158,10 +158,15 @@ pub async fn run(
             control: control_tx,
             fatal: fatal.clone(),
         };
-        (
-            OutputSink::Transactional(submitter),
-            Some(tokio::spawn(writer.run(submissions))),
-        )
+        // A panic in the writer stops the service at once, not only when it next stops.
+        let failed = fatal.clone();
+        let writer = tokio::spawn(async move {
+            if let Err(error) = tokio::spawn(writer.run(submissions)).await {
+                tracing::error!(%error, "transaction writer task failed");
+                failed.cancel();
+            }
+        });
+        (OutputSink::Transactional(submitter), Some(writer))
     } else {
         let publisher = OutputPublisher::new(&settings.kafka, encoder())
             .context("cannot create kafka producer")?;

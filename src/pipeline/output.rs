@@ -40,6 +40,15 @@ pub enum OutputSink {
 }
 
 impl OutputSink {
+    /// Resolves once the transaction writer has ended (never at-least-once): nothing handed to
+    /// it can settle any more.
+    pub async fn writer_gone(&self) {
+        match self {
+            OutputSink::Transactional(submitter) => submitter.closed().await,
+            OutputSink::Idempotent(_) => std::future::pending().await,
+        }
+    }
+
     /// Writes an event's outputs: [`Finish::Terminal`] once Kafka acknowledged them,
     /// [`Finish::Submitted`] once the transaction writer holds them, [`Finish::Abandoned`] when
     /// the job was cancelled first, [`Finish::Fatal`] when Kafka can never accept them.

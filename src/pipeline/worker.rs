@@ -200,12 +200,11 @@ async fn notify_with_retries(
         };
         attempts += 1;
         observe::notify_attempt(&ctx.stats, &mpp.psp, &attempt);
-        ctx.health.answered(attempt.class == ResultClass::Refused);
         let refused = attempt.class == ResultClass::Refused;
-        let mark = mpp
-            .circuit
-            .record(attempt.class, call, refused && refused_before);
+        let repeat = refused && refused_before;
         refused_before |= refused;
+        ctx.health.answered(refused, repeat);
+        let mark = mpp.circuit.record(attempt.class, call, repeat);
         if let Ok(mut rate) = mpp.send_rate.lock() {
             let throttled = attempt.class == ResultClass::Throttled;
             if throttled {
