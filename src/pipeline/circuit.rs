@@ -25,6 +25,11 @@ use crate::pipeline::breaker::{
     Admit, Answer, Breaker, Call, CircuitState, Mark, Refusal, Signal, Transition,
 };
 
+/// The time on tokio's clock (the real one in the service, the simulated one in the simulation).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// One MPP's circuit as the board sees it.
 #[derive(Debug, Clone, Default)]
 struct Board {
@@ -164,11 +169,7 @@ impl Circuit {
             psp: psp.to_owned(),
             refusal_hold: settings.refusal_hold,
             probe_interval_max: settings.probe_interval_max,
-            breaker: Mutex::new(Breaker::new(
-                settings,
-                refused_streak_threshold,
-                Instant::now(),
-            )),
+            breaker: Mutex::new(Breaker::new(settings, refused_streak_threshold, now())),
             changed: Notify::new(),
             board,
         }
@@ -186,7 +187,7 @@ impl Circuit {
     /// long it waited; `None` when `cancel` fired first. While it waits, the board counts it
     /// (see [`hold_intake`]).
     pub async fn admitted(&self, cancel: &CancellationToken) -> Option<(Admitted, Duration)> {
-        let started = Instant::now();
+        let started = now();
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let notified = self.changed.notified();
@@ -194,7 +195,7 @@ impl Circuit {
             notified.as_mut().enable();
             let (admitted, wait, transition) = {
                 let mut breaker = self.lock();
-                let (admit, transition) = breaker.admit(Instant::now());
+                let (admit, transition) = breaker.admit(now());
                 match admit {
                     Admit::Call | Admit::Probe => {
                         let call = breaker.send();
@@ -209,7 +210,7 @@ impl Circuit {
                 // half-open circuit's probe as a waiter too.
                 drop(waiting.take());
                 self.publish(transition);
-                return Some((admitted, started.elapsed()));
+                return Some((admitted, now().saturating_duration_since(started)));
             }
             self.publish(transition);
             waiting.get_or_insert_with(|| {
@@ -242,7 +243,7 @@ impl Circuit {
         };
         let (transition, mark) = {
             let mut breaker = self.lock();
-            let transition = breaker.record(Instant::now(), answer);
+            let transition = breaker.record(now(), answer);
             (transition, breaker.mark(call.call))
         };
         self.publish(transition);
@@ -252,7 +253,7 @@ impl Circuit {
 
     /// The probe's job was cancelled before its answer.
     pub fn probe_abandoned(&self) {
-        let transition = self.lock().probe_abandoned(Instant::now());
+        let transition = self.lock().probe_abandoned(now());
         self.publish(transition);
         self.changed.notify_waiters();
     }
@@ -265,7 +266,7 @@ impl Circuit {
         mark: Mark,
         cancel: &CancellationToken,
     ) -> Option<(Refusal, Duration)> {
-        let started = Instant::now();
+        let started = now();
         let deadline = tokio::time::Instant::now() + self.refusal_hold;
         loop {
             let notified = self.changed.notified();
@@ -273,12 +274,12 @@ impl Circuit {
             notified.as_mut().enable();
             let verdict = self.lock().refusal(mark);
             if verdict != Refusal::Undecided {
-                return Some((verdict, started.elapsed()));
+                return Some((verdict, now().saturating_duration_since(started)));
             }
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    return Some((Refusal::Undecided, started.elapsed()));
+                    return Some((Refusal::Undecided, now().saturating_duration_since(started)));
                 }
                 () = cancel.cancelled() => return None,
             }

@@ -106,7 +106,7 @@ impl PauseBoard {
         self.version.load(Ordering::Acquire)
     }
 
-    fn plan(&self) -> PausePlan {
+    pub(crate) fn plan(&self) -> PausePlan {
         self.plan
             .lock()
             .map(|plan| plan.clone())
@@ -169,7 +169,7 @@ impl Flow {
     }
 
     /// Waits up to `timeout` for room to take another record on; whether there is room.
-    fn wait_for_room(&self, timeout: Duration) -> bool {
+    pub(crate) fn wait_for_room(&self, timeout: Duration) -> bool {
         let Ok(mut counts) = self.counts.lock() else {
             return true;
         };
@@ -197,7 +197,7 @@ impl Flow {
 
     /// The consumer thread sent a record of `partition`: true when that fills its window or the
     /// waiting limit, so the partition (or all) must pause now.
-    fn sent(&self, partition: i32) -> bool {
+    pub(crate) fn sent(&self, partition: i32) -> bool {
         let Ok(mut counts) = self.counts.lock() else {
             return false;
         };
@@ -234,7 +234,7 @@ impl Flow {
 
     /// Whether `partition`'s window reached its bound, or the events waiting overall did and the
     /// intake was held too long, counting what is in the channel.
-    fn over(&self, partition: i32) -> bool {
+    pub(crate) fn over(&self, partition: i32) -> bool {
         self.counts
             .lock()
             .map(|counts| self.full(&counts, partition))
@@ -435,12 +435,21 @@ impl PipelineContext {
 
     /// Pauses or resumes `partitions` as the plan and the counts say: only those whose state
     /// changes, or all of them when `fresh` (just assigned: librdkafka's own flags are unknown).
+    ///
+    /// A fresh pass covers only the new partitions (with cooperative assignment the others stay
+    /// owned), so it leaves a full pass due rather than record the plan as applied to all. A
+    /// pause or resume librdkafka refuses is not recorded as done either: the next poll tries
+    /// again.
     fn set_pause_of(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], fresh: bool) {
         let Ok(mut applied) = self.applied.lock() else {
             return;
         };
-        applied.version = self.flow.pause.version();
-        applied.recheck = false;
+        if fresh {
+            applied.recheck = true;
+        } else {
+            applied.version = self.flow.pause.version();
+            applied.recheck = false;
+        }
         let plan = self.flow.pause.plan();
         let mut pause = Vec::new();
         let mut resume = Vec::new();
@@ -458,8 +467,20 @@ impl PipelineContext {
         if !pause.is_empty() || !resume.is_empty() {
             tracing::debug!(?pause, ?resume, "partitions paused or resumed");
         }
-        set_paused(consumer, &self.topic, &pause, true);
-        set_paused(consumer, &self.topic, &resume, false);
+        let paused = set_paused(consumer, &self.topic, &pause, true);
+        let resumed = set_paused(consumer, &self.topic, &resume, false);
+        // What librdkafka refused is recorded as not done, so the next pass asks again.
+        if !paused {
+            for partition in &pause {
+                applied.paused.remove(partition);
+            }
+        }
+        if !resumed {
+            applied.paused.extend(resume.iter().copied());
+        }
+        if !paused || !resumed {
+            applied.recheck = true;
+        }
     }
 }
 
@@ -468,9 +489,9 @@ fn set_paused<C: ConsumerContext>(
     topic: &str,
     partitions: &[i32],
     pause: bool,
-) {
+) -> bool {
     if partitions.is_empty() {
-        return;
+        return true;
     }
     let mut tpl = TopicPartitionList::new();
     for partition in partitions {
@@ -481,8 +502,17 @@ fn set_paused<C: ConsumerContext>(
     } else {
         consumer.resume(&tpl)
     };
-    if let Err(error) = result {
-        tracing::warn!(%error, ?partitions, pause, "cannot pause or resume partitions");
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                ?partitions,
+                pause,
+                "cannot pause or resume partitions; tried again at the next poll"
+            );
+            false
+        }
     }
 }
 

@@ -84,7 +84,7 @@ pub enum Exit {
 pub struct Dispatcher {
     processing: ProcessingSettings,
     topic: String,
-    consumer: Arc<PipelineConsumer>,
+    consumer: Arc<dyn Committer>,
     decoder: Arc<EventDecoder>,
     worker: Arc<WorkerContext>,
     status: Arc<Health>,
@@ -149,7 +149,8 @@ impl std::fmt::Debug for Dispatcher {
 pub struct DispatcherParts {
     pub processing: ProcessingSettings,
     pub topic: String,
-    pub consumer: Arc<PipelineConsumer>,
+    /// Where offset commits go: the group's consumer (a simulated group in the simulation).
+    pub consumer: Arc<dyn Committer>,
     pub decoder: Arc<EventDecoder>,
     pub worker: Arc<WorkerContext>,
     pub status: Arc<Health>,
@@ -621,8 +622,7 @@ impl Dispatcher {
         }
         let tpl = self.positions(&positions);
         self.last_commit = Instant::now();
-        let consumer = Arc::clone(&self.consumer);
-        let task = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        let task = tokio::spawn(Arc::clone(&self.consumer).commit(tpl));
         self.committing = Some((positions, task));
     }
 
@@ -767,20 +767,16 @@ impl Dispatcher {
         // flush; committing first keeps it inside the shutdown budget.
         let positions = self.core.final_commits();
         let tpl = self.positions(&positions);
-        let consumer = Arc::clone(&self.consumer);
+        let committed = if tpl.count() == 0 {
+            Ok(Ok(()))
+        } else {
+            tokio::spawn(Arc::clone(&self.consumer).commit(tpl)).await
+        };
         let sink = self.worker.sink.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            let committed = if tpl.count() == 0 {
-                Ok(())
-            } else {
-                consumer.commit(&tpl, CommitMode::Sync)
-            };
-            if let Err(error) = sink.flush(FLUSH_TIMEOUT) {
-                tracing::warn!(%error, "producer flush incomplete");
-            }
-            committed
-        })
-        .await;
+        let flushed = tokio::task::spawn_blocking(move || sink.flush(FLUSH_TIMEOUT)).await;
+        if let Ok(Err(error)) = flushed {
+            tracing::warn!(%error, "producer flush incomplete");
+        }
         match committed {
             Ok(Ok(())) => tracing::info!("stopped: finished offsets committed"),
             Ok(Err(error)) => observe::commit_failed(&error),
@@ -810,6 +806,28 @@ fn commit_never_lands(error: &KafkaError) -> bool {
                 | Code::UnknownTopic
         )
     )
+}
+
+/// A commit under way: it resolves with the coordinator's answer.
+pub type CommitFuture = Pin<Box<dyn Future<Output = KafkaResult<()>> + Send>>;
+
+/// Where the dispatcher's offset commits go. The group's consumer commits synchronously on the
+/// blocking pool (librdkafka reports an asynchronous manual commit's result only to a commit
+/// callback rdkafka does not set); the whole-service simulation answers from its simulated group.
+pub trait Committer: Send + Sync {
+    fn commit(self: Arc<Self>, offsets: TopicPartitionList) -> CommitFuture;
+}
+
+impl Committer for PipelineConsumer {
+    fn commit(self: Arc<Self>, offsets: TopicPartitionList) -> CommitFuture {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                Consumer::commit(&*self, &offsets, CommitMode::Sync)
+            })
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+        })
+    }
 }
 
 /// The pause after the `refused`-th refused commit in a row.

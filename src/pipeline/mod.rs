@@ -28,6 +28,8 @@ pub mod output;
 pub mod parking;
 pub mod record;
 pub mod scheduler;
+#[cfg(test)]
+mod simulation;
 pub mod transactions;
 pub mod watermark;
 pub mod worker;
@@ -203,11 +205,12 @@ pub async fn run(
         health: Arc::clone(&status),
         hard_stop: CancellationToken::new(),
         circuit: circuits,
+        jitter: worker::Jitter::from_os(),
     });
     let dispatcher = Dispatcher::new(DispatcherParts {
         processing: processing.clone(),
         topic: settings.kafka.input_topic.clone(),
-        consumer: Arc::clone(&consumer_thread.consumer),
+        consumer: Arc::clone(&consumer_thread.consumer) as Arc<dyn dispatch::Committer>,
         decoder,
         worker,
         status,

@@ -8,7 +8,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::alipayplus::AlipayPlusClient;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::alipayplus::{AlipayPlusClient, NotifyAttempt};
+use crate::event::RegistrationDecided;
 use crate::pipeline::backoff::AdaptiveRate;
 use crate::pipeline::circuit::Circuit;
 
@@ -24,14 +28,14 @@ const QUOTED_PSP_ID_CHARS: usize = 64;
 pub struct Mpp {
     /// `default` or the `[alipayplus.clients.<pspId>]` table name: the `psp` metric label.
     pub psp: String,
-    pub client: Arc<AlipayPlusClient>,
+    pub client: Arc<dyn Notifier>,
     pub circuit: Arc<Circuit>,
     /// Slows down after throttling answers; the configured ceiling is the client's.
     pub send_rate: Mutex<AdaptiveRate>,
 }
 
 impl Mpp {
-    pub fn new(psp: &str, client: Arc<AlipayPlusClient>, circuit: Arc<Circuit>) -> Mpp {
+    pub fn new(psp: &str, client: Arc<dyn Notifier>, circuit: Arc<Circuit>) -> Mpp {
         Mpp {
             psp: psp.to_owned(),
             client,
@@ -39,6 +43,24 @@ impl Mpp {
             // Starts unlimited: it only slows down after throttling answers.
             send_rate: Mutex::new(AdaptiveRate::new(0, RATE_RECOVERY_PER_SECOND)),
         }
+    }
+}
+
+/// Sends one notification and classifies the answer: the signing Alipay+ client in the service,
+/// a simulated Alipay+ in the whole-service simulation.
+pub trait Notifier: Send + Sync + std::fmt::Debug {
+    fn notify<'a>(
+        &'a self,
+        event: &'a RegistrationDecided,
+    ) -> Pin<Box<dyn Future<Output = NotifyAttempt> + Send + 'a>>;
+}
+
+impl Notifier for AlipayPlusClient {
+    fn notify<'a>(
+        &'a self,
+        event: &'a RegistrationDecided,
+    ) -> Pin<Box<dyn Future<Output = NotifyAttempt> + Send + 'a>> {
+        Box::pin(self.notify_registration_status(event))
     }
 }
 

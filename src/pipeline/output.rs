@@ -30,11 +30,40 @@ use crate::pipeline::worker::{Job, sleep_unless_stopped};
 const PUBLISH_RETRY_INITIAL: Duration = Duration::from_millis(100);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// A publish under way: it resolves with Kafka's acknowledgement.
+pub type Publishing<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send + 'a>>;
+
+/// Writes outputs at-least-once: the idempotent producer in the service, a simulated topic in
+/// the whole-service simulation.
+pub trait Publish: Send + Sync + std::fmt::Debug {
+    /// Writes one outcome and waits for its acknowledgement.
+    fn outcome<'a>(&'a self, outcome: &'a RegistrationNotifyOutcome) -> Publishing<'a>;
+    /// Writes one dead letter and waits for its acknowledgement.
+    fn dead_letter<'a>(&'a self, input: &'a InputRecord, letter: &'a DeadLetter) -> Publishing<'a>;
+    /// Waits until every record handed over is acknowledged or `timeout` passes.
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError>;
+}
+
+impl Publish for OutputPublisher {
+    fn outcome<'a>(&'a self, outcome: &'a RegistrationNotifyOutcome) -> Publishing<'a> {
+        Box::pin(self.publish_outcome(outcome))
+    }
+
+    fn dead_letter<'a>(&'a self, input: &'a InputRecord, letter: &'a DeadLetter) -> Publishing<'a> {
+        Box::pin(self.publish_dead_letter(input, letter))
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        OutputPublisher::flush(self, timeout)
+    }
+}
+
 /// Where an event's outputs go.
 #[derive(Debug, Clone)]
 pub enum OutputSink {
     /// At-least-once: written by the idempotent producer, each retried until acknowledged.
-    Idempotent(Arc<OutputPublisher>),
+    Idempotent(Arc<dyn Publish>),
     /// Exactly-once: handed to the transaction writer, which commits them with the offset.
     Transactional(Submitter),
 }
@@ -82,18 +111,15 @@ impl OutputSink {
         // pair would write a new copy of an acknowledged dead letter on every retry of the
         // outcome.
         if let Some(letter) = letter {
-            let published = until_acknowledged(stats, cancel, || {
-                publisher.publish_dead_letter(&job.record, letter)
-            })
-            .await;
+            let published =
+                until_acknowledged(stats, cancel, || publisher.dead_letter(&job.record, letter))
+                    .await;
             if published != Finish::Terminal {
                 return published;
             }
         }
         match outcome {
-            Some(outcome) => {
-                until_acknowledged(stats, cancel, || publisher.publish_outcome(outcome)).await
-            }
+            Some(outcome) => until_acknowledged(stats, cancel, || publisher.outcome(outcome)).await,
             None => Finish::Terminal,
         }
     }

@@ -71,13 +71,13 @@ impl Submission {
 
 /// How the held outputs split for one transaction.
 #[derive(Debug, Default)]
-struct Split {
-    covered: Vec<Submission>,
-    waiting: Vec<Submission>,
+pub(crate) struct Split {
+    pub(crate) covered: Vec<Submission>,
+    pub(crate) waiting: Vec<Submission>,
     orphaned: usize,
 }
 
-fn split(held: Vec<Submission>, prepared: &Prepared) -> Split {
+pub(crate) fn split(held: Vec<Submission>, prepared: &Prepared) -> Split {
     let mut parts = Split::default();
     for submission in held {
         let owned = prepared

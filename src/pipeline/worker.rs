@@ -59,6 +59,33 @@ pub struct WorkerContext {
     pub hard_stop: CancellationToken,
     /// Every MPP's circuit together (the dispatcher pauses intake when none is closed).
     pub circuit: Arc<Circuits>,
+    /// The randomness of retry delays: seeded in the simulation, so a run repeats exactly.
+    pub jitter: Jitter,
+}
+
+/// A shared random source for backoff jitter.
+#[derive(Debug)]
+pub struct Jitter(std::sync::Mutex<rand::rngs::StdRng>);
+
+impl Jitter {
+    /// Seeded from the operating system.
+    pub fn from_os() -> Jitter {
+        Jitter::seeded(rand::random())
+    }
+
+    /// The same delays for the same seed.
+    pub fn seeded(seed: u64) -> Jitter {
+        use rand::SeedableRng;
+        Jitter(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(
+            seed,
+        )))
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, rand::rngs::StdRng> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -188,14 +215,14 @@ async fn notify_with_retries(
         let wait = mpp
             .send_rate
             .lock()
-            .map(|mut rate| rate.reserve_send(Instant::now()))
+            .map(|mut rate| rate.reserve_send(now()))
             .unwrap_or_default();
         if !wait.is_zero() && !sleep_unless_stopped(cancel, wait).await {
             return abandon();
         }
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
         let attempt = tokio::select! {
-            attempt = mpp.client.notify_registration_status(event) => attempt,
+            attempt = mpp.client.notify(event) => attempt,
             () = cancel.cancelled() => return abandon(),
         };
         attempts += 1;
@@ -208,9 +235,9 @@ async fn notify_with_retries(
         if let Ok(mut rate) = mpp.send_rate.lock() {
             let throttled = attempt.class == ResultClass::Throttled;
             if throttled {
-                rate.on_throttled(Instant::now());
+                rate.on_throttled(now());
             } else {
-                rate.on_accepted(Instant::now());
+                rate.on_accepted(now());
             }
             observe::send_rate(&mpp.psp, rate.allowed_per_second(), throttled);
         }
@@ -233,7 +260,7 @@ async fn notify_with_retries(
                         // again spends the event's retry budget, so a refusal no other answer
                         // explains is dead-lettered in the end rather than held for ever.
                         Refusal::Undecided => {
-                            if let Some(delay) = budget.next_delay(&ctx.budget) {
+                            if let Some(delay) = budget.next_delay(&ctx.budget, &ctx.jitter) {
                                 observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
                                 if !sleep_unless_stopped(cancel, delay).await {
                                     return None;
@@ -253,7 +280,7 @@ async fn notify_with_retries(
                     // The outage, not this event: held until the circuit closes, not counted.
                     continue;
                 }
-                if let Some(delay) = budget.next_delay(&ctx.budget) {
+                if let Some(delay) = budget.next_delay(&ctx.budget, &ctx.jitter) {
                     observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
                     if !sleep_unless_stopped(cancel, delay).await {
                         return None;
@@ -293,14 +320,19 @@ async fn admitted(
     }
     let parked = ctx.parking.park();
     let (call, waited) = mpp.circuit.admitted(cancel).await?;
-    let resuming = Instant::now();
+    let resuming = now();
     if parked.resume(cancel).await.is_none() {
         if call.probe {
             mpp.circuit.probe_abandoned();
         }
         return None;
     }
-    Some((call, waited + resuming.elapsed()))
+    Some((call, waited + now().saturating_duration_since(resuming)))
+}
+
+/// The time on tokio's clock (the real one in the service, the simulated one in the simulation).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// What one event has spent of its retry budget: the attempts that count, and the time, less
@@ -314,17 +346,19 @@ struct Spent {
 impl Spent {
     fn new() -> Spent {
         Spent {
-            started: Instant::now(),
+            started: now(),
             held: Duration::ZERO,
             counted: 0,
         }
     }
 
     /// Counts one more attempt; the delay before the next, or `None` when the budget is spent.
-    fn next_delay(&mut self, budget: &RetryBudget) -> Option<Duration> {
+    fn next_delay(&mut self, budget: &RetryBudget, jitter: &Jitter) -> Option<Duration> {
         self.counted += 1;
-        let spent = self.started.elapsed().saturating_sub(self.held);
-        budget.next_delay(self.counted, spent, &mut rand::rng())
+        let spent = now()
+            .saturating_duration_since(self.started)
+            .saturating_sub(self.held);
+        budget.next_delay(self.counted, spent, &mut *jitter.rng())
     }
 }
 
