@@ -141,6 +141,17 @@ impl Partition {
         }
     }
 
+    /// The note for a commit at `position` given `watermark` (this partition's, or a trial copy):
+    /// the offsets above it finished here, and those an earlier owner finished that this one has
+    /// not consumed yet. Without the latter, this owner's first commit would overwrite the note
+    /// it inherited, and the next owner would call again what the earlier one finished.
+    fn note(&self, watermark: &CommitWatermark, position: i64) -> String {
+        let mut finished: BTreeSet<i64> = watermark.finished_beyond().into_iter().collect();
+        finished.extend(self.skip.iter().copied());
+        let finished: Vec<i64> = finished.into_iter().collect();
+        finished::encode(position, &finished)
+    }
+
     /// At-least-once: the position to commit, when it moved or its note changed since the last
     /// commit (a revoking partition is committed by the revoke's answer instead).
     fn commit_due(&self) -> Option<i64> {
@@ -222,7 +233,7 @@ impl PartitionBook {
     pub fn note(&self, partition: i32, position: i64) -> String {
         self.partitions
             .get(&partition)
-            .map(|state| finished::encode(position, &state.watermark.finished_beyond()))
+            .map(|state| state.note(&state.watermark, position))
             .unwrap_or_default()
     }
 
@@ -270,7 +281,7 @@ impl PartitionBook {
                 && let Some(position) = state.watermark.commit_position()
             {
                 end.commit.push((partition, position));
-                let note = finished::encode(position, &state.watermark.finished_beyond());
+                let note = state.note(&state.watermark, position);
                 end.notes.push((partition, note));
             }
         }
@@ -417,7 +428,7 @@ impl PartitionBook {
             let Some(position) = watermark.commit_position() else {
                 continue;
             };
-            let note = finished::encode(position, &watermark.finished_beyond());
+            let note = state.note(&watermark, position);
             let names = finished::decode(&note, position).unwrap_or_default();
             // Outputs above the position go into the transaction only when the note names them:
             // then a new owner skips their offsets instead of writing them again.
@@ -674,6 +685,48 @@ mod tests {
             book.start(*slot);
             book.settle(*slot, Settle::Acknowledged);
         }
+    }
+
+    /// Issue 19, 4a: a new owner's first commit goes out before it has consumed the offsets its
+    /// predecessor noted as finished; its note must still name them, or the owner after it
+    /// calls them again.
+    #[test]
+    fn a_new_owner_keeps_the_note_it_inherited_until_it_consumes_those_offsets() {
+        let noted = |note: &str, position| finished::decode(note, position).unwrap();
+        // At-least-once: the periodic commit and the revoke's.
+        let mut book = PartitionBook::new(false, 100);
+        book.assign(&[0]);
+        book.skip_finished(0, 10, BTreeSet::from([12, 15]));
+        let first = tracked(&mut book, 10, 10);
+        assert_eq!(noted(&book.note(0, 10), 10), BTreeSet::from([12, 15]));
+        acknowledge_all(&mut book, &[first]);
+        assert_eq!(book.take_commits(), vec![(0, 11)]);
+        assert_eq!(noted(&book.note(0, 11), 11), BTreeSet::from([12, 15]));
+        let second = tracked(&mut book, 11, 11);
+        assert_eq!(book.consume(0, 12, 12), Consumed::Skip);
+        acknowledge_all(&mut book, &[second]);
+        assert_eq!(noted(&book.note(0, 13), 13), BTreeSet::from([15]));
+        book.begin_revoke(&[0]);
+        let end = book.finish_revoke();
+        assert_eq!(end.commit, vec![(0, 13)]);
+        assert_eq!(noted(&end.notes[0].1, 13), BTreeSet::from([15]));
+
+        // Exactly-once: the first transaction's offsets.
+        let mut book = PartitionBook::new(true, 100);
+        book.assign(&[0]);
+        book.skip_finished(0, 10, BTreeSet::from([12, 15]));
+        let first = tracked(&mut book, 10, 10);
+        book.start(first);
+        book.settle(first, Settle::Submitted);
+        let prepared = book.prepare(&[first]);
+        assert_eq!(prepared.positions, vec![(0, 11)]);
+        let note = &prepared
+            .notes
+            .iter()
+            .find(|(p, _)| *p == 0)
+            .expect("a note")
+            .1;
+        assert_eq!(noted(note, 11), BTreeSet::from([12, 15]));
     }
 
     #[test]
