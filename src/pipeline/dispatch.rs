@@ -448,8 +448,15 @@ impl Dispatcher {
     /// Drops undecoded records whose slot the core no longer holds (revoked, restarted, stopped).
     fn forget_undecoded(&mut self) {
         let core = &self.core;
+        let head = self.undecoded.front().map(|(slot, _)| *slot);
         self.undecoded
             .retain(|(slot, _)| core.book().stage(*slot) == Some(Stage::Waiting));
+        if self.undecoded.front().map(|(slot, _)| *slot) != head {
+            // The record whose decoding waited for a retry is gone (its partition was
+            // revoked): the records behind it need not wait out its backoff.
+            self.decode_retry = None;
+            self.decode_delay = REGISTRY_RETRY_INITIAL;
+        }
     }
 
     /// Decodes records in consumption order until one has to wait for I/O (the schema registry)
@@ -475,6 +482,11 @@ impl Dispatcher {
         let work = match result {
             Ok(event) => Work::Event(event),
             Err(error) if error.is_transient() => {
+                if self.core.book().stage(slot) != Some(Stage::Waiting) {
+                    // Revoked while it was decoded: its next owner decodes it.
+                    self.decode_delay = REGISTRY_RETRY_INITIAL;
+                    return;
+                }
                 let delay = self.decode_delay;
                 tracing::warn!(
                     %error,
