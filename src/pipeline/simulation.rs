@@ -22,7 +22,10 @@
 //! ```text
 //! REGNOTIFY_SIM_SEEDS=100000 cargo test --release --lib simulation -- --nocapture
 //! REGNOTIFY_SIM_SEED=1234 cargo test --lib simulation -- --nocapture
+//! REGNOTIFY_SIM_DEBUG=1 REGNOTIFY_SIM_SEED=1234 cargo test --lib simulation -- --nocapture
 //! ```
+//!
+//! (the last prints every output, commit, transaction, revoke and assignment with its time).
 //!
 //! Not simulated: librdkafka itself (the consumer thread's polling, the real transaction writer
 //! and its producer; those are covered by the integration tests against the mock cluster and a
@@ -374,6 +377,10 @@ struct World {
     outputs: HashMap<(i32, i64), usize>,
     /// Calls in flight per merchant.
     calling: HashMap<String, usize>,
+    /// The group's generation as the member's group metadata shows it (KIP-447's fence): a
+    /// transaction whose fence was read under an older one is refused. `None` while the member
+    /// is out of the group (its partitions lost, before it rejoins): nothing can commit.
+    generation: Option<u64>,
     calls: u64,
     /// The first broken rule.
     violation: Option<String>,
@@ -382,6 +389,12 @@ struct World {
 }
 
 impl World {
+    /// The member joined the group again: a new generation.
+    fn rejoined(&mut self) {
+        self.trace = self.trace.wrapping_add(1);
+        self.generation = Some(self.trace | 1 << 63);
+    }
+
     fn violate(&mut self, what: String) {
         self.violation.get_or_insert(what);
     }
@@ -419,12 +432,26 @@ impl World {
                 }
             }
             self.note((*partition as u64) << 40 | *position as u64);
+            if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
+                eprintln!(
+                    "{:?} commit {partition} at {position} note {note:?}",
+                    Instant::now()
+                );
+            }
             self.committed.insert(*partition, (*position, note.clone()));
         }
     }
 
     fn output(&mut self, partition: i32, offset: i64) {
         *self.outputs.entry((partition, offset)).or_default() += 1;
+        if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
+            eprintln!(
+                "{:?} output {partition}/{offset} (#{}), committed {:?}",
+                Instant::now(),
+                self.outputs[&(partition, offset)],
+                self.committed.get(&partition)
+            );
+        }
         self.note(0xA000_0000 | (partition as u64) << 24 | offset as u64);
     }
 
@@ -923,6 +950,7 @@ impl Run {
             fetch: BTreeMap::new(),
         };
         let all: Vec<i32> = (0..PARTITIONS).collect();
+        world.lock().unwrap().rejoined();
         member.assign(world, &all);
         world.lock().unwrap().note(0xC000_0000 + life as u64);
         member
@@ -939,6 +967,23 @@ impl Run {
         lost: bool,
     ) {
         let drain = self.scenario.processing().rebalance_drain_timeout;
+        {
+            // Lost: the member is out of the group. Cooperative (a subset revoked): the member
+            // learned its new assignment, under a new generation, before the revoke; what it
+            // commits in the revoke callback is still accepted. Eager: the revoke comes first,
+            // under the old generation.
+            let mut world = world.lock().unwrap();
+            world.generation = if lost {
+                None
+            } else if partitions.len() < PARTITIONS as usize {
+                world.generation.map(|g| g + 1)
+            } else {
+                world.generation
+            };
+        }
+        if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
+            eprintln!("{:?} revoke {partitions:?} lost {lost}", Instant::now());
+        }
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         for partition in partitions {
             member.fetch.remove(partition);
@@ -975,6 +1020,10 @@ impl Run {
                 world.lock().unwrap().commit(&commits_of(&commit));
             }
         }
+        if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
+            eprintln!("{:?} assign {partitions:?}", Instant::now());
+        }
+        world.lock().unwrap().rejoined();
         member.assign(world, partitions);
     }
 
@@ -1102,6 +1151,11 @@ impl SimWriter {
                 generation: s.generation,
                 offset: s.record.offset,
             });
+            // The fence is read before the positions are prepared, as the real writer does; out
+            // of the group, nothing can be committed.
+            let Some(fence) = self.world.lock().unwrap().generation else {
+                continue;
+            };
             let (reply, prepared) = tokio::sync::oneshot::channel();
             let asked = Control::PrepareCommit {
                 settled: settled.collect(),
@@ -1119,10 +1173,25 @@ impl SimWriter {
                 continue;
             }
             tokio::time::sleep(Duration::from_millis(3)).await;
-            if self.rng.random_bool(self.abort_ratio) {
-                // Aborted: nothing of it is visible; the outputs are tried again.
+            let fenced = self.world.lock().unwrap().generation != Some(fence);
+            if fenced || self.rng.random_bool(self.abort_ratio) {
+                // Aborted (the coordinator refused offsets of an older generation, or the
+                // transaction failed): nothing of it is visible; the outputs are tried again.
                 held.extend(parts.covered);
                 continue;
+            }
+            if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
+                let slots: Vec<(i32, u64, i64)> = parts
+                    .covered
+                    .iter()
+                    .map(|s| (s.record.partition, s.generation, s.record.offset))
+                    .collect();
+                eprintln!(
+                    "{:?} transaction fence {fence}: {slots:?} positions {:?} owned {:?}",
+                    Instant::now(),
+                    prepared.positions,
+                    prepared.owned
+                );
             }
             {
                 let mut world = self.world.lock().unwrap();
