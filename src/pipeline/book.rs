@@ -692,7 +692,8 @@ mod tests {
     /// calls them again.
     #[test]
     fn a_new_owner_keeps_the_note_it_inherited_until_it_consumes_those_offsets() {
-        let noted = |note: &str, position| finished::decode(note, position).unwrap();
+        let noted =
+            |note: &str, position| finished::decode(note, position).expect("a readable note");
         // At-least-once: the periodic commit and the revoke's.
         let mut book = PartitionBook::new(false, 100);
         book.assign(&[0]);
