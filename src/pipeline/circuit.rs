@@ -117,14 +117,16 @@ impl Circuits {
             .filter(|(_, board)| board.state() != CircuitState::Closed)
             .map(|(psp, board)| format!("psp {psp}: {}", board.reason))
             .collect();
-        drop(states);
         self.health
             .set_circuit((!open.is_empty()).then(|| open.join("; ")));
+        // Published under the lock: two updates that computed their verdicts in one order must
+        // not publish them in the other (a stale hold with nobody waiting would stop intake).
         self.hold.send_if_modified(|now| {
             let changed = *now != hold;
             *now = hold;
             changed
         });
+        drop(states);
     }
 }
 
@@ -193,26 +195,27 @@ impl Circuit {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (admitted, wait, transition) = {
+            let wait = {
                 let mut breaker = self.lock();
                 let (admit, transition) = breaker.admit(now());
                 match admit {
                     Admit::Call | Admit::Probe => {
                         let call = breaker.send();
                         let probe = admit == Admit::Probe;
-                        (Some(Admitted { call, probe }), Duration::ZERO, transition)
+                        // Counted out before the transition is published, so the board never
+                        // sees a half-open circuit's probe as a waiter too.
+                        drop(waiting.take());
+                        self.publish(&breaker, transition);
+                        drop(breaker);
+                        let admitted = Admitted { call, probe };
+                        return Some((admitted, now().saturating_duration_since(started)));
                     }
-                    Admit::Wait(wait) => (None, wait, transition),
+                    Admit::Wait(wait) => {
+                        self.publish(&breaker, transition);
+                        wait
+                    }
                 }
             };
-            if let Some(admitted) = admitted {
-                // Counted out before the transition is published, so the board never sees a
-                // half-open circuit's probe as a waiter too.
-                drop(waiting.take());
-                self.publish(transition);
-                return Some((admitted, now().saturating_duration_since(started)));
-            }
-            self.publish(transition);
             waiting.get_or_insert_with(|| {
                 self.board.waiting(&self.psp, true);
                 Waiting { circuit: self }
@@ -241,20 +244,23 @@ impl Circuit {
             probe: call.probe,
             repeat,
         };
-        let (transition, mark) = {
+        let mark = {
             let mut breaker = self.lock();
             let transition = breaker.record(now(), answer);
-            (transition, breaker.mark(call.call))
+            self.publish(&breaker, transition);
+            breaker.mark(call.call)
         };
-        self.publish(transition);
         self.changed.notify_waiters();
         mark
     }
 
     /// The probe's job was cancelled before its answer.
     pub fn probe_abandoned(&self) {
-        let transition = self.lock().probe_abandoned(now());
-        self.publish(transition);
+        {
+            let mut breaker = self.lock();
+            let transition = breaker.probe_abandoned(now());
+            self.publish(&breaker, transition);
+        }
         self.changed.notify_waiters();
     }
 
@@ -286,7 +292,10 @@ impl Circuit {
         }
     }
 
-    fn publish(&self, transition: Option<Transition>) {
+    /// Reports a transition, with the breaker still locked: transitions reach the board in the
+    /// order they happened (published after the lock, two of them could cross, and the board
+    /// would hold the intake for a circuit that is closed).
+    fn publish(&self, breaker: &Breaker, transition: Option<Transition>) {
         let Some(Transition { from, to, reason }) = transition else {
             return;
         };
@@ -314,8 +323,7 @@ impl Circuit {
             }
         }
         observe::circuit_transition(psp, to);
-        let probe_due = self
-            .lock()
+        let probe_due = breaker
             .next_probe_at()
             .map(|at| (at, self.probe_interval_max * 2));
         self.board.set(psp, to, reason, probe_due);
