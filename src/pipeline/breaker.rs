@@ -226,10 +226,14 @@ impl Breaker {
                 } else {
                     self.probe_interval =
                         (self.probe_interval * 2).min(self.settings.probe_interval_max);
+                    // The first reason stays the cause; a long outage must not grow it.
+                    let cause = self
+                        .reason
+                        .split_once(PROBE_FAILED_SEP)
+                        .map_or(self.reason.as_str(), |(_, cause)| cause);
                     let reason = format!(
-                        "the probe failed too ({}); {}",
+                        "the probe failed too ({}){PROBE_FAILED_SEP}{cause}",
                         describe(signal),
-                        self.reason
                     );
                     self.open(now, reason)
                 }
@@ -321,6 +325,9 @@ impl Breaker {
         (from != to).then_some(Transition { from, to, reason })
     }
 }
+
+/// Between a failed probe's note and the reason the circuit first opened.
+const PROBE_FAILED_SEP: &str = "; opened because ";
 
 fn describe(signal: Signal) -> &'static str {
     match signal {
@@ -476,6 +483,12 @@ mod tests {
             Admit::Wait(Duration::from_secs(4))
         );
         assert_eq!(breaker.admit(at(start, 7_200)).0, Admit::Probe);
+        // However many probes failed, the reason names the last one and the first cause once.
+        assert_eq!(
+            breaker.reason(),
+            "the probe failed too (refused); opened because alipay+ refused the last 2 events in \
+             a row (check client id, keys and key version)"
+        );
         let closed = rec(&mut breaker, at(start, 7_300), Signal::Healthy, true).unwrap();
         assert_eq!(closed.to, CircuitState::Closed);
         assert_eq!(breaker.admit(at(start, 7_301)).0, Admit::Call);
