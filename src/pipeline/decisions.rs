@@ -7,7 +7,7 @@
 //! talks to Kafka, never spawns, never reads a clock; the model test at the bottom drives it
 //! through random interleavings against a reference model.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 pub use crate::pipeline::book::RevokeEnd;
 use crate::pipeline::book::{Consumed, PartitionBook, Prepared, Settle, Slot, Stage};
@@ -101,6 +101,8 @@ pub struct DispatchCore<P> {
     pause_version: u64,
     revoke: Option<PendingRevoke>,
     fatal: bool,
+    /// The order key of every started job that has one, for the workers' parking reports.
+    running: HashMap<Slot, OrderKey>,
 }
 
 impl<P> DispatchCore<P> {
@@ -115,6 +117,7 @@ impl<P> DispatchCore<P> {
             pause_version: 0,
             revoke: None,
             fatal: false,
+            running: HashMap::new(),
         }
     }
 
@@ -252,11 +255,24 @@ impl<P> DispatchCore<P> {
             "started_slot_was_waiting",
         );
         self.book.start(ticket.slot);
+        if let Some(key) = &ticket.key {
+            self.running.insert(ticket.slot, key.clone());
+        }
         Some(ticket)
+    }
+
+    /// The worker of a started job reported that it parked on its MPP's open circuit (`true`)
+    /// or called again (`false`). Reports about a job that ended already change nothing.
+    pub fn parked(&mut self, slot: Slot, parked: bool) {
+        if let Some(key) = self.running.get(&slot) {
+            self.scheduler.set_parked(key, parked);
+            self.update_global_pause();
+        }
     }
 
     /// A started job ended.
     pub fn finished(&mut self, slot: Slot, key: Option<&OrderKey>, finish: Finish) {
+        self.running.remove(&slot);
         self.scheduler.finished(key);
         let settle = match finish {
             Finish::Terminal => Settle::Acknowledged,
@@ -378,6 +394,12 @@ impl<P> DispatchCore<P> {
         self.book.waiting()
     }
 
+    /// Consumed events that count towards the waiting limit: the waiting ones less those
+    /// blocked behind a parked job of their key (see [`Scheduler::blocked`]).
+    pub fn waiting_counted(&self) -> usize {
+        self.book.waiting().saturating_sub(self.scheduler.blocked())
+    }
+
     fn book_stopping(&self) -> bool {
         // A stopping book ignores records; fetching them only costs memory.
         self.book.is_stopping()
@@ -396,9 +418,15 @@ impl<P> DispatchCore<P> {
     }
 
     /// Decoded events waiting for their key or a slot decide the global pause. Records still
-    /// being decoded cannot start anyway; the consumer thread's own counts bound them.
+    /// being decoded cannot start anyway; the consumer thread's own counts bound them. Events
+    /// blocked behind a parked job do not count: pausing every partition would not let their
+    /// MPP recover sooner, and would stop every other MPP's events (their partitions' windows
+    /// bound them).
     fn update_global_pause(&mut self) {
-        let waiting = self.scheduler.waiting();
+        let waiting = self
+            .scheduler
+            .waiting()
+            .saturating_sub(self.scheduler.blocked());
         let pause = if !self.globally_paused && waiting >= self.waiting_limit {
             true
         } else if self.globally_paused && waiting <= self.waiting_limit / 2 {
@@ -441,6 +469,64 @@ mod tests {
         let (_, fresh) = core.assign(&[1]);
         assert_eq!(fresh, vec![1]);
         assert!(core.pause_plan().is_paused(1));
+    }
+
+    /// Issue 19, item 4g: events queued behind a job parked on its MPP's open circuit cannot
+    /// start before that MPP is back; they do not pause every partition, so the other MPPs'
+    /// events behind them in the same partitions still come in. Once the job calls again, they
+    /// count again.
+    #[test]
+    fn events_blocked_behind_a_parked_job_do_not_pause_every_partition() {
+        let mut core: DispatchCore<()> = DispatchCore::new(false, 2, 100_000);
+        core.assign(&[0]);
+        let failing = OrderKey::Merchant("of the failing MPP".into());
+        let mut offset = 0;
+        let mut push = |core: &mut DispatchCore<()>, key: &OrderKey| {
+            let Consumed::Track(slot) = core.consume(0, offset, offset as u64) else {
+                panic!("offset {offset} not tracked");
+            };
+            offset += 1;
+            assert!(core.decoded(Ticket {
+                slot,
+                key: Some(key.clone()),
+                payload: (),
+            }));
+            slot
+        };
+        let head = push(&mut core, &failing);
+        let started = core
+            .next_start()
+            .expect("the failing MPP's first event starts");
+        assert_eq!(started.slot, head);
+        core.parked(head, true);
+        for _ in 0..2 * waiting_limit(2) {
+            push(&mut core, &failing);
+        }
+        assert!(
+            core.next_start().is_none(),
+            "its merchant's later events wait"
+        );
+        assert_eq!(core.waiting_counted(), 0);
+        assert!(
+            !core.pause_plan().all,
+            "{} blocked events paused every partition",
+            core.waiting()
+        );
+        // Another MPP's merchant, behind them in the same partition, starts.
+        let other = push(&mut core, &OrderKey::Merchant("of another MPP".into()));
+        assert_eq!(core.next_start().map(|ticket| ticket.slot), Some(other));
+
+        // The failing MPP is back: its job calls again, and its queue counts as waiting.
+        core.parked(head, false);
+        assert_eq!(core.waiting_counted(), 2 * waiting_limit(2));
+        assert!(core.next_start().is_none());
+        assert!(core.pause_plan().all, "the queue is over the limit again");
+        // The parked job ends; its key's next event becomes ready, and a late report of the
+        // ended job changes nothing.
+        core.parked(head, true);
+        core.finished(head, Some(&failing), Finish::Terminal);
+        core.parked(head, true);
+        assert_eq!(core.waiting_counted(), core.waiting());
     }
 }
 
@@ -515,6 +601,11 @@ mod model {
         },
         RevokeDeadline,
         Shutdown,
+        /// A running job parks on its MPP's open circuit, or calls again.
+        Park {
+            pick: prop::sample::Index,
+            parked: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -538,6 +629,8 @@ mod model {
                 .prop_map(|(partitions, lost)| Op::Revoke { partitions, lost }),
             1 => Just(Op::RevokeDeadline),
             1 => Just(Op::Shutdown),
+            3 => (any::<prop::sample::Index>(), prop::bool::weighted(0.6))
+                .prop_map(|(pick, parked)| Op::Park { pick, parked }),
         ]
     }
 
@@ -575,6 +668,8 @@ mod model {
         key: Option<OrderKey>,
         /// Its assignment was cancelled: it can only be abandoned now.
         cancelled: bool,
+        /// Parked on its MPP's open circuit.
+        parked: bool,
     }
 
     struct Model {
@@ -597,6 +692,11 @@ mod model {
         stopping: bool,
         /// Every record consumed gets new content.
         next_print: u64,
+        /// The merchant of every consumed record that has one.
+        keys: HashMap<Slot, OrderKey>,
+        /// Some job has parked in this run: events blocked behind it may take the waiting
+        /// count over its limit once it calls again (the windows still bound memory).
+        ever_parked: bool,
     }
 
     impl Model {
@@ -618,6 +718,8 @@ mod model {
                 revoke_lost: false,
                 stopping: false,
                 next_print: 0,
+                keys: HashMap::new(),
+                ever_parked: false,
             }
         }
 
@@ -791,6 +893,9 @@ mod model {
                     self.sequence.insert(slot, self.next_sequence);
                     self.next_sequence += 1;
                     let key = key.map(|key| OrderKey::Merchant(format!("m{key}")));
+                    if let Some(key) = &key {
+                        self.keys.insert(slot, key.clone());
+                    }
                     self.undecoded.push_back((slot, key));
                 }
                 Op::Redeliver { partition, back } => {
@@ -890,6 +995,7 @@ mod model {
                             slot: ticket.slot,
                             key: ticket.key,
                             cancelled: false,
+                            parked: false,
                         });
                     }
                     prop_assert!(
@@ -1014,6 +1120,16 @@ mod model {
                     self.forget_undecoded();
                 }
                 Op::RevokeDeadline => self.revoke_timed_out()?,
+                Op::Park { pick, parked } => {
+                    if self.running.is_empty() {
+                        return Ok(());
+                    }
+                    let index = pick.index(self.running.len());
+                    let job = &mut self.running[index];
+                    job.parked = parked;
+                    self.ever_parked |= parked;
+                    self.core.parked(job.slot, parked);
+                }
                 Op::Shutdown => {
                     if !self.stopping {
                         self.stop()?;
@@ -1082,7 +1198,7 @@ mod model {
             let book = self.core.book();
             self.core.pause_plan().is_paused(partition)
                 || book.window_len(partition) >= MAX_PENDING
-                || book.waiting() >= MAX_IN_FLIGHT * WAITING_FACTOR
+                || self.core.waiting_counted() >= MAX_IN_FLIGHT * WAITING_FACTOR
         }
 
         fn revoke_timed_out(&mut self) -> Result<(), TestCaseError> {
@@ -1158,7 +1274,30 @@ mod model {
                     book.window_len(*partition)
                 );
             }
-            prop_assert!(book.waiting() <= MAX_IN_FLIGHT * WAITING_FACTOR);
+            // Events queued behind a parked job do not count towards the waiting limit.
+            let parked_keys: Vec<&OrderKey> = self
+                .running
+                .iter()
+                .filter(|job| job.parked)
+                .filter_map(|job| job.key.as_ref())
+                .collect();
+            let blocked = self
+                .keys
+                .iter()
+                .filter(|(slot, key)| {
+                    book.stage(**slot) == Some(Stage::Waiting)
+                        && !self.undecoded.iter().any(|(s, _)| s == *slot)
+                        && parked_keys.contains(key)
+                })
+                .count();
+            prop_assert_eq!(
+                book.waiting() - self.core.waiting_counted(),
+                blocked,
+                "events blocked behind a parked job"
+            );
+            if !self.ever_parked {
+                prop_assert!(book.waiting() <= MAX_IN_FLIGHT * WAITING_FACTOR);
+            }
             let waiting = self
                 .owned
                 .values()

@@ -250,8 +250,12 @@ impl Dispatcher {
                     let held = *self.circuit.borrow_and_update();
                     self.core.hold_intake(held);
                 }
-                // A slot given back by a parked job: the next job may start in it.
-                () = self.parking.slot_given_back() => {}
+                // A job parked (the next job may start in the slot it gave back) or resumed.
+                () = self.parking.slot_given_back() => {
+                    for (slot, parked) in self.parking.take_reports() {
+                        self.core.parked(slot, parked);
+                    }
+                }
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,
@@ -300,7 +304,7 @@ impl Dispatcher {
             book.owned()
                 .into_iter()
                 .map(|(partition, _)| (partition, book.window_len(partition))),
-            book.waiting(),
+            self.core.waiting_counted(),
         );
         self.received.clear();
     }

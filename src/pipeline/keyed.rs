@@ -115,6 +115,15 @@ impl<K: Hash + Eq, T> KeyedQueue<K, T> {
         self.queued
     }
 
+    /// Items waiting behind the running item of `key`.
+    pub fn queued_of<Q>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.busy.get(key).map_or(0, VecDeque::len)
+    }
+
     /// Keys with an item handed out and not yet finished (the items running now).
     pub fn active_keys(&self) -> usize {
         self.busy.len()

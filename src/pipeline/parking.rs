@@ -9,10 +9,13 @@
 //! bounds how many can be parked.
 //!
 //! The scheduler tells [`Parking`] how many jobs it started ([`Parking::try_start`],
-//! [`Parking::set_in_flight`]); the workers park and resume. No I/O, no clock.
+//! [`Parking::set_in_flight`]); the workers park and resume. Each park and each resume is also
+//! reported to the dispatcher ([`Parking::take_reports`]), whose core counts the events queued
+//! behind a parked job apart from the others. No I/O, no clock.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::pipeline::book::Slot;
 use crate::pipeline::invariant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +29,8 @@ struct State {
     parked: usize,
     /// Parked jobs asking for a slot back: new jobs do not take the slots they need.
     resuming: usize,
+    /// Parks (`true`) and resumes (`false`) the dispatcher has not taken yet, in order.
+    reports: Vec<(Slot, bool)>,
 }
 
 impl State {
@@ -43,7 +48,8 @@ pub struct Parking {
     state: Mutex<State>,
     /// Woken when a slot may have become free.
     freed: Notify,
-    /// Wakes the scheduler when a job parks: a job may start in the slot it gave back.
+    /// Wakes the dispatcher when a job parks (a job may start in the slot it gave back) or
+    /// resumes: it has reports to take.
     given_back: Notify,
 }
 
@@ -75,10 +81,16 @@ impl Parking {
         self.freed.notify_waiters();
     }
 
-    /// Scheduler: resolves once a job parked since the last call (a permit is kept, so a park
-    /// between two calls is not missed).
+    /// Dispatcher: resolves once a job parked or resumed since the last call (a permit is kept,
+    /// so a report between two calls is not missed).
     pub async fn slot_given_back(&self) {
         self.given_back.notified().await;
+    }
+
+    /// Dispatcher: the parks (`true`) and resumes (`false`) of started jobs since the last call,
+    /// in the order they happened.
+    pub fn take_reports(&self) -> Vec<(Slot, bool)> {
+        std::mem::take(&mut self.lock().reports)
     }
 
     /// Jobs started but parked now.
@@ -86,14 +98,19 @@ impl Parking {
         self.lock().parked
     }
 
-    /// Worker: this started job gives its slot back until [`Parked::resume`] (or until the
-    /// guard is dropped, when the job ends while parked).
-    pub fn park(self: &Arc<Self>) -> Parked {
-        self.lock().parked += 1;
+    /// Worker: the started job of `slot` gives its slot back until [`Parked::resume`] (or
+    /// until the guard is dropped, when the job ends while parked).
+    pub fn park(self: &Arc<Self>, slot: Slot) -> Parked {
+        {
+            let mut state = self.lock();
+            state.parked += 1;
+            state.reports.push((slot, true));
+        }
         self.freed.notify_waiters();
         self.given_back.notify_one();
         Parked {
             parking: Arc::clone(self),
+            slot,
             resuming: false,
             done: false,
         }
@@ -109,6 +126,7 @@ impl Parking {
 #[derive(Debug)]
 pub struct Parked {
     parking: Arc<Parking>,
+    slot: Slot,
     resuming: bool,
     done: bool,
 }
@@ -122,6 +140,7 @@ impl Parked {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if self.try_resume() {
+                self.parking.given_back.notify_one();
                 return Some(());
             }
             tokio::select! {
@@ -138,6 +157,7 @@ impl Parked {
             if self.resuming {
                 invariant::take(&mut state.resuming, 1, "resuming_jobs");
             }
+            state.reports.push((self.slot, false));
             self.done = true;
             return true;
         }
@@ -159,8 +179,10 @@ impl Drop for Parked {
         if self.resuming {
             invariant::take(&mut state.resuming, 1, "resuming_jobs");
         }
+        state.reports.push((self.slot, false));
         drop(state);
         self.parking.freed.notify_waiters();
+        self.parking.given_back.notify_one();
     }
 }
 
@@ -169,13 +191,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    const SLOT: Slot = Slot {
+        partition: 0,
+        generation: 1,
+        offset: 7,
+    };
+
     #[tokio::test]
     async fn a_parked_job_frees_its_slot_and_gets_one_back_before_new_jobs() {
         let parking = Parking::new(2);
         assert!(parking.try_start(0));
         assert!(parking.try_start(1));
         assert!(!parking.try_start(2), "both slots taken");
-        let parked = parking.park();
+        let parked = parking.park(SLOT);
         assert!(parking.try_start(2), "a parked job's slot is free");
         assert!(!parking.try_start(3));
         // Full: resuming waits, and keeps new jobs from taking the slot it waits for.
@@ -200,10 +228,10 @@ mod tests {
     async fn a_job_that_ends_parked_or_while_resuming_leaves_nothing_behind() {
         let parking = Parking::new(1);
         parking.set_in_flight(1);
-        let parked = parking.park();
+        let parked = parking.park(SLOT);
         drop(parked);
         assert_eq!(parking.parked(), 0);
-        let parked = parking.park();
+        let parked = parking.park(SLOT);
         parking.set_in_flight(2);
         let cancel = CancellationToken::new();
         cancel.cancel();

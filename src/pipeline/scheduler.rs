@@ -4,8 +4,14 @@
 //!
 //! It owns ordering and the in-flight bound, nothing else: it never runs a job, never waits, and
 //! knows nothing of offsets or Kafka.
+//!
+//! It also knows which running jobs are parked on an open circuit ([`Scheduler::set_parked`]),
+//! and so how many waiting jobs are *blocked*: queued behind a parked job of their key. Those
+//! cannot start until that MPP is back, whatever else happens, so they do not count towards
+//! the waiting limit that pauses every partition (one failing MPP must not stop the others);
+//! the partitions' windows (`max_pending_per_partition`) bound them instead.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -33,6 +39,10 @@ pub struct Scheduler<J: Schedule> {
     max_in_flight: usize,
     /// When set, jobs parked on an open circuit do not hold a slot (see [`Parking`]).
     parking: Option<Arc<Parking>>,
+    /// Keys whose running job is parked on an open circuit.
+    parked: HashSet<J::Key>,
+    /// Jobs queued behind the keys in `parked`.
+    blocked: usize,
 }
 
 impl<J: Schedule> Scheduler<J> {
@@ -44,6 +54,8 @@ impl<J: Schedule> Scheduler<J> {
             held: 0,
             max_in_flight: max_in_flight.max(1),
             parking: None,
+            parked: HashSet::new(),
+            blocked: 0,
         }
     }
 
@@ -57,7 +69,13 @@ impl<J: Schedule> Scheduler<J> {
     /// Queues a decoded job behind its key.
     pub fn push(&mut self, job: J) {
         let ready = match job.order_key().cloned() {
-            Some(key) => self.keyed.push(key, job),
+            Some(key) => {
+                if self.parked.contains(&key) {
+                    // Queued behind a parked job (a parked key is busy: it cannot come back).
+                    self.blocked += 1;
+                }
+                self.keyed.push(key, job)
+            }
             None => Some(job),
         };
         if let Some(job) = ready {
@@ -90,7 +108,25 @@ impl<J: Schedule> Scheduler<J> {
             parking.set_in_flight(self.occupied());
         }
         if let Some(key) = key {
+            // A job that ends is no longer parked, whatever its worker reported last.
+            self.set_parked(key, false);
             self.release(key);
+        }
+    }
+
+    /// The running job of `key` parked on its MPP's open circuit (`true`), or called again or
+    /// ended (`false`). A key that runs nothing is never parked.
+    pub fn set_parked(&mut self, key: &J::Key, parked: bool) {
+        if parked {
+            if self.keyed.is_busy(key) && self.parked.insert(key.clone()) {
+                self.blocked += self.keyed.queued_of(key);
+            }
+        } else if self.parked.remove(key) {
+            invariant::take(
+                &mut self.blocked,
+                self.keyed.queued_of(key),
+                "scheduler_blocked",
+            );
         }
     }
 
@@ -111,12 +147,22 @@ impl<J: Schedule> Scheduler<J> {
         for key in released {
             self.release(&key);
         }
+        self.blocked = self
+            .parked
+            .iter()
+            .map(|key| self.keyed.queued_of(key))
+            .sum();
         queued + ready
     }
 
     /// Jobs waiting for their key or a slot.
     pub fn waiting(&self) -> usize {
         self.ready.len() + self.keyed.queued_len()
+    }
+
+    /// Waiting jobs queued behind a parked job of their key (see the module's header).
+    pub fn blocked(&self) -> usize {
+        self.blocked
     }
 
     pub fn in_flight(&self) -> usize {
@@ -147,6 +193,7 @@ impl<J: Schedule> Scheduler<J> {
 
     fn release(&mut self, key: &J::Key) {
         if let Some(next) = self.keyed.finish(key) {
+            invariant::expect(!self.parked.contains(key), "released_key_not_parked");
             self.ready.push_back(next);
         }
     }

@@ -19,6 +19,7 @@ use crate::codec::DecodeError;
 use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::RetryBudget;
+use crate::pipeline::book::Slot;
 use crate::pipeline::breaker::Refusal;
 use crate::pipeline::circuit::{Admitted, Circuits};
 pub use crate::pipeline::decisions::Finish;
@@ -43,6 +44,17 @@ pub struct Job {
     pub generation: u64,
     /// Fires when this job must stop at once: shutdown, or its partition is gone.
     pub cancel: CancellationToken,
+}
+
+impl Job {
+    /// Where the dispatcher books it.
+    pub fn slot(&self) -> Slot {
+        Slot {
+            partition: self.record.partition,
+            generation: self.generation,
+            offset: self.record.offset,
+        }
+    }
 }
 
 /// What every worker shares.
@@ -148,7 +160,7 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
         .and_then(|()| ctx.mpps.route(event.psp_id.as_deref()))
     {
         Err(error) => invalid(error),
-        Ok(mpp) => match notify_with_retries(ctx, mpp, cancel, event).await {
+        Ok(mpp) => match notify_with_retries(ctx, mpp, job.slot(), cancel, event).await {
             Some(verdict) => verdict,
             None => return Finish::Abandoned,
         },
@@ -194,6 +206,7 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
 async fn notify_with_retries(
     ctx: &WorkerContext,
     mpp: &Mpp,
+    slot: Slot,
     cancel: &CancellationToken,
     event: &RegistrationDecided,
 ) -> Option<Verdict> {
@@ -202,7 +215,7 @@ async fn notify_with_retries(
     let mut first_attempt_at_ms = None;
     let mut refused_before = false;
     loop {
-        let (call, waited) = admitted(ctx, mpp, cancel).await?;
+        let (call, waited) = admitted(ctx, mpp, slot, cancel).await?;
         let probe = call.probe;
         budget.held += waited;
         // A probe whose job stops before its answer lets another caller probe.
@@ -313,12 +326,13 @@ async fn notify_with_retries(
 async fn admitted(
     ctx: &WorkerContext,
     mpp: &Mpp,
+    slot: Slot,
     cancel: &CancellationToken,
 ) -> Option<(Admitted, Duration)> {
     if mpp.circuit.is_closed() {
         return mpp.circuit.admitted(cancel).await;
     }
-    let parked = ctx.parking.park();
+    let parked = ctx.parking.park(slot);
     let (call, waited) = mpp.circuit.admitted(cancel).await?;
     let resuming = now();
     if parked.resume(cancel).await.is_none() {
