@@ -146,3 +146,73 @@ async fn a_stop_during_a_pending_revoke_answers_it_at_the_drain_deadline() {
         "one outcome each: the first member's cancelled calls wrote nothing"
     );
 }
+
+/// Issue 19, item 4c: once the transaction writer has failed for good (here the coordinator
+/// answers every EndTxn with `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, which no new producer
+/// mends), the service stops at once with an error. It used to wait out `shutdown_timeout` for
+/// the work in flight, whose outputs could no longer be committed (here: calls of slow merchants
+/// that take minutes). Mock cluster only: a real broker cannot refuse on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_writer_that_failed_for_good_stops_the_service_at_once() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let slow = FaultRule::for_prefix(
+        "M-SLOW-",
+        Fault::Latency {
+            delay: Duration::from_secs(120),
+        },
+    );
+    let harness = Harness::new(1, vec![slow]).await;
+    let Some(mock) = harness.kafka.mock() else {
+        common::note(
+            "exactly_once_a_writer_that_failed_for_good_stops_the_service_at_once: mock cluster only",
+        );
+        return;
+    };
+    let events: Vec<_> = (0..40)
+        .map(|i| {
+            let merchant = if i % 4 == 0 {
+                format!("M-SLOW-{}", i / 4)
+            } else {
+                format!("M-FAST-{i:02}")
+            };
+            event(&merchant, &format!("R-{i:02}"))
+        })
+        .collect();
+    harness.produce(&events).await;
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED; 1_000],
+    );
+    let mut settings = harness.settings();
+    settings.processing.exactly_once = true;
+    settings.processing.transaction_interval = Duration::from_millis(50);
+    settings.processing.shutdown_timeout = SHUTDOWN_TIMEOUT;
+    settings.alipayplus.request_timeout = Duration::from_secs(300);
+    let mut pipeline = harness.start_pipeline(settings).await;
+    let stats = pipeline.stats.clone();
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(SHUTDOWN_TIMEOUT + WAIT, &mut pipeline.task)
+        .await
+        .expect("the service stopped on its own")
+        .expect("pipeline task");
+    let took = started.elapsed();
+    mock.clear_request_errors(RDKafkaApiKey::EndTxn);
+    let error = ended.expect_err("the service ends with an error when its writer fails for good");
+    common::note(&format!(
+        "writer failed for good: the service stopped {took:?} after it started, with {} calls \
+         made: {error:#}",
+        stats.http_calls.load(Ordering::Relaxed)
+    ));
+    assert!(
+        stats.terminal() < events.len() as u64,
+        "the slow merchants' calls were still in flight ({} of {} finished)",
+        stats.terminal(),
+        events.len()
+    );
+    // The slow calls take 120 s: a stop that waits for them takes the whole shutdown_timeout.
+    assert!(
+        took < SHUTDOWN_TIMEOUT / 2,
+        "the service took {took:?} to stop after its writer failed (shutdown_timeout is \
+         {SHUTDOWN_TIMEOUT:?})"
+    );
+}

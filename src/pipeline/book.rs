@@ -82,6 +82,10 @@ pub struct RevokeEnd {
     pub commit: Vec<(i32, i64)>,
     /// The note of each commit position (partition, note).
     pub notes: Vec<(i32, String)>,
+    /// Ended events of these partitions whose outcome only that commit makes durable: their
+    /// in-flight slots stay taken until it has been made (see
+    /// [`super::decisions::DispatchCore::revoke_commit_settled`]).
+    pub held: usize,
 }
 
 /// The exactly-once answer to "what would committing these settled offsets allow?".
@@ -283,6 +287,7 @@ impl PartitionBook {
                 end.commit.push((partition, position));
                 let note = state.note(&state.watermark, position);
                 end.notes.push((partition, note));
+                end.held += state.undurable + state.undurable_committing;
             }
         }
         end

@@ -59,7 +59,38 @@ pub enum ConsumerEvent {
         deadline: Instant,
         reply: std::sync::mpsc::SyncSender<TopicPartitionList>,
     },
+    /// The revoke's commit was made (landed or failed), or will not be made (lost, nothing to
+    /// commit, no answer in time). Follows every `Revoked`.
+    RevokeSettled,
     Record(InputRecord),
+}
+
+/// The revoke callback's side of the dispatcher's answer. When the callback returns, whichever
+/// way, it stops listening first and then reports [`ConsumerEvent::RevokeSettled`]: an answer
+/// sent after the report finds nobody listening, so the dispatcher knows nothing will be
+/// committed.
+struct RevokeAnswer<'a> {
+    answer: Option<std::sync::mpsc::Receiver<TopicPartitionList>>,
+    events: &'a mpsc::UnboundedSender<ConsumerEvent>,
+}
+
+impl RevokeAnswer<'_> {
+    fn recv_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<TopicPartitionList, std::sync::mpsc::RecvTimeoutError> {
+        match &self.answer {
+            Some(answer) => answer.recv_timeout(timeout),
+            None => Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+        }
+    }
+}
+
+impl Drop for RevokeAnswer<'_> {
+    fn drop(&mut self) {
+        drop(self.answer.take());
+        let _ = self.events.send(ConsumerEvent::RevokeSettled);
+    }
 }
 
 /// A partition's committed offset and the finished offsets its note names above it.
@@ -299,6 +330,10 @@ impl ConsumerContext for PipelineContext {
         if self.events.send(event).is_err() {
             return;
         }
+        let answer = RevokeAnswer {
+            answer: Some(answer),
+            events: &self.events,
+        };
         let commit = match answer.recv_timeout(self.drain_timeout + REVOKE_REPLY_GRACE) {
             Ok(commit) => commit,
             Err(_) => {

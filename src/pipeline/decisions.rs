@@ -103,6 +103,9 @@ pub struct DispatchCore<P> {
     fatal: bool,
     /// The order key of every started job that has one, for the workers' parking reports.
     running: HashMap<Slot, OrderKey>,
+    /// In-flight slots of ended events whose outcome the revoke's commit makes durable, held
+    /// until the consumer thread has made that commit (or given up on it).
+    revoke_held: usize,
 }
 
 impl<P> DispatchCore<P> {
@@ -118,6 +121,7 @@ impl<P> DispatchCore<P> {
             revoke: None,
             fatal: false,
             running: HashMap::new(),
+            revoke_held: 0,
         }
     }
 
@@ -208,10 +212,22 @@ impl<P> DispatchCore<P> {
         if revoke.lost {
             end.commit.clear();
             end.notes.clear();
+            end.held = 0;
         }
+        // The partitions are gone from the book, but what the revoke's commit covers is not
+        // durable until the consumer thread has made it: a crash before then repeats those
+        // calls, so their slots stay taken (a crash repeats at most `max_in_flight` calls).
+        self.revoke_held += end.held;
         self.pause_version += 1;
         self.sync_held();
         Some(end)
+    }
+
+    /// The consumer thread made the revoke's commit (it landed or failed), or will not make it:
+    /// the slots the revoke held are free.
+    pub fn revoke_commit_settled(&mut self) {
+        self.revoke_held = 0;
+        self.sync_held();
     }
 
     /// Books a consumed record (see [`PartitionBook::consume`]). On [`Consumed::Restart`] the
@@ -408,7 +424,8 @@ impl<P> DispatchCore<P> {
     /// Ended events keep their slot until their outcome is durable: a crash repeats at most
     /// `max_in_flight` calls.
     fn sync_held(&mut self) {
-        self.scheduler.set_held(self.book.undurable());
+        self.scheduler
+            .set_held(self.book.undurable() + self.revoke_held);
     }
 
     fn update_pause(&mut self, partition: i32) {
@@ -601,6 +618,8 @@ mod model {
         },
         RevokeDeadline,
         Shutdown,
+        /// The consumer thread made the revoke's commit (or gave up on it).
+        RevokeCommitted,
         /// A running job parks on its MPP's open circuit, or calls again.
         Park {
             pick: prop::sample::Index,
@@ -631,6 +650,7 @@ mod model {
             1 => Just(Op::Shutdown),
             3 => (any::<prop::sample::Index>(), prop::bool::weighted(0.6))
                 .prop_map(|(pick, parked)| Op::Park { pick, parked }),
+            2 => Just(Op::RevokeCommitted),
         ]
     }
 
@@ -697,6 +717,9 @@ mod model {
         /// Some job has parked in this run: events blocked behind it may take the waiting
         /// count over its limit once it calls again (the windows still bound memory).
         ever_parked: bool,
+        /// Acknowledged events of revoked partitions that only the revoke's commit, not made
+        /// yet by the consumer thread, makes durable.
+        revoke_commit_pending: usize,
     }
 
     impl Model {
@@ -720,6 +743,7 @@ mod model {
                 next_print: 0,
                 keys: HashMap::new(),
                 ever_parked: false,
+                revoke_commit_pending: 0,
             }
         }
 
@@ -797,6 +821,9 @@ mod model {
                 prop_assert!(!self.revoke_lost, "a lost assignment committed");
                 let note = note_of(&end.notes, *partition);
                 self.check_commit(*partition, *position, &note, &[])?;
+                // Called and acknowledged, durable only once the consumer thread has made
+                // this commit: a crash before then calls them again.
+                self.revoke_commit_pending += self.owned[partition].uncommitted.len();
             }
             for (partition, generation) in end.cancel {
                 self.cancel(partition, generation);
@@ -1120,6 +1147,10 @@ mod model {
                     self.forget_undecoded();
                 }
                 Op::RevokeDeadline => self.revoke_timed_out()?,
+                Op::RevokeCommitted => {
+                    self.revoke_commit_pending = 0;
+                    self.core.revoke_commit_settled();
+                }
                 Op::Park { pick, parked } => {
                     if self.running.is_empty() {
                         return Ok(());
@@ -1257,9 +1288,11 @@ mod model {
                 "slots held after the call"
             );
             prop_assert!(
-                self.running.len() + undurable <= MAX_IN_FLIGHT,
-                "{} running and {undurable} not durable: over {MAX_IN_FLIGHT}",
-                self.running.len()
+                self.running.len() + undurable + self.revoke_commit_pending <= MAX_IN_FLIGHT,
+                "{} running, {undurable} not durable and {} waiting for the revoke's commit: \
+                 over {MAX_IN_FLIGHT}",
+                self.running.len(),
+                self.revoke_commit_pending
             );
             let book = self.core.book();
             // The book owns exactly the model's assignments.

@@ -276,6 +276,7 @@ impl Dispatcher {
                 reply,
             } => self.on_revoked(&partitions, lost, deadline.into(), reply),
             ConsumerEvent::Record(record) => self.on_record(record),
+            ConsumerEvent::RevokeSettled => self.core.revoke_commit_settled(),
         }
     }
 
@@ -389,6 +390,7 @@ impl Dispatcher {
             cancel,
             commit,
             notes,
+            held: _,
         } = end;
         for assignment in cancel {
             if let Some(token) = self.cancels.remove(&assignment) {
@@ -401,9 +403,11 @@ impl Dispatcher {
             if self.committing.is_some() {
                 self.held_revoke_answer = Some((revoke.reply, answer));
             } else {
-                // The callback may have stopped waiting; then nothing is committed, which is safe.
-                let _ = revoke.reply.send(answer);
+                self.answer_revoke(&revoke.reply, answer);
             }
+        } else {
+            // Nobody waits for this answer (the consumer moved on): nothing will be committed.
+            self.core.revoke_commit_settled();
         }
         self.forget_undecoded();
         self.publish_assignment();
@@ -688,7 +692,20 @@ impl Dispatcher {
             }
         }
         if let Some((reply, answer)) = self.held_revoke_answer.take() {
-            let _ = reply.send(answer);
+            self.answer_revoke(&reply, answer);
+        }
+    }
+
+    /// Hands the revoke's commit to the consumer thread, which reports
+    /// [`ConsumerEvent::RevokeSettled`] once it has made it. When its callback stopped waiting,
+    /// nothing is committed (which is safe) and the slots the revoke held are free at once.
+    fn answer_revoke(
+        &mut self,
+        reply: &std::sync::mpsc::SyncSender<TopicPartitionList>,
+        answer: TopicPartitionList,
+    ) {
+        if reply.send(answer).is_err() {
+            self.core.revoke_commit_settled();
         }
     }
 

@@ -1020,6 +1020,9 @@ impl Run {
                 world.lock().unwrap().commit(&commits_of(&commit));
             }
         }
+        // As the real callback does: stop listening, then report the commit made.
+        drop(answer);
+        let _ = member.events.send(ConsumerEvent::RevokeSettled);
         if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
             eprintln!("{:?} assign {partitions:?}", Instant::now());
         }
