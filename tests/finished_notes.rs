@@ -110,6 +110,111 @@ async fn a_new_owner_skips_what_finished_behind_a_slow_merchant_exactly_once() {
     stop_and_restart_behind_a_slow_merchant(true).await;
 }
 
+/// Issue 19, items 4a and 4 ("a partition handed over twice"): the partition goes from owner to
+/// owner twice while its first event is still being called. The second owner takes only a few
+/// records before its window is full (small fetches, `max_pending_per_partition` 20, behind the
+/// slow event), so most of what the first owner finished it has not consumed yet when it hands
+/// the partition on. Its commits must carry that inherited note on: no finished event is
+/// called again by the third owner.
+async fn handed_over_twice_behind_a_slow_merchant(exactly_once: bool) {
+    // The slow event's first two calls (the first and the second owner's) take 20 s.
+    let slow = FaultRule::for_prefix(
+        "M-SLOW",
+        Fault::Latency {
+            delay: Duration::from_secs(20),
+        },
+    )
+    .times(2);
+    let harness = Harness::new(1, vec![slow]).await;
+    let mut events = vec![event("M-SLOW-1", "R-SLOW")];
+    events.extend(merchant_events(200, 40));
+    harness.produce(&events).await;
+    let mut settings = harness.settings();
+    settings.processing.exactly_once = exactly_once;
+    // A deploy that outruns the drain: the slow call is abandoned at each stop.
+    settings.processing.shutdown_timeout = Duration::from_secs(1);
+    settings.alipayplus.request_timeout = Duration::from_secs(30);
+    let mut narrow = settings.clone();
+    narrow.processing.max_pending_per_partition = 20;
+    narrow
+        .kafka
+        .consumer
+        .0
+        .insert("fetch.message.max.bytes".into(), "4096".into());
+    let slow_calls = |harness: &Harness| {
+        calls_per_request(harness)
+            .get("R-SLOW")
+            .copied()
+            .unwrap_or(0)
+    };
+
+    let first = harness.start_pipeline(settings.clone()).await;
+    let stats = first.stats.clone();
+    common::eventually("the 200 fast events finished", WAIT, || {
+        stats.terminal() >= 200
+    })
+    .await;
+    // A commit (periodic, or in a transaction) carries the note of what finished.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.stop().await;
+    assert_eq!(calls_per_request(&harness).len(), 201);
+
+    // The second owner: the slow event again, and a window full after about 20 records.
+    let second = harness.start_pipeline(narrow).await;
+    common::eventually("the second owner calls the slow event", WAIT, || {
+        slow_calls(&harness) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.stop().await;
+
+    let third = harness.start_pipeline(settings).await;
+    let outcomes = harness.wait_outcomes_of(&events, WAIT).await;
+    third.stop().await;
+    common::assert_nothing_lost(&events, &outcomes);
+    let calls = calls_per_request(&harness);
+    let repeated: Vec<(&String, &usize)> = calls
+        .iter()
+        .filter(|(request, count)| **count > 1 && request.as_str() != "R-SLOW")
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "finished events called again after two handovers ({} of them): {repeated:?}",
+        repeated.len()
+    );
+    assert_eq!(calls["R-SLOW"], 3, "the slow event, once by each owner");
+    if exactly_once {
+        common::assert_one_outcome_each(&events, &outcomes);
+    } else {
+        assert_eq!(outcomes.len(), events.len(), "one outcome each");
+    }
+    common::note(&format!(
+        "handed over twice ({}): {} events, no finished event called again",
+        if exactly_once {
+            "exactly-once"
+        } else {
+            "at-least-once"
+        },
+        events.len()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_handed_over_twice_calls_nothing_finished_again() {
+    handed_over_twice_behind_a_slow_merchant(false).await;
+}
+
+/// Real broker only (the mock cluster does not store transactional offsets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_handed_over_twice_calls_nothing_finished_again_exactly_once() {
+    if !common::real_broker_or_skip(
+        "a_partition_handed_over_twice_calls_nothing_finished_again_exactly_once",
+    ) {
+        return;
+    }
+    handed_over_twice_behind_a_slow_merchant(true).await;
+}
+
 /// Metadata committed by another tool, or a note that belongs to another position, is ignored:
 /// every event from the committed offset on is processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
