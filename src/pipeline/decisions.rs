@@ -24,6 +24,12 @@ pub const WAITING_FACTOR: usize = 4;
 /// 64). A thousand small records are a few hundred kilobytes.
 pub const MIN_WAITING_LIMIT: usize = 1_024;
 
+/// Events blocked behind a job parked on its MPP's open circuit do not count towards the
+/// waiting limit, up to this many times it: a long outage of one MPP may hold that many in
+/// memory (16,384 at the defaults) while the other MPPs' events go on; beyond it they count
+/// again, and memory stays bounded however many partitions a member owns.
+pub const BLOCKED_FACTOR: usize = 16;
+
 /// How many consumed events may wait (decoding, or for their key or a slot) before every
 /// partition pauses.
 pub fn waiting_limit(max_in_flight: usize) -> usize {
@@ -411,9 +417,16 @@ impl<P> DispatchCore<P> {
     }
 
     /// Consumed events that count towards the waiting limit: the waiting ones less those
-    /// blocked behind a parked job of their key (see [`Scheduler::blocked`]).
+    /// blocked behind a parked job of their key (see [`Scheduler::blocked`]), up to
+    /// [`BLOCKED_FACTOR`] times the limit.
     pub fn waiting_counted(&self) -> usize {
-        self.book.waiting().saturating_sub(self.scheduler.blocked())
+        self.book.waiting().saturating_sub(self.blocked_uncounted())
+    }
+
+    fn blocked_uncounted(&self) -> usize {
+        self.scheduler
+            .blocked()
+            .min(self.waiting_limit.saturating_mul(BLOCKED_FACTOR))
     }
 
     fn book_stopping(&self) -> bool {
@@ -443,7 +456,7 @@ impl<P> DispatchCore<P> {
         let waiting = self
             .scheduler
             .waiting()
-            .saturating_sub(self.scheduler.blocked());
+            .saturating_sub(self.blocked_uncounted());
         let pause = if !self.globally_paused && waiting >= self.waiting_limit {
             true
         } else if self.globally_paused && waiting <= self.waiting_limit / 2 {
@@ -544,6 +557,39 @@ mod tests {
         core.finished(head, Some(&failing), Finish::Terminal);
         core.parked(head, true);
         assert_eq!(core.waiting_counted(), core.waiting());
+    }
+
+    /// Blocked events stop counting only up to [`BLOCKED_FACTOR`] times the waiting limit:
+    /// beyond that they pause every partition again, so memory stays bounded.
+    #[test]
+    fn blocked_events_beyond_their_bound_pause_every_partition() {
+        const LIMIT: usize = 4;
+        let mut core: DispatchCore<()> =
+            DispatchCore::new(false, 1, 100_000).with_waiting_limit(LIMIT);
+        core.assign(&[0]);
+        let key = OrderKey::Merchant("of the failing MPP".into());
+        let bound = LIMIT * BLOCKED_FACTOR;
+        for offset in 0..=(bound + LIMIT) as i64 {
+            let Consumed::Track(slot) = core.consume(0, offset, offset as u64) else {
+                panic!("offset {offset} not tracked");
+            };
+            assert!(core.decoded(Ticket {
+                slot,
+                key: Some(key.clone()),
+                payload: (),
+            }));
+            if offset == 0 {
+                let head = core.next_start().expect("the first event starts").slot;
+                core.parked(head, true);
+            }
+            if (offset as usize) < bound {
+                assert!(core.next_start().is_none());
+                assert!(!core.pause_plan().all, "{offset}: within the bound");
+            }
+        }
+        assert!(core.next_start().is_none());
+        assert_eq!(core.waiting_counted(), LIMIT);
+        assert!(core.pause_plan().all, "beyond the bound");
     }
 }
 
