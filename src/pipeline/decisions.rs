@@ -449,9 +449,9 @@ impl<P> DispatchCore<P> {
 
     /// Decoded events waiting for their key or a slot decide the global pause. Records still
     /// being decoded cannot start anyway; the consumer thread's own counts bound them. Events
-    /// blocked behind a parked job do not count: pausing every partition would not let their
-    /// MPP recover sooner, and would stop every other MPP's events (their partitions' windows
-    /// bound them).
+    /// blocked behind a parked job do not count, up to [`BLOCKED_FACTOR`] times the limit:
+    /// pausing every partition would not let their MPP recover sooner, and would stop every
+    /// other MPP's events.
     fn update_global_pause(&mut self) {
         let waiting = self
             .scheduler

@@ -8,8 +8,8 @@
 //! It also knows which running jobs are parked on an open circuit ([`Scheduler::set_parked`]),
 //! and so how many waiting jobs are *blocked*: queued behind a parked job of their key. Those
 //! cannot start until that MPP is back, whatever else happens, so they do not count towards
-//! the waiting limit that pauses every partition (one failing MPP must not stop the others);
-//! the partitions' windows (`max_pending_per_partition`) bound them instead.
+//! the waiting limit that pauses every partition (one failing MPP must not stop the others),
+//! up to a bound of their own (see [`crate::pipeline::decisions::BLOCKED_FACTOR`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
