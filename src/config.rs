@@ -244,6 +244,7 @@ pub struct Settings {
     pub processing: ProcessingSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -558,6 +559,10 @@ pub struct AdminSettings {
     /// finished, Alipay+ has not answered and no commit has landed for longer than this.
     #[serde(with = "humantime_serde")]
     pub stall_after: Duration,
+    /// An event still without its terminal outcome this long after it was consumed is logged
+    /// once (key, partition, offset, trace id) and counted in `regnotify_stalled_events_total`.
+    #[serde(with = "humantime_serde")]
+    pub event_stall_after: Duration,
 }
 
 impl Default for AdminSettings {
@@ -566,7 +571,130 @@ impl Default for AdminSettings {
             listen: "0.0.0.0:8080".into(),
             livez_after: Duration::from_secs(60),
             stall_after: Duration::from_secs(5 * 60),
+            event_stall_after: Duration::from_secs(5 * 60),
         }
+    }
+}
+
+/// `[telemetry]`: traces over OTLP (README, "Tracing"). Unset keys fall back to the standard
+/// `OTEL_EXPORTER_OTLP_*` and `OTEL_SERVICE_NAME` variables, then to OpenTelemetry's defaults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Records a span per event and per Alipay+ attempt and exports them. Off by default: trace
+    /// contexts are then passed from input to outputs and nothing is recorded.
+    pub traces: bool,
+    /// The collector: `http://host:4318` for http/protobuf (`/v1/traces` is added), `http://host:4317`
+    /// for grpc. Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`, else
+    /// localhost.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub endpoint: Option<String>,
+    /// Unset: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL`, else
+    /// http/protobuf.
+    pub protocol: Option<OtlpProtocol>,
+    /// The share of new traces recorded, 0.0 to 1.0. A record whose producer decided keeps that
+    /// decision (parent-based sampling).
+    pub sample_ratio: f64,
+    /// The `service.name` of the spans. Unset: `OTEL_SERVICE_NAME`, else `regnotify`.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub service_name: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            traces: false,
+            endpoint: None,
+            protocol: None,
+            sample_ratio: 1.0,
+            service_name: None,
+        }
+    }
+}
+
+/// How spans go to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl OtlpProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// The standard variables that choose the OTLP protocol, the traces-only one first.
+const OTLP_PROTOCOL_ENV: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+];
+
+impl TelemetrySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::invalid(
+                "telemetry.sample_ratio",
+                "must be a number from 0.0 to 1.0",
+            ));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            check_http_url("telemetry.endpoint", endpoint, true)?;
+        }
+        if self.traces {
+            self.protocol_from_env()?;
+        }
+        Ok(())
+    }
+
+    /// The protocol in use: the setting, else the standard variables, else http/protobuf.
+    pub fn effective_protocol(&self) -> OtlpProtocol {
+        self.protocol
+            .or_else(|| self.protocol_from_env().ok().flatten())
+            .unwrap_or(OtlpProtocol::HttpProtobuf)
+    }
+
+    /// The protocol the standard variables name; an error naming the variable for one this
+    /// service does not speak.
+    fn protocol_from_env(&self) -> Result<Option<OtlpProtocol>, ConfigError> {
+        if self.protocol.is_some() {
+            return Ok(None);
+        }
+        for name in OTLP_PROTOCOL_ENV {
+            let Ok(value) = std::env::var(name) else {
+                continue;
+            };
+            return match value.trim() {
+                "http/protobuf" => Ok(Some(OtlpProtocol::HttpProtobuf)),
+                "grpc" => Ok(Some(OtlpProtocol::Grpc)),
+                other => Err(ConfigError::invalid(
+                    name,
+                    format!(
+                        "`{other}` is not a protocol regnotify exports with: use \
+                         \"http/protobuf\" or \"grpc\" (or set telemetry.protocol)"
+                    ),
+                )),
+            };
+        }
+        Ok(None)
+    }
+
+    /// The `service.name` of the spans.
+    pub fn effective_service_name(&self) -> String {
+        self.service_name
+            .clone()
+            .or_else(|| {
+                std::env::var("OTEL_SERVICE_NAME")
+                    .ok()
+                    .filter(|name| !name.is_empty())
+            })
+            .unwrap_or_else(|| "regnotify".to_owned())
     }
 }
 
@@ -691,6 +819,7 @@ impl Settings {
             ));
         }
         self.admin.validate(&self.processing)?;
+        self.telemetry.validate()?;
         // tracing-subscriber's directive parser slices by byte offsets that can fall inside a
         // multi-byte character and panics (found by fuzzing); directives are ASCII anyway.
         if !self.log.level.is_ascii() {
@@ -862,6 +991,9 @@ fn setting_paths() -> &'static [String] {
         every.alipayplus.ca_bundle_file = Some(PathBuf::new());
         every.alipayplus.key_version_file = Some(PathBuf::new());
         every.alipayplus.mpp_public_key_file = Some(PathBuf::new());
+        every.telemetry.endpoint = Some(String::new());
+        every.telemetry.protocol = Some(OtlpProtocol::HttpProtobuf);
+        every.telemetry.service_name = Some(String::new());
         let mut paths = Vec::new();
         if let Ok(toml::Value::Table(table)) = toml::Value::try_from(&every) {
             collect_paths(&table, "", &mut paths);
@@ -1171,6 +1303,7 @@ impl AdminSettings {
         self.listen_addr()?;
         positive("admin.livez_after", self.livez_after)?;
         positive("admin.stall_after", self.stall_after)?;
+        positive("admin.event_stall_after", self.event_stall_after)?;
         // An idle main loop turns only at the commit tick: a shorter limit fails it while idle.
         if self.livez_after <= processing.commit_interval {
             return Err(ConfigError::invalid(

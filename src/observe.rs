@@ -8,6 +8,7 @@
 //! partition), never in a flood.
 
 mod consumer_errors;
+pub(crate) mod exported;
 mod latency_histogram;
 mod log_limiter;
 mod stuck;
@@ -67,6 +68,9 @@ pub mod names {
     pub const KEY_RELOADS: &str = "regnotify_key_reloads_total";
     pub const KEY_VERSION: &str = "regnotify_key_version";
     pub const INVARIANT_VIOLATIONS: &str = "regnotify_invariant_violations_total";
+    pub const CONSUMER_LAG_SECONDS: &str = "regnotify_consumer_lag_seconds";
+    pub const OLDEST_UNFINISHED: &str = "regnotify_oldest_unfinished_seconds";
+    pub const STALLED_EVENTS: &str = "regnotify_stalled_events_total";
 }
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
@@ -664,6 +668,23 @@ pub fn describe_metrics() {
         Unit::Count,
         "internal invariants found broken, by check (readyz answers 503 from the first)"
     );
+    describe_gauge!(
+        names::CONSUMER_LAG_SECONDS,
+        Unit::Seconds,
+        "now minus the timestamp of the next record to commit, by partition; 0 when every \
+         consumed record is committed"
+    );
+    describe_gauge!(
+        names::OLDEST_UNFINISHED,
+        Unit::Seconds,
+        "age of the oldest event taken but without its terminal outcome, by partition; 0 when none"
+    );
+    describe_counter!(
+        names::STALLED_EVENTS,
+        Unit::Count,
+        "events found still unfinished admin.event_stall_after after they were taken, by \
+         partition (each counted once, with a warning log naming key, partition and offset)"
+    );
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -817,6 +838,7 @@ pub fn publish_fatal(stats: &Stats, error: &dyn std::error::Error) {
 pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
     stats.rebalances.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::REBALANCES, "kind" => kind).increment(1);
+    exported::export_partition_series(partitions);
     tracing::info!(kind, ?partitions, "rebalance");
 }
 
@@ -831,6 +853,39 @@ pub fn in_flight(count: usize) {
 pub fn awaiting_commit(count: usize) {
     metrics::gauge!(names::AWAITING_COMMIT).set(count as f64);
     with_vigil(|vigil| vigil.count(Count::AwaitingCommit, count, Instant::now));
+}
+
+/// Each partition's lag in seconds and the age of its oldest unfinished event.
+pub fn partition_ages(ages: &[crate::pipeline::ages::PartitionAges]) {
+    for partition in ages {
+        let label = partition.partition.to_string();
+        metrics::gauge!(names::CONSUMER_LAG_SECONDS, "partition" => label.clone())
+            .set(partition.lag.as_secs_f64());
+        metrics::gauge!(names::OLDEST_UNFINISHED, "partition" => label)
+            .set(partition.oldest_unfinished.as_secs_f64());
+    }
+}
+
+/// The partition is no longer processed here: its ages read 0 (another member reports them).
+pub fn partition_gone(partition: i32) {
+    let label = partition.to_string();
+    metrics::gauge!(names::CONSUMER_LAG_SECONDS, "partition" => label.clone()).set(0.0);
+    metrics::gauge!(names::OLDEST_UNFINISHED, "partition" => label).set(0.0);
+}
+
+/// An event has been unfinished for longer than `admin.event_stall_after` (reported once).
+pub fn event_stalled(stalled: &crate::pipeline::ages::Stalled, after: Duration) {
+    metrics::counter!(names::STALLED_EVENTS, "partition" => stalled.partition.to_string())
+        .increment(1);
+    tracing::warn!(
+        key = %stalled.key,
+        partition = stalled.partition,
+        offset = stalled.offset,
+        trace_id = %crate::telemetry::traces::format_trace_id(stalled.trace_id),
+        unfinished_s = stalled.unfinished_for.as_secs(),
+        "event unfinished for longer than admin.event_stall_after ({})",
+        humantime::format_duration(after)
+    );
 }
 
 pub fn pending(partition: i32, count: usize) {

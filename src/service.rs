@@ -61,6 +61,10 @@ impl Application {
         watcher: KeyWatcher,
     ) -> anyhow::Result<Application> {
         let metrics = crate::admin::install_metrics()?;
+        crate::observe::exported::export_known_series(
+            std::iter::once(crate::config::DEFAULT_PSP_LABEL)
+                .chain(clients.named.keys().map(String::as_str)),
+        );
         let listener = crate::admin::bind(settings.admin.listen_addr()?).await?;
         let admin_addr = listener
             .local_addr()

@@ -2,7 +2,10 @@
 //! interactive commands. The level comes from `RUST_LOG` when set, else from settings.
 //!
 //! This module only configures output; what is logged, and that no secret ever is, is the
-//! business of the modules that emit events.
+//! business of the modules that emit events. Traces (W3C context, OTLP export) are in
+//! [`traces`].
+
+pub mod traces;
 
 use tracing_subscriber::EnvFilter;
 
@@ -27,7 +30,9 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // An event's lines carry its span's fields (`span.trace_id`).
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::codec::{EncodeError, EventEncoder, event_from_json};
 use crate::config::{KafkaSettings, Settings};
 use crate::inspect::ReadRecord;
-use crate::pipeline::output::producer_config;
+use crate::pipeline::output::{owned_headers, producer_config};
 use crate::pipeline::record::{DLQ_HEADER_PREFIX, DeadLetterReason};
 
 /// Longest accepted input line of `produce`, in bytes; a longer line is refused, not buffered.
@@ -574,22 +574,20 @@ fn poll_owned(consumer: &BaseConsumer) -> Result<Option<ReadRecord>, KafkaError>
 }
 
 /// Sends a dead letter's key, value and non-`dlq.*` headers to the input topic and waits for the
-/// acknowledgement.
+/// acknowledgement. Its trace context moves under `regnotify.origin.*`: the replayed event starts
+/// a trace of its own, linked to the one that dead-lettered it.
 async fn republish(
     producer: &FutureProducer,
     input_topic: &str,
     letter: &ReadRecord,
 ) -> Result<(), KafkaError> {
-    let mut headers = OwnedHeaders::new();
-    for (name, value) in &letter.headers {
-        if name.starts_with(DLQ_HEADER_PREFIX) {
-            continue;
-        }
-        headers = headers.insert(Header {
-            key: name,
-            value: value.as_deref(),
-        });
-    }
+    let kept: Vec<(String, Option<Vec<u8>>)> = letter
+        .headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with(DLQ_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    let headers = owned_headers(&crate::telemetry::traces::replay_headers(&kept));
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(input_topic).headers(headers);
     if let Some(key) = &letter.key {
         record = record.key(key.as_slice());

@@ -28,11 +28,13 @@ use crate::codec::{DecodeError, EventDecoder};
 use crate::config::{Ordering, ProcessingSettings};
 use crate::event::RegistrationDecided;
 use crate::observe::{self, Health};
+use crate::pipeline::ages::{Ages, Taken};
 use crate::pipeline::book::{Consumed, RevokeEnd, Slot, Stage};
 use crate::pipeline::consumer::{ConsumerEvent, Control, FinishedNote, Flow, PipelineConsumer};
 use crate::pipeline::decisions::{DispatchCore, Finish, OrderKey, Ticket};
 use crate::pipeline::record::InputRecord;
 use crate::pipeline::worker::{Job, Work, WorkerContext, run_job};
+use crate::telemetry::traces::{self, EventTrace, Tracing};
 
 /// Pause between attempts to decode a record while the schema registry does not answer.
 const REGISTRY_RETRY_INITIAL: Duration = Duration::from_millis(200);
@@ -53,6 +55,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Payload {
     record: InputRecord,
     work: Work,
+    trace: EventTrace,
 }
 
 /// A worker's report.
@@ -63,7 +66,12 @@ struct Completion {
     finish: Finish,
 }
 
-type Decoded = (Slot, InputRecord, Result<RegistrationDecided, DecodeError>);
+type Decoded = (
+    Slot,
+    InputRecord,
+    EventTrace,
+    Result<RegistrationDecided, DecodeError>,
+);
 type Decoding = Pin<Box<dyn Future<Output = Decoded> + Send>>;
 
 #[derive(Debug)]
@@ -91,7 +99,7 @@ pub struct Dispatcher {
     flow: Arc<Flow>,
     core: DispatchCore<Payload>,
     /// Consumed records not decoded yet, in consumption order; the front one is decoding.
-    undecoded: VecDeque<(Slot, InputRecord)>,
+    undecoded: VecDeque<(Slot, InputRecord, EventTrace)>,
     decoding: Option<Decoding>,
     /// When the front record failed to decode for a transient reason: when to try again.
     decode_retry: Option<Instant>,
@@ -133,6 +141,13 @@ pub struct Dispatcher {
     /// Exactly-once: tells the transaction writer that events wait for the slots of outputs it
     /// holds.
     transaction_due: Option<Arc<tokio::sync::Notify>>,
+    /// Each event's trace starts when its record is consumed.
+    tracing: Tracing,
+    group: String,
+    /// The age of what is consumed and not committed, for the time-based lag metrics and the
+    /// stall warnings (`admin.event_stall_after`).
+    ages: Ages,
+    event_stall_after: Duration,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -160,6 +175,12 @@ pub struct DispatcherParts {
     ///
     /// [`TransactionWriter::due`]: crate::pipeline::transactions::TransactionWriter::due
     pub transaction_due: Option<Arc<tokio::sync::Notify>>,
+    /// Traces: off (contexts passed through) or exporting.
+    pub tracing: Tracing,
+    /// The consumer group (an attribute of every event span).
+    pub group: String,
+    /// `admin.event_stall_after`.
+    pub event_stall_after: Duration,
 }
 
 impl Dispatcher {
@@ -205,6 +226,10 @@ impl Dispatcher {
             commit_due: None,
             commit_refused: (0, None),
             transaction_due: parts.transaction_due,
+            tracing: parts.tracing,
+            group: parts.group,
+            ages: Ages::default(),
+            event_stall_after: parts.event_stall_after,
         }
     }
 
@@ -241,7 +266,10 @@ impl Dispatcher {
                     self.on_decoded(decoded);
                 }
                 () = sleep_until_opt(retry_at) => self.decode_retry = None,
-                _ = self.commit_tick.tick() => self.start_commit(),
+                _ = self.commit_tick.tick() => {
+                    self.start_commit();
+                    self.observe_ages();
+                }
                 () = sleep_until_opt(self.commit_due) => {
                     self.commit_due = None;
                     self.commit_when_free();
@@ -316,6 +344,11 @@ impl Dispatcher {
                 let _ = reply.send(self.core.prepare(&settled));
             }
             Control::TransactionCommitted(settled) => {
+                for slot in &settled {
+                    if self.core.book().generation(slot.partition) == Some(slot.generation) {
+                        self.ages.committed(slot.partition, slot.offset);
+                    }
+                }
                 self.core.transaction_committed(&settled);
                 self.observe_windows(settled.iter().map(|slot| slot.partition));
             }
@@ -397,6 +430,8 @@ impl Dispatcher {
                 token.cancel();
             }
             observe::pending(assignment.0, 0);
+            self.ages.forget(assignment.0);
+            observe::partition_gone(assignment.0);
         }
         if let Some(revoke) = self.pending_revoke.take() {
             let answer = self.commit_list(&commit, &notes);
@@ -429,7 +464,10 @@ impl Dispatcher {
                 observe::skipped_finished(partition);
                 return;
             }
-            Consumed::Track(slot) => self.undecoded.push_back((slot, record)),
+            Consumed::Track(slot) => {
+                let trace = self.take(&record);
+                self.undecoded.push_back((slot, record, trace));
+            }
             Consumed::Restart { slot, stale } => {
                 tracing::warn!(
                     partition,
@@ -446,20 +484,56 @@ impl Dispatcher {
                     self.worker.hard_stop.child_token(),
                 );
                 self.forget_undecoded();
-                self.undecoded.push_back((slot, record));
+                self.ages.forget(partition);
+                let trace = self.take(&record);
+                self.undecoded.push_back((slot, record, trace));
             }
         }
         observe::record_consumed(&self.worker.stats, partition);
         observe::pending(partition, self.core.book().window_len(partition));
     }
 
+    /// A record will be processed: its trace starts and its age is kept until it is committed.
+    fn take(&mut self, record: &InputRecord) -> EventTrace {
+        let trace = self.tracing.start_event(traces::Consumed {
+            topic: &record.topic,
+            group: &self.group,
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.as_deref(),
+            headers: &record.headers,
+        });
+        self.ages.taken(
+            Taken {
+                partition: record.partition,
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key.as_deref(),
+                trace_id: trace.trace_id_value(),
+            },
+            Instant::now().into_std(),
+        );
+        trace
+    }
+
+    /// Reports each partition's ages and warns, once each, of events unfinished for longer than
+    /// `admin.event_stall_after`.
+    fn observe_ages(&mut self) {
+        let now = Instant::now().into_std();
+        let wall_ms = chrono::Utc::now().timestamp_millis();
+        observe::partition_ages(&self.ages.sample(now, wall_ms));
+        for stalled in self.ages.stalled(now, self.event_stall_after) {
+            observe::event_stalled(&stalled, self.event_stall_after);
+        }
+    }
+
     /// Drops undecoded records whose slot the core no longer holds (revoked, restarted, stopped).
     fn forget_undecoded(&mut self) {
         let core = &self.core;
-        let head = self.undecoded.front().map(|(slot, _)| *slot);
+        let head = self.undecoded.front().map(|(slot, ..)| *slot);
         self.undecoded
-            .retain(|(slot, _)| core.book().stage(*slot) == Some(Stage::Waiting));
-        if self.undecoded.front().map(|(slot, _)| *slot) != head {
+            .retain(|(slot, ..)| core.book().stage(*slot) == Some(Stage::Waiting));
+        if self.undecoded.front().map(|(slot, ..)| *slot) != head {
             // The record whose decoding waited for a retry is gone (its partition was
             // revoked): the records behind it need not wait out its backoff.
             self.decode_retry = None;
@@ -471,10 +545,10 @@ impl Dispatcher {
     /// or a transient failure's retry.
     fn pump_decode(&mut self) {
         while self.decoding.is_none() && self.decode_retry.is_none() {
-            let Some((slot, record)) = self.undecoded.pop_front() else {
+            let Some((slot, record, trace)) = self.undecoded.pop_front() else {
                 return;
             };
-            let mut decoding = decode(Arc::clone(&self.decoder), slot, record);
+            let mut decoding = decode(Arc::clone(&self.decoder), slot, record, trace);
             // Most records need no I/O (a cached schema, or no registry): finish them now.
             match decoding
                 .as_mut()
@@ -486,7 +560,7 @@ impl Dispatcher {
         }
     }
 
-    fn on_decoded(&mut self, (slot, record, result): Decoded) {
+    fn on_decoded(&mut self, (slot, record, trace, result): Decoded) {
         let work = match result {
             Ok(event) => Work::Event(event),
             Err(error) if error.is_transient() => {
@@ -503,7 +577,7 @@ impl Dispatcher {
                     retry_in_ms = delay.as_millis() as u64,
                     "cannot decode yet"
                 );
-                self.undecoded.push_front((slot, record));
+                self.undecoded.push_front((slot, record, trace));
                 self.decode_retry = Some(Instant::now() + delay);
                 self.decode_delay = (delay * 2).min(REGISTRY_RETRY_MAX);
                 return;
@@ -515,7 +589,11 @@ impl Dispatcher {
         let accepted = self.core.decoded(Ticket {
             slot,
             key,
-            payload: Payload { record, work },
+            payload: Payload {
+                record,
+                work,
+                trace,
+            },
         });
         tracing::trace!(?slot, accepted, "decoded");
     }
@@ -544,6 +622,7 @@ impl Dispatcher {
             work: payload.work,
             generation: slot.generation,
             cancel,
+            trace: payload.trace,
         };
         let worker = Arc::clone(&self.worker);
         let completions = self.completions_tx.clone();
@@ -559,6 +638,12 @@ impl Dispatcher {
 
     fn on_completion(&mut self, completion: Completion) {
         tracing::trace!(slot = ?completion.slot, finish = ?completion.finish, "job ended");
+        let slot = completion.slot;
+        if matches!(completion.finish, Finish::Terminal | Finish::Submitted)
+            && self.core.book().generation(slot.partition) == Some(slot.generation)
+        {
+            self.ages.finished(slot.partition, slot.offset);
+        }
         self.core.finished(
             completion.slot,
             completion.order_key.as_ref(),
@@ -656,6 +741,7 @@ impl Dispatcher {
                 }
                 self.commit_refused = (0, None);
                 for (partition, offset) in positions {
+                    self.ages.committed_below(partition, offset);
                     observe::committed(partition, offset);
                 }
             }
@@ -872,7 +958,12 @@ fn commit_backoff(refused: u32) -> Duration {
 }
 
 /// Decodes one record; the future owns it and gives it back with the result.
-fn decode(decoder: Arc<EventDecoder>, slot: Slot, record: InputRecord) -> Decoding {
+fn decode(
+    decoder: Arc<EventDecoder>,
+    slot: Slot,
+    record: InputRecord,
+    trace: EventTrace,
+) -> Decoding {
     Box::pin(async move {
         let result = match record.value.as_deref() {
             Some(bytes) => decoder.decode(bytes).await,
@@ -880,7 +971,7 @@ fn decode(decoder: Arc<EventDecoder>, slot: Slot, record: InputRecord) -> Decodi
                 what: "record: it has no value",
             }),
         };
-        (slot, record, result)
+        (slot, record, trace, result)
     })
 }
 

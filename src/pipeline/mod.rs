@@ -13,6 +13,7 @@
 //! - [`record`]: the consumed record and the dead-letter headers.
 //! - [`watermark`], [`keyed`], [`backoff`]: the pure rules, property-tested.
 
+pub mod ages;
 pub mod backoff;
 pub mod book;
 pub mod breaker;
@@ -55,6 +56,8 @@ use crate::pipeline::worker::WorkerContext;
 
 /// How long a stopping pipeline waits for the transaction writer's last commit.
 const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the spans still buffered at shutdown may take to reach the collector.
+const TRACE_EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Builds the Schema Registry client the settings describe, if any.
 pub fn schema_registry(
@@ -86,6 +89,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = schema_registry(settings.schema_registry.as_ref())?;
+    let traces = crate::telemetry::traces::Tracing::from_settings(&settings.telemetry)?;
     let decoder = Arc::new(EventDecoder::new(
         settings.kafka.input_encoding,
         registry.clone(),
@@ -217,6 +221,9 @@ pub async fn run(
         flow,
         control: control_rx,
         transaction_due,
+        tracing: traces.clone(),
+        group: settings.kafka.group_id.clone(),
+        event_stall_after: settings.admin.event_stall_after,
     });
     let stop = CancellationToken::new();
     let exit = {
@@ -244,6 +251,10 @@ pub async fn run(
             ),
         }
     }
+    // The spans of the last events go out (the exporter blocks while it sends).
+    tokio::task::spawn_blocking(move || traces.shutdown(TRACE_EXPORT_GRACE))
+        .await
+        .context("trace exporter did not stop cleanly")?;
     // The consumer leaves the group on its own thread: closing it polls and may block.
     let consumer_healthy = tokio::task::spawn_blocking(move || consumer_thread.stop_and_join())
         .await

@@ -30,6 +30,9 @@ use crate::pipeline::worker::{Job, sleep_unless_stopped};
 const PUBLISH_RETRY_INITIAL: Duration = Duration::from_millis(100);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// The trace context headers (`traceparent`, `tracestate`) an event's outputs carry.
+pub type TraceHeaders = [(String, Option<Vec<u8>>)];
+
 /// A publish under way: it resolves with Kafka's acknowledgement.
 pub type Publishing<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send + 'a>>;
@@ -37,21 +40,41 @@ pub type Publishing<'a> =
 /// Writes outputs at-least-once: the idempotent producer in the service, a simulated topic in
 /// the whole-service simulation.
 pub trait Publish: Send + Sync + std::fmt::Debug {
-    /// Writes one outcome and waits for its acknowledgement.
-    fn outcome<'a>(&'a self, outcome: &'a RegistrationNotifyOutcome) -> Publishing<'a>;
-    /// Writes one dead letter and waits for its acknowledgement.
-    fn dead_letter<'a>(&'a self, input: &'a InputRecord, letter: &'a DeadLetter) -> Publishing<'a>;
+    /// Writes one outcome, with the event's trace context headers, and waits for its
+    /// acknowledgement.
+    fn outcome<'a>(
+        &'a self,
+        outcome: &'a RegistrationNotifyOutcome,
+        trace: &'a TraceHeaders,
+    ) -> Publishing<'a>;
+    /// Writes one dead letter, with the event's trace context headers, and waits for its
+    /// acknowledgement.
+    fn dead_letter<'a>(
+        &'a self,
+        input: &'a InputRecord,
+        letter: &'a DeadLetter,
+        trace: &'a TraceHeaders,
+    ) -> Publishing<'a>;
     /// Waits until every record handed over is acknowledged or `timeout` passes.
     fn flush(&self, timeout: Duration) -> Result<(), KafkaError>;
 }
 
 impl Publish for OutputPublisher {
-    fn outcome<'a>(&'a self, outcome: &'a RegistrationNotifyOutcome) -> Publishing<'a> {
-        Box::pin(self.publish_outcome(outcome))
+    fn outcome<'a>(
+        &'a self,
+        outcome: &'a RegistrationNotifyOutcome,
+        trace: &'a TraceHeaders,
+    ) -> Publishing<'a> {
+        Box::pin(self.publish_outcome(outcome, trace))
     }
 
-    fn dead_letter<'a>(&'a self, input: &'a InputRecord, letter: &'a DeadLetter) -> Publishing<'a> {
-        Box::pin(self.publish_dead_letter(input, letter))
+    fn dead_letter<'a>(
+        &'a self,
+        input: &'a InputRecord,
+        letter: &'a DeadLetter,
+        trace: &'a TraceHeaders,
+    ) -> Publishing<'a> {
+        Box::pin(self.publish_dead_letter(input, letter, trace))
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
@@ -89,6 +112,7 @@ impl OutputSink {
         outcome: Option<&RegistrationNotifyOutcome>,
     ) -> Finish {
         let cancel = &job.cancel;
+        let trace = job.trace.headers();
         let publisher = match self {
             OutputSink::Transactional(submitter) => {
                 let submission = Submission {
@@ -96,6 +120,7 @@ impl OutputSink {
                     generation: job.generation,
                     dead_letter: letter.cloned(),
                     outcome: outcome.cloned(),
+                    trace,
                 };
                 return tokio::select! {
                     sent = submitter.send(submission) => match sent {
@@ -111,15 +136,18 @@ impl OutputSink {
         // pair would write a new copy of an acknowledged dead letter on every retry of the
         // outcome.
         if let Some(letter) = letter {
-            let published =
-                until_acknowledged(stats, cancel, || publisher.dead_letter(&job.record, letter))
-                    .await;
+            let published = until_acknowledged(stats, cancel, || {
+                publisher.dead_letter(&job.record, letter, &trace)
+            })
+            .await;
             if published != Finish::Terminal {
                 return published;
             }
         }
         match outcome {
-            Some(outcome) => until_acknowledged(stats, cancel, || publisher.outcome(outcome)).await,
+            Some(outcome) => {
+                until_acknowledged(stats, cancel, || publisher.outcome(outcome, &trace)).await
+            }
             None => Finish::Terminal,
         }
     }
@@ -218,20 +246,27 @@ pub fn is_permanent(error: &KafkaError) -> bool {
     )
 }
 
+/// Record headers from pairs.
+pub fn owned_headers(pairs: &TraceHeaders) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
+    for (key, value) in pairs {
+        headers = headers.insert(Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    headers
+}
+
 /// The dead-letter record of `input` (SPEC 3.3): its key, value and headers, plus `dlq.*`.
 pub fn dead_letter_record<'a>(
     dlq_topic: &'a str,
     consumer_group: &str,
     input: &'a InputRecord,
     letter: &DeadLetter,
+    trace: &[(String, Option<Vec<u8>>)],
 ) -> FutureRecord<'a, [u8], [u8]> {
-    let mut headers = OwnedHeaders::new();
-    for (key, value) in dead_letter_headers(input, consumer_group, letter) {
-        headers = headers.insert(Header {
-            key: &key,
-            value: value.as_deref(),
-        });
-    }
+    let headers = owned_headers(&dead_letter_headers(input, consumer_group, letter, trace));
     let mut record = FutureRecord::to(dlq_topic).headers(headers);
     if let Some(key) = &input.key {
         record = record.key(key.as_slice());
@@ -305,11 +340,13 @@ impl OutputPublisher {
     pub async fn publish_outcome(
         &self,
         outcome: &RegistrationNotifyOutcome,
+        trace: &TraceHeaders,
     ) -> Result<(), PublishError> {
         let value = self.encoder.encode(outcome).await?;
         let record = FutureRecord::to(&self.result_topic)
             .key(outcome.reference_merchant_id.as_bytes())
-            .payload(&value);
+            .payload(&value)
+            .headers(owned_headers(trace));
         self.producer
             .send(record, Timeout::Never)
             .await
@@ -325,8 +362,10 @@ impl OutputPublisher {
         &self,
         input: &InputRecord,
         letter: &DeadLetter,
+        trace: &TraceHeaders,
     ) -> Result<(), PublishError> {
-        let record = dead_letter_record(&self.dlq_topic, &self.consumer_group, input, letter);
+        let record =
+            dead_letter_record(&self.dlq_topic, &self.consumer_group, input, letter, trace);
         self.producer
             .send(record, Timeout::Never)
             .await

@@ -95,17 +95,21 @@ pub struct DeadLetter {
 }
 
 /// The headers of the dead-letter record: the input's own headers (minus any stale `dlq.*` ones
-/// from an earlier trip through the DLQ), then the diagnostic headers. Absent facts are absent
-/// headers.
+/// from an earlier trip through the DLQ, and with the event's trace context `trace` in place of
+/// the input's), then the diagnostic headers. Absent facts are absent headers.
 pub fn dead_letter_headers(
     record: &InputRecord,
     consumer_group: &str,
     letter: &DeadLetter,
+    trace: &[(String, Option<Vec<u8>>)],
 ) -> Vec<(String, Option<Vec<u8>>)> {
     let mut headers: Vec<(String, Option<Vec<u8>>)> = record
         .headers
         .iter()
-        .filter(|(name, _)| !name.starts_with(DLQ_HEADER_PREFIX))
+        .filter(|(name, _)| {
+            !name.starts_with(DLQ_HEADER_PREFIX) && !crate::telemetry::traces::is_trace_header(name)
+        })
+        .chain(trace)
         .cloned()
         .collect();
     let mut add = |name: &str, value: String| headers.push((name.to_string(), Some(value.into())));
@@ -192,7 +196,7 @@ mod tests {
             http_status: Some(200),
             failed_at,
         };
-        let headers = dead_letter_headers(&record(), "regnotify", &letter);
+        let headers = dead_letter_headers(&record(), "regnotify", &letter, &[]);
         assert_eq!(headers[0], ("trace".to_string(), Some(b"abc".to_vec())));
         assert_eq!(headers[1], ("empty".to_string(), None));
         assert_eq!(header(&headers, "dlq.reason"), Some("REQUEST_REFUSED"));
@@ -226,7 +230,7 @@ mod tests {
             http_status: None,
             failed_at: Utc::now(),
         };
-        let headers = dead_letter_headers(&input, "g", &letter);
+        let headers = dead_letter_headers(&input, "g", &letter, &[]);
         for absent in [
             "dlq.source.timestamp",
             "dlq.attempts",

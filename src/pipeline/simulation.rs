@@ -59,7 +59,7 @@ use crate::pipeline::circuit::{Circuit, Circuits};
 use crate::pipeline::consumer::{ConsumerEvent, Control, FinishedNote, Flow};
 use crate::pipeline::dispatch::{CommitFuture, Committer, Dispatcher, DispatcherParts};
 use crate::pipeline::mpp::{Mpp, Mpps, Notifier};
-use crate::pipeline::output::{OutputSink, Publish, PublishError, Publishing};
+use crate::pipeline::output::{OutputSink, Publish, PublishError, Publishing, TraceHeaders};
 use crate::pipeline::parking::Parking;
 use crate::pipeline::record::{DeadLetter, InputRecord};
 use crate::pipeline::transactions::{Submission, split};
@@ -606,11 +606,20 @@ impl SimPublisher {
 }
 
 impl Publish for SimPublisher {
-    fn outcome<'a>(&'a self, outcome: &'a RegistrationNotifyOutcome) -> Publishing<'a> {
+    fn outcome<'a>(
+        &'a self,
+        outcome: &'a RegistrationNotifyOutcome,
+        _trace: &'a TraceHeaders,
+    ) -> Publishing<'a> {
         Box::pin(self.write(outcome.source_partition, outcome.source_offset, "outcome"))
     }
 
-    fn dead_letter<'a>(&'a self, input: &'a InputRecord, letter: &'a DeadLetter) -> Publishing<'a> {
+    fn dead_letter<'a>(
+        &'a self,
+        input: &'a InputRecord,
+        letter: &'a DeadLetter,
+        _trace: &'a TraceHeaders,
+    ) -> Publishing<'a> {
         // An event's dead letter comes with its outcome, which counts it; a poison record has
         // only the dead letter.
         let _ = letter;
@@ -938,6 +947,9 @@ impl Run {
             flow: Arc::clone(&flow),
             control: control_rx,
             transaction_due,
+            tracing: crate::telemetry::traces::Tracing::off(),
+            group: "simulation".into(),
+            event_stall_after: crate::config::AdminSettings::default().event_stall_after,
         });
         let (events, events_rx) = mpsc::unbounded_channel();
         let dispatcher = tokio::spawn(dispatcher.run(events_rx, CancellationToken::new()));

@@ -34,7 +34,7 @@ use crate::config::KafkaSettings;
 use crate::event::RegistrationNotifyOutcome;
 use crate::pipeline::book::{Prepared, Slot};
 use crate::pipeline::consumer::{Control, PipelineConsumer};
-use crate::pipeline::output::{dead_letter_record, is_permanent, producer_config};
+use crate::pipeline::output::{dead_letter_record, is_permanent, owned_headers, producer_config};
 use crate::pipeline::record::{DeadLetter, InputRecord};
 
 /// Bound on one blocking transaction call (begin, offsets, commit, abort).
@@ -57,6 +57,8 @@ pub struct Submission {
     pub generation: u64,
     pub dead_letter: Option<DeadLetter>,
     pub outcome: Option<RegistrationNotifyOutcome>,
+    /// The event's trace context headers, which its outputs carry.
+    pub trace: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Submission {
@@ -127,6 +129,7 @@ mod tests {
             generation,
             dead_letter: None,
             outcome: None,
+            trace: Vec::new(),
         }
     }
 
@@ -808,6 +811,7 @@ impl TransactionWriter {
                     &self.consumer_group,
                     &submission.record,
                     letter,
+                    &submission.trace,
                 );
                 deliveries.push(
                     producer
@@ -825,7 +829,8 @@ impl TransactionWriter {
                 })?;
                 let record = FutureRecord::to(&self.result_topic)
                     .key(outcome.reference_merchant_id.as_bytes())
-                    .payload(&value);
+                    .payload(&value)
+                    .headers(owned_headers(&submission.trace));
                 deliveries.push(
                     producer
                         .send_result(record)

@@ -27,6 +27,7 @@ use crate::pipeline::mpp::{Mpp, Mpps};
 use crate::pipeline::output::OutputSink;
 use crate::pipeline::parking::Parking;
 use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
+use crate::telemetry::traces::{self, EventTrace, Waits};
 
 /// What a worker is given: a decoded event, or a record that could not be decoded.
 #[derive(Debug)]
@@ -44,6 +45,9 @@ pub struct Job {
     pub generation: u64,
     /// Fires when this job must stop at once: shutdown, or its partition is gone.
     pub cancel: CancellationToken,
+    /// The event's trace: its outputs carry its context; with export on, its span and one child
+    /// per Alipay+ attempt are recorded.
+    pub trace: EventTrace,
 }
 
 impl Job {
@@ -108,12 +112,27 @@ impl std::fmt::Debug for WorkerContext {
     }
 }
 
-/// Runs one job to its end.
+/// Runs one job to its end. Every line it logs carries the event's trace id (`span.trace_id`).
 pub async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
-    match &job.work {
-        Work::Poison(error) => dead_letter_poison(ctx, job, error).await,
-        Work::Event(event) => notify_event(ctx, job, event).await,
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "event",
+        trace_id = %job.trace.trace_id(),
+        partition = job.record.partition,
+        offset = job.record.offset,
+    );
+    let finish = async {
+        match &job.work {
+            Work::Poison(error) => dead_letter_poison(ctx, job, error).await,
+            Work::Event(event) => notify_event(ctx, job, event).await,
+        }
     }
+    .instrument(span)
+    .await;
+    if matches!(finish, Finish::Abandoned | Finish::Fatal) {
+        job.trace.abandoned();
+    }
+    finish
 }
 
 async fn dead_letter_poison(ctx: &WorkerContext, job: &Job, error: &DecodeError) -> Finish {
@@ -133,6 +152,8 @@ async fn dead_letter_poison(ctx: &WorkerContext, job: &Job, error: &DecodeError)
     }
     observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
     observe::poison(&ctx.stats, record.partition, record.offset, &letter.error);
+    job.trace
+        .finished("DEAD_LETTERED", None, 0, Some(&letter.error));
     written
 }
 
@@ -146,7 +167,12 @@ struct Verdict {
 }
 
 async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecided) -> Finish {
-    let (record, cancel) = (&job.record, &job.cancel);
+    let record = &job.record;
+    job.trace.event(
+        &event.event_id,
+        &event.registration_request_id,
+        event.psp_id.as_deref(),
+    );
     let invalid = |error: String| Verdict {
         outcome: NotifyOutcome::DeadLettered,
         dead_letter: Some((DeadLetterReason::InvalidEvent, error)),
@@ -160,7 +186,7 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
         .and_then(|()| ctx.mpps.route(event.psp_id.as_deref()))
     {
         Err(error) => invalid(error),
-        Ok(mpp) => match notify_with_retries(ctx, mpp, job.slot(), cancel, event).await {
+        Ok(mpp) => match notify_with_retries(ctx, mpp, job, event).await {
             Some(verdict) => verdict,
             None => return Finish::Abandoned,
         },
@@ -186,6 +212,12 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
         observe::dead_letter(&ctx.stats, letter.reason, record.partition, record.offset);
     }
     observe::outcome(&ctx.stats, &outcome, event.occurred_at_ms);
+    job.trace.finished(
+        outcome.outcome.as_str(),
+        outcome.result_code.as_deref(),
+        verdict.attempts,
+        outcome.error.as_deref(),
+    );
     written
 }
 
@@ -206,18 +238,21 @@ async fn notify_event(ctx: &WorkerContext, job: &Job, event: &RegistrationDecide
 async fn notify_with_retries(
     ctx: &WorkerContext,
     mpp: &Mpp,
-    slot: Slot,
-    cancel: &CancellationToken,
+    job: &Job,
     event: &RegistrationDecided,
 ) -> Option<Verdict> {
+    let (slot, cancel) = (job.slot(), &job.cancel);
     let mut budget = Spent::new();
     let mut attempts: u32 = 0;
     let mut first_attempt_at_ms = None;
     let mut refused_before = false;
+    // What the next attempt waited for, on its span.
+    let mut waits = Waits::default();
     loop {
         let (call, waited) = admitted(ctx, mpp, slot, cancel).await?;
         let probe = call.probe;
         budget.held += waited;
+        waits.circuit += waited;
         // A probe whose job stops before its answer lets another caller probe.
         let abandon = || {
             if probe {
@@ -233,13 +268,27 @@ async fn notify_with_retries(
         if !wait.is_zero() && !sleep_unless_stopped(cancel, wait).await {
             return abandon();
         }
+        waits.throttle += wait;
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
+        let started = std::time::SystemTime::now();
         let attempt = tokio::select! {
             attempt = mpp.client.notify(event) => attempt,
             () = cancel.cancelled() => return abandon(),
         };
         attempts += 1;
         observe::notify_attempt(&ctx.stats, &mpp.psp, &attempt);
+        let result = attempt.result.as_ref();
+        job.trace.attempt(&traces::Attempt {
+            number: attempts,
+            psp: &mpp.psp,
+            started,
+            ended: std::time::SystemTime::now(),
+            http_status: attempt.http_status,
+            result_status: result.map(|result| result.result_status.as_str()),
+            result_code: result.map(|result| result.result_code.as_str()),
+            class: attempt.class.as_str(),
+            waits: std::mem::take(&mut waits),
+        });
         let refused = attempt.class == ResultClass::Refused;
         let repeat = refused && refused_before;
         refused_before |= refused;
@@ -264,6 +313,7 @@ async fn notify_with_retries(
                     } else {
                         let (refusal, waited) = mpp.circuit.refusal(mark, cancel).await?;
                         budget.held += waited;
+                        waits.backoff += waited;
                         refusal
                     };
                     match refusal {
@@ -278,6 +328,7 @@ async fn notify_with_retries(
                                 if !sleep_unless_stopped(cancel, delay).await {
                                     return None;
                                 }
+                                waits.backoff += delay;
                                 continue;
                             }
                         }
@@ -298,6 +349,7 @@ async fn notify_with_retries(
                     if !sleep_unless_stopped(cancel, delay).await {
                         return None;
                     }
+                    waits.backoff += delay;
                     continue;
                 }
                 let error = format!(
