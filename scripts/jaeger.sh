@@ -7,13 +7,13 @@
 #
 # Built from the Go module proxy (CI reaches only the package registries) with the Jaeger version
 # and every dependency's checksum pinned by tools/jaeger/go.mod and go.sum: about 3.5 minutes on
-# two cores the first time, into ${REGNOTIFY_TOOLS_DIR:-~/.cache/regnotify/go-bin}. The tracing
+# two cores the first time, into ${REGNOTIFY_EXTERNAL_TOOLS_DIR:-~/.cache/regnotify/go-bin}. The tracing
 # test finds it there (or at REGNOTIFY_EXTERNAL_JAEGER).
 # To upgrade: `cd tools/jaeger && go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@vX`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools_dir="${REGNOTIFY_TOOLS_DIR:-$HOME/.cache/regnotify/go-bin}"
+tools_dir="${REGNOTIFY_EXTERNAL_TOOLS_DIR:-$HOME/.cache/regnotify/go-bin}"
 jaeger="$tools_dir/jaeger"
 # The pin: the Jaeger version and the checksums of everything it is built from.
 pin="$(awk '$1 == "github.com/jaegertracing/jaeger" { print $2 }' tools/jaeger/go.mod)-$(sha256sum tools/jaeger/go.sum | cut -c1-16)"

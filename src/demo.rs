@@ -46,6 +46,9 @@ use crate::usage;
 
 mod ledger;
 pub mod soak;
+mod trace_sink;
+
+pub use trace_sink::TraceExports;
 
 use ledger::{Delivered, Expect, OffsetSet};
 
@@ -69,6 +72,9 @@ pub struct DemoOptions {
     pub ordering: Option<Ordering>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Record a span per event and per attempt and export them over OTLP/HTTP to a receiver in
+    /// the demo's process (what tracing costs).
+    pub traces: bool,
 }
 
 impl DemoOptions {
@@ -90,6 +96,9 @@ impl DemoOptions {
                 Ordering::Partition => "partition",
             };
             args.extend(["--ordering".to_string(), name.to_string()]);
+        }
+        if self.traces {
+            args.push("--traces".to_string());
         }
         args
     }
@@ -137,6 +146,9 @@ pub struct DemoSummary {
     pub latency_ms: u64,
     pub max_in_flight: usize,
     pub ordering: String,
+    /// With `--traces`: what the OTLP receiver was sent (spans: one per event and per attempt).
+    #[serde(default)]
+    pub trace_exports: Option<TraceExports>,
     /// Every event reached its terminal state, and Kafka holds exactly one outcome per decodable
     /// event and one dead letter per dead-lettered event.
     pub all_terminal: bool,
@@ -267,6 +279,8 @@ struct Rig {
     pipeline: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// When the pipeline was started.
     started: Instant,
+    /// With `--traces`: where the spans go.
+    trace_sink: Option<trace_sink::TraceSink>,
 }
 
 impl Rig {
@@ -289,7 +303,17 @@ impl Rig {
             Arc::clone(&order),
         ));
 
-        let settings = demo_settings(bootstrap, &simulator.base_url(), options);
+        let mut settings = demo_settings(bootstrap, &simulator.base_url(), options);
+        let trace_sink = if options.traces {
+            let sink = trace_sink::TraceSink::start().await?;
+            settings.telemetry.traces = true;
+            settings.telemetry.endpoint = Some(sink.endpoint());
+            settings.telemetry.protocol = Some(crate::config::OtlpProtocol::HttpProtobuf);
+            settings.telemetry.sample_ratio = 1.0;
+            Some(sink)
+        } else {
+            None
+        };
         let client = Arc::new(AlipayPlusClient::new(
             ClientOptions::from_settings(&settings.alipayplus),
             mpp_key,
@@ -315,12 +339,22 @@ impl Rig {
             shutdown,
             pipeline,
             started,
+            trace_sink,
         })
     }
 
     /// Lets the periodic commit catch up with the last outcomes, then stops the pipeline and the
     /// simulator. Whether every merchant's requests reached the simulator in order.
     async fn stop(self, bootstrap: &str) -> anyhow::Result<bool> {
+        Ok(self.stop_with_traces(bootstrap).await?.0)
+    }
+
+    /// [`Rig::stop`], and with `--traces` what the OTLP receiver was sent (the pipeline exports
+    /// its last spans as it stops).
+    async fn stop_with_traces(
+        self,
+        bootstrap: &str,
+    ) -> anyhow::Result<(bool, Option<TraceExports>)> {
         wait_for_commits(
             bootstrap,
             &self.settings.kafka.group_id,
@@ -346,7 +380,8 @@ impl Rig {
             Ok(simulator) => simulator.shutdown().await?,
             Err(_) => anyhow::bail!("the simulator is still shared after the run"),
         }
-        Ok(merchants_in_order)
+        let exports = self.trace_sink.as_ref().map(trace_sink::TraceSink::exports);
+        Ok((merchants_in_order, exports))
     }
 }
 
@@ -386,7 +421,7 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
     let cpu_seconds = cpu_at_end
         .zip(cpu_at_start)
         .map(|(end, start)| end.saturating_sub(start).as_secs_f64());
-    let merchants_in_order = rig.stop(bootstrap).await?;
+    let (merchants_in_order, trace_exports) = rig.stop_with_traces(bootstrap).await?;
     progress.finish_and_clear();
     let bootstrap_owned = bootstrap.to_string();
     let group = settings.kafka.group_id.clone();
@@ -435,6 +470,7 @@ async fn run_against(bootstrap: &str, options: &DemoOptions) -> anyhow::Result<D
         latency_ms: options.latency.as_millis() as u64,
         max_in_flight: settings.processing.max_in_flight,
         ordering: format!("{:?}", settings.processing.ordering).to_lowercase(),
+        trace_exports,
         all_terminal: stats.terminal() == total && verified.outputs_match,
         all_committed: verified.all_committed,
         merchant_order_kept: merchants_in_order,
@@ -773,6 +809,18 @@ impl DemoSummary {
         );
         line("HTTP calls to Alipay+", self.http_calls.to_string());
         line("retries", self.retries.to_string());
+        if let Some(exports) = &self.trace_exports {
+            line(
+                "spans exported (OTLP/HTTP)",
+                format!(
+                    "{} of {} (one per event and per call), {} requests, {:.1} MB",
+                    exports.spans,
+                    self.events + self.http_calls,
+                    exports.requests,
+                    exports.bytes as f64 / 1e6
+                ),
+            );
+        }
         line(
             "settings",
             format!(
@@ -908,10 +956,11 @@ mod tests {
             max_in_flight: Some(64),
             ordering: Some(Ordering::Partition),
             progress: false,
+            traces: true,
         };
         assert_eq!(
             options.to_args().join(" "),
-            "--events 500 --latency-ms 50 --max-in-flight 64 --ordering partition"
+            "--events 500 --latency-ms 50 --max-in-flight 64 --ordering partition --traces"
         );
     }
 }

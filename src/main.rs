@@ -159,6 +159,10 @@ struct DemoArgs {
     /// Override `processing.ordering`.
     #[arg(long, value_enum)]
     ordering: Option<OrderingArg>,
+    /// Record a span per event and per Alipay+ attempt and export them over OTLP/HTTP to a
+    /// receiver in the demo's process, which counts them (what tracing costs).
+    #[arg(long)]
+    traces: bool,
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -295,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     OrderingArg::Partition => regnotify::config::Ordering::Partition,
                 }),
                 progress: !args.json,
+                traces: args.traces,
             };
             if args.soak {
                 let soak = regnotify::demo::soak::SoakOptions {

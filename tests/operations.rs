@@ -33,8 +33,25 @@ fn result(status: &str, code: &str) -> Fault {
 /// Parses exposition text with the reference Python parser when it is installed (required in
 /// CI), else with a strict line check of our own; returns `series → value`.
 fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let Some(output) = reference_parser(text, &[]) else {
+        return own_parse(text);
+    };
+    output
+        .lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs the reference parser (tests/external_prometheus/parse.py, prometheus-client) on `text`
+/// with `args` and returns what it printed; fails on text it refuses. `None` when
+/// prometheus-client is not installed, which fails instead where CI requires it.
+fn reference_parser(text: &str, args: &[&str]) -> Option<String> {
     let external = Command::new("python3")
         .arg("tests/external_prometheus/parse.py")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -53,7 +70,7 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
             "prometheus-client is required (pip install -r tests/external_prometheus/requirements.txt)"
         );
         eprintln!("skipped the reference parser: prometheus-client not installed");
-        return own_parse(text);
+        return None;
     }
     let output = external.unwrap();
     assert!(
@@ -61,14 +78,7 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
         "not valid exposition text: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
+    Some(String::from_utf8(output.stdout).unwrap())
 }
 
 fn own_parse(text: &str) -> BTreeMap<String, f64> {
@@ -953,4 +963,957 @@ async fn a_missing_input_topic_is_named_by_readyz_until_it_exists() {
     );
     let lines = service.stop().await;
     assert_eq!(json_lines(&lines, "kafka consumer error over").len(), 1);
+}
+
+/// Every metric the Grafana dashboard (`docker/grafana/dashboards/regnotify.json`: every panel's
+/// and nested row's `targets[].expr`, and the template variables' queries), the alert rules
+/// (`docker/prometheus/alerts.yaml`, which must exist, and `docker/kubernetes/prometheusrule.yaml`
+/// when it does: every `expr`) and the README (the metrics table, whose type column must match,
+/// and every other `regnotify_…` name it mentions) name is in the real binary's `/metrics`, as
+/// `# TYPE` says (checked by our reading of the `# TYPE` lines and by prometheus-client's parser,
+/// which must agree). In PromQL a name inside `rate()`, `irate()` or `increase()` must be a
+/// counter or a histogram's series, a `_bucket`/`_sum`/`_count` name a histogram's, and
+/// `histogram_quantile()` must read a histogram's `_bucket`; a histogram is never named bare. A
+/// recording rule's `record:` name is not a metric of the service. The failure lists every name
+/// missing or mistyped and where it is named.
+///
+/// No metric is faked: the service is run through what makes each appear, and the names are
+/// checked twice. At start, before any partition is assigned or any event taken (the input topic
+/// does not exist yet), every named metric must already be exported except those in
+/// [`APPEAR_LATER`], which says what makes each appear. The series exported from start come from
+/// `observe::exported` (the label-free metrics, the fixed label sets, one set per configured MPP,
+/// and `invariant_violations_total` for every check the pipeline reports: read here from the
+/// source, so a check not listed there fails this test) and from the service's own start
+/// (`build_info`, `key_version` and `circuit_state` per MPP). Then the topic is created and the
+/// service runs through successes, a refusal dead-lettered, an invalid event, an undecodable
+/// record and an unknown answer retried, and waits for librdkafka's statistics (every 5 s): now
+/// every named metric must be there.
+///
+/// Exceptions (named but never exported): none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_alerts_and_readme_name_is_exported_with_its_type() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+    use regnotify::codec::EventEncoder;
+    use regnotify::config::InputEncoding;
+
+    let (uses, mut problems) =
+        metric_uses::everywhere(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+    let rules = vec![
+        FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
+        FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
+    ];
+    let harness = Harness::new(1, rules).await;
+    // Its own mock cluster, so that the input topic can be missing at start even when the suite
+    // runs against a real broker.
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let (input, result_topic, dlq) = (
+        common::unique("decided"),
+        common::unique("result"),
+        common::unique("dlq"),
+    );
+    mock.create_topic(&result_topic, 2, 1).unwrap();
+    mock.create_topic(&dlq, 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin) = service_config(
+        &harness,
+        dir.path(),
+        &bootstrap,
+        [&input, &result_topic, &dlq],
+        &[("topic.metadata.refresh.interval.ms", "1000")],
+    );
+    let service = RunningBinary::start(&config);
+    let metrics_url = format!("{admin}/metrics");
+    until(
+        "readyz to name the missing input topic",
+        &format!("{admin}/readyz"),
+        WAIT,
+        |status, body| status == 503 && body.contains("UnknownTopicOrPartition"),
+    )
+    .await;
+    let (_, text) = get(&metrics_url).await;
+    let from_start: Vec<metric_uses::Use> = uses
+        .iter()
+        .filter(|use_| !APPEAR_LATER.iter().any(|(name, _)| *name == use_.name))
+        .cloned()
+        .collect();
+    let at_start = metric_uses::check(&from_start, &own_types(&text));
+
+    mock.create_topic(&input, 2, 1).unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let encoder = EventEncoder::new(InputEncoding::SingleObject, None, &input).unwrap();
+    let mut records = Vec::new();
+    for event in [
+        event("M-OK-1", "R-1"),
+        event("M-OK-2", "R-2"),
+        event("M-REF-1", "R-3"),
+        event("M-U1-1", "R-4"),
+        event("", "R-5"),
+    ] {
+        let value = encoder.encode(&event).await.unwrap();
+        records.push((event.reference_merchant_id.into_bytes(), value));
+    }
+    records.push((b"M-POISON".to_vec(), b"\x01garbage".to_vec()));
+    for (key, value) in &records {
+        let record = FutureRecord::to(&input)
+            .key(key.as_slice())
+            .payload(value.as_slice());
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let sum_of = |samples: &BTreeMap<String, f64>, family: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|(series, _)| series.starts_with(&format!("{family}{{")))
+            .map(|(_, value)| value)
+            .sum()
+    };
+    until(
+        "all six records to finish",
+        &metrics_url,
+        WAIT,
+        |_, body| {
+            let samples = own_parse(body);
+            sum_of(&samples, "regnotify_outcomes_total") == 5.0
+                && value(
+                    &samples,
+                    r#"regnotify_dead_letters_total{reason="DECODE_ERROR"}"#,
+                ) == 1.0
+        },
+    )
+    .await;
+    // The statistics-fed gauges come within 5 s; the test waits a little longer for every name,
+    // then reports what is still missing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let (_, text) = get(&metrics_url).await;
+        if metric_uses::check(&uses, &own_types(&text)).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, text) = get(&metrics_url).await;
+    service.stop().await;
+
+    let types = own_types(&text);
+    if let Some(reference) = reference_parser(&text, &["--families"]) {
+        let external: BTreeMap<String, String> = reference
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(name, kind)| (name.to_string(), kind.to_string()))
+            .collect();
+        assert_eq!(
+            types, external,
+            "our reading of `# TYPE` and prometheus-client's disagree"
+        );
+    }
+    let at_end = metric_uses::check(&uses, &types);
+    problems.extend(
+        at_start
+            .into_iter()
+            .filter(|problem| !at_end.contains(problem))
+            .map(|problem| {
+                format!("{problem}: at start, before any event (or list it in APPEAR_LATER)")
+            }),
+    );
+    problems.extend(at_end);
+    let samples = parse_exposition(&text);
+    for check in metric_uses::invariant_checks(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))) {
+        let series = format!(r#"regnotify_invariant_violations_total{{check="{check}"}}"#);
+        if !samples.contains_key(&series) {
+            problems.push(format!(
+                "{series}: the pipeline reports this check (src/pipeline) but it is not exported \
+                 from start: list it in src/observe/exported.rs"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s) with the metrics the dashboard, the alert rules and the README name:\n{}\n\
+         exported: {types:?}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// The metrics that cannot be exported from start, and what makes each appear: their labels are
+/// known only then (partitions, Kafka error codes, result codes), or a zero would be a claim
+/// nobody made (brokers up, lag, committed offset).
+const APPEAR_LATER: [(&str, &str); 15] = [
+    (
+        "regnotify_events_consumed_total",
+        "an assignment (zero per partition)",
+    ),
+    (
+        "regnotify_skipped_finished_total",
+        "an assignment (zero per partition)",
+    ),
+    (
+        "regnotify_partition_restarts_total",
+        "an assignment (zero per partition)",
+    ),
+    (
+        "regnotify_stalled_events_total",
+        "an assignment (zero per partition)",
+    ),
+    (
+        "regnotify_pending_events",
+        "the dispatcher's first turn after an assignment",
+    ),
+    ("regnotify_consumer_lag_seconds", "an assignment"),
+    ("regnotify_oldest_unfinished_seconds", "an assignment"),
+    ("regnotify_committed_offset", "the first commit"),
+    ("regnotify_finished_note_bytes", "the first commit"),
+    ("regnotify_outcomes_total", "the first outcome"),
+    (
+        "regnotify_consumer_lag",
+        "librdkafka's first statistics after an assignment",
+    ),
+    (
+        "regnotify_kafka_brokers_up",
+        "librdkafka's first statistics (every 5 s)",
+    ),
+    (
+        "regnotify_consumer_errors_total",
+        "the first consumer error of a code",
+    ),
+    (
+        "regnotify_kafka_client_errors_total",
+        "the first client error of a code",
+    ),
+    (
+        "regnotify_consumer_error_active",
+        "the first consumer error of a code that persists",
+    ),
+];
+
+/// `name → type` from the `# TYPE` lines of exposition text.
+fn own_types(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(name, kind)| (name.to_string(), kind.trim().to_string()))
+        .collect()
+}
+
+/// Where the dashboard, the alert rules and the README name a metric, and what each use needs of
+/// it. Plain text and JSON reading, no I/O beyond reading those files.
+mod metric_uses {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    pub const DASHBOARD: &str = "docker/grafana/dashboards/regnotify.json";
+    pub const ALERTS: &str = "docker/prometheus/alerts.yaml";
+    pub const PROMETHEUS_RULE: &str = "docker/kubernetes/prometheusrule.yaml";
+    pub const README: &str = "README.md";
+
+    /// Functions over a range vector that only make sense of a counter (or a histogram's series).
+    const COUNTER_FUNCTIONS: [&str; 4] = ["rate", "irate", "increase", "resets"];
+    /// PromQL keywords followed by a parenthesised list of label names, not an expression.
+    const LABEL_LISTS: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+
+    /// One place that names a metric.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Use {
+        /// As written: with a histogram's `_bucket`, `_sum` or `_count` when PromQL names those.
+        pub name: String,
+        pub place: String,
+        pub how: How,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum How {
+        /// In a PromQL expression; `calls` are the enclosing function calls, outermost first.
+        PromQl { calls: Vec<String> },
+        /// In the README's metrics table, which states the type.
+        Table { stated: String },
+        /// Mentioned in prose.
+        Mentioned,
+    }
+
+    /// A metric name in PromQL, with the function calls around it (outermost first).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Reference {
+        pub name: String,
+        pub calls: Vec<String>,
+    }
+
+    /// Every use in the dashboard, the rule files and the README under `root`, and the problems
+    /// found reading them (a required file missing).
+    pub fn everywhere(root: &Path) -> (Vec<Use>, Vec<String>) {
+        let mut uses = Vec::new();
+        let mut problems = Vec::new();
+        let read = |file: &str| std::fs::read_to_string(root.join(file));
+        match read(DASHBOARD) {
+            Ok(text) => {
+                let json = serde_json::from_str(&text)
+                    .unwrap_or_else(|error| panic!("{DASHBOARD} is not JSON: {error}"));
+                let expressions = dashboard_expressions(&json);
+                if expressions.is_empty() {
+                    problems.push(format!("{DASHBOARD}: no panel target `expr` found"));
+                }
+                for (expr, place) in expressions {
+                    uses.extend(promql_uses(
+                        &expr,
+                        &format!("{DASHBOARD}: {place}"),
+                        &BTreeSet::new(),
+                    ));
+                }
+            }
+            Err(error) => problems.push(format!("{DASHBOARD}: cannot be read: {error}")),
+        }
+        for (file, required) in [(ALERTS, true), (PROMETHEUS_RULE, false)] {
+            match read(file) {
+                Ok(text) => {
+                    let (expressions, recorded) = rule_expressions(&text);
+                    if expressions.is_empty() {
+                        problems.push(format!("{file}: no `expr:` found"));
+                    }
+                    for (expr, place) in expressions {
+                        uses.extend(promql_uses(&expr, &format!("{file}:{place}"), &recorded));
+                    }
+                }
+                Err(error) if required => problems.push(format!(
+                    "{file}: cannot be read ({error}); the alert rules must exist and name only \
+                     exported metrics"
+                )),
+                Err(_) => {}
+            }
+        }
+        match read(README) {
+            Ok(text) => {
+                let named = readme_uses(&text);
+                if !named
+                    .iter()
+                    .any(|use_| matches!(use_.how, How::Table { .. }))
+                {
+                    problems.push(format!(
+                        "{README}: no metrics table row (`| `regnotify_…` | type | labels |`) found"
+                    ));
+                }
+                uses.extend(named);
+            }
+            Err(error) => problems.push(format!("{README}: cannot be read: {error}")),
+        }
+        (uses, problems)
+    }
+
+    fn promql_uses(expr: &str, place: &str, recorded: &BTreeSet<String>) -> Vec<Use> {
+        metric_references(expr)
+            .into_iter()
+            .filter(|reference| !recorded.contains(&reference.name))
+            .map(|reference| Use {
+                name: reference.name,
+                place: place.to_string(),
+                how: How::PromQl {
+                    calls: reference.calls,
+                },
+            })
+            .collect()
+    }
+
+    /// What is wrong with each use, given the exposition's `name → type`; empty when nothing.
+    pub fn check(uses: &[Use], types: &BTreeMap<String, String>) -> Vec<String> {
+        let mut problems: Vec<String> = uses
+            .iter()
+            .filter_map(|use_| {
+                problem(use_, types).map(|why| format!("{}: {why} ({})", use_.name, use_.place))
+            })
+            .collect();
+        problems.dedup();
+        problems
+    }
+
+    fn problem(use_: &Use, types: &BTreeMap<String, String>) -> Option<String> {
+        let name = use_.name.as_str();
+        let (kind, suffix) = match types.get(name) {
+            Some(kind) => (kind.as_str(), None),
+            None => {
+                let Some((base, suffix)) = HISTOGRAM_SUFFIXES
+                    .iter()
+                    .find_map(|suffix| Some((name.strip_suffix(suffix)?, *suffix)))
+                else {
+                    return Some("not exported".into());
+                };
+                let Some(kind) = types.get(base) else {
+                    return Some(format!("not exported (nor is {base})"));
+                };
+                if kind != "histogram" {
+                    return Some(format!(
+                        "{base} is exported as a {kind}, which has no {suffix}"
+                    ));
+                }
+                (kind.as_str(), Some(suffix))
+            }
+        };
+        match &use_.how {
+            How::Table { stated } if stated != kind => {
+                Some(format!("the README says {stated}, exported as a {kind}"))
+            }
+            How::PromQl { calls } => {
+                if kind == "histogram" && suffix.is_none() {
+                    return Some(
+                        "a histogram has no series of its bare name: use _bucket, _sum or _count"
+                            .into(),
+                    );
+                }
+                let innermost = calls.last().map(String::as_str).unwrap_or_default();
+                if COUNTER_FUNCTIONS.contains(&innermost) && kind != "counter" && suffix.is_none() {
+                    return Some(format!("{innermost}() of a {kind}; it needs a counter"));
+                }
+                if calls.iter().any(|call| call == "histogram_quantile")
+                    && suffix != Some("_bucket")
+                {
+                    return Some("histogram_quantile() needs a histogram's _bucket series".into());
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The metric names (`regnotify_…`) in a PromQL expression, each with the function calls
+    /// around it. Strings, label matchers `{…}`, ranges `[…]`, label lists (`by (…)`) and
+    /// comments are skipped; Grafana's `$variables` are harmless there.
+    pub fn metric_references(expr: &str) -> Vec<Reference> {
+        let chars: Vec<char> = expr.chars().collect();
+        let mut references = Vec::new();
+        let mut calls: Vec<String> = Vec::new();
+        let mut at = 0;
+        while at < chars.len() {
+            let c = chars[at];
+            if matches!(c, '"' | '\'' | '`') {
+                at = past_string(&chars, at);
+            } else if c == '{' {
+                at = past(&chars, at, '}');
+            } else if c == '[' {
+                at = past(&chars, at, ']');
+            } else if c == '#' {
+                while at < chars.len() && chars[at] != '\n' {
+                    at += 1;
+                }
+            } else if c == '(' {
+                calls.push(String::new());
+                at += 1;
+            } else if c == ')' {
+                calls.pop();
+                at += 1;
+            } else if c.is_ascii_digit() || c == '.' {
+                while at < chars.len() && (chars[at].is_ascii_alphanumeric() || chars[at] == '.') {
+                    at += 1;
+                }
+            } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+                let start = at;
+                while at < chars.len()
+                    && (chars[at].is_ascii_alphanumeric() || matches!(chars[at], '_' | ':'))
+                {
+                    at += 1;
+                }
+                let word: String = chars[start..at].iter().collect();
+                let mut next = at;
+                while next < chars.len() && chars[next].is_whitespace() {
+                    next += 1;
+                }
+                if chars.get(next) == Some(&'(') {
+                    if LABEL_LISTS.contains(&word.to_ascii_lowercase().as_str()) {
+                        at = past(&chars, next, ')');
+                    } else {
+                        calls.push(word.to_ascii_lowercase());
+                        at = next + 1;
+                    }
+                } else if word.starts_with("regnotify_") {
+                    references.push(Reference {
+                        name: word,
+                        calls: calls.clone(),
+                    });
+                }
+            } else {
+                at += 1;
+            }
+        }
+        references
+    }
+
+    /// The index just past the string that opens at `open`.
+    fn past_string(chars: &[char], open: usize) -> usize {
+        let quote = chars[open];
+        let mut at = open + 1;
+        while at < chars.len() && chars[at] != quote {
+            at += if chars[at] == '\\' { 2 } else { 1 };
+        }
+        at + 1
+    }
+
+    /// The index just past the `close` that ends what opens at `open`, strings skipped.
+    fn past(chars: &[char], open: usize, close: char) -> usize {
+        let mut at = open + 1;
+        while at < chars.len() && chars[at] != close {
+            at = if matches!(chars[at], '"' | '\'' | '`') {
+                past_string(chars, at)
+            } else {
+                at + 1
+            };
+        }
+        at + 1
+    }
+
+    /// Every PromQL expression of a Grafana dashboard, with where it is: each panel's
+    /// `targets[].expr` (panels of collapsed rows included) and each template variable's query.
+    pub fn dashboard_expressions(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        walk_panels(dashboard["panels"].as_array(), "", &mut found);
+        for variable in dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let query = &variable["query"];
+            let query = query.as_str().or_else(|| query["query"].as_str());
+            if let Some(query) = query {
+                let name = variable["name"].as_str().unwrap_or("?");
+                found.push((query.to_string(), format!("variable \"{name}\"")));
+            }
+        }
+        found
+    }
+
+    fn walk_panels(
+        panels: Option<&Vec<serde_json::Value>>,
+        row: &str,
+        found: &mut Vec<(String, String)>,
+    ) {
+        // A row that is not collapsed holds its panels after it, at the top level.
+        let mut row = row.to_string();
+        for panel in panels.into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("untitled");
+            if panel["type"] == "row" {
+                row = title.to_string();
+                walk_panels(panel["panels"].as_array(), title, found);
+                continue;
+            }
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    found.push((
+                        expr.to_string(),
+                        format!(
+                            "panel \"{row} / {title}\" (id {}), target {}",
+                            panel["id"],
+                            target["refId"].as_str().unwrap_or("?")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// One line of a rule file: its indentation, whether it opens a list item, its key and value.
+    struct Line<'a> {
+        indent: usize,
+        item: bool,
+        /// The column of the key, after a list item's `- `.
+        column: usize,
+        key: &'a str,
+        value: &'a str,
+    }
+
+    fn line(text: &str) -> Option<Line<'_>> {
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            return None;
+        }
+        let indent = text.len() - trimmed.len();
+        let (item, column, rest) = match trimmed.strip_prefix('-') {
+            Some(rest) if rest.is_empty() || rest.starts_with(' ') => {
+                let body = rest.trim_start();
+                (true, text.len() - body.len(), body)
+            }
+            _ => (false, indent, trimmed),
+        };
+        let (key, value) = rest.split_once(':').unwrap_or((rest, ""));
+        Some(Line {
+            indent,
+            item,
+            column,
+            key: key.trim(),
+            value: value.trim(),
+        })
+    }
+
+    fn unquote(value: &str) -> String {
+        if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            return inner.replace("\\\"", "\"").replace("\\\\", "\\");
+        }
+        if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+            return inner.replace("''", "'");
+        }
+        value.to_string()
+    }
+
+    /// Every `expr:` of a Prometheus rule file (plain, quoted or a `|`/`>` block), each with
+    /// `line N alert X` or `line N record X`; and the names recording rules define.
+    pub fn rule_expressions(text: &str) -> (Vec<(String, String)>, BTreeSet<String>) {
+        let lines: Vec<Option<Line<'_>>> = text.lines().map(line).collect();
+        let raw: Vec<&str> = text.lines().collect();
+        let recorded = lines
+            .iter()
+            .flatten()
+            .filter(|line| line.key == "record")
+            .map(|line| unquote(line.value))
+            .collect();
+        let mut found = Vec::new();
+        for (index, current) in lines.iter().enumerate() {
+            let Some(current) = current.as_ref().filter(|line| line.key == "expr") else {
+                continue;
+            };
+            // The lines indented deeper than the key continue its value.
+            let continued: Vec<&str> = raw[index + 1..]
+                .iter()
+                .take_while(|text| {
+                    let trimmed = text.trim_start();
+                    trimmed.is_empty() || text.len() - trimmed.len() > current.column
+                })
+                .map(|text| text.trim())
+                .collect();
+            let expr = if current.value.starts_with(['|', '>']) {
+                continued.join("\n")
+            } else {
+                unquote(
+                    &std::iter::once(current.value)
+                        .chain(continued)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            };
+            found.push((
+                expr,
+                format!("{} {}", index + 1, rule_name(&lines, index, current.column)),
+            ));
+        }
+        (found, recorded)
+    }
+
+    /// `alert X` or `record X`: the name of the rule whose item holds line `at`.
+    fn rule_name(lines: &[Option<Line<'_>>], at: usize, column: usize) -> String {
+        let named = |line: &Line<'_>| {
+            (line.column == column && matches!(line.key, "alert" | "record"))
+                .then(|| format!("{} {}", line.key, unquote(line.value)))
+        };
+        for line in lines[..=at].iter().rev().flatten() {
+            if let Some(name) = named(line) {
+                return name;
+            }
+            if (line.item && line.column == column) || line.indent < column {
+                break;
+            }
+        }
+        for line in lines[at + 1..].iter().flatten() {
+            if line.indent < column {
+                break;
+            }
+            if let Some(name) = named(line) {
+                return name;
+            }
+        }
+        "(unnamed rule)".into()
+    }
+
+    /// The metrics the README names: the metrics table's rows (`| \`regnotify_…\` | type | …`),
+    /// with their stated type, and every other `regnotify_…` it mentions.
+    pub fn readme_uses(text: &str) -> Vec<Use> {
+        let mut uses = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let place = format!("{README}:{}", index + 1);
+            if line.starts_with("| `regnotify_") {
+                let cells: Vec<&str> = line.split('|').collect();
+                let stated: String = cells[2]
+                    .trim()
+                    .chars()
+                    .take_while(char::is_ascii_alphabetic)
+                    .collect();
+                for name in names_in(cells[1]) {
+                    uses.push(Use {
+                        name,
+                        place: format!("{place} (metrics table)"),
+                        how: How::Table {
+                            stated: stated.clone(),
+                        },
+                    });
+                }
+                continue;
+            }
+            for name in names_in(line) {
+                uses.push(Use {
+                    name,
+                    place: place.clone(),
+                    how: How::Mentioned,
+                });
+            }
+        }
+        uses
+    }
+
+    fn names_in(text: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("regnotify_") {
+            let preceded = rest[..start].chars().next_back();
+            let tail = &rest[start..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            if !preceded.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                names.push(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    /// The text of a call's arguments, up to the parenthesis that closes it (`rest` starts just
+    /// after the opening one).
+    fn call_arguments(rest: &str) -> String {
+        let chars: Vec<char> = rest.chars().collect();
+        let (mut depth, mut at) = (0_usize, 0);
+        while at < chars.len() {
+            match chars[at] {
+                '"' => {
+                    at = past_string(&chars, at);
+                    continue;
+                }
+                '(' => depth += 1,
+                ')' if depth == 0 => break,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            at += 1;
+        }
+        chars[..at.min(chars.len())].iter().collect()
+    }
+
+    /// The `check` names the pipeline passes to `invariant::take` and `invariant::expect` (the
+    /// last string literal of each call), read from `src/pipeline` under `root`.
+    pub fn invariant_checks(root: &Path) -> BTreeSet<String> {
+        let mut checks = BTreeSet::new();
+        let directory = root.join("src/pipeline");
+        for entry in std::fs::read_dir(&directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|extension| extension != "rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            for call in ["invariant::take(", "invariant::expect("] {
+                for (start, _) in source.match_indices(call) {
+                    let arguments = call_arguments(&source[start + call.len()..]);
+                    let literal = arguments.rsplit('"').nth(1).unwrap_or_else(|| {
+                        panic!("{}: no check name in {arguments}", path.display())
+                    });
+                    checks.insert(literal.to_string());
+                }
+            }
+        }
+        checks
+    }
+}
+
+/// The PromQL, rule-file and README readings the metric-name test relies on.
+#[test]
+fn metric_uses_are_read_from_promql_rules_dashboards_and_the_readme() {
+    use metric_uses::*;
+
+    let names = |expr: &str| -> Vec<(String, Vec<String>)> {
+        metric_references(expr)
+            .into_iter()
+            .map(|reference| (reference.name, reference.calls))
+            .collect()
+    };
+    assert_eq!(
+        names(
+            r#"histogram_quantile(0.99, sum by (le) (rate(regnotify_notify_latency_seconds_bucket{instance=~"$instance",x="regnotify_no"}[$__rate_interval])))"#
+        ),
+        vec![(
+            "regnotify_notify_latency_seconds_bucket".to_string(),
+            vec!["histogram_quantile".into(), String::new(), "rate".into()]
+        )]
+    );
+    assert_eq!(
+        names(
+            "max by (partition) (regnotify_a) / on (partition) group_left regnotify_b offset 5m > 0.5 # regnotify_c"
+        ),
+        vec![
+            ("regnotify_a".to_string(), vec![String::new()]),
+            ("regnotify_b".to_string(), vec![])
+        ]
+    );
+    assert_eq!(
+        names("up == 0 and label_values(regnotify_x, instance)")[0].1,
+        vec!["label_values"]
+    );
+
+    let rules = r#"
+groups:
+  - name: regnotify
+    rules:
+      - record: regnotify:lag:max
+        expr: max(regnotify_consumer_lag)
+      - alert: Stalled
+        expr: |
+          increase(regnotify_stalled_events_total[5m])
+            > 0
+        for: 1m
+      - expr: 'regnotify_in_flight > 0'
+        alert: "Busy"
+      - alert: Plain
+        expr: regnotify_a
+          + regnotify_b
+        labels:
+          severity: page
+"#;
+    let (expressions, recorded) = rule_expressions(rules);
+    assert_eq!(
+        expressions,
+        vec![
+            (
+                "max(regnotify_consumer_lag)".to_string(),
+                "6 record regnotify:lag:max".to_string()
+            ),
+            (
+                "increase(regnotify_stalled_events_total[5m])\n> 0".to_string(),
+                "8 alert Stalled".to_string()
+            ),
+            (
+                "regnotify_in_flight > 0".to_string(),
+                "12 alert Busy".to_string()
+            ),
+            (
+                "regnotify_a + regnotify_b".to_string(),
+                "15 alert Plain".to_string()
+            ),
+        ]
+    );
+    assert!(recorded.contains("regnotify:lag:max"));
+
+    let dashboard = serde_json::json!({
+        "panels": [
+            {"type": "row", "title": "Open", "id": 1, "panels": []},
+            {"type": "stat", "title": "A", "id": 2, "targets": [{"refId": "A", "expr": "regnotify_a"}]},
+            {"type": "row", "title": "Closed", "id": 3, "collapsed": true, "panels": [
+                {"type": "timeseries", "title": "B", "id": 4, "targets": [{"refId": "B", "expr": "regnotify_b"}]}
+            ]}
+        ],
+        "templating": {"list": [{"name": "instance", "query": {"query": "label_values(regnotify_c, instance)"}}]}
+    });
+    assert_eq!(
+        dashboard_expressions(&dashboard),
+        vec![
+            (
+                "regnotify_a".to_string(),
+                "panel \"Open / A\" (id 2), target A".to_string()
+            ),
+            (
+                "regnotify_b".to_string(),
+                "panel \"Closed / B\" (id 4), target B".to_string()
+            ),
+            (
+                "label_values(regnotify_c, instance)".to_string(),
+                "variable \"instance\"".to_string()
+            ),
+        ]
+    );
+
+    let readme = "x `regnotify_a{psp}` and regnotify_b.\n\
+                  | `regnotify_c`, `regnotify_d` | gauge: 0 closed | psp |\n";
+    let uses = readme_uses(readme);
+    assert_eq!(
+        uses.iter()
+            .map(|u| (u.name.as_str(), u.how.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("regnotify_a", How::Mentioned),
+            ("regnotify_b", How::Mentioned),
+            (
+                "regnotify_c",
+                How::Table {
+                    stated: "gauge".into()
+                }
+            ),
+            (
+                "regnotify_d",
+                How::Table {
+                    stated: "gauge".into()
+                }
+            ),
+        ]
+    );
+
+    let types: BTreeMap<String, String> = [
+        ("regnotify_h", "histogram"),
+        ("regnotify_c_total", "counter"),
+        ("regnotify_g", "gauge"),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_string(), t.to_string()))
+    .collect();
+    let promql = |expr: &str| -> Vec<String> {
+        let uses: Vec<Use> = metric_references(expr)
+            .into_iter()
+            .map(|reference| Use {
+                name: reference.name,
+                place: "here".into(),
+                how: How::PromQl {
+                    calls: reference.calls,
+                },
+            })
+            .collect();
+        check(&uses, &types)
+    };
+    let fine = "histogram_quantile(0.5, rate(regnotify_h_bucket[5m])) \
+                + rate(regnotify_c_total[1m]) + regnotify_g";
+    assert_eq!(promql(fine), Vec::<String>::new());
+    assert_eq!(
+        promql("rate(regnotify_g[5m])"),
+        vec!["regnotify_g: rate() of a gauge; it needs a counter (here)"]
+    );
+    assert_eq!(
+        promql("regnotify_h"),
+        vec![
+            "regnotify_h: a histogram has no series of its bare name: use _bucket, _sum or _count (here)"
+        ]
+    );
+    assert_eq!(
+        promql("histogram_quantile(0.5, regnotify_h_count)"),
+        vec!["regnotify_h_count: histogram_quantile() needs a histogram's _bucket series (here)"]
+    );
+    assert_eq!(
+        promql("regnotify_g_bucket"),
+        vec!["regnotify_g_bucket: regnotify_g is exported as a gauge, which has no _bucket (here)"]
+    );
+    assert_eq!(
+        promql("regnotify_no_such_metric"),
+        vec!["regnotify_no_such_metric: not exported (here)"]
+    );
+    let table = vec![Use {
+        name: "regnotify_g".into(),
+        place: "README.md:1".into(),
+        how: How::Table {
+            stated: "counter".into(),
+        },
+    }];
+    assert_eq!(
+        check(&table, &types),
+        vec!["regnotify_g: the README says counter, exported as a gauge (README.md:1)"]
+    );
 }

@@ -49,16 +49,20 @@ pub struct Scenario {
     pub latency_ms: u64,
     pub max_in_flight: usize,
     pub ordering: Ordering,
+    /// Every span recorded and exported over OTLP/HTTP (`demo --traces`).
+    #[serde(default)]
+    pub traces: bool,
 }
 
 impl Scenario {
     /// `key/0ms/256`.
     pub fn name(&self) -> String {
         format!(
-            "{}/{}ms/{}",
+            "{}/{}ms/{}{}",
             ordering_name(self.ordering),
             self.latency_ms,
-            self.max_in_flight
+            self.max_in_flight,
+            if self.traces { "+traces" } else { "" }
         )
     }
 
@@ -94,9 +98,20 @@ pub fn all_scenarios() -> Vec<Scenario> {
                     latency_ms,
                     max_in_flight,
                     ordering,
+                    traces: false,
                 });
             }
         }
+    }
+    // What tracing costs: the defaults at latency 0 (CPU-bound, where a cost shows) and 64 in
+    // flight at 50 ms, with every span recorded and exported.
+    for (latency_ms, max_in_flight) in [(0, 256), (50, 64)] {
+        scenarios.push(Scenario {
+            latency_ms,
+            max_in_flight,
+            ordering: Ordering::Key,
+            traces: true,
+        });
     }
     scenarios
 }
@@ -108,7 +123,10 @@ pub fn quick_scenarios() -> Vec<Scenario> {
         .into_iter()
         .filter(|s| {
             s.ordering == Ordering::Key
-                && matches!((s.latency_ms, s.max_in_flight), (0, 256) | (50, 64))
+                && matches!(
+                    (s.latency_ms, s.max_in_flight, s.traces),
+                    (0, 256, _) | (50, 64, false)
+                )
         })
         .collect()
 }
@@ -245,6 +263,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             max_in_flight: Some(scenario.max_in_flight),
             ordering: Some(scenario.ordering),
             progress: false,
+            traces: scenario.traces,
         };
         match run_demo_process(&demo) {
             Ok(summary) => {
@@ -350,6 +369,7 @@ fn measure_rss_growth(
             max_in_flight: None,
             ordering: None,
             progress: false,
+            traces: false,
         };
         match run_demo_process(&options) {
             Ok(summary) => {
@@ -530,11 +550,77 @@ impl BenchReport {
                 },
             ));
         }
+        let costs = self.tracing_costs();
+        if !costs.is_empty() {
+            out.push_str(
+                "\ntracing: every span recorded and exported (OTLP/HTTP) against export off, same \
+                 scenario\n",
+            );
+            for cost in costs {
+                out.push_str(&format!(
+                    "  {:<20} events per CPU-second {} of off, events/s {} of off, {} spans \
+                     exported of {} (events + calls)\n",
+                    cost.scenario,
+                    fraction_text(cost.cpu_efficiency_ratio),
+                    fraction_text(cost.throughput_ratio),
+                    cost.spans_exported,
+                    cost.spans_expected,
+                ));
+            }
+        }
         for (name, why) in &self.failures {
             out.push_str(&format!("\nFAILED {name}: {why}\n"));
         }
         out
     }
+
+    /// Each traced scenario against the same scenario with export off.
+    pub fn tracing_costs(&self) -> Vec<TracingCost> {
+        self.scenarios
+            .iter()
+            .filter(|traced| traced.scenario.traces)
+            .filter_map(|traced| {
+                let off = self.scenarios.iter().find(|off| {
+                    off.scenario
+                        == Scenario {
+                            traces: false,
+                            ..traced.scenario
+                        }
+                })?;
+                let per_cpu = |result: &ScenarioResult| {
+                    result
+                        .demo
+                        .cpu_seconds
+                        .filter(|cpu| *cpu > 0.0)
+                        .map(|cpu| result.demo.events as f64 / cpu)
+                };
+                let exports = traced.demo.trace_exports.unwrap_or_default();
+                Some(TracingCost {
+                    scenario: traced.name.clone(),
+                    cpu_efficiency_ratio: per_cpu(traced)
+                        .zip(per_cpu(off))
+                        .map(|(on, off)| on / off),
+                    throughput_ratio: (off.demo.events_per_second > 0.0)
+                        .then(|| traced.demo.events_per_second / off.demo.events_per_second),
+                    spans_exported: exports.spans,
+                    spans_expected: traced.demo.events + traced.demo.http_calls,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What recording and exporting every span cost one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TracingCost {
+    pub scenario: String,
+    /// Events per CPU-second with traces over the same without.
+    pub cpu_efficiency_ratio: Option<f64>,
+    /// Events per second with traces over the same without.
+    pub throughput_ratio: Option<f64>,
+    pub spans_exported: u64,
+    /// One span per event and one per Alipay+ call.
+    pub spans_expected: u64,
 }
 
 #[cfg(test)]
@@ -542,14 +628,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn there_are_twelve_scenarios_with_distinct_names() {
+    fn there_are_fourteen_scenarios_with_distinct_names() {
         let names: std::collections::BTreeSet<String> =
             all_scenarios().iter().map(Scenario::name).collect();
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 14);
         assert!(names.contains("key/50ms/64"));
         assert!(names.contains("partition/0ms/256"));
+        assert!(names.contains("key/50ms/64+traces"));
         let quick: Vec<String> = quick_scenarios().iter().map(Scenario::name).collect();
-        assert_eq!(quick, ["key/0ms/256", "key/50ms/64"]);
+        assert_eq!(quick, ["key/0ms/256", "key/50ms/64", "key/0ms/256+traces"]);
     }
 
     #[test]
@@ -558,6 +645,7 @@ mod tests {
             latency_ms: 50,
             max_in_flight: 64,
             ordering: Ordering::Key,
+            traces: false,
         };
         assert_eq!(key.latency_bound(), Some(1280.0));
         let partition = Scenario {
