@@ -527,10 +527,16 @@ struct RunningBinary {
 
 impl RunningBinary {
     fn start(config: &std::path::Path) -> RunningBinary {
+        RunningBinary::start_with(config, &[])
+    }
+
+    /// With settings from `REGNOTIFY_…` variables on top of the file.
+    fn start_with(config: &std::path::Path, environment: &[(&str, &str)]) -> RunningBinary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_regnotify"))
             .args(["run", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .envs(environment.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1916,4 +1922,84 @@ groups:
         check(&table, &types),
         vec!["regnotify_g: the README says counter, exported as a gauge (README.md:1)"]
     );
+}
+
+/// Issue 20's time-based health: an event Alipay+ holds for 4 s shows in
+/// `regnotify_oldest_unfinished_seconds` and `regnotify_consumer_lag_seconds` of its partition
+/// while it waits, is warned about once (`admin.event_stall_after` = 1 s: one log line naming its
+/// key, partition, offset and trace id, and `regnotify_stalled_events_total` 1, not one per
+/// check), and once it is finished and committed both gauges read 0 again; the event ends with one
+/// outcome. On the real binary, whose metrics are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_event_shows_in_the_time_gauges_and_is_warned_about_once() {
+    let slow = Fault::Latency {
+        delay: Duration::from_secs(4),
+    };
+    let harness = Harness::new(1, vec![FaultRule::for_prefix("M-SLOW-", slow)]).await;
+    // Single-object framing: the child service has no schema registry.
+    harness
+        .produce_framed(
+            &[event("M-SLOW-1", "R-SLOW-1")],
+            common::Framing::SingleObject,
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin) = service_config(
+        &harness,
+        dir.path(),
+        &harness.kafka.bootstrap,
+        [&harness.input, &harness.result, &harness.dlq],
+        &[],
+    );
+    let service = RunningBinary::start_with(
+        &config,
+        &[
+            ("REGNOTIFY_ADMIN__EVENT_STALL_AFTER", "1s"),
+            ("REGNOTIFY_ALIPAYPLUS__REQUEST_TIMEOUT", "10s"),
+        ],
+    );
+    let metrics = format!("{admin}/metrics");
+    let stalled = r#"regnotify_stalled_events_total{partition="0"}"#;
+    let oldest = r#"regnotify_oldest_unfinished_seconds{partition="0"}"#;
+    let lag = r#"regnotify_consumer_lag_seconds{partition="0"}"#;
+    let (_, text) = until("the stall to be counted", &metrics, WAIT, |_, body| {
+        value(&own_parse(body), stalled) >= 1.0
+    })
+    .await;
+    let samples = parse_exposition(&text);
+    assert_eq!(value(&samples, stalled), 1.0, "{text}");
+    assert!(value(&samples, oldest) >= 1.0, "{text}");
+    assert!(value(&samples, lag) >= 1.0, "{text}");
+    let (_, text) = until(
+        "the event to finish and be committed",
+        &metrics,
+        WAIT,
+        |_, body| {
+            let samples = own_parse(body);
+            value(&samples, r#"regnotify_committed_offset{partition="0"}"#) >= 1.0
+                && value(&samples, oldest) == 0.0
+                && value(&samples, lag) == 0.0
+        },
+    )
+    .await;
+    // Unfinished for about 4 s, checked every 100 ms: still reported once.
+    assert_eq!(value(&parse_exposition(&text), stalled), 1.0, "{text}");
+    let lines = service.stop().await;
+    let warnings = json_lines(
+        &lines,
+        "event unfinished for longer than admin.event_stall_after (1s)",
+    );
+    assert_eq!(warnings.len(), 1, "{lines:#?}");
+    let warning = &warnings[0];
+    assert_eq!(warning["key"], "M-SLOW-1");
+    assert_eq!(warning["partition"], 0);
+    assert_eq!(warning["offset"], 0);
+    assert_eq!(warning["trace_id"].as_str().map(str::len), Some(32));
+    // The event's own lines carry the same trace id.
+    let finished = json_lines(&lines, "event finished");
+    assert_eq!(finished.len(), 1, "one outcome: {lines:#?}");
+    assert_eq!(finished[0]["span"]["trace_id"], warning["trace_id"]);
+    let outcomes = harness.outcomes().await;
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].outcome, NotifyOutcome::Notified);
 }
