@@ -325,6 +325,9 @@ fn readme_documents_every_setting() {
     settings.alipayplus.ca_bundle_file = Some("ca.pem".into());
     settings.alipayplus.key_version_file = Some("v".into());
     settings.alipayplus.mpp_public_key_file = Some("m.pem".into());
+    settings.telemetry.endpoint = Some("http://collector:4318".into());
+    settings.telemetry.protocol = Some(regnotify::config::OtlpProtocol::HttpProtobuf);
+    settings.telemetry.service_name = Some("regnotify".into());
     settings.alipayplus.clients.insert(
         "PSP_A".into(),
         regnotify::config::MppClientSettings {

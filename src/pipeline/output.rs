@@ -112,7 +112,7 @@ impl OutputSink {
         outcome: Option<&RegistrationNotifyOutcome>,
     ) -> Finish {
         let cancel = &job.cancel;
-        let trace = job.trace.headers();
+        let (trace, letter_trace) = (job.trace.headers(), job.trace.dead_letter_headers());
         let publisher = match self {
             OutputSink::Transactional(submitter) => {
                 let submission = Submission {
@@ -121,6 +121,7 @@ impl OutputSink {
                     dead_letter: letter.cloned(),
                     outcome: outcome.cloned(),
                     trace,
+                    dead_letter_trace: letter_trace,
                 };
                 return tokio::select! {
                     sent = submitter.send(submission) => match sent {
@@ -137,7 +138,7 @@ impl OutputSink {
         // outcome.
         if let Some(letter) = letter {
             let published = until_acknowledged(stats, cancel, || {
-                publisher.dead_letter(&job.record, letter, &trace)
+                publisher.dead_letter(&job.record, letter, &letter_trace)
             })
             .await;
             if published != Finish::Terminal {

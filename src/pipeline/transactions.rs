@@ -57,8 +57,10 @@ pub struct Submission {
     pub generation: u64,
     pub dead_letter: Option<DeadLetter>,
     pub outcome: Option<RegistrationNotifyOutcome>,
-    /// The event's trace context headers, which its outputs carry.
+    /// The event's trace context headers, which its outcome carries.
     pub trace: Vec<(String, Option<Vec<u8>>)>,
+    /// Those its dead letter carries (see `EventTrace::dead_letter_headers`).
+    pub dead_letter_trace: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Submission {
@@ -130,6 +132,7 @@ mod tests {
             dead_letter: None,
             outcome: None,
             trace: Vec::new(),
+            dead_letter_trace: Vec::new(),
         }
     }
 
@@ -811,7 +814,7 @@ impl TransactionWriter {
                     &self.consumer_group,
                     &submission.record,
                     letter,
-                    &submission.trace,
+                    &submission.dead_letter_trace,
                 );
                 deliveries.push(
                     producer

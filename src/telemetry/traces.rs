@@ -134,7 +134,8 @@ impl Tracing {
         let parent_context = parent.span().span_context().clone();
         let origin = origin_context(consumed.headers);
         let Some(exporting) = &self.exporting else {
-            let context = if parent_context.is_valid() {
+            let invented = !parent_context.is_valid();
+            let context = if !invented {
                 parent_context
             } else {
                 // A new trace, not recorded here: downstream sees it was not sampled.
@@ -150,6 +151,7 @@ impl Tracing {
             return EventTrace {
                 context: Context::new().with_remote_span_context(context),
                 recording: None,
+                invented,
             };
         };
         let mut attributes = vec![
@@ -186,6 +188,7 @@ impl Tracing {
         EventTrace {
             context: Context::new().with_span(span),
             recording: Some(Arc::clone(exporting)),
+            invented: false,
         }
     }
 
@@ -252,6 +255,9 @@ pub struct Attempt<'a> {
 pub struct EventTrace {
     context: Context,
     recording: Option<Arc<Exporting>>,
+    /// Export is off and the record had no valid context: the trace id was made up here, for
+    /// the logs and the outcome, and nothing downstream can continue it.
+    invented: bool,
 }
 
 impl std::fmt::Debug for EventTrace {
@@ -286,7 +292,17 @@ impl EventTrace {
         u128::from_be_bytes(self.context.span().span_context().trace_id().to_bytes())
     }
 
-    /// The `traceparent` (and `tracestate`) headers the event's outputs carry.
+    /// The trace context headers the event's dead letter carries in place of the input's: none
+    /// when the trace id was made up here (export off, no context in the record), so that the
+    /// dead letter keeps exactly the input's headers (SPEC 3.3).
+    pub fn dead_letter_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        if self.invented {
+            return Vec::new();
+        }
+        self.headers()
+    }
+
+    /// The `traceparent` (and `tracestate`) headers the event's outcome carries.
     pub fn headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
         let mut headers = HeaderSink(Vec::with_capacity(2));
         TraceContextPropagator::new().inject_context(&self.context, &mut headers);
@@ -542,6 +558,14 @@ mod tests {
             assert!(out.starts_with(&format!("00-{id}-")), "{out}");
             assert!(out.ends_with("-00"), "not sampled: {out}");
         }
+        let invented = Tracing::off().start_event(consumed(&[]));
+        assert!(
+            invented.dead_letter_headers().is_empty(),
+            "a dead letter keeps exactly the input's headers when nothing can continue the trace"
+        );
+        let input = headers(&[(TRACEPARENT, PARENT)]);
+        let passed = Tracing::off().start_event(consumed(&input));
+        assert_eq!(passed.dead_letter_headers(), passed.headers());
         let one = Tracing::off().start_event(consumed(&[])).trace_id();
         let two = Tracing::off().start_event(consumed(&[])).trace_id();
         assert_ne!(
