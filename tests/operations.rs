@@ -709,6 +709,48 @@ async fn until(
     }
 }
 
+/// The real binary against a mock cluster of its own (so that the input topic can be missing at
+/// start even when the suite runs against a real broker) whose result topic (`result_partitions`)
+/// and DLQ exist and whose input topic does not yet; librdkafka looks for it again every second
+/// (at each metadata refresh, 5 min by default).
+struct MissingInput {
+    mock: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    input: String,
+    admin: String,
+    service: RunningBinary,
+    /// The configuration and keys the service reads: kept until the test ends.
+    dir: tempfile::TempDir,
+}
+
+impl MissingInput {
+    fn start(harness: &Harness, result_partitions: i32) -> MissingInput {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let (input, result, dlq) = (
+            common::unique("missing"),
+            common::unique("result"),
+            common::unique("dlq"),
+        );
+        mock.create_topic(&result, result_partitions, 1).unwrap();
+        mock.create_topic(&dlq, 1, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (config, admin) = service_config(
+            harness,
+            dir.path(),
+            &mock.bootstrap_servers(),
+            [&input, &result, &dlq],
+            &[("topic.metadata.refresh.interval.ms", "1000")],
+        );
+        let service = RunningBinary::start(&config);
+        MissingInput {
+            mock,
+            input,
+            admin,
+            service,
+            dir,
+        }
+    }
+}
+
 /// A partition that cannot be fetched (the broker answers every fetch with "unsupported
 /// compression type", as a broker does for a zstd batch to a client that cannot read it) is
 /// counted by code, makes `/readyz` answer 503 naming the error and the partitions that hold
@@ -905,29 +947,14 @@ async fn a_persistent_consumer_error_is_counted_named_by_readyz_and_not_flooded(
 /// once naming the error, and 200 once the topic exists and its partitions are assigned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_input_topic_is_named_by_readyz_until_it_exists() {
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::DefaultProducerContext;
-
     let harness = Harness::new(1, vec![]).await;
-    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
-    let (input, result, dlq) = (
-        common::unique("missing"),
-        common::unique("result"),
-        common::unique("dlq"),
-    );
-    mock.create_topic(&result, 1, 1).unwrap();
-    mock.create_topic(&dlq, 1, 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    // librdkafka looks for the topic again at each metadata refresh (5 min by default).
-    let (config, admin) = service_config(
-        &harness,
-        dir.path(),
-        &bootstrap,
-        [&input, &result, &dlq],
-        &[("topic.metadata.refresh.interval.ms", "1000")],
-    );
-    let service = RunningBinary::start(&config);
+    let MissingInput {
+        mock,
+        input,
+        admin,
+        service,
+        dir: _dir,
+    } = MissingInput::start(&harness, 1);
     let readyz_url = format!("{admin}/readyz");
     let (_, body) = until(
         "readyz to name the missing topic",
@@ -998,8 +1025,7 @@ async fn a_missing_input_topic_is_named_by_readyz_until_it_exists() {
 /// Exceptions (named but never exported): none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_alerts_and_readme_name_is_exported_with_its_type() {
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
     use regnotify::codec::EventEncoder;
     use regnotify::config::InputEncoding;
 
@@ -1010,26 +1036,14 @@ async fn every_metric_the_dashboard_alerts_and_readme_name_is_exported_with_its_
         FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
     ];
     let harness = Harness::new(1, rules).await;
-    // Its own mock cluster, so that the input topic can be missing at start even when the suite
-    // runs against a real broker.
-    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    let MissingInput {
+        mock,
+        input,
+        admin,
+        service,
+        dir: _dir,
+    } = MissingInput::start(&harness, 2);
     let bootstrap = mock.bootstrap_servers();
-    let (input, result_topic, dlq) = (
-        common::unique("decided"),
-        common::unique("result"),
-        common::unique("dlq"),
-    );
-    mock.create_topic(&result_topic, 2, 1).unwrap();
-    mock.create_topic(&dlq, 1, 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (config, admin) = service_config(
-        &harness,
-        dir.path(),
-        &bootstrap,
-        [&input, &result_topic, &dlq],
-        &[("topic.metadata.refresh.interval.ms", "1000")],
-    );
-    let service = RunningBinary::start(&config);
     let metrics_url = format!("{admin}/metrics");
     until(
         "readyz to name the missing input topic",
