@@ -1452,6 +1452,62 @@ async fn each_event_is_one_span_under_the_producers_with_a_child_per_attempt_in_
             );
         }
     }
+
+    // The dead letter replayed (`regnotify replay-dlq`) starts a trace of its own whose event span
+    // links to the span that dead-lettered it.
+    let letter_context = letters[0].header("traceparent").unwrap().to_owned();
+    let (original_trace, original_span) = {
+        let parts: Vec<&str> = letter_context.split('-').collect();
+        (parts[1].to_owned(), parts[2].to_owned())
+    };
+    let replayed = regnotify::tools::replay_dead_letters(
+        &harness.settings(),
+        &regnotify::tools::ReplayOptions::default(),
+        |_| {},
+    )
+    .await
+    .expect("replay runs");
+    assert_eq!(replayed.replayed, 1);
+    let mut settings = harness.settings();
+    settings.telemetry.traces = true;
+    settings.telemetry.endpoint = Some(jaeger.otlp_http.clone());
+    let pipeline = harness.start_pipeline(settings).await;
+    assert!(fully_committed(&harness.wait_fully_committed(WAIT).await));
+    pipeline.stop().await;
+    let outcomes = harness.read_whole(&harness.result).await;
+    let replayed_trace = outcomes
+        .iter()
+        .filter(|record| record.key.as_deref() == Some(&b"M-TRC-THR-1"[..]))
+        .filter_map(|record| record.header("traceparent"))
+        .map(|traceparent| traceparent.split('-').nth(1).unwrap().to_owned())
+        .find(|trace| *trace != original_trace)
+        .expect("the replayed event's outcome, in a trace of its own");
+    let event_span_name = format!("process {}", harness.input);
+    let spans = jaeger
+        .spans(&replayed_trace, |spans| {
+            spans
+                .iter()
+                .any(|span| span["operationName"] == event_span_name)
+        })
+        .await;
+    let event_span = spans
+        .iter()
+        .find(|span| span["operationName"] == event_span_name)
+        .unwrap();
+    assert_eq!(parent_of(event_span), None, "a root span: {event_span:#?}");
+    let linked = event_span["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|reference| {
+            reference["refType"] == "FOLLOWS_FROM"
+                && reference["traceID"] == original_trace.as_str()
+                && reference["spanID"] == original_span.as_str()
+        });
+    assert!(
+        linked,
+        "linked to the span that dead-lettered it: {event_span:#?}"
+    );
 }
 
 fn rand_u64() -> u64 {
