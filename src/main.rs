@@ -87,8 +87,8 @@ struct BenchArgs {
     /// Only the scenarios whose name contains this text (names look like `key/50ms/64`).
     #[arg(long, value_name = "TEXT")]
     scenario: Option<String>,
-    /// Only key/0ms/256 and key/50ms/64 (the targets' scenarios), 1,000 events each, 1 s of
-    /// signing, no RSS comparison.
+    /// Only key/0ms/256, key/50ms/64 (the targets' scenarios) and key/0ms/256+traces (what
+    /// tracing costs), 1,000 events each, 1 s of signing, no RSS comparison.
     #[arg(long)]
     quick: bool,
     /// Seconds of signing for our figure and for `openssl speed`.
