@@ -1150,7 +1150,8 @@ fn free_port() -> u16 {
 
 impl Jaeger {
     /// `None` (the test is skipped with a note) when the binary is not built, unless
-    /// `REGNOTIFY_REQUIRE_EXTERNAL` is set (CI), where it must be.
+    /// `REGNOTIFY_REQUIRE_JAEGER` is set: CI builds Jaeger while the real-broker suites run and
+    /// then runs this test in a step of its own that requires it.
     async fn start() -> Option<Jaeger> {
         let binary = std::env::var_os("REGNOTIFY_EXTERNAL_JAEGER")
             .map(std::path::PathBuf::from)
@@ -1161,7 +1162,7 @@ impl Jaeger {
             .filter(|path| path.is_file());
         let Some(binary) = binary else {
             assert!(
-                std::env::var("REGNOTIFY_REQUIRE_EXTERNAL").is_err(),
+                std::env::var("REGNOTIFY_REQUIRE_JAEGER").is_err(),
                 "jaeger is required: scripts/jaeger.sh install (or set REGNOTIFY_EXTERNAL_JAEGER)"
             );
             common::note("skipped: jaeger not built (scripts/jaeger.sh install)");
