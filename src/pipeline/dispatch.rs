@@ -574,6 +574,7 @@ impl Dispatcher {
                     %error,
                     partition = slot.partition,
                     offset = slot.offset,
+                    trace_id = %trace.trace_id(),
                     retry_in_ms = delay.as_millis() as u64,
                     "cannot decode yet"
                 );
