@@ -345,7 +345,8 @@ impl Dispatcher {
             }
             Control::TransactionCommitted(settled) => {
                 for slot in &settled {
-                    if self.core.book().generation(slot.partition) == Some(slot.generation) {
+                    // Still in the books: not of an assignment that has since ended.
+                    if self.core.book().stage(*slot).is_some() {
                         self.ages.committed(slot.partition, slot.offset);
                     }
                 }
@@ -641,7 +642,7 @@ impl Dispatcher {
         tracing::trace!(slot = ?completion.slot, finish = ?completion.finish, "job ended");
         let slot = completion.slot;
         if matches!(completion.finish, Finish::Terminal | Finish::Submitted)
-            && self.core.book().generation(slot.partition) == Some(slot.generation)
+            && self.core.book().stage(slot).is_some()
         {
             self.ages.finished(slot.partition, slot.offset);
         }

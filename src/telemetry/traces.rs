@@ -122,11 +122,6 @@ impl Tracing {
         })
     }
 
-    /// Whether spans are recorded and exported.
-    pub fn is_exporting(&self) -> bool {
-        self.exporting.is_some()
-    }
-
     /// The trace of one consumed record, its span started now.
     pub fn start_event(&self, consumed: Consumed<'_>) -> EventTrace {
         let headers = HeaderView(consumed.headers);
@@ -270,18 +265,6 @@ impl std::fmt::Debug for EventTrace {
 }
 
 impl EventTrace {
-    /// A trace recording nothing, for an event with no record behind it (tests).
-    pub fn none() -> EventTrace {
-        Tracing::off().start_event(Consumed {
-            topic: "",
-            group: "",
-            partition: 0,
-            offset: 0,
-            key: None,
-            headers: &[],
-        })
-    }
-
     /// The trace id, as 32 hex digits.
     pub fn trace_id(&self) -> String {
         self.context.span().span_context().trace_id().to_string()
