@@ -163,6 +163,9 @@ struct DemoArgs {
     /// receiver in the demo's process, which counts them (what tracing costs).
     #[arg(long)]
     traces: bool,
+    /// Run with `processing.exactly_once = true` (outputs and offsets in Kafka transactions).
+    #[arg(long)]
+    exactly_once: bool,
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -300,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 progress: !args.json,
                 traces: args.traces,
+                exactly_once: args.exactly_once,
             };
             if args.soak {
                 let soak = regnotify::demo::soak::SoakOptions {

@@ -446,6 +446,9 @@ pub struct Stats {
     pub rebalances: AtomicU64,
     notify_latency: Mutex<LatencyHistogram>,
     end_to_end_latency: Mutex<LatencyHistogram>,
+    /// From handing an event's outputs to the producer to Kafka's acknowledgement of all of them
+    /// (at-least-once); in process only, for `regnotify bench`'s bound of partition ordering.
+    output_latency: Mutex<LatencyHistogram>,
     result_codes: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -479,6 +482,14 @@ impl Stats {
     /// Every HTTP call's latency so far.
     pub fn notify_latencies(&self) -> LatencyHistogram {
         self.notify_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Output acknowledgements so far (see [`outputs_acknowledged`]).
+    pub fn output_latencies(&self) -> LatencyHistogram {
+        self.output_latency
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -691,6 +702,15 @@ pub fn describe_metrics() {
 pub fn record_consumed(stats: &Stats, partition: i32) {
     stats.consumed.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::EVENTS_CONSUMED, "partition" => partition.to_string()).increment(1);
+}
+
+/// Kafka acknowledged every output record of an event, `latency` after they were handed over.
+pub fn outputs_acknowledged(stats: &Stats, latency: Duration) {
+    stats
+        .output_latency
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .record(latency);
 }
 
 /// One HTTP call to Alipay+ has ended, whatever its answer.

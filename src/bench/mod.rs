@@ -52,17 +52,21 @@ pub struct Scenario {
     /// Every span recorded and exported over OTLP/HTTP (`demo --traces`).
     #[serde(default)]
     pub traces: bool,
+    /// `processing.exactly_once = true` (`demo --exactly-once`).
+    #[serde(default)]
+    pub exactly_once: bool,
 }
 
 impl Scenario {
     /// `key/0ms/256`.
     pub fn name(&self) -> String {
         format!(
-            "{}/{}ms/{}{}",
+            "{}/{}ms/{}{}{}",
             ordering_name(self.ordering),
             self.latency_ms,
             self.max_in_flight,
-            if self.traces { "+traces" } else { "" }
+            if self.traces { "+traces" } else { "" },
+            if self.exactly_once { "+eos" } else { "" }
         )
     }
 
@@ -78,6 +82,20 @@ impl Scenario {
     /// Events per second if every call took exactly the simulated latency: concurrency / L.
     pub fn latency_bound(&self) -> Option<f64> {
         (self.latency_ms > 0).then(|| self.concurrency() as f64 * 1000.0 / self.latency_ms as f64)
+    }
+
+    /// The latency bound of a run: [`latency_bound`](Self::latency_bound), and at latency 0
+    /// under partition ordering, where an event of a partition starts only once the one before
+    /// it is done, partitions / (p50 of one call + p50 of its outputs' acknowledgement).
+    pub fn latency_bound_of(&self, demo: &DemoSummary) -> Option<f64> {
+        match (self.latency_bound(), self.ordering) {
+            (Some(bound), _) => Some(bound),
+            (None, Ordering::Partition) => {
+                let per_event_ms = demo.p50_ms + demo.output_ack_p50_ms;
+                (per_event_ms > 0.0).then(|| self.concurrency() as f64 * 1000.0 / per_event_ms)
+            }
+            (None, Ordering::Key) => None,
+        }
     }
 }
 
@@ -99,6 +117,7 @@ pub fn all_scenarios() -> Vec<Scenario> {
                     max_in_flight,
                     ordering,
                     traces: false,
+                    exactly_once: false,
                 });
             }
         }
@@ -111,6 +130,17 @@ pub fn all_scenarios() -> Vec<Scenario> {
             max_in_flight,
             ordering: Ordering::Key,
             traces: true,
+            exactly_once: false,
+        });
+    }
+    // What exactly-once costs: the same two, outputs and offsets in Kafka transactions.
+    for (latency_ms, max_in_flight) in [(0, 256), (50, 64)] {
+        scenarios.push(Scenario {
+            latency_ms,
+            max_in_flight,
+            ordering: Ordering::Key,
+            traces: false,
+            exactly_once: true,
         });
     }
     scenarios
@@ -123,6 +153,7 @@ pub fn quick_scenarios() -> Vec<Scenario> {
         .into_iter()
         .filter(|s| {
             s.ordering == Ordering::Key
+                && !s.exactly_once
                 && matches!(
                     (s.latency_ms, s.max_in_flight, s.traces),
                     (0, 256, _) | (50, 64, false)
@@ -152,12 +183,15 @@ pub struct ScenarioResult {
     pub latency_bound: Option<f64>,
     pub fraction_of_cpu_bound: Option<f64>,
     pub fraction_of_latency_bound: Option<f64>,
+    /// The steady rate (see [`DemoSummary::steady_events_per_second`]) over the latency bound.
+    #[serde(default)]
+    pub steady_fraction_of_latency_bound: Option<f64>,
 }
 
 impl ScenarioResult {
     fn new(scenario: Scenario, load_average_before: Option<f64>, demo: DemoSummary) -> Self {
         let cpu_bound = cpu_bound(demo.cores, demo.cpu_seconds, demo.events);
-        let latency_bound = scenario.latency_bound();
+        let latency_bound = scenario.latency_bound_of(&demo);
         let fraction = |bound: Option<f64>| {
             bound
                 .filter(|bound| *bound > 0.0)
@@ -171,6 +205,10 @@ impl ScenarioResult {
             latency_bound,
             fraction_of_cpu_bound: fraction(cpu_bound),
             fraction_of_latency_bound: fraction(latency_bound),
+            steady_fraction_of_latency_bound: latency_bound
+                .filter(|bound| *bound > 0.0)
+                .zip(demo.steady_events_per_second)
+                .map(|(bound, steady)| steady / bound),
             demo,
         }
     }
@@ -264,6 +302,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             ordering: Some(scenario.ordering),
             progress: false,
             traces: scenario.traces,
+            exactly_once: scenario.exactly_once,
         };
         match run_demo_process(&demo) {
             Ok(summary) => {
@@ -370,6 +409,7 @@ fn measure_rss_growth(
             ordering: None,
             progress: false,
             traces: false,
+            exactly_once: false,
         };
         match run_demo_process(&options) {
             Ok(summary) => {
@@ -493,13 +533,15 @@ impl BenchReport {
         }
         out.push_str(
             "demo scenarios (ordering/latency/max_in_flight); rates over the window from the first record \
-             consumed to the last outcome\n",
+             consumed to the last outcome,\n  steady: from 10 % to 90 % of the events terminal (no \
+             start-up, no tail)\n",
         );
         out.push_str(&format!(
-            "  {:<20} {:>6} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>8} {:>6} {:>5} {:>4}\n",
+            "  {:<20} {:>6} {:>8} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>8} {:>6} {:>6} {:>5} {:>4}\n",
             "scenario",
             "events",
             "ev/s",
+            "steady",
             "notify50",
             "notify99",
             "e2e p99",
@@ -509,16 +551,18 @@ impl BenchReport {
             "frac",
             "lat bnd",
             "frac",
+            "steady",
             "load",
             "ok"
         ));
         for result in &self.scenarios {
             let demo = &result.demo;
             out.push_str(&format!(
-                "  {:<20} {:>6} {:>8.0} {:>7.1}ms {:>7.1}ms {:>7.0}ms {:>7.2}s {:>7.1} {:>8} {:>6} {:>8} {:>6} {:>5} {:>4}\n",
+                "  {:<20} {:>6} {:>8.0} {:>7} {:>7.1}ms {:>7.1}ms {:>7.0}ms {:>7.2}s {:>7.1} {:>8} {:>6} {:>8} {:>6} {:>6} {:>5} {:>4}\n",
                 result.name,
                 demo.events,
                 demo.events_per_second,
+                rate_text(demo.steady_events_per_second),
                 demo.p50_ms,
                 demo.p99_ms,
                 demo.end_to_end_p99_ms,
@@ -528,6 +572,7 @@ impl BenchReport {
                 fraction_text(result.fraction_of_cpu_bound),
                 rate_text(result.latency_bound),
                 fraction_text(result.fraction_of_latency_bound),
+                fraction_text(result.steady_fraction_of_latency_bound),
                 fraction_text(result.load_average_before),
                 if demo.succeeded() { "yes" } else { "NO" },
             ));
@@ -568,6 +613,21 @@ impl BenchReport {
                 ));
             }
         }
+        let costs = self.exactly_once_costs();
+        if !costs.is_empty() {
+            out.push_str(
+                "\nexactly-once: outputs and offsets in Kafka transactions against at-least-once, \
+                 same scenario\n",
+            );
+            for cost in costs {
+                out.push_str(&format!(
+                    "  {:<20} events/s {} of at-least-once, events per CPU-second {} of it\n",
+                    cost.scenario,
+                    fraction_text(cost.throughput_ratio),
+                    fraction_text(cost.cpu_efficiency_ratio),
+                ));
+            }
+        }
         for (name, why) in &self.failures {
             out.push_str(&format!("\nFAILED {name}: {why}\n"));
         }
@@ -576,38 +636,76 @@ impl BenchReport {
 
     /// Each traced scenario against the same scenario with export off.
     pub fn tracing_costs(&self) -> Vec<TracingCost> {
+        self.against_base(|scenario| scenario.traces, |scenario| Scenario {
+            traces: false,
+            ..scenario
+        })
+        .map(|(traced, cost)| {
+            let exports = traced.demo.trace_exports.unwrap_or_default();
+            TracingCost {
+                scenario: traced.name.clone(),
+                cpu_efficiency_ratio: cost.cpu_efficiency_ratio,
+                throughput_ratio: cost.throughput_ratio,
+                spans_exported: exports.spans,
+                spans_expected: traced.demo.events + traced.demo.http_calls,
+            }
+        })
+        .collect()
+    }
+
+    /// Each exactly-once scenario against the same scenario at-least-once.
+    pub fn exactly_once_costs(&self) -> Vec<VariantCost> {
+        self.against_base(|scenario| scenario.exactly_once, |scenario| Scenario {
+            exactly_once: false,
+            ..scenario
+        })
+        .map(|(_, cost)| cost)
+        .collect()
+    }
+
+    /// Each scenario `is_variant` picks, with its rates over those of the scenario `base` gives
+    /// for it (when that ran too).
+    fn against_base<'a>(
+        &'a self,
+        is_variant: impl Fn(&Scenario) -> bool + 'a,
+        base: impl Fn(Scenario) -> Scenario + 'a,
+    ) -> impl Iterator<Item = (&'a ScenarioResult, VariantCost)> + 'a {
+        let per_cpu = |result: &ScenarioResult| {
+            result
+                .demo
+                .cpu_seconds
+                .filter(|cpu| *cpu > 0.0)
+                .map(|cpu| result.demo.events as f64 / cpu)
+        };
         self.scenarios
             .iter()
-            .filter(|traced| traced.scenario.traces)
-            .filter_map(|traced| {
-                let off = self.scenarios.iter().find(|off| {
-                    off.scenario
-                        == Scenario {
-                            traces: false,
-                            ..traced.scenario
-                        }
-                })?;
-                let per_cpu = |result: &ScenarioResult| {
-                    result
-                        .demo
-                        .cpu_seconds
-                        .filter(|cpu| *cpu > 0.0)
-                        .map(|cpu| result.demo.events as f64 / cpu)
-                };
-                let exports = traced.demo.trace_exports.unwrap_or_default();
-                Some(TracingCost {
-                    scenario: traced.name.clone(),
-                    cpu_efficiency_ratio: per_cpu(traced)
-                        .zip(per_cpu(off))
-                        .map(|(on, off)| on / off),
-                    throughput_ratio: (off.demo.events_per_second > 0.0)
-                        .then(|| traced.demo.events_per_second / off.demo.events_per_second),
-                    spans_exported: exports.spans,
-                    spans_expected: traced.demo.events + traced.demo.http_calls,
-                })
+            .filter(move |variant| is_variant(&variant.scenario))
+            .filter_map(move |variant| {
+                let wanted = base(variant.scenario);
+                let base = self.scenarios.iter().find(|b| b.scenario == wanted)?;
+                Some((
+                    variant,
+                    VariantCost {
+                        scenario: variant.name.clone(),
+                        cpu_efficiency_ratio: per_cpu(variant)
+                            .zip(per_cpu(base))
+                            .map(|(on, off)| on / off),
+                        throughput_ratio: (base.demo.events_per_second > 0.0)
+                            .then(|| variant.demo.events_per_second / base.demo.events_per_second),
+                    },
+                ))
             })
-            .collect()
     }
+}
+
+/// A variant of a scenario (exactly-once, say) against the scenario without it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantCost {
+    pub scenario: String,
+    /// Events per CPU-second of the variant over the same without it.
+    pub cpu_efficiency_ratio: Option<f64>,
+    /// Events per second of the variant over the same without it.
+    pub throughput_ratio: Option<f64>,
 }
 
 /// What recording and exporting every span cost one scenario.
@@ -628,13 +726,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn there_are_fourteen_scenarios_with_distinct_names() {
+    fn there_are_sixteen_scenarios_with_distinct_names() {
         let names: std::collections::BTreeSet<String> =
             all_scenarios().iter().map(Scenario::name).collect();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 16);
         assert!(names.contains("key/50ms/64"));
         assert!(names.contains("partition/0ms/256"));
         assert!(names.contains("key/50ms/64+traces"));
+        assert!(names.contains("key/0ms/256+eos"));
         let quick: Vec<String> = quick_scenarios().iter().map(Scenario::name).collect();
         assert_eq!(quick, ["key/0ms/256", "key/50ms/64", "key/0ms/256+traces"]);
     }
@@ -646,6 +745,7 @@ mod tests {
             max_in_flight: 64,
             ordering: Ordering::Key,
             traces: false,
+            exactly_once: false,
         };
         assert_eq!(key.latency_bound(), Some(1280.0));
         let partition = Scenario {
@@ -661,6 +761,20 @@ mod tests {
         };
         assert_eq!(no_latency.latency_bound(), None);
         assert_eq!(scenario_events(&no_latency, 300), 300);
+        // At latency 0, one partition's events follow each other: a call and its outputs'
+        // acknowledgement each, 0.5 + 1.5 ms, so 4 partitions allow 2,000 events/s.
+        let demo = DemoSummary {
+            p50_ms: 0.5,
+            output_ack_p50_ms: 1.5,
+            ..DemoSummary::default()
+        };
+        let partition_0ms = Scenario {
+            latency_ms: 0,
+            ..partition
+        };
+        assert_eq!(partition_0ms.latency_bound_of(&demo), Some(2000.0));
+        assert_eq!(no_latency.latency_bound_of(&demo), None);
+        assert_eq!(partition.latency_bound_of(&demo), Some(80.0));
         // 2 cores, 0.4 CPU seconds for 1,000 events: 5,000 events/s.
         assert_eq!(cpu_bound(2, Some(0.4), 1000), Some(5000.0));
         assert_eq!(cpu_bound(2, Some(0.0), 1000), None);

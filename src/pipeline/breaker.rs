@@ -93,6 +93,9 @@ pub struct Breaker {
     newest_healthy: u64,
     /// Times the circuit opened so far.
     openings: u64,
+    /// Calls let out and neither answered nor abandoned yet: while there are none, nothing can
+    /// decide a held refusal.
+    outstanding: u64,
 }
 
 /// One call let out by [`Breaker::admit`], numbered in the order calls were sent.
@@ -149,6 +152,7 @@ impl Breaker {
             sent: 0,
             newest_healthy: 0,
             openings: 0,
+            outstanding: 0,
         }
     }
 
@@ -181,7 +185,14 @@ impl Breaker {
     /// Numbers a call that [`admit`](Self::admit) let out.
     pub fn send(&mut self) -> Call {
         self.sent += 1;
+        self.outstanding += 1;
         Call(self.sent)
+    }
+
+    /// Some call is out without an answer yet: its answer may decide a held refusal (a call
+    /// sent after it answered healthily) or open the circuit.
+    pub fn awaits_answers(&self) -> bool {
+        self.outstanding > 0
     }
 
     /// May a call go out now? While open, nobody calls until the probe time; then exactly one
@@ -201,6 +212,7 @@ impl Breaker {
 
     /// The answer to a call.
     pub fn record(&mut self, now: Instant, answer: Answer) -> Option<Transition> {
+        self.outstanding = self.outstanding.saturating_sub(1);
         if !self.settings.enabled {
             return None;
         }
@@ -244,9 +256,11 @@ impl Breaker {
         }
     }
 
-    /// The probe never got an answer (its job was cancelled): another caller may probe now.
-    pub fn probe_abandoned(&mut self, now: Instant) -> Option<Transition> {
-        if self.state != CircuitState::HalfOpen {
+    /// A call let out never got an answer (its job was cancelled). When it was the probe,
+    /// another caller may probe now.
+    pub fn abandoned(&mut self, now: Instant, probe: bool) -> Option<Transition> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if !probe || self.state != CircuitState::HalfOpen {
             return None;
         }
         self.next_probe_at = now;
@@ -526,7 +540,7 @@ mod tests {
         let mut breaker = Breaker::new(settings(), 1, start);
         rec(&mut breaker, start, Signal::Refused, false);
         assert_eq!(breaker.admit(at(start, 1_000)).0, Admit::Probe);
-        breaker.probe_abandoned(at(start, 1_500));
+        breaker.abandoned(at(start, 1_500), true);
         assert_eq!(breaker.admit(at(start, 1_500)).0, Admit::Probe);
     }
 
@@ -578,6 +592,57 @@ mod tests {
         // A call sent after the refusal and answered tells: it was about the event.
         rec(&mut breaker, at(start, 20), Signal::Healthy, false);
         assert_eq!(breaker.refusal(mark), Refusal::AboutTheEvent);
+    }
+
+    #[test]
+    fn a_held_refusal_awaits_answers_only_while_a_call_is_out() {
+        let start = Instant::now();
+        let mut breaker = Breaker::new(settings(), 20, start);
+        assert!(!breaker.awaits_answers());
+        let _earlier = breaker.send();
+        let refused = breaker.send();
+        let refusal = |call| Answer {
+            signal: Signal::Refused,
+            call,
+            probe: false,
+            repeat: false,
+        };
+        breaker.record(start, refusal(refused));
+        // The earlier call is still out: its answer could open the circuit.
+        assert!(breaker.awaits_answers());
+        breaker.abandoned(at(start, 5), false);
+        assert!(!breaker.awaits_answers());
+        assert_eq!(breaker.refusal(breaker.mark(refused)), Refusal::Undecided);
+        // A call sent later is out again, and its answer decides.
+        let later = breaker.send();
+        assert!(breaker.awaits_answers());
+        breaker.record(
+            at(start, 10),
+            Answer {
+                signal: Signal::Healthy,
+                call: later,
+                probe: false,
+                repeat: false,
+            },
+        );
+        assert!(!breaker.awaits_answers());
+        assert_eq!(
+            breaker.refusal(breaker.mark(refused)),
+            Refusal::AboutTheEvent
+        );
+        // A disabled breaker counts its calls too (its answers are not weighed).
+        let mut disabled = Breaker::new(
+            CircuitBreakerSettings {
+                enabled: false,
+                ..settings()
+            },
+            20,
+            start,
+        );
+        let call = disabled.send();
+        assert!(disabled.awaits_answers());
+        disabled.record(start, refusal(call));
+        assert!(!disabled.awaits_answers());
     }
 
     #[test]

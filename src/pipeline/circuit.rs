@@ -254,11 +254,11 @@ impl Circuit {
         mark
     }
 
-    /// The probe's job was cancelled before its answer.
-    pub fn probe_abandoned(&self) {
+    /// The job of a call let out was cancelled before its answer.
+    pub fn abandoned(&self, call: Admitted) {
         {
             let mut breaker = self.lock();
-            let transition = breaker.probe_abandoned(now());
+            let transition = breaker.abandoned(now(), call.probe);
             self.publish(&breaker, transition);
         }
         self.changed.notify_waiters();
@@ -267,6 +267,11 @@ impl Circuit {
     /// Waits, up to `refusal_hold`, for the answers that tell whether a refusal recorded at
     /// `mark` was about the event or about us. Returns the verdict and how long it waited;
     /// `None` when `cancel` fired first.
+    ///
+    /// Undecided at once when no call of this MPP is out: no answer is coming that could decide
+    /// it, and holding would only stall what waits behind the event (under `ordering =
+    /// "partition"` the very events whose answers would decide it). The event then asks again
+    /// after its backoff, against its retry budget, as after a hold that ran out.
     pub async fn refusal(
         &self,
         mark: Mark,
@@ -278,8 +283,11 @@ impl Circuit {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let verdict = self.lock().refusal(mark);
-            if verdict != Refusal::Undecided {
+            let (verdict, awaited) = {
+                let breaker = self.lock();
+                (breaker.refusal(mark), breaker.awaits_answers())
+            };
+            if verdict != Refusal::Undecided || !awaited {
                 return Some((verdict, now().saturating_duration_since(started)));
             }
             tokio::select! {

@@ -15,7 +15,7 @@ use crate::pipeline::invariant;
 use crate::pipeline::scheduler::{Schedule, Scheduler};
 
 /// Jobs waiting (decoding, or for their key or a slot) beyond this many times `max_in_flight`
-/// pause every partition; they resume at half of it.
+/// pause the partitions that hold their share of them or more; they resume at half of it.
 pub const WAITING_FACTOR: usize = 4;
 
 /// At least this many events may wait before every partition pauses: a pause makes librdkafka
@@ -100,7 +100,13 @@ pub struct DispatchCore<P> {
     book: PartitionBook,
     scheduler: Scheduler<Ticket<P>>,
     waiting_limit: usize,
+    /// Too many events wait (over the waiting limit, until they drain to half of it).
     globally_paused: bool,
+    /// While [`globally_paused`](Self::globally_paused): the partitions holding at least their
+    /// share of the limit, which stop fetching. The others go on fetching up to their share, so
+    /// a partition whose events are slow (one event at a time under `ordering = "partition"`)
+    /// cannot starve the rest of the assignment.
+    over_share: BTreeSet<i32>,
     /// Alipay+ is unavailable (the circuit is not closed): nothing should be fetched.
     downstream_held: bool,
     /// Bumped whenever the pause plan changes.
@@ -122,6 +128,7 @@ impl<P> DispatchCore<P> {
             scheduler: Scheduler::new(max_in_flight),
             waiting_limit: waiting_limit(max_in_flight),
             globally_paused: false,
+            over_share: BTreeSet::new(),
             downstream_held: false,
             pause_version: 0,
             revoke: None,
@@ -249,6 +256,9 @@ impl<P> DispatchCore<P> {
         }
         if consumed != Consumed::Ignore {
             self.update_pause(partition);
+            if self.globally_paused {
+                self.update_over_share();
+            }
         }
         consumed
     }
@@ -379,9 +389,11 @@ impl<P> DispatchCore<P> {
 
     /// Which partitions should not fetch now.
     pub fn pause_plan(&self) -> PausePlan {
+        let mut partitions = self.book.paused();
+        partitions.extend(&self.over_share);
         PausePlan {
-            all: self.globally_paused || self.downstream_held || self.book_stopping(),
-            partitions: self.book.paused(),
+            all: self.downstream_held || self.book_stopping(),
+            partitions,
         }
     }
 
@@ -410,6 +422,12 @@ impl<P> DispatchCore<P> {
 
     pub fn in_flight(&self) -> usize {
         self.scheduler.in_flight()
+    }
+
+    /// A job could start now if one were ready: the events that wait are waiting for their key
+    /// (or being decoded), not for a slot.
+    pub fn has_free_slot(&self) -> bool {
+        self.scheduler.has_free_slot()
     }
 
     pub fn waiting(&self) -> usize {
@@ -452,20 +470,45 @@ impl<P> DispatchCore<P> {
     /// blocked behind a parked job do not count, up to [`BLOCKED_FACTOR`] times the limit:
     /// pausing every partition would not let their MPP recover sooner, and would stop every
     /// other MPP's events.
+    ///
+    /// Over the limit, only the partitions holding their share of it or more pause (see
+    /// [`over_share`](Self::over_share)); by the pigeonhole, at least one does. Memory stays
+    /// bounded: a partition under its share fetches until it reaches it.
     fn update_global_pause(&mut self) {
         let waiting = self
             .scheduler
             .waiting()
             .saturating_sub(self.blocked_uncounted());
-        let pause = if !self.globally_paused && waiting >= self.waiting_limit {
-            true
+        if !self.globally_paused && waiting >= self.waiting_limit {
+            self.globally_paused = true;
         } else if self.globally_paused && waiting <= self.waiting_limit / 2 {
-            false
+            self.globally_paused = false;
+        }
+        self.update_over_share();
+    }
+
+    /// Recomputes [`over_share`](Self::over_share); a change is a new pause plan.
+    /// A partition enters at its share and leaves once drained to half of it, so that it is not
+    /// paused and resumed (its prefetch dropped and fetched again) at every event.
+    fn update_over_share(&mut self) {
+        let over_share: BTreeSet<i32> = if self.globally_paused {
+            let share = (self.waiting_limit / self.book.len().max(1)).max(1);
+            self.book
+                .owned()
+                .into_iter()
+                .map(|(partition, _)| partition)
+                .filter(|&partition| {
+                    let window = self.book.window_len(partition);
+                    window >= share || (self.over_share.contains(&partition) && window > share / 2)
+                })
+                .collect()
         } else {
-            return;
+            BTreeSet::new()
         };
-        self.globally_paused = pause;
-        self.pause_version += 1;
+        if over_share != self.over_share {
+            self.over_share = over_share;
+            self.pause_version += 1;
+        }
     }
 }
 
@@ -475,11 +518,12 @@ mod tests {
 
     use super::*;
 
-    /// While too many events wait, every partition is paused, and so is one assigned meanwhile:
-    /// its backlog must not flow into memory either.
+    /// While too many events wait, the partition holding them is paused; one assigned meanwhile
+    /// holds nothing and fetches (up to its share of the limit): a partition whose events are
+    /// slow must not starve the others.
     #[test]
-    fn a_partition_assigned_during_the_global_pause_is_paused_too() {
-        let mut core: DispatchCore<()> = DispatchCore::new(false, 1, 100);
+    fn over_the_waiting_limit_the_partitions_holding_the_events_pause() {
+        let mut core: DispatchCore<()> = DispatchCore::new(false, 1, 100_000);
         core.assign(&[0]);
         let key = OrderKey::Merchant("m".into());
         for offset in 0..=waiting_limit(1) as i64 {
@@ -495,9 +539,31 @@ mod tests {
         }
         assert!(core.next_start().is_some());
         assert!(core.next_start().is_none(), "one merchant, one in flight");
-        assert!(core.pause_plan().all, "{} events wait", core.waiting());
+        assert!(
+            core.pause_plan().is_paused(0),
+            "{} events wait",
+            core.waiting()
+        );
+        assert!(!core.pause_plan().all);
         let (_, fresh) = core.assign(&[1]);
         assert_eq!(fresh, vec![1]);
+        assert!(core.next_start().is_none());
+        let plan = core.pause_plan();
+        assert!(plan.is_paused(0) && !plan.is_paused(1), "{plan:?}");
+        // Partition 1 fills its share (half the limit, of two partitions) and pauses too.
+        let share = waiting_limit(1) / 2;
+        for offset in 0..share as i64 {
+            assert!(!core.pause_plan().is_paused(1), "{offset} of {share}");
+            let Consumed::Track(slot) = core.consume(1, offset, offset as u64) else {
+                panic!("offset {offset} not tracked");
+            };
+            assert!(core.decoded(Ticket {
+                slot,
+                key: Some(key.clone()),
+                payload: (),
+            }));
+        }
+        assert!(core.next_start().is_none());
         assert!(core.pause_plan().is_paused(1));
     }
 
@@ -538,8 +604,8 @@ mod tests {
         );
         assert_eq!(core.waiting_counted(), 0);
         assert!(
-            !core.pause_plan().all,
-            "{} blocked events paused every partition",
+            !core.pause_plan().is_paused(0),
+            "{} blocked events paused their partition",
             core.waiting()
         );
         // Another MPP's merchant, behind them in the same partition, starts.
@@ -550,7 +616,10 @@ mod tests {
         core.parked(head, false);
         assert_eq!(core.waiting_counted(), 2 * waiting_limit(2));
         assert!(core.next_start().is_none());
-        assert!(core.pause_plan().all, "the queue is over the limit again");
+        assert!(
+            core.pause_plan().is_paused(0),
+            "the queue is over the limit again"
+        );
         // The parked job ends; its key's next event becomes ready, and a late report of the
         // ended job changes nothing.
         core.parked(head, true);
@@ -584,12 +653,15 @@ mod tests {
             }
             if (offset as usize) < bound {
                 assert!(core.next_start().is_none());
-                assert!(!core.pause_plan().all, "{offset}: within the bound");
+                assert!(
+                    !core.pause_plan().is_paused(0),
+                    "{offset}: within the bound"
+                );
             }
         }
         assert!(core.next_start().is_none());
         assert_eq!(core.waiting_counted(), LIMIT);
-        assert!(core.pause_plan().all, "beyond the bound");
+        assert!(core.pause_plan().is_paused(0), "beyond the bound");
     }
 }
 

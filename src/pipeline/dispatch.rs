@@ -334,6 +334,7 @@ impl Dispatcher {
                 .into_iter()
                 .map(|(partition, _)| (partition, book.window_len(partition))),
             self.core.waiting_counted(),
+            self.core.has_free_slot(),
         );
         self.received.clear();
     }

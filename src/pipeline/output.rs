@@ -133,6 +133,24 @@ impl OutputSink {
             }
             OutputSink::Idempotent(publisher) => publisher,
         };
+        let started = std::time::Instant::now();
+        let finish = Self::write_acknowledged(publisher, stats, job, letter, outcome).await;
+        if finish == Finish::Terminal && (letter.is_some() || outcome.is_some()) {
+            observe::outputs_acknowledged(stats, started.elapsed());
+        }
+        finish
+    }
+
+    /// The at-least-once path of [`write`](Self::write): until Kafka acknowledged every record.
+    async fn write_acknowledged(
+        publisher: &Arc<dyn Publish>,
+        stats: &Stats,
+        job: &Job,
+        letter: Option<&DeadLetter>,
+        outcome: Option<&RegistrationNotifyOutcome>,
+    ) -> Finish {
+        let cancel = &job.cancel;
+        let (trace, letter_trace) = (job.trace.headers(), job.trace.dead_letter_headers());
         // The dead letter first, then the outcome, each retried on its own: retrying them as a
         // pair would write a new copy of an acknowledged dead letter on every retry of the
         // outcome.

@@ -186,6 +186,11 @@ impl<J: Schedule> Scheduler<J> {
         self.held > 0 && !self.ready.is_empty()
     }
 
+    /// Fewer slots are taken than `max_in_flight` allows.
+    pub fn has_free_slot(&self) -> bool {
+        self.occupied() < self.max_in_flight
+    }
+
     /// Slots taken: jobs running and ended jobs still holding theirs.
     fn occupied(&self) -> usize {
         self.in_flight + self.held

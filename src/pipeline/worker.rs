@@ -253,11 +253,10 @@ async fn notify_with_retries(
         let probe = call.probe;
         budget.held += waited;
         waits.circuit += waited;
-        // A probe whose job stops before its answer lets another caller probe.
+        // A call whose job stops before its answer is no longer out; a probe that does lets
+        // another caller probe.
         let abandon = || {
-            if probe {
-                mpp.circuit.probe_abandoned();
-            }
+            mpp.circuit.abandoned(call);
             None
         };
         let wait = mpp
@@ -388,9 +387,7 @@ async fn admitted(
     let (call, waited) = mpp.circuit.admitted(cancel).await?;
     let resuming = now();
     if parked.resume(cancel).await.is_none() {
-        if call.probe {
-            mpp.circuit.probe_abandoned();
-        }
+        mpp.circuit.abandoned(call);
         return None;
     }
     Some((call, waited + now().saturating_duration_since(resuming)))
