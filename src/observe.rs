@@ -62,6 +62,7 @@ pub mod names {
     pub const CIRCUIT_STATE: &str = "regnotify_circuit_state";
     pub const CIRCUIT_TRANSITIONS: &str = "regnotify_circuit_transitions_total";
     pub const SEND_RATE_LIMIT: &str = "regnotify_send_rate_limit";
+    pub const SEND_RATE_SHARE: &str = "regnotify_send_rate_share";
     pub const THROTTLED: &str = "regnotify_throttled_total";
     pub const SKIPPED_FINISHED: &str = "regnotify_skipped_finished_total";
     pub const FINISHED_NOTE_BYTES: &str = "regnotify_finished_note_bytes";
@@ -656,7 +657,14 @@ pub fn describe_metrics() {
     describe_gauge!(
         names::SEND_RATE_LIMIT,
         Unit::Count,
-        "requests per second the send rate is held to after throttling answers; 0 = not limited"
+        "requests per second this member's sends are paced to: its share of \
+         max_requests_per_second, lower after throttling answers; 0 = not limited"
+    );
+    describe_gauge!(
+        names::SEND_RATE_SHARE,
+        Unit::Count,
+        "this member's share of the group's max_requests_per_second, in requests per second, \
+         in proportion to the input partitions it owns; 0 = no limit configured"
     );
     describe_counter!(
         names::THROTTLED,
@@ -920,6 +928,11 @@ pub fn circuit_transition(psp: &str, to: crate::pipeline::breaker::CircuitState)
     metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to.as_str(), "psp" => psp.to_owned())
         .increment(1);
     circuit_state(psp, to);
+}
+
+/// This member's share of a psp's `max_requests_per_second` (0: no limit).
+pub fn send_rate_share(psp: &str, per_second: f64) {
+    metrics::gauge!(names::SEND_RATE_SHARE, "psp" => psp.to_owned()).set(per_second);
 }
 
 /// The adaptive send rate of one psp after an answer (`None`: not limited).

@@ -1522,3 +1522,115 @@ fn rand_u64() -> u64 {
     );
     hasher.finish()
 }
+
+/// Issue 21, item 5: `max_requests_per_second` is the whole group's. Three members share a
+/// limit of 100 requests per second in proportion to the partitions each owns; the simulator
+/// counts the calls of every second. While a backlog lasts the group sends at most 110 and, on
+/// average over any three seconds, more than 85 a second, also while one member leaves and its
+/// partitions move to the other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_share_one_send_rate_limit_also_when_one_leaves() {
+    const LIMIT: u32 = 100;
+    const EVENTS: usize = 2_400;
+    let harness = Harness::with_latency(6, Vec::new(), Duration::from_millis(5)).await;
+    let mut settings = harness.settings();
+    settings.alipayplus.max_requests_per_second = LIMIT;
+    let members = [
+        harness.start_pipeline(settings.clone()).await,
+        harness.start_pipeline(settings.clone()).await,
+        harness.start_pipeline(settings).await,
+    ];
+    let statuses: Vec<_> = members.iter().map(|member| member.status.clone()).collect();
+    eventually("all three members own partitions", WAIT, || {
+        statuses
+            .iter()
+            .all(|status| status.assigned_partitions() > 0)
+            && statuses
+                .iter()
+                .map(|status| status.assigned_partitions())
+                .sum::<u64>()
+                == 6
+    })
+    .await;
+    let events = merchant_events(EVENTS, 1_000);
+    harness.produce(&events).await;
+    let stats: Vec<_> = members.iter().map(|member| member.stats.clone()).collect();
+    let terminal = || stats.iter().map(|stats| stats.terminal()).sum::<u64>();
+    // A third of the backlog in, one member leaves: its partitions go to the other two.
+    eventually("a third of the events done", WAIT, || {
+        terminal() >= EVENTS as u64 / 3
+    })
+    .await;
+    let [first, second, leaving] = members;
+    let unix_second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let left_second = unix_second();
+    leaving.stop().await;
+    let remaining = [first.status.clone(), second.status.clone()];
+    eventually("the other two own every partition", WAIT, || {
+        remaining
+            .iter()
+            .map(|status| status.assigned_partitions())
+            .sum::<u64>()
+            == 6
+    })
+    .await;
+    let reassigned_second = unix_second();
+    let progress = harness.wait_fully_committed(Duration::from_secs(120)).await;
+    assert!(fully_committed(&progress), "{progress:?}");
+    first.stop().await;
+    second.stop().await;
+
+    let outcomes = harness.outcomes().await;
+    assert_nothing_lost(&events, &outcomes);
+    let per_second = harness.simulator.stats().calls_per_second;
+    // Whole seconds of the backlog: the first and the last second of calls are partial.
+    let seconds: Vec<(u64, u64)> = per_second.into_iter().collect();
+    assert!(
+        seconds.len() >= 10,
+        "the backlog lasted {} s",
+        seconds.len()
+    );
+    let full = &seconds[1..seconds.len() - 1];
+    let over: Vec<_> = full.iter().filter(|(_, calls)| *calls > 110).collect();
+    assert!(
+        over.is_empty(),
+        "over 110 calls in a second (limit {LIMIT} for the group): {over:?} of {full:?}"
+    );
+    // The lower bound holds while every partition has an owner: before the member leaves (it
+    // sends its share while it finishes its work in flight), and from the second after the
+    // other two own its partitions. In between the group rebalances (eagerly, librdkafka's
+    // default assignor: every member gives its partitions back, about 5 s on Kafka 4.1) and
+    // nothing is sent. The last seconds are left out: a member whose partitions ran dry a
+    // little before the others' has no backlog left to send its share on.
+    let backlog = &full[..full.len().saturating_sub(3)];
+    let owned = |window: &&[(u64, u64)]| {
+        window
+            .iter()
+            .all(|(second, _)| *second < left_second || *second > reassigned_second)
+    };
+    let slow: Vec<_> = backlog
+        .windows(3)
+        .filter(owned)
+        .filter(|window| window.iter().map(|(_, calls)| calls).sum::<u64>() <= 3 * 85)
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "three seconds at 85 calls a second or fewer while the backlog lasted (the member left \
+         in second {left_second}, its partitions had new owners in {reassigned_second}): \
+         {slow:?} of {full:?}"
+    );
+    let after: Vec<_> = backlog
+        .iter()
+        .filter(|(second, _)| *second > reassigned_second)
+        .collect();
+    assert!(
+        after.len() >= 3,
+        "the backlog outlasted the member leaving by three seconds: {full:?}, left in \
+         {left_second}, reassigned in {reassigned_second}"
+    );
+}

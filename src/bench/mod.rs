@@ -636,10 +636,13 @@ impl BenchReport {
 
     /// Each traced scenario against the same scenario with export off.
     pub fn tracing_costs(&self) -> Vec<TracingCost> {
-        self.against_base(|scenario| scenario.traces, |scenario| Scenario {
-            traces: false,
-            ..scenario
-        })
+        self.against_base(
+            |scenario| scenario.traces,
+            |scenario| Scenario {
+                traces: false,
+                ..scenario
+            },
+        )
         .map(|(traced, cost)| {
             let exports = traced.demo.trace_exports.unwrap_or_default();
             TracingCost {
@@ -655,10 +658,13 @@ impl BenchReport {
 
     /// Each exactly-once scenario against the same scenario at-least-once.
     pub fn exactly_once_costs(&self) -> Vec<VariantCost> {
-        self.against_base(|scenario| scenario.exactly_once, |scenario| Scenario {
-            exactly_once: false,
-            ..scenario
-        })
+        self.against_base(
+            |scenario| scenario.exactly_once,
+            |scenario| Scenario {
+                exactly_once: false,
+                ..scenario
+            },
+        )
         .map(|(_, cost)| cost)
         .collect()
     }

@@ -118,6 +118,8 @@ fn export_psp_series(psp: &str) {
     }
     // 0 means "not limited", which is true until the first throttling answer.
     metrics::gauge!(names::SEND_RATE_LIMIT, "psp" => psp.to_owned()).increment(0.0);
+    // 0 until the first assignment gives this member a share.
+    metrics::gauge!(names::SEND_RATE_SHARE, "psp" => psp.to_owned()).increment(0.0);
     for key in RELOADED_KEYS {
         for result in RELOAD_RESULTS {
             metrics::counter!(

@@ -195,6 +195,24 @@ impl AdaptiveRate {
         self.allowed = Some(self.ceiling.map_or(raised, |ceiling| raised.min(ceiling)));
     }
 
+    /// A new ceiling (`None`: none): this member's share of the group's
+    /// `max_requests_per_second`, which changes with the partitions it owns. A rate lowered by
+    /// throttling stays lower (and climbs back to the new ceiling); one at the old ceiling moves
+    /// to the new one. A share of nothing (no partitions) paces to [`MIN_RATE_PER_SECOND`].
+    pub fn set_ceiling(&mut self, ceiling: Option<f64>) {
+        let ceiling = ceiling
+            .filter(|ceiling| ceiling.is_finite())
+            .map(|ceiling| ceiling.max(MIN_RATE_PER_SECOND));
+        let at_old_ceiling = self.allowed == self.ceiling;
+        self.allowed = match (self.allowed, ceiling) {
+            (_, new) if at_old_ceiling => new,
+            (Some(allowed), Some(new)) => Some(allowed.min(new)),
+            (allowed, None) => allowed,
+            (None, new) => new,
+        };
+        self.ceiling = ceiling;
+    }
+
     /// The rate sends are paced to, in requests per second; `None` while unlimited.
     pub fn allowed_per_second(&self) -> Option<f64> {
         self.allowed
@@ -229,6 +247,37 @@ mod tests {
 
     fn rng() -> StdRng {
         StdRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn a_new_ceiling_moves_an_unthrottled_rate_and_caps_a_throttled_one() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(100, 5.0);
+        assert_eq!(rate.allowed_per_second(), Some(100.0));
+        // A third of the group's partitions: a third of its limit.
+        rate.set_ceiling(Some(100.0 / 3.0));
+        assert_eq!(rate.allowed_per_second(), Some(100.0 / 3.0));
+        // Paced to it: 34 sends take about a second.
+        let waits: Vec<Duration> = (0..34).map(|_| rate.reserve_send(start)).collect();
+        assert!(waits[33] >= Duration::from_millis(980), "{:?}", waits[33]);
+        // Throttled: halved from what was sent; a larger share later does not undo that at once.
+        rate.on_throttled(start + Duration::from_secs(1));
+        let throttled = rate.allowed_per_second().unwrap();
+        assert!(throttled < 100.0 / 3.0, "{throttled}");
+        rate.set_ceiling(Some(50.0));
+        assert_eq!(rate.allowed_per_second(), Some(throttled));
+        // It climbs back, now up to the new ceiling.
+        rate.on_accepted(start + Duration::from_secs(60));
+        assert_eq!(rate.allowed_per_second(), Some(50.0));
+        // A smaller share caps it at once; no partitions, the floor.
+        rate.set_ceiling(Some(10.0));
+        assert_eq!(rate.allowed_per_second(), Some(10.0));
+        rate.set_ceiling(Some(0.0));
+        assert_eq!(rate.allowed_per_second(), Some(MIN_RATE_PER_SECOND));
+        // No group limit: unlimited again unless throttling set a rate.
+        let mut free = AdaptiveRate::new(0, 5.0);
+        free.set_ceiling(None);
+        assert_eq!(free.allowed_per_second(), None);
     }
 
     #[test]

@@ -42,6 +42,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const INTAKE_HOLD_MAX: Duration = Duration::from_millis(500);
 /// One wait for room within that hold; bounds how late the thread notices a stop.
 const INTAKE_HOLD_STEP: Duration = Duration::from_millis(50);
+/// How long an assignment waits for the input topic's partition count.
+const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 /// Extra time a revoke callback waits beyond the drain timeout for the dispatcher's answer.
 const REVOKE_REPLY_GRACE: Duration = Duration::from_secs(5);
 /// Assignments, revocations and records, in librdkafka's order.
@@ -62,6 +64,9 @@ pub enum ConsumerEvent {
     /// The revoke's commit was made (landed or failed), or will not be made (lost, nothing to
     /// commit, no answer in time). Follows every `Revoked`.
     RevokeSettled,
+    /// The input topic has this many partitions (read at every assignment, before
+    /// [`ConsumerEvent::Assigned`]): what the members' shares of a send-rate limit divide.
+    TopicPartitions(usize),
     Record(InputRecord),
 }
 
@@ -387,6 +392,23 @@ impl ConsumerContext for PipelineContext {
             // assigned while everything is paused must not fetch: set each one as the plan says.
             self.set_pause_of(consumer, &partitions, true);
             let notes = self.finished_notes(consumer, tpl);
+            match consumer.fetch_metadata(Some(&self.topic), TOPIC_METADATA_TIMEOUT) {
+                Ok(metadata) => {
+                    let count = metadata
+                        .topics()
+                        .iter()
+                        .find(|topic| topic.name() == self.topic)
+                        .map_or(0, |topic| topic.partitions().len());
+                    if count > 0 {
+                        let _ = self.events.send(ConsumerEvent::TopicPartitions(count));
+                    }
+                }
+                // The shares of the send-rate limits stay as they were.
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot read the input topic's partition count; send-rate shares unchanged"
+                ),
+            }
             // Sent even when empty: an instance with no partitions has still joined the group.
             let _ = self.events.send(ConsumerEvent::Assigned(partitions, notes));
         }

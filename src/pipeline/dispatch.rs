@@ -107,12 +107,20 @@ pub struct Dispatcher {
     decode_delay: Duration,
     /// Cancels the work of one assignment (partition, generation).
     cancels: HashMap<(i32, u64), CancellationToken>,
+    /// Per assignment, a child of its cancel token that also fires when its partition is
+    /// revoked: jobs that have not sent their call yet (waiting for a send slot, a backoff or
+    /// the circuit) stop then rather than hold the revoke until the drain timeout; the new
+    /// owner sends them. A call already out is still awaited.
+    unsent: HashMap<(i32, u64), CancellationToken>,
     completions_tx: mpsc::UnboundedSender<Completion>,
     completions: mpsc::UnboundedReceiver<Completion>,
     control: mpsc::UnboundedReceiver<Control>,
     tasks: TaskTracker,
     pending_revoke: Option<PendingRevoke>,
     published_pause: Option<u64>,
+    /// The input topic's partition count, once read: the members' shares of the send-rate
+    /// limits divide it.
+    topic_partitions: Option<usize>,
     /// Partitions of the records taken off the channel since the flow counts were last told.
     received: Vec<i32>,
     /// Commits at least this often (`commit_interval`); between ticks a commit follows finished
@@ -212,12 +220,14 @@ impl Dispatcher {
             decode_retry: None,
             decode_delay: REGISTRY_RETRY_INITIAL,
             cancels: HashMap::new(),
+            unsent: HashMap::new(),
             completions_tx,
             completions,
             control: parts.control,
             tasks: TaskTracker::new(),
             pending_revoke: None,
             published_pause: None,
+            topic_partitions: None,
             received: Vec::new(),
             commit_tick,
             committing: None,
@@ -305,6 +315,7 @@ impl Dispatcher {
             } => self.on_revoked(&partitions, lost, deadline.into(), reply),
             ConsumerEvent::Record(record) => self.on_record(record),
             ConsumerEvent::RevokeSettled => self.core.revoke_commit_settled(),
+            ConsumerEvent::TopicPartitions(count) => self.topic_partitions = Some(count),
         }
     }
 
@@ -407,6 +418,13 @@ impl Dispatcher {
                 cancel.cancel();
             }
         }
+        for &partition in partitions {
+            if let Some(generation) = self.core.book().generation(partition)
+                && let Some(unsent) = self.unsent.remove(&(partition, generation))
+            {
+                unsent.cancel();
+            }
+        }
         self.forget_undecoded();
         self.pending_revoke = Some(PendingRevoke { reply, deadline });
     }
@@ -431,6 +449,7 @@ impl Dispatcher {
             if let Some(token) = self.cancels.remove(&assignment) {
                 token.cancel();
             }
+            self.unsent.remove(&assignment);
             observe::pending(assignment.0, 0);
             self.ages.forget(assignment.0);
             observe::partition_gone(assignment.0);
@@ -451,7 +470,11 @@ impl Dispatcher {
     }
 
     fn publish_assignment(&self) {
-        self.status.assigned(self.core.book().len());
+        let owned = self.core.book().len();
+        self.status.assigned(owned);
+        if let Some(partitions) = self.topic_partitions {
+            self.worker.mpps.share(owned, partitions);
+        }
     }
 
     fn on_record(&mut self, record: InputRecord) {
@@ -481,6 +504,7 @@ impl Dispatcher {
                 if let Some(token) = self.cancels.remove(&(partition, stale)) {
                     token.cancel();
                 }
+                self.unsent.remove(&(partition, stale));
                 self.cancels.insert(
                     (partition, slot.generation),
                     self.worker.hard_stop.child_token(),
@@ -620,11 +644,17 @@ impl Dispatcher {
             .get(&(slot.partition, slot.generation))
             .cloned()
             .unwrap_or_else(|| self.worker.hard_stop.child_token());
+        let unsent = self
+            .unsent
+            .entry((slot.partition, slot.generation))
+            .or_insert_with(|| cancel.child_token())
+            .clone();
         let job = Job {
             record: payload.record,
             work: payload.work,
             generation: slot.generation,
             cancel,
+            unsent,
             trace: payload.trace,
         };
         let worker = Arc::clone(&self.worker);

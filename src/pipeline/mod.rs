@@ -187,7 +187,13 @@ pub async fn run(
             psp,
             Arc::clone(&circuits),
         );
-        Mpp::new(psp, client, Arc::new(circuit))
+        let group_limit = settings
+            .alipayplus
+            .clients
+            .get(psp)
+            .and_then(|table| table.max_requests_per_second)
+            .unwrap_or(settings.alipayplus.max_requests_per_second);
+        Mpp::new(psp, client, Arc::new(circuit), group_limit)
     };
     let mpps = Mpps::new(
         mpp(crate::config::DEFAULT_PSP_LABEL, clients.default),

@@ -30,19 +30,45 @@ pub struct Mpp {
     pub psp: String,
     pub client: Arc<dyn Notifier>,
     pub circuit: Arc<Circuit>,
-    /// Slows down after throttling answers; the configured ceiling is the client's.
+    /// Paces sends to this member's share of `max_requests_per_second`, and slows down after
+    /// throttling answers.
     pub send_rate: Mutex<AdaptiveRate>,
+    /// `max_requests_per_second` of this MPP: a limit for the whole consumer group (0: none).
+    pub group_limit: u32,
 }
 
 impl Mpp {
-    pub fn new(psp: &str, client: Arc<dyn Notifier>, circuit: Arc<Circuit>) -> Mpp {
+    /// `group_limit`: the MPP's `max_requests_per_second`, shared by the group's members in
+    /// proportion to the partitions each owns (see [`Mpps::share`]); until the first share the
+    /// member may send all of it.
+    pub fn new(
+        psp: &str,
+        client: Arc<dyn Notifier>,
+        circuit: Arc<Circuit>,
+        group_limit: u32,
+    ) -> Mpp {
         Mpp {
             psp: psp.to_owned(),
             client,
             circuit,
-            // Starts unlimited: it only slows down after throttling answers.
-            send_rate: Mutex::new(AdaptiveRate::new(0, RATE_RECOVERY_PER_SECOND)),
+            // Without a limit it paces nothing until a throttling answer slows it down.
+            send_rate: Mutex::new(AdaptiveRate::new(group_limit, RATE_RECOVERY_PER_SECOND)),
+            group_limit,
         }
+    }
+
+    /// This member owns `fraction` (0..=1) of the input topic's partitions: its share of the
+    /// group's limit. Returns the share in requests per second (0: no limit).
+    fn share(&self, fraction: f64) -> f64 {
+        if self.group_limit == 0 {
+            return 0.0;
+        }
+        let share = f64::from(self.group_limit) * fraction.clamp(0.0, 1.0);
+        if let Ok(mut rate) = self.send_rate.lock() {
+            rate.set_ceiling(Some(share));
+            crate::observe::send_rate(&self.psp, rate.allowed_per_second(), false);
+        }
+        share
     }
 }
 
@@ -109,5 +135,21 @@ impl Mpps {
     /// Every MPP, the top-level one first.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Mpp>> {
         std::iter::once(&self.default).chain(self.named.values())
+    }
+
+    /// This member owns `owned` of the input topic's `partitions`: each MPP's send rate is
+    /// held to that share of its `max_requests_per_second`, so the members together send at
+    /// most the limit (Alipay+ counts a client's requests, not a member's). Called at every
+    /// change of the assignment; `partitions` unknown (the topic's metadata could not be read),
+    /// the share stays as it was.
+    pub fn share(&self, owned: usize, partitions: usize) {
+        if partitions == 0 {
+            return;
+        }
+        let fraction = owned as f64 / partitions as f64;
+        for mpp in self.all() {
+            let share = mpp.share(fraction);
+            crate::observe::send_rate_share(&mpp.psp, share);
+        }
     }
 }

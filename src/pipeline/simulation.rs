@@ -881,7 +881,7 @@ impl Run {
                 clock: Arc::clone(clock),
                 rng: Arc::clone(alipay_rng),
             };
-            Mpp::new(psp, Arc::new(alipay), Arc::new(circuit))
+            Mpp::new(psp, Arc::new(alipay), Arc::new(circuit), 0)
         };
         let mpps = Mpps::new(mpp("default"), [("B".to_owned(), mpp("B"))]);
         let (control_tx, control_rx) = mpsc::unbounded_channel();

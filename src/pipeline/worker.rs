@@ -45,6 +45,9 @@ pub struct Job {
     pub generation: u64,
     /// Fires when this job must stop at once: shutdown, or its partition is gone.
     pub cancel: CancellationToken,
+    /// Fires with `cancel`, and also when the partition is revoked: a job whose call is not out
+    /// stops waiting to send it (see [`notify_with_retries`]).
+    pub unsent: CancellationToken,
     /// The event's trace: its outputs carry its context; with export on, its span and one child
     /// per Alipay+ attempt are recorded.
     pub trace: EventTrace,
@@ -242,6 +245,8 @@ async fn notify_with_retries(
     event: &RegistrationDecided,
 ) -> Option<Verdict> {
     let (slot, cancel) = (job.slot(), &job.cancel);
+    // Waits before a call is out end on a revoke too: the partition's next owner sends it.
+    let unsent = &job.unsent;
     let mut budget = Spent::new();
     let mut attempts: u32 = 0;
     let mut first_attempt_at_ms = None;
@@ -249,7 +254,7 @@ async fn notify_with_retries(
     // What the next attempt waited for, on its span.
     let mut waits = Waits::default();
     loop {
-        let (call, waited) = admitted(ctx, mpp, slot, cancel).await?;
+        let (call, waited) = admitted(ctx, mpp, slot, unsent).await?;
         let probe = call.probe;
         budget.held += waited;
         waits.circuit += waited;
@@ -264,7 +269,7 @@ async fn notify_with_retries(
             .lock()
             .map(|mut rate| rate.reserve_send(now()))
             .unwrap_or_default();
-        if !wait.is_zero() && !sleep_unless_stopped(cancel, wait).await {
+        if !wait.is_zero() && !sleep_unless_stopped(unsent, wait).await {
             return abandon();
         }
         waits.throttle += wait;
@@ -310,7 +315,7 @@ async fn notify_with_retries(
                     let refusal = if probe {
                         Refusal::Undecided
                     } else {
-                        let (refusal, waited) = mpp.circuit.refusal(mark, cancel).await?;
+                        let (refusal, waited) = mpp.circuit.refusal(mark, unsent).await?;
                         budget.held += waited;
                         waits.backoff += waited;
                         refusal
@@ -324,7 +329,7 @@ async fn notify_with_retries(
                         Refusal::Undecided => {
                             if let Some(delay) = budget.next_delay(&ctx.budget, &ctx.jitter) {
                                 observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
-                                if !sleep_unless_stopped(cancel, delay).await {
+                                if !sleep_unless_stopped(unsent, delay).await {
                                     return None;
                                 }
                                 waits.backoff += delay;
@@ -345,7 +350,7 @@ async fn notify_with_retries(
                 }
                 if let Some(delay) = budget.next_delay(&ctx.budget, &ctx.jitter) {
                     observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
-                    if !sleep_unless_stopped(cancel, delay).await {
+                    if !sleep_unless_stopped(unsent, delay).await {
                         return None;
                     }
                     waits.backoff += delay;

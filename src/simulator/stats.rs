@@ -57,6 +57,10 @@ pub struct SimulatorStats {
     /// Calls waiting right now at a closed gate ([`crate::simulator::SimulatorHandle::hold`]).
     #[serde(default)]
     pub held_calls: u64,
+    /// Every POST to the notify path, by the wall-clock second (Unix time) it came in; the last
+    /// hour's seconds.
+    #[serde(default)]
+    pub calls_per_second: BTreeMap<u64, u64>,
 }
 
 impl SimulatorStats {
@@ -106,7 +110,11 @@ pub(crate) struct StatsRecorder {
     max_by_merchant: BTreeMap<String, u32>,
     merchants_untracked: u64,
     held_calls: u64,
+    calls_per_second: BTreeMap<u64, u64>,
 }
+
+/// Seconds `calls_per_second` keeps.
+const SECONDS_KEPT: usize = 3_600;
 
 impl StatsRecorder {
     pub(crate) fn new(max_arrivals: usize) -> Self {
@@ -123,6 +131,7 @@ impl StatsRecorder {
             max_by_merchant: BTreeMap::new(),
             merchants_untracked: 0,
             held_calls: 0,
+            calls_per_second: BTreeMap::new(),
         }
     }
 
@@ -172,6 +181,13 @@ impl StatsRecorder {
 
     pub(crate) fn call(&mut self) {
         self.total_calls += 1;
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        *self.calls_per_second.entry(second).or_insert(0) += 1;
+        if self.calls_per_second.len() > SECONDS_KEPT {
+            self.calls_per_second.pop_first();
+        }
     }
 
     pub(crate) fn signature_failure(&mut self) {
@@ -210,6 +226,7 @@ impl StatsRecorder {
             max_concurrent_calls_per_merchant: self.max_by_merchant.clone(),
             merchants_untracked: self.merchants_untracked,
             held_calls: self.held_calls,
+            calls_per_second: self.calls_per_second.clone(),
         }
     }
 }
