@@ -69,7 +69,7 @@ enum Command {
     /// Prints a table, then the same figures as one JSON document.
     #[command(
         after_help = "Each demo scenario runs as its own `regnotify demo --json` process, so its \
-        peak RSS is its own. Progress goes to stderr. Takes about 9 minutes on 2 cores with the \
+        peak RSS is its own. Progress goes to stderr. Takes about 10 minutes on 2 cores with the \
         defaults (partition ordering at 50 ms is slow); --quick about half a minute."
     )]
     Bench(BenchArgs),

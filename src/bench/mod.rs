@@ -122,26 +122,19 @@ pub fn all_scenarios() -> Vec<Scenario> {
             }
         }
     }
-    // What tracing costs: the defaults at latency 0 (CPU-bound, where a cost shows) and 64 in
-    // flight at 50 ms, with every span recorded and exported.
-    for (latency_ms, max_in_flight) in [(0, 256), (50, 64)] {
-        scenarios.push(Scenario {
-            latency_ms,
-            max_in_flight,
-            ordering: Ordering::Key,
-            traces: true,
-            exactly_once: false,
-        });
-    }
-    // What exactly-once costs: the same two, outputs and offsets in Kafka transactions.
-    for (latency_ms, max_in_flight) in [(0, 256), (50, 64)] {
-        scenarios.push(Scenario {
-            latency_ms,
-            max_in_flight,
-            ordering: Ordering::Key,
-            traces: false,
-            exactly_once: true,
-        });
+    // What tracing costs, then what exactly-once costs: the defaults at latency 0 (CPU-bound,
+    // where a cost shows) and 64 in flight at 50 ms, with every span recorded and exported, or
+    // outputs and offsets in Kafka transactions.
+    for (traces, exactly_once) in [(true, false), (false, true)] {
+        for (latency_ms, max_in_flight) in [(0, 256), (50, 64)] {
+            scenarios.push(Scenario {
+                latency_ms,
+                max_in_flight,
+                ordering: Ordering::Key,
+                traces,
+                exactly_once,
+            });
+        }
     }
     scenarios
 }
