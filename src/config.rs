@@ -332,7 +332,8 @@ pub struct AlipayPlusSettings {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Client-side ceiling on notify calls per second; 0 = none.
+    /// Ceiling on notify calls per second for the whole consumer group, each member taking a
+    /// share in proportion to the input partitions it owns; 0 = none.
     pub max_requests_per_second: u32,
     /// Per-result-code overrides of SPEC section 4.
     pub result_policy: BTreeMap<String, ResultPolicy>,
@@ -420,7 +421,8 @@ pub struct CircuitBreakerSettings {
     #[serde(with = "humantime_serde")]
     pub probe_interval_max: Duration,
     /// How long a refused event waits for other answers to tell whether the refusal was about it
-    /// (others succeed) or about us (others are refused too) before it asks again.
+    /// (others succeed) or about us (others are refused too) before it asks again; it does not
+    /// wait while no other call of its MPP is out.
     #[serde(with = "humantime_serde")]
     pub refusal_hold: Duration,
 }
