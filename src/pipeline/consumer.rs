@@ -179,7 +179,8 @@ struct Counts {
     in_channel_total: usize,
     /// The consumer thread waits on [`Flow::room`].
     holding: bool,
-    /// The dispatcher has a free in-flight slot: what waits, waits for its key, not a slot.
+    /// The dispatcher has a free in-flight slot and nothing being decoded: what waits, waits for
+    /// its key, not a slot.
     free_slot: bool,
 }
 
@@ -255,7 +256,8 @@ impl Flow {
 
     /// The dispatcher took the records of `received` (a partition each) off the channel, and its
     /// book now holds these windows and this many waiting offsets; `free_slot`: it has an
-    /// in-flight slot free. One step, so that a record is never counted in neither place.
+    /// in-flight slot free and nothing being decoded. One step, so that a record is never
+    /// counted in neither place.
     pub fn booked(
         &self,
         received: &[i32],

@@ -345,7 +345,7 @@ impl Dispatcher {
                 .into_iter()
                 .map(|(partition, _)| (partition, book.window_len(partition))),
             self.core.waiting_counted(),
-            self.core.has_free_slot(),
+            self.waiting_for_keys(),
         );
         self.received.clear();
     }
@@ -467,6 +467,17 @@ impl Dispatcher {
         }
         self.forget_undecoded();
         self.publish_assignment();
+    }
+
+    /// A slot is free and nothing is being decoded: what waits, waits for its key (under
+    /// `ordering = "partition"`, its partition's turn), not for a slot or a decode. Records still
+    /// being decoded (a schema fetched from the registry, say) may fill the free slots soon, so
+    /// they do not count: the consumer thread's intake bound holds for them.
+    fn waiting_for_keys(&self) -> bool {
+        self.core.has_free_slot()
+            && self.undecoded.is_empty()
+            && self.decoding.is_none()
+            && self.decode_retry.is_none()
     }
 
     fn publish_assignment(&self) {
