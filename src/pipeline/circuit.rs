@@ -54,6 +54,10 @@ impl Board {
     }
 }
 
+/// How long a refusal with no call of its MPP out waits for one to be sent before it is
+/// undecided (see [`Circuit::refusal`]).
+pub const REFUSAL_GRACE: Duration = Duration::from_millis(100);
+
 /// Every MPP's circuit state, and whether the dispatcher should hold the intake.
 #[derive(Debug)]
 pub struct Circuits {
@@ -268,10 +272,10 @@ impl Circuit {
     /// `mark` was about the event or about us. Returns the verdict and how long it waited;
     /// `None` when `cancel` fired first.
     ///
-    /// Undecided at once when no call of this MPP is out: no answer is coming that could decide
-    /// it, and holding would only stall what waits behind the event (under `ordering =
-    /// "partition"` the very events whose answers would decide it). The event then asks again
-    /// after its backoff, against its retry budget, as after a hold that ran out.
+    /// Undecided after [`REFUSAL_GRACE`] when no call of this MPP is out by then: no answer is
+    /// coming that could decide it, and holding would only stall what waits behind the event
+    /// (under `ordering = "partition"` the very events whose answers would decide it). The event
+    /// then asks again after its backoff, against its retry budget, as after a hold that ran out.
     pub async fn refusal(
         &self,
         mark: Mark,
@@ -279,6 +283,7 @@ impl Circuit {
     ) -> Option<(Refusal, Duration)> {
         let started = now();
         let deadline = tokio::time::Instant::now() + self.refusal_hold;
+        let grace = tokio::time::Instant::now() + REFUSAL_GRACE.min(self.refusal_hold);
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -287,13 +292,24 @@ impl Circuit {
                 let breaker = self.lock();
                 (breaker.refusal(mark), breaker.awaits_answers())
             };
-            if verdict != Refusal::Undecided || !awaited {
+            if verdict != Refusal::Undecided {
                 return Some((verdict, now().saturating_duration_since(started)));
             }
+            // Nothing out: wait a moment for a call to be sent (events of a burst follow each
+            // other closely), then give up rather than hold for the whole `refusal_hold`.
+            let until = if awaited {
+                deadline
+            } else if tokio::time::Instant::now() < grace {
+                grace
+            } else {
+                return Some((Refusal::Undecided, now().saturating_duration_since(started)));
+            };
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    return Some((Refusal::Undecided, now().saturating_duration_since(started)));
+                () = tokio::time::sleep_until(until) => {
+                    if until == deadline {
+                        return Some((Refusal::Undecided, now().saturating_duration_since(started)));
+                    }
                 }
                 () = cancel.cancelled() => return None,
             }
