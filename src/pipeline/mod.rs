@@ -174,8 +174,9 @@ pub async fn run(
         });
         (OutputSink::Transactional(submitter), Some(writer))
     } else {
-        let publisher = OutputPublisher::new(&settings.kafka, encoder())
-            .context("cannot create kafka producer")?;
+        let publisher =
+            OutputPublisher::new(&settings.kafka, encoder(), settings.processing.ordering)
+                .context("cannot create kafka producer")?;
         (OutputSink::Idempotent(Arc::new(publisher)), None)
     };
     // One circuit per MPP; the board tells the dispatcher when none is closed.
