@@ -157,6 +157,45 @@ pub struct RegistrationNotifyOutcome {
     pub error: Option<String>,
 }
 
+/// Why an input ended on the dead-letter topic (`dlq.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    DecodeError,
+    InvalidEvent,
+    RetriesExhausted,
+    RequestRefused,
+}
+
+impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 4] = [
+        DeadLetterReason::DecodeError,
+        DeadLetterReason::InvalidEvent,
+        DeadLetterReason::RetriesExhausted,
+        DeadLetterReason::RequestRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::DecodeError => "DECODE_ERROR",
+            DeadLetterReason::InvalidEvent => "INVALID_EVENT",
+            DeadLetterReason::RetriesExhausted => "RETRIES_EXHAUSTED",
+            DeadLetterReason::RequestRefused => "REQUEST_REFUSED",
+        }
+    }
+
+    pub fn from_symbol(symbol: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == symbol)
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ impl ReadRecord {
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers: crate::pipeline::consumer::read_headers(message),
+            headers: crate::pipeline::kafka::read_headers(message),
         }
     }
 

@@ -29,9 +29,8 @@ use self::consumer_errors::{
 };
 use self::log_limiter::{LogLimiter, Verdict};
 use self::stuck::{Count, Vigil};
-use crate::alipayplus::NotifyAttempt;
+use crate::event::DeadLetterReason;
 use crate::event::{NotifyOutcome, RegistrationNotifyOutcome};
-use crate::pipeline::record::DeadLetterReason;
 
 /// Metric names (SPEC section 8): `regnotify_` prefix, base units, counters end in `_total`.
 pub mod names {
@@ -721,8 +720,25 @@ pub fn outputs_acknowledged(stats: &Stats, latency: Duration) {
         .record(latency);
 }
 
+/// What the metrics and logs need of one HTTP call to Alipay+, in plain values (the Alipay+
+/// client builds it from its attempt).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptReport<'a> {
+    /// The answer's class, a fixed label (`success`, `rejected`, `throttled`, `unknown`,
+    /// `refused`).
+    pub class: &'static str,
+    pub latency: Duration,
+    /// `result.resultStatus` and `result.resultCode`, when the body could be parsed.
+    pub result_status: Option<&'a str>,
+    pub result_code: Option<&'a str>,
+    pub http_status: Option<u16>,
+    /// Whether the answer's signature was verified, and what the check found (a fixed label).
+    pub signature_trusted: bool,
+    pub signature: &'static str,
+}
+
 /// One HTTP call to Alipay+ has ended, whatever its answer.
-pub fn notify_attempt(stats: &Stats, psp: &str, attempt: &NotifyAttempt) {
+pub fn notify_attempt(stats: &Stats, psp: &str, attempt: &AttemptReport<'_>) {
     stats.http_calls.fetch_add(1, Ordering::Relaxed);
     stats
         .notify_latency
@@ -731,38 +747,35 @@ pub fn notify_attempt(stats: &Stats, psp: &str, attempt: &NotifyAttempt) {
         .record(attempt.latency);
     metrics::counter!(
         names::NOTIFY_ATTEMPTS,
-        "class" => attempt.class.as_str(),
+        "class" => attempt.class,
         "psp" => psp.to_owned(),
     )
     .increment(1);
     metrics::histogram!(names::NOTIFY_LATENCY).record(attempt.latency.as_secs_f64());
-    let success_code = attempt
-        .result
-        .as_ref()
-        .is_some_and(|result| result.result_status == "S");
-    if !attempt.signature.is_trusted() {
+    let success_code = attempt.result_status == Some("S");
+    if !attempt.signature_trusted {
         if success_code {
             stats.signature_failures.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(names::RESPONSE_SIGNATURE_FAILURES, "psp" => psp.to_owned())
                 .increment(1);
             tracing::warn!(
                 psp,
-                signature = attempt.signature.as_str(),
+                signature = attempt.signature,
                 "success answer without a valid signature, treated as unknown"
             );
-        } else if attempt.result.is_some() {
+        } else if attempt.result_status.is_some() {
             metrics::counter!(names::UNVERIFIED_RESPONSES, "psp" => psp.to_owned()).increment(1);
         }
     }
 }
 
 /// An attempt will be retried after `delay`.
-pub fn retry_scheduled(stats: &Stats, attempt: &NotifyAttempt, attempts: u32, delay: Duration) {
+pub fn retry_scheduled(stats: &Stats, attempt: &AttemptReport<'_>, attempts: u32, delay: Duration) {
     stats.retries.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!(names::RETRIES, "class" => attempt.class.as_str()).increment(1);
+    metrics::counter!(names::RETRIES, "class" => attempt.class).increment(1);
     tracing::debug!(
-        class = attempt.class.as_str(),
-        result_code = attempt.result.as_ref().map(|r| r.result_code.as_str()),
+        class = attempt.class,
+        result_code = attempt.result_code,
         http_status = attempt.http_status,
         attempts,
         delay_ms = delay.as_millis() as u64,
@@ -883,8 +896,30 @@ pub fn awaiting_commit(count: usize) {
     with_vigil(|vigil| vigil.count(Count::AwaitingCommit, count, Instant::now));
 }
 
+/// One partition's ages at an instant, as the dispatcher samples them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartitionAges {
+    pub partition: i32,
+    /// Now minus the timestamp of the oldest record not committed; 0 when every consumed record
+    /// is committed (or the oldest has no timestamp).
+    pub lag: Duration,
+    /// Now minus the moment the oldest event without its terminal outcome was consumed; 0 when
+    /// none.
+    pub oldest_unfinished: Duration,
+}
+
+/// An event unfinished for longer than the stall time, reported once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Box<str>,
+    pub trace_id: u128,
+    pub unfinished_for: Duration,
+}
+
 /// Each partition's lag in seconds and the age of its oldest unfinished event.
-pub fn partition_ages(ages: &[crate::pipeline::ages::PartitionAges]) {
+pub fn partition_ages(ages: &[PartitionAges]) {
     for partition in ages {
         let label = partition.partition.to_string();
         metrics::gauge!(names::CONSUMER_LAG_SECONDS, "partition" => label.clone())
@@ -902,7 +937,7 @@ pub fn partition_gone(partition: i32) {
 }
 
 /// An event has been unfinished for longer than `admin.event_stall_after` (reported once).
-pub fn event_stalled(stalled: &crate::pipeline::ages::Stalled, after: Duration) {
+pub fn event_stalled(stalled: &Stalled, after: Duration) {
     metrics::counter!(names::STALLED_EVENTS, "partition" => stalled.partition.to_string())
         .increment(1);
     tracing::warn!(
@@ -920,14 +955,17 @@ pub fn pending(partition: i32, count: usize) {
     metrics::gauge!(names::PENDING, "partition" => partition.to_string()).set(count as f64);
 }
 
-pub fn circuit_state(psp: &str, state: crate::pipeline::breaker::CircuitState) {
-    metrics::gauge!(names::CIRCUIT_STATE, "psp" => psp.to_owned()).set(state.gauge());
+/// The circuit of `psp` is in the state whose gauge value is `gauge` (0 closed, 1 open, 2
+/// half-open).
+pub fn circuit_state(psp: &str, gauge: f64) {
+    metrics::gauge!(names::CIRCUIT_STATE, "psp" => psp.to_owned()).set(gauge);
 }
 
-pub fn circuit_transition(psp: &str, to: crate::pipeline::breaker::CircuitState) {
-    metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to.as_str(), "psp" => psp.to_owned())
-        .increment(1);
-    circuit_state(psp, to);
+/// The circuit of `psp` went to the state named `to` (a fixed label), whose gauge value is
+/// `gauge`.
+pub fn circuit_transition(psp: &str, to: &'static str, gauge: f64) {
+    metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to, "psp" => psp.to_owned()).increment(1);
+    circuit_state(psp, gauge);
 }
 
 /// This member's share of a psp's `max_requests_per_second` (0: no limit).

@@ -12,10 +12,12 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::alipayplus::ResultClass;
 use crate::alipayplus::{AlipayPlusClient, Clients, KeyWatcher};
 use crate::config::Settings;
 use crate::observe::{Health, HealthLimits, Stats};
 use crate::pipeline;
+use crate::pipeline::breaker::CircuitState;
 
 /// The service, built and bound, not running yet.
 pub struct Application {
@@ -64,6 +66,15 @@ impl Application {
         crate::observe::exported::export_known_series(
             std::iter::once(crate::config::DEFAULT_PSP_LABEL)
                 .chain(clients.named.keys().map(String::as_str)),
+            &crate::observe::exported::KnownLabels {
+                result_classes: &ResultClass::ALL.map(ResultClass::as_str),
+                retried_classes: &ResultClass::ALL
+                    .into_iter()
+                    .filter(|class| class.is_retryable())
+                    .map(ResultClass::as_str)
+                    .collect::<Vec<_>>(),
+                circuit_states: &CircuitState::ALL.map(CircuitState::as_str),
+            },
         );
         let listener = crate::admin::bind(settings.admin.listen_addr()?).await?;
         let admin_addr = listener

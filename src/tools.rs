@@ -27,9 +27,10 @@ use tokio::sync::mpsc;
 
 use crate::codec::{EncodeError, EventEncoder, event_from_json};
 use crate::config::{KafkaSettings, Settings};
+use crate::event::DeadLetterReason;
 use crate::inspect::ReadRecord;
-use crate::pipeline::output::{owned_headers, producer_config};
-use crate::pipeline::record::{DLQ_HEADER_PREFIX, DeadLetterReason};
+use crate::pipeline::kafka::{owned_headers, producer_config};
+use crate::pipeline::record::DLQ_HEADER_PREFIX;
 
 /// Longest accepted input line of `produce`, in bytes; a longer line is refused, not buffered.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -515,7 +516,7 @@ fn open_dlq(
     group: &str,
 ) -> anyhow::Result<(Arc<BaseConsumer>, BTreeMap<i32, PartitionRange>)> {
     let topic = &kafka.dlq_topic;
-    let mut config = crate::pipeline::consumer::consumer_config(kafka);
+    let mut config = crate::pipeline::kafka::consumer_config(kafka);
     config
         .set("group.id", group)
         // A replay group that never committed starts at the oldest dead letter, whatever the

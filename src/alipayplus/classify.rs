@@ -41,6 +41,14 @@ pub enum ResultClass {
 }
 
 impl ResultClass {
+    pub const ALL: [ResultClass; 5] = [
+        ResultClass::Success,
+        ResultClass::Rejected,
+        ResultClass::Throttled,
+        ResultClass::Unknown,
+        ResultClass::Refused,
+    ];
+
     /// Whether the pipeline should try again (within its retry budget).
     pub fn is_retryable(self) -> bool {
         matches!(self, ResultClass::Throttled | ResultClass::Unknown)

@@ -146,6 +146,21 @@ pub struct NotifyAttempt {
     pub error: Option<AttemptError>,
 }
 
+impl NotifyAttempt {
+    /// What the metrics and logs report of this attempt.
+    pub fn report(&self) -> crate::observe::AttemptReport<'_> {
+        crate::observe::AttemptReport {
+            class: self.class.as_str(),
+            latency: self.latency,
+            result_status: self.result.as_ref().map(|r| r.result_status.as_str()),
+            result_code: self.result.as_ref().map(|r| r.result_code.as_str()),
+            http_status: self.http_status,
+            signature_trusted: self.signature.is_trusted(),
+            signature: self.signature.as_str(),
+        }
+    }
+}
+
 /// A signing, verifying Alipay+ client. Cheap to share behind an `Arc`; clones of the inner
 /// `reqwest::Client` share one connection pool.
 pub struct AlipayPlusClient {

@@ -12,24 +12,19 @@
 //! their first real value.
 
 use super::names;
-use crate::alipayplus::ResultClass;
-use crate::pipeline::breaker::CircuitState;
-use crate::pipeline::record::DeadLetterReason;
+use crate::event::DeadLetterReason;
 
-/// Every class an Alipay+ answer can fall in (`class` of the attempts and retries).
-const RESULT_CLASSES: [ResultClass; 5] = [
-    ResultClass::Success,
-    ResultClass::Rejected,
-    ResultClass::Throttled,
-    ResultClass::Unknown,
-    ResultClass::Refused,
-];
-
-const CIRCUIT_STATES: [CircuitState; 3] = [
-    CircuitState::Closed,
-    CircuitState::Open,
-    CircuitState::HalfOpen,
-];
+/// The label sets of the types this module does not know (it sits below the Alipay+ client and
+/// the pipeline, which report to it): the caller names them from the types themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownLabels<'a> {
+    /// Every class an Alipay+ answer can fall in (`class` of the attempts).
+    pub result_classes: &'a [&'static str],
+    /// The classes that are retried (`class` of the retries).
+    pub retried_classes: &'a [&'static str],
+    /// Every state of a circuit (`to` of the transitions).
+    pub circuit_states: &'a [&'static str],
+}
 
 /// `kind` of `regnotify_rebalances_total`, as the dispatcher reports them.
 const REBALANCE_KINDS: [&str; 3] = ["assign", "revoke", "lost"];
@@ -39,7 +34,7 @@ const RELOADED_KEYS: [&str; 2] = ["mpp_private_key", "alipayplus_public_key"];
 const RELOAD_RESULTS: [&str; 2] = ["applied", "refused"];
 
 /// Every `check` the pipeline reports to [`super::invariant_broken`] (the names passed to
-/// `pipeline::invariant::take` and `expect`). tests/operations.rs reads them from the source and
+/// `pipeline::invariant::take` and `expect`). tests/it/operations.rs reads them from the source and
 /// fails when one is missing here.
 const INVARIANT_CHECKS: [&str; 12] = [
     "acknowledged_offset_in_window",
@@ -60,7 +55,10 @@ const INVARIANT_CHECKS: [&str; 12] = [
 /// gauges and histograms, the fixed label sets, and per MPP of `psps` (`default` and each
 /// `[alipayplus.clients]` pspId) its attempts, signature failures, circuit transitions, send
 /// rate, throttling answers and key reloads. Called once where the service is built.
-pub(crate) fn export_known_series<'a>(psps: impl IntoIterator<Item = &'a str>) {
+pub(crate) fn export_known_series<'a>(
+    psps: impl IntoIterator<Item = &'a str>,
+    labels: &KnownLabels<'_>,
+) {
     for name in [
         names::NOTIFY_LATENCY,
         names::END_TO_END_LATENCY,
@@ -78,8 +76,8 @@ pub(crate) fn export_known_series<'a>(psps: impl IntoIterator<Item = &'a str>) {
     for reason in DeadLetterReason::ALL {
         metrics::counter!(names::DEAD_LETTERS, "reason" => reason.as_str()).increment(0);
     }
-    for class in RESULT_CLASSES.into_iter().filter(|c| c.is_retryable()) {
-        metrics::counter!(names::RETRIES, "class" => class.as_str()).increment(0);
+    for &class in labels.retried_classes {
+        metrics::counter!(names::RETRIES, "class" => class).increment(0);
     }
     for kind in REBALANCE_KINDS {
         metrics::counter!(names::REBALANCES, "kind" => kind).increment(0);
@@ -88,15 +86,15 @@ pub(crate) fn export_known_series<'a>(psps: impl IntoIterator<Item = &'a str>) {
         metrics::counter!(names::INVARIANT_VIOLATIONS, "check" => check).increment(0);
     }
     for psp in psps {
-        export_psp_series(psp);
+        export_psp_series(psp, labels);
     }
 }
 
-fn export_psp_series(psp: &str) {
-    for class in RESULT_CLASSES {
+fn export_psp_series(psp: &str, labels: &KnownLabels<'_>) {
+    for &class in labels.result_classes {
         metrics::counter!(
             names::NOTIFY_ATTEMPTS,
-            "class" => class.as_str(),
+            "class" => class,
             "psp" => psp.to_owned(),
         )
         .increment(0);
@@ -108,10 +106,10 @@ fn export_psp_series(psp: &str) {
     ] {
         metrics::counter!(name, "psp" => psp.to_owned()).increment(0);
     }
-    for to in CIRCUIT_STATES {
+    for &to in labels.circuit_states {
         metrics::counter!(
             names::CIRCUIT_TRANSITIONS,
-            "to" => to.as_str(),
+            "to" => to,
             "psp" => psp.to_owned(),
         )
         .increment(0);

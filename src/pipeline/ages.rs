@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+pub use crate::observe::{PartitionAges, Stalled};
+
 /// Bytes of a record key kept for the stall warning.
 const KEY_TEXT_BYTES: usize = 64;
 
@@ -22,28 +24,6 @@ struct Entry {
     warned: bool,
     key: Box<str>,
     trace_id: u128,
-}
-
-/// One partition's ages at an instant.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PartitionAges {
-    pub partition: i32,
-    /// Now minus the timestamp of the oldest record not committed; 0 when every consumed record
-    /// is committed (or the oldest has no timestamp).
-    pub lag: Duration,
-    /// Now minus the moment the oldest event without its terminal outcome was consumed; 0 when
-    /// none.
-    pub oldest_unfinished: Duration,
-}
-
-/// An event unfinished for longer than the stall time, reported once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stalled {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Box<str>,
-    pub trace_id: u128,
-    pub unfinished_for: Duration,
 }
 
 /// What a record brings when it is consumed.

@@ -169,7 +169,7 @@ impl Circuit {
         psp: &str,
         board: Arc<Circuits>,
     ) -> Circuit {
-        observe::circuit_state(psp, CircuitState::Closed);
+        observe::circuit_state(psp, CircuitState::Closed.gauge());
         board.set(psp, CircuitState::Closed, String::new(), None);
         Circuit {
             psp: psp.to_owned(),
@@ -346,7 +346,7 @@ impl Circuit {
                 );
             }
         }
-        observe::circuit_transition(psp, to);
+        observe::circuit_transition(psp, to.as_str(), to.gauge());
         let probe_due = breaker
             .next_probe_at()
             .map(|at| (at, self.probe_interval_max * 2));

@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,7 @@ use crate::config::KafkaSettings;
 use crate::observe::Health;
 use crate::pipeline::book::Slot;
 use crate::pipeline::decisions::PausePlan;
+use crate::pipeline::kafka::{consumer_config, read_headers};
 use crate::pipeline::record::InputRecord;
 
 /// How long one poll waits for a record; bounds how late the thread notices a stop.
@@ -598,49 +599,6 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
 
 pub type PipelineConsumer = BaseConsumer<PipelineContext>;
 
-/// The consumer configuration regnotify insists on, on top of the pass-through properties.
-pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    for (name, value) in &kafka.consumer.0 {
-        config.set(name, value);
-    }
-    config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    // Defaults where the user set nothing. statistics.interval.ms feeds the lag gauges and the
-    // broker-reachability check of `/readyz`. The prefetch bounds: while the intake is held
-    // librdkafka goes on fetching ahead, up to 64 MB or 100,000 records a partition by default,
-    // which a backlog fills (measured: peak RSS 32 MB at 10,000 events and 71 MB at 100,000 with
-    // the whole run produced before the start; 51 MB with these). 2,000 records a partition is
-    // seconds of work; room is looked for every 50 ms rather than librdkafka's 1 s, so the queue
-    // does not run dry in between. A partition resumed after a pause joins the next fetch
-    // request, which waits for the one the broker holds (up to fetch.wait.max.ms when the other
-    // partitions are at their end): 100 ms rather than 500 ms keeps that from emptying its
-    // window (measured under partition ordering at latency 0: gaps of 360-440 ms with every
-    // resume, for ten fetch requests a second from an idle member instead of two).
-    for (name, value) in [
-        ("statistics.interval.ms", "5000"),
-        ("auto.offset.reset", "earliest"),
-        ("queued.max.messages.kbytes", "4096"),
-        ("queued.min.messages", "2000"),
-        ("fetch.queue.backoff.ms", "50"),
-        ("fetch.wait.max.ms", "100"),
-        // A fetched batch stays in memory while any of its records is referenced (waiting in a
-        // window, say): librdkafka's 1 MB a partition made the peak RSS grow with the backlog
-        // (35 MB at 20,000 events, 54 MB at 200,000 on Kafka 4.1, `regnotify measure`); 256 KB,
-        // over a thousand small records a fetch, held it at 38 MB.
-        ("max.partition.fetch.bytes", "262144"),
-    ] {
-        if !kafka.consumer.0.contains_key(name) {
-            config.set(name, value);
-        }
-    }
-    config
-}
-
 /// A running consumer thread.
 pub struct ConsumerThread {
     pub consumer: Arc<PipelineConsumer>,
@@ -791,31 +749,6 @@ fn poll_loop(
             consumer.context().recheck();
         }
     }
-}
-
-/// Copies a record's headers. rdkafka panics on a header name that is not UTF-8 (Kafka allows
-/// any bytes there); such a header cannot be read through its API, so it is left out with a
-/// warning instead of taking the consumer thread down.
-pub fn read_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
-    let Some(headers) = message.headers() else {
-        return Vec::new();
-    };
-    let mut copied = Vec::with_capacity(headers.count());
-    for index in 0..headers.count() {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| headers.try_get(index))) {
-            Ok(Some(header)) => {
-                copied.push((header.key.to_string(), header.value.map(<[u8]>::to_vec)));
-            }
-            Ok(None) => {}
-            Err(_) => tracing::warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                index,
-                "record header with a name that is not UTF-8 left out"
-            ),
-        }
-    }
-    copied
 }
 
 #[cfg(test)]

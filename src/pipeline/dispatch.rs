@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval};
@@ -32,8 +32,9 @@ use crate::pipeline::ages::{Ages, Taken};
 use crate::pipeline::book::{Consumed, RevokeEnd, Slot, Stage};
 use crate::pipeline::consumer::{ConsumerEvent, Control, FinishedNote, Flow, PipelineConsumer};
 use crate::pipeline::decisions::{DispatchCore, Finish, OrderKey, Ticket};
+use crate::pipeline::job::{Job, Work};
 use crate::pipeline::record::InputRecord;
-use crate::pipeline::worker::{Job, Work, WorkerContext, run_job};
+use crate::pipeline::worker::{WorkerContext, run_job};
 use crate::telemetry::traces::{self, EventTrace, Tracing};
 
 /// Pause between attempts to decode a record while the schema registry does not answer.
@@ -725,7 +726,7 @@ impl Dispatcher {
     }
 
     fn commit_list(&self, positions: &[(i32, i64)], notes: &[(i32, String)]) -> TopicPartitionList {
-        commit_list(&self.topic, positions, notes)
+        crate::pipeline::kafka::commit_list(&self.topic, positions, notes)
     }
 
     /// Commits what finished as soon as the previous commit has landed and [`COMMIT_GAP`] has
@@ -1024,33 +1025,6 @@ async fn next_decoded(decoding: &mut Option<Decoding>) -> Decoded {
         Some(decoding) => decoding.await,
         None => std::future::pending().await,
     }
-}
-
-/// A commit of `positions` of `topic`, with the note of each (see [`crate::pipeline::finished`]).
-pub fn commit_list(
-    topic: &str,
-    positions: &[(i32, i64)],
-    notes: &[(i32, String)],
-) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for (partition, position) in positions {
-        if let Err(error) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*position)) {
-            tracing::warn!(%error, partition, "cannot express commit position");
-            continue;
-        }
-        let note = notes
-            .iter()
-            .find(|(noted, _)| noted == partition)
-            .map(|(_, note)| note.as_str())
-            .unwrap_or_default();
-        observe::finished_note(*partition, note.len());
-        if !note.is_empty()
-            && let Some(mut element) = tpl.find_partition(topic, *partition)
-        {
-            element.set_metadata(note);
-        }
-    }
-    tpl
 }
 
 /// A commit under way: its positions and the blocking task that makes it.

@@ -5,11 +5,15 @@
 //! - [`consumer`]: the polling thread and the rebalance hooks.
 //! - [`dispatch`]: the loop that carries out the decisions of [`decisions`] (the [`book`] of
 //!   partitions and offsets, and the [`scheduler`]), which hold no I/O and are model-tested.
+//! - [`job`]: one event's unit of work, as the dispatcher hands it to a worker.
 //! - [`worker`]: one event's notify-retry-publish life.
 //! - [`mpp`]: which MPP's credentials, circuit and send rate serve an event.
 //! - [`parking`]: in-flight slots given back by jobs that wait for their MPP's circuit.
+//! - [`sink`]: where an event's outputs go in either delivery mode, retried until acknowledged.
 //! - [`output`]: the idempotent producer for outcomes and dead letters.
 //! - [`transactions`]: exactly-once outputs, written with their offsets in Kafka transactions.
+//! - [`kafka`]: the Kafka plumbing the pipeline and the tools share (client configuration,
+//!   headers, the dead-letter record, permanent errors, commit lists).
 //! - [`record`]: the consumed record and the dead-letter headers.
 //! - [`watermark`], [`keyed`], [`backoff`]: the pure rules, property-tested.
 
@@ -23,6 +27,8 @@ pub mod decisions;
 pub mod dispatch;
 pub mod finished;
 mod invariant;
+pub mod job;
+pub mod kafka;
 pub mod keyed;
 pub mod mpp;
 pub mod output;
@@ -31,6 +37,7 @@ pub mod record;
 pub mod scheduler;
 #[cfg(test)]
 mod simulation;
+pub mod sink;
 pub mod transactions;
 pub mod watermark;
 pub mod worker;
@@ -51,7 +58,8 @@ use crate::observe::{Health, Stats};
 use crate::pipeline::backoff::RetryBudget;
 use crate::pipeline::consumer::Flow;
 use crate::pipeline::dispatch::{Dispatcher, DispatcherParts};
-use crate::pipeline::output::{OutputPublisher, OutputSink};
+use crate::pipeline::output::OutputPublisher;
+use crate::pipeline::sink::OutputSink;
 use crate::pipeline::worker::WorkerContext;
 
 /// How long a stopping pipeline waits for the transaction writer's last commit.

@@ -58,10 +58,12 @@ use crate::pipeline::book::Prepared;
 use crate::pipeline::circuit::{Circuit, Circuits};
 use crate::pipeline::consumer::{ConsumerEvent, Control, FinishedNote, Flow};
 use crate::pipeline::dispatch::{CommitFuture, Committer, Dispatcher, DispatcherParts};
+use crate::pipeline::kafka::TraceHeaders;
 use crate::pipeline::mpp::{Mpp, Mpps, Notifier};
-use crate::pipeline::output::{OutputSink, Publish, PublishError, Publishing, TraceHeaders};
+use crate::pipeline::output::{Publish, PublishError, Publishing};
 use crate::pipeline::parking::Parking;
 use crate::pipeline::record::{DeadLetter, InputRecord};
+use crate::pipeline::sink::OutputSink;
 use crate::pipeline::transactions::{Submission, split};
 use crate::pipeline::worker::{Jitter, WorkerContext};
 use crate::pipeline::{decisions, finished};
@@ -1214,7 +1216,7 @@ impl SimWriter {
                     world.output(submission.record.partition, submission.record.offset);
                 }
                 // The same offsets list the real writer sends with the transaction.
-                let offsets = crate::pipeline::dispatch::commit_list(
+                let offsets = crate::pipeline::kafka::commit_list(
                     TOPIC,
                     &prepared.positions,
                     &prepared.notes,

@@ -34,7 +34,7 @@ use crate::config::KafkaSettings;
 use crate::event::RegistrationNotifyOutcome;
 use crate::pipeline::book::{Prepared, Slot};
 use crate::pipeline::consumer::{Control, PipelineConsumer};
-use crate::pipeline::output::{dead_letter_record, is_permanent, owned_headers, producer_config};
+use crate::pipeline::kafka::{dead_letter_record, is_permanent, owned_headers, producer_config};
 use crate::pipeline::record::{DeadLetter, InputRecord};
 
 /// Bound on one blocking transaction call (begin, offsets, commit, abort).
@@ -241,8 +241,9 @@ mod tests {
         use rdkafka::mocking::MockCluster;
         use rdkafka::types::RDKafkaApiKey;
 
+        use crate::event::DeadLetterReason;
         use crate::pipeline::consumer::{self, ConsumerChannels, ConsumerEvent, Flow};
-        use crate::pipeline::record::{DeadLetter, DeadLetterReason};
+        use crate::pipeline::record::DeadLetter;
 
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let mock = MockCluster::new(1).expect("mock cluster");
@@ -634,7 +635,7 @@ impl TransactionWriter {
     /// (read once the new producer completed it) are those positions and notes, or beyond them.
     /// `None` once the dispatcher is gone.
     async fn landed(&self, prepared: &Prepared) -> Option<bool> {
-        let expected = crate::pipeline::dispatch::commit_list(
+        let expected = crate::pipeline::kafka::commit_list(
             &self.input_topic,
             &prepared.positions,
             &prepared.notes,
@@ -850,7 +851,7 @@ impl TransactionWriter {
         }
         let positions = &prepared.positions;
         let tpl =
-            crate::pipeline::dispatch::commit_list(&self.input_topic, positions, &prepared.notes);
+            crate::pipeline::kafka::commit_list(&self.input_topic, positions, &prepared.notes);
         let metadata = Arc::new(metadata);
         self.call("send offsets", move |producer, timeout| {
             producer.send_offsets_to_transaction(&tpl, &metadata, timeout)

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alipayplus::{NotifyAttempt, ResultClass};
 use crate::codec::DecodeError;
+use crate::event::DeadLetterReason;
 use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 use crate::observe::{self, Health, Stats};
 use crate::pipeline::backoff::RetryBudget;
@@ -23,46 +24,12 @@ use crate::pipeline::book::Slot;
 use crate::pipeline::breaker::Refusal;
 use crate::pipeline::circuit::{Admitted, Circuits};
 pub use crate::pipeline::decisions::Finish;
+use crate::pipeline::job::{Job, Work, sleep_unless_stopped};
 use crate::pipeline::mpp::{Mpp, Mpps};
-use crate::pipeline::output::OutputSink;
 use crate::pipeline::parking::Parking;
-use crate::pipeline::record::{DeadLetter, DeadLetterReason, InputRecord};
-use crate::telemetry::traces::{self, EventTrace, Waits};
-
-/// What a worker is given: a decoded event, or a record that could not be decoded.
-#[derive(Debug)]
-pub enum Work {
-    Event(RegistrationDecided),
-    Poison(DecodeError),
-}
-
-/// One unit of work for a worker.
-#[derive(Debug)]
-pub struct Job {
-    pub record: InputRecord,
-    pub work: Work,
-    /// The assignment generation of the record's partition when it was consumed.
-    pub generation: u64,
-    /// Fires when this job must stop at once: shutdown, or its partition is gone.
-    pub cancel: CancellationToken,
-    /// Fires with `cancel`, and also when the partition is revoked: a job whose call is not out
-    /// stops waiting to send it (see [`notify_with_retries`]).
-    pub unsent: CancellationToken,
-    /// The event's trace: its outputs carry its context; with export on, its span and one child
-    /// per Alipay+ attempt are recorded.
-    pub trace: EventTrace,
-}
-
-impl Job {
-    /// Where the dispatcher books it.
-    pub fn slot(&self) -> Slot {
-        Slot {
-            partition: self.record.partition,
-            generation: self.generation,
-            offset: self.record.offset,
-        }
-    }
-}
+use crate::pipeline::record::{DeadLetter, InputRecord};
+use crate::pipeline::sink::OutputSink;
+use crate::telemetry::traces::{self, Waits};
 
 /// What every worker shares.
 pub struct WorkerContext {
@@ -280,7 +247,7 @@ async fn notify_with_retries(
             () = cancel.cancelled() => return abandon(),
         };
         attempts += 1;
-        observe::notify_attempt(&ctx.stats, &mpp.psp, &attempt);
+        observe::notify_attempt(&ctx.stats, &mpp.psp, &attempt.report());
         let result = attempt.result.as_ref();
         job.trace.attempt(&traces::Attempt {
             number: attempts,
@@ -328,7 +295,12 @@ async fn notify_with_retries(
                         // explains is dead-lettered in the end rather than held for ever.
                         Refusal::Undecided => {
                             if let Some(delay) = budget.next_delay(&ctx.budget, &ctx.jitter) {
-                                observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
+                                observe::retry_scheduled(
+                                    &ctx.stats,
+                                    &attempt.report(),
+                                    attempts,
+                                    delay,
+                                );
                                 if !sleep_unless_stopped(unsent, delay).await {
                                     return None;
                                 }
@@ -349,7 +321,7 @@ async fn notify_with_retries(
                     continue;
                 }
                 if let Some(delay) = budget.next_delay(&ctx.budget, &ctx.jitter) {
-                    observe::retry_scheduled(&ctx.stats, &attempt, attempts, delay);
+                    observe::retry_scheduled(&ctx.stats, &attempt.report(), attempts, delay);
                     if !sleep_unless_stopped(unsent, delay).await {
                         return None;
                     }
@@ -494,12 +466,4 @@ async fn write_outputs(
     outcome: Option<&RegistrationNotifyOutcome>,
 ) -> Finish {
     ctx.sink.write(&ctx.stats, job, letter, outcome).await
-}
-
-/// Sleeps for `delay`; `false` when `cancel` fired first.
-pub(crate) async fn sleep_unless_stopped(cancel: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => true,
-        () = cancel.cancelled() => false,
-    }
 }

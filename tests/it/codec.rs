@@ -72,8 +72,7 @@ fn dead_lettered_outcome() -> RegistrationNotifyOutcome {
 // ---------------------------------------------------------------------------------------------
 // The Schema Registry stand-in the pipeline tests use too (without their Kafka harness).
 
-#[path = "common/registry.rs"]
-mod registry;
+use crate::common::registry;
 
 use registry::RegistryStub;
 

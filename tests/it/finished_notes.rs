@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Harness, event, merchant_events};
+use crate::common::{Harness, event, merchant_events};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};

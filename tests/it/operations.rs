@@ -4,8 +4,7 @@
 //! or an error message — checked on the real `regnotify run` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -18,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use regnotify::event::NotifyOutcome;
 use regnotify::simulator::rules::{Fault, FaultRule};
 
-use common::{Harness, event, eventually};
+use crate::common::{Harness, event, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -116,6 +115,10 @@ fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened_and_health_endpoints_answer() {
+    // Counts are exact: no other test's service may report meanwhile, and what earlier ones
+    // reported is subtracted.
+    let _alone = common::metrics_gate::alone().await;
+    let before = parse_exposition(&common::metrics_gate::rendered());
     let rules = vec![
         FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
         FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
@@ -155,6 +158,9 @@ async fn metrics_count_what_happened_and_health_endpoints_answer() {
         .await
         .unwrap();
     let samples = parse_exposition(&text);
+    let value = |samples: &BTreeMap<String, f64>, series: &str| {
+        value(samples, series) - value(&before, series)
+    };
     let outcomes = "regnotify_outcomes_total";
     assert_eq!(
         value(
@@ -220,11 +226,14 @@ async fn metrics_count_what_happened_and_health_endpoints_answer() {
         value(&samples, r#"regnotify_retries_total{class="unknown"}"#),
         1.0
     );
-    let consumed: f64 = samples
-        .iter()
-        .filter(|(series, _)| series.starts_with("regnotify_events_consumed_total{"))
-        .map(|(_, v)| v)
-        .sum();
+    let consumed = |samples: &BTreeMap<String, f64>| -> f64 {
+        samples
+            .iter()
+            .filter(|(series, _)| series.starts_with("regnotify_events_consumed_total{"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let consumed = consumed(&samples) - consumed(&before);
     assert_eq!(consumed, 7.0);
     assert_eq!(
         value(&samples, "regnotify_notify_latency_seconds_count{}"),

@@ -3,21 +3,20 @@
 //! produce → run → replay-dlq round trip with the real pipeline and the simulator.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common;
 use std::io::Write;
 use std::time::Duration;
 
 use regnotify::codec::{EventDecoder, framing};
 use regnotify::config::InputEncoding;
+use regnotify::event::DeadLetterReason;
 use regnotify::event::{Decision, NotifyOutcome};
 use regnotify::inspect::{self, ReadRecord};
-use regnotify::pipeline::record::DeadLetterReason;
 use regnotify::tools::{
     ProduceOptions, RefusedLine, ReplayOptions, ReplayedRecord, produce_jsonl, replay_dead_letters,
 };
 
-use common::{CLIENT_ID, Harness};
+use crate::common::{CLIENT_ID, Harness};
 
 const WAIT: Duration = Duration::from_secs(60);
 

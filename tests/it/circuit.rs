@@ -3,11 +3,10 @@
 //! `/readyz` says so, and every event is notified once Alipay+ is back. A refusal that is about
 //! one event is still dead-lettered.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
-use common::{Harness, RunningPipeline, merchant_events};
+use crate::common::{Harness, RunningPipeline, merchant_events};
 use regnotify::config::Settings;
 use regnotify::event::NotifyOutcome;
 use regnotify::simulator::OutageMode;
