@@ -11,12 +11,13 @@
 //!   answers signed with the old key are not trusted after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common;
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Harness, RunningPipeline};
+use common::{Harness, RunningPipeline};
 use regnotify::alipayplus::{Clients, ResultClass, SignatureCheck};
 use regnotify::config::{MppClientSettings, Settings};
 use regnotify::event::{NotifyOutcome, RegistrationDecided};
@@ -183,8 +184,6 @@ async fn metric_reaches(pipeline: &RunningPipeline, name: &str, labels: &[&str],
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mpp_signs_with_its_own_key_and_an_unknown_psp_is_dead_lettered() {
-    // It reads counts and gauges from `/metrics`: no other test's service may report meanwhile.
-    let _alone = crate::common::metrics_gate::alone().await;
     let harness = Harness::new(2, Vec::new()).await;
     let dir = tempfile::tempdir().unwrap();
     let alipayplus = simulator(
@@ -292,8 +291,6 @@ async fn each_mpp_signs_with_its_own_key_and_an_unknown_psp_is_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mpp_refused_and_another_down_do_not_stop_the_third() {
-    // It reads counts and gauges from `/metrics`: no other test's service may report meanwhile.
-    let _alone = crate::common::metrics_gate::alone().await;
     let harness = Harness::new(2, Vec::new()).await;
     let dir = tempfile::tempdir().unwrap();
     // The top-level identity and REF_A share one gateway; DOWN_B has its own.
@@ -384,8 +381,6 @@ async fn one_mpp_refused_and_another_down_do_not_stop_the_third() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_private_key_and_key_version_rotate_while_events_are_in_flight() {
-    // It reads counts and gauges from `/metrics`: no other test's service may report meanwhile.
-    let _alone = crate::common::metrics_gate::alone().await;
     let harness = Harness::new(2, Vec::new()).await;
     let dir = tempfile::tempdir().unwrap();
     let old_key = key_a();
@@ -603,7 +598,7 @@ async fn answers_signed_with_either_alipayplus_key_verify_during_the_overlap_onl
 /// keeps running, and later calls carry the new key and version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_private_key_of_a_running_service() {
-    use crate::common::service::Service;
+    use common::service::Service;
     let harness = Harness::new(1, Vec::new()).await;
     let service = Service::new(&harness, Duration::ZERO, "").await;
     let keys = service.dir.path().join("keys");

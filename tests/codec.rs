@@ -72,7 +72,8 @@ fn dead_lettered_outcome() -> RegistrationNotifyOutcome {
 // ---------------------------------------------------------------------------------------------
 // The Schema Registry stand-in the pipeline tests use too (without their Kafka harness).
 
-use crate::common::registry;
+#[path = "common/registry.rs"]
+mod registry;
 
 use registry::RegistryStub;
 

@@ -14,7 +14,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
-pub mod metrics_gate;
 pub mod registry;
 pub mod service;
 
@@ -246,14 +245,11 @@ pub struct RunningPipeline {
     pub admin_url: String,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
-    /// This process's one metrics recorder is shared by every in-process service: held while
-    /// this one runs, so a test reading exact counts waits for it (see [`metrics_gate`]).
-    _metrics: metrics_gate::Sharing,
 }
 
 impl RunningPipeline {
     /// Runs a built service in the background until [`RunningPipeline::stop`].
-    fn run(application: Application, metrics: metrics_gate::Sharing) -> RunningPipeline {
+    fn run(application: Application) -> RunningPipeline {
         let (stats, status) = (application.stats(), application.health());
         let admin_url = format!("http://{}", application.admin_addr());
         let shutdown = CancellationToken::new();
@@ -264,7 +260,6 @@ impl RunningPipeline {
             admin_url,
             shutdown,
             task,
-            _metrics: metrics,
         }
     }
 
@@ -388,7 +383,6 @@ impl Harness {
     /// Starts the service as `regnotify run` does ([`Application`]: the admin listener bound
     /// first, then the pipeline), with this harness's keys in memory.
     pub async fn start_pipeline(&self, settings: Settings) -> RunningPipeline {
-        let metrics = metrics_gate::share().await;
         let client = Arc::new(
             AlipayPlusClient::new(
                 ClientOptions::from_settings(&settings.alipayplus),
@@ -400,17 +394,16 @@ impl Harness {
         let application = Application::build_with_client(settings, client)
             .await
             .expect("the service builds");
-        RunningPipeline::run(application, metrics)
+        RunningPipeline::run(application)
     }
 
     /// Starts the service exactly as `regnotify run` does ([`Application::build`]): every key is
     /// loaded from the files the settings name, and watched for changes while it runs.
     pub async fn start_service(&self, settings: Settings) -> RunningPipeline {
-        let metrics = metrics_gate::share().await;
         let application = Application::build(settings)
             .await
             .expect("the service builds");
-        RunningPipeline::run(application, metrics)
+        RunningPipeline::run(application)
     }
 
     /// Produces events keyed by merchant, Confluent and single-object framing in turn (both

@@ -22,6 +22,140 @@ use super::{CLIENT_ID, Framing, Harness, produce_events, regnotify_binary};
 /// Bound on waiting for the children to make progress.
 pub const WAIT: Duration = Duration::from_secs(120);
 
+/// The config file of a `regnotify run` child process: the one template every test that starts
+/// the binary writes, with the harness's topics, group and schema registry by default. Each
+/// table's `Vec` holds lines added to it; `processing` may open further tables.
+#[derive(Debug, Clone)]
+pub struct ChildConfig {
+    pub bootstrap: String,
+    pub group: String,
+    pub topics: [String; 3],
+    pub kafka: Vec<String>,
+    /// librdkafka consumer properties (`[kafka.consumer]`).
+    pub consumer: Vec<(String, String)>,
+    /// The schema registry's URL; no `[schema_registry]` table when `None`.
+    pub registry: Option<String>,
+    pub schema_registry: Vec<String>,
+    pub base_url: String,
+    pub private_key: PathBuf,
+    pub public_key: PathBuf,
+    pub alipayplus: Vec<String>,
+    pub processing: Vec<String>,
+    pub admin_listen: String,
+    pub log_level: String,
+}
+
+impl ChildConfig {
+    /// Against `harness`'s broker, topics, group and schema registry, calling `base_url` with the
+    /// MPP key and Alipay+ public key files given; admin on a port of its own choosing, logs at
+    /// `info` in JSON.
+    pub fn new(harness: &Harness, base_url: &str, private_key: &Path, public_key: &Path) -> Self {
+        ChildConfig {
+            bootstrap: harness.kafka.bootstrap.clone(),
+            group: harness.group.clone(),
+            topics: [
+                harness.input.clone(),
+                harness.result.clone(),
+                harness.dlq.clone(),
+            ],
+            kafka: Vec::new(),
+            consumer: Vec::new(),
+            registry: Some(harness.registry.url.clone()),
+            schema_registry: Vec::new(),
+            base_url: base_url.to_owned(),
+            private_key: private_key.to_owned(),
+            public_key: public_key.to_owned(),
+            alipayplus: Vec::new(),
+            processing: Vec::new(),
+            admin_listen: "127.0.0.1:0".into(),
+            log_level: "info".into(),
+        }
+    }
+
+    pub fn toml(&self) -> String {
+        let lines = |lines: &[String]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        let [input, result, dlq] = &self.topics;
+        let consumer: String = self
+            .consumer
+            .iter()
+            .map(|(name, value)| format!("\"{name}\" = \"{value}\"\n"))
+            .collect();
+        let registry = match &self.registry {
+            Some(url) => format!(
+                "[schema_registry]\nurl = \"{url}\"\n{}\n",
+                lines(&self.schema_registry)
+            ),
+            None => String::new(),
+        };
+        format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+input_topic = "{input}"
+result_topic = "{result}"
+dlq_topic = "{dlq}"
+{kafka}
+[kafka.consumer]
+{consumer}
+{registry}[alipayplus]
+base_url = "{base_url}"
+allow_insecure_http = true
+client_id = "{CLIENT_ID}"
+private_key_file = "{private_key}"
+alipayplus_public_key_file = "{public_key}"
+{alipayplus}
+[processing]
+{processing}
+[admin]
+listen = "{admin}"
+
+[log]
+format = "json"
+level = "{level}"
+"#,
+            bootstrap = self.bootstrap,
+            group = self.group,
+            kafka = lines(&self.kafka),
+            base_url = self.base_url,
+            private_key = self.private_key.display(),
+            public_key = self.public_key.display(),
+            alipayplus = lines(&self.alipayplus),
+            processing = lines(&self.processing),
+            admin = self.admin_listen,
+            level = self.log_level,
+        )
+    }
+
+    /// Writes the file as `regnotify.toml` in `dir`; returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("regnotify.toml");
+        std::fs::write(&path, self.toml()).unwrap();
+        path
+    }
+}
+
+/// Writes the harness's MPP private key and Alipay+ public key into `dir` (`mpp.pem`,
+/// `alipayplus_public.pem`); returns their paths.
+pub fn harness_key_files(harness: &Harness, dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (private, public) = (dir.join("mpp.pem"), dir.join("alipayplus_public.pem"));
+    let pem = harness.mpp_key.to_pkcs8_pem().unwrap();
+    std::fs::write(&private, secrecy::ExposeSecret::expose_secret(&pem)).unwrap();
+    std::fs::write(
+        &public,
+        harness.alipayplus_key.public_key().to_pem().unwrap(),
+    )
+    .unwrap();
+    (private, public)
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago (for an admin listener whose URL the test must know
+/// before the child starts).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 /// A tempdir with keys from `regnotify keygen`, a simulator that knows them, and a config file
 /// for `regnotify run` against the harness's topics and schema registry.
 pub struct Service {
@@ -42,60 +176,33 @@ impl Service {
         config.client_ids = vec![CLIENT_ID.into()];
         config.latency = latency;
         let simulator = Simulator::start(config).await.expect("simulator");
-        let toml = format!(
-            r#"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-input_topic = "{input}"
-result_topic = "{result}"
-dlq_topic = "{dlq}"
-input_encoding = "auto"
-
-[kafka.consumer]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-
-[schema_registry]
-url = "{registry}"
-request_timeout = "2s"
-
-[alipayplus]
-base_url = "{base_url}"
-allow_insecure_http = true
-client_id = "{CLIENT_ID}"
-private_key_file = "{private_key}"
-alipayplus_public_key_file = "{public_key}"
-request_timeout = "2s"
-
-[processing]
-max_attempts = 5
-backoff_initial = "10ms"
-backoff_max = "100ms"
-commit_interval = "200ms"
-rebalance_drain_timeout = "5s"
-shutdown_timeout = "10s"
-{processing}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[log]
-format = "json"
-level = "info"
-"#,
-            bootstrap = harness.kafka.bootstrap,
-            group = harness.group,
-            input = harness.input,
-            result = harness.result,
-            dlq = harness.dlq,
-            registry = harness.registry.url,
-            base_url = simulator.base_url(),
-            private_key = keys.mpp_private_key.display(),
-            public_key = keys.alipayplus_public_key.display(),
+        let mut child = ChildConfig::new(
+            harness,
+            &simulator.base_url(),
+            &keys.mpp_private_key,
+            &keys.alipayplus_public_key,
         );
-        let config = dir.path().join("regnotify.toml");
-        std::fs::write(&config, toml).unwrap();
+        child.kafka.push(r#"input_encoding = "auto""#.into());
+        child.consumer = vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "1000".into()),
+        ];
+        child
+            .schema_registry
+            .push(r#"request_timeout = "2s""#.into());
+        child.alipayplus.push(r#"request_timeout = "2s""#.into());
+        child.processing = [
+            "max_attempts = 5",
+            r#"backoff_initial = "10ms""#,
+            r#"backoff_max = "100ms""#,
+            r#"commit_interval = "200ms""#,
+            r#"rebalance_drain_timeout = "5s""#,
+            r#"shutdown_timeout = "10s""#,
+            processing,
+        ]
+        .map(String::from)
+        .to_vec();
+        let config = child.write(dir.path());
         Service {
             dir,
             config,

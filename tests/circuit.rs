@@ -3,10 +3,11 @@
 //! `/readyz` says so, and every event is notified once Alipay+ is back. A refusal that is about
 //! one event is still dead-lettered.
 
-use crate::common;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use crate::common::{Harness, RunningPipeline, merchant_events};
+use common::{Harness, RunningPipeline, merchant_events};
 use regnotify::config::Settings;
 use regnotify::event::NotifyOutcome;
 use regnotify::simulator::OutageMode;

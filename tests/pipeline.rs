@@ -2,7 +2,8 @@
 //! real broker with `REGNOTIFY_TEST_BOOTSTRAP`) and the simulator over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common;
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use regnotify::inspect::{ReadRecord, fully_committed};
 use regnotify::simulator::SimulatorRules;
 use regnotify::simulator::rules::{Fault, FaultRule};
 
-use crate::common::{
+use common::{
     Framing, Harness, assert_nothing_lost, assert_one_outcome_each,
     assert_repeats_follow_at_least_once, event, eventually, merchant_events,
 };
@@ -81,7 +82,7 @@ async fn every_class_of_answer_ends_as_specified() {
     ];
     harness.produce(&events).await;
     // SPEC's routing table as it stands, without the circuit breaker. With it, a refusal is held
-    // until other answers explain it (tests/it/circuit.rs): whether one came in time depends on the
+    // until other answers explain it (tests/circuit.rs): whether one came in time depends on the
     // order the partitions were served in, so the refused event's attempt count would too.
     let mut settings = harness.settings();
     settings.alipayplus.circuit_breaker.enabled = false;

@@ -5,6 +5,8 @@
 //! other headers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use regnotify::event::NotifyOutcome;
 use regnotify::inspect::fully_committed;
 
-use crate::common::{Harness, event};
+use common::{Harness, event};
 
 const WAIT: Duration = Duration::from_secs(60);
 const BAD_NAME: &[u8] = b"\xff\xfe-not-utf8";

@@ -4,7 +4,8 @@
 //! or an error message — checked on the real `regnotify run` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common;
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -17,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use regnotify::event::NotifyOutcome;
 use regnotify::simulator::rules::{Fault, FaultRule};
 
-use crate::common::{Harness, event, eventually};
+use common::{Harness, event, eventually, service};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -115,10 +116,6 @@ fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened_and_health_endpoints_answer() {
-    // Counts are exact: no other test's service may report meanwhile, and what earlier ones
-    // reported is subtracted.
-    let _alone = common::metrics_gate::alone().await;
-    let before = parse_exposition(&common::metrics_gate::rendered());
     let rules = vec![
         FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
         FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
@@ -158,9 +155,6 @@ async fn metrics_count_what_happened_and_health_endpoints_answer() {
         .await
         .unwrap();
     let samples = parse_exposition(&text);
-    let value = |samples: &BTreeMap<String, f64>, series: &str| {
-        value(samples, series) - value(&before, series)
-    };
     let outcomes = "regnotify_outcomes_total";
     assert_eq!(
         value(
@@ -226,14 +220,11 @@ async fn metrics_count_what_happened_and_health_endpoints_answer() {
         value(&samples, r#"regnotify_retries_total{class="unknown"}"#),
         1.0
     );
-    let consumed = |samples: &BTreeMap<String, f64>| -> f64 {
-        samples
-            .iter()
-            .filter(|(series, _)| series.starts_with("regnotify_events_consumed_total{"))
-            .map(|(_, v)| v)
-            .sum()
-    };
-    let consumed = consumed(&samples) - consumed(&before);
+    let consumed: f64 = samples
+        .iter()
+        .filter(|(series, _)| series.starts_with("regnotify_events_consumed_total{"))
+        .map(|(_, v)| v)
+        .sum();
     assert_eq!(consumed, 7.0);
     assert_eq!(
         value(&samples, "regnotify_notify_latency_seconds_count{}"),
@@ -352,16 +343,8 @@ async fn no_key_or_signature_reaches_logs_metrics_or_errors() {
     ];
     let harness = Harness::new(1, rules).await;
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let mpp_pem = harness.mpp_key.to_pkcs8_pem().unwrap();
-    let mpp_pem = secrecy::ExposeSecret::expose_secret(&mpp_pem).to_string();
-    std::fs::write(keys.join("mpp.pem"), &mpp_pem).unwrap();
-    std::fs::write(
-        keys.join("alipayplus_public.pem"),
-        harness.alipayplus_key.public_key().to_pem().unwrap(),
-    )
-    .unwrap();
+    let (private_key, public_key) = service::harness_key_files(&harness, &dir.path().join("keys"));
+    let mpp_pem = std::fs::read_to_string(&private_key).unwrap();
 
     let proxy = RecordingProxy {
         upstream: harness.simulator.base_url(),
@@ -378,51 +361,19 @@ async fn no_key_or_signature_reaches_logs_metrics_or_errors() {
         .with_state(proxy.clone());
     tokio::spawn(async move { axum::serve(proxy_listener, router).await });
 
-    let admin_port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let config = dir.path().join("regnotify.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-input_topic = "{input}"
-result_topic = "{result}"
-dlq_topic = "{dlq}"
-[schema_registry]
-url = "{registry}"
-[alipayplus]
-base_url = "{proxy_url}"
-allow_insecure_http = true
-client_id = "{client}"
-private_key_file = "{keys}/mpp.pem"
-alipayplus_public_key_file = "{keys}/alipayplus_public.pem"
-[processing]
-max_attempts = 2
-backoff_initial = "10ms"
-backoff_max = "20ms"
-commit_interval = "100ms"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[log]
-format = "json"
-level = "trace"
-"#,
-            bootstrap = harness.kafka.bootstrap,
-            group = harness.group,
-            input = harness.input,
-            result = harness.result,
-            dlq = harness.dlq,
-            registry = harness.registry.url,
-            client = common::CLIENT_ID,
-            keys = keys.display(),
-        ),
-    )
-    .unwrap();
+    let admin_port = service::free_port();
+    let mut child = service::ChildConfig::new(&harness, &proxy_url, &private_key, &public_key);
+    child.processing = [
+        "max_attempts = 2",
+        r#"backoff_initial = "10ms""#,
+        r#"backoff_max = "20ms""#,
+        r#"commit_interval = "100ms""#,
+    ]
+    .map(String::from)
+    .to_vec();
+    child.admin_listen = format!("127.0.0.1:{admin_port}");
+    child.log_level = "trace".into();
+    let config = child.write(dir.path());
     let child = common::regnotify_binary()
         .args(["run", "--config"])
         .arg(&config)
@@ -621,68 +572,31 @@ fn service_config(
     topics: [&str; 3],
     consumer: &[(&str, &str)],
 ) -> (std::path::PathBuf, String) {
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let mpp_pem = harness.mpp_key.to_pkcs8_pem().unwrap();
-    std::fs::write(
-        keys.join("mpp.pem"),
-        secrecy::ExposeSecret::expose_secret(&mpp_pem),
-    )
-    .unwrap();
-    std::fs::write(
-        keys.join("alipayplus_public.pem"),
-        harness.alipayplus_key.public_key().to_pem().unwrap(),
-    )
-    .unwrap();
-    let admin_port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let [input, result, dlq] = topics;
+    let (private_key, public_key) = service::harness_key_files(harness, &dir.join("keys"));
+    let admin_port = service::free_port();
+    let mut child = service::ChildConfig::new(
+        harness,
+        &harness.simulator.base_url(),
+        &private_key,
+        &public_key,
+    );
+    child.bootstrap = bootstrap.to_owned();
+    child.group = common::unique("group");
+    child.topics = topics.map(str::to_owned);
+    child.registry = None;
     // As the harness does: members notice a rebalance within half a second, and a member that
     // left is given up after 6 s rather than librdkafka's default 45 s.
-    let consumer: String = [
+    child.consumer = [
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "500"),
     ]
     .iter()
     .chain(consumer)
-    .map(|(name, value)| format!("\"{name}\" = \"{value}\"\n"))
+    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
     .collect();
-    let config = dir.join("regnotify.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-input_topic = "{input}"
-result_topic = "{result}"
-dlq_topic = "{dlq}"
-[alipayplus]
-base_url = "{base_url}"
-allow_insecure_http = true
-client_id = "{client}"
-private_key_file = "{keys}/mpp.pem"
-alipayplus_public_key_file = "{keys}/alipayplus_public.pem"
-[processing]
-commit_interval = "100ms"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[kafka.consumer]
-{consumer}
-[log]
-format = "json"
-level = "info"
-"#,
-            group = common::unique("group"),
-            base_url = harness.simulator.base_url(),
-            client = common::CLIENT_ID,
-            keys = keys.display(),
-        ),
-    )
-    .unwrap();
+    child.processing = vec![r#"commit_interval = "100ms""#.into()];
+    child.admin_listen = format!("127.0.0.1:{admin_port}");
+    let config = child.write(dir);
     (config, format!("http://127.0.0.1:{admin_port}"))
 }
 

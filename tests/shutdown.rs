@@ -3,13 +3,14 @@
 //! (and Kubernetes' default 30 s grace), not at its end. A stop that comes while a revoke
 //! waits for work that cannot finish answers the revoke at its drain deadline.
 
-use crate::common;
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use regnotify::simulator::rules::{Fault, FaultRule};
 
-use crate::common::{Harness, assert_nothing_lost, event, eventually};
+use common::{Harness, assert_nothing_lost, event, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Far longer than the calls in flight take: a stop that waits for it is the defect.

@@ -12,16 +12,17 @@
 //! they hold it exclusively while every other test here waits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use regnotify::codec::{self, schemas};
 use regnotify::event::RegistrationDecided;
 
-use crate::common::service::{
+use common::service::{
     Service, group_members, produce_in_background, stable_members, wait_committed, wait_for_calls,
 };
-use crate::common::{
+use common::{
     Framing, Harness, assert_nothing_lost, assert_one_outcome_each,
     assert_repeats_follow_at_least_once, broker, event, merchant_events, note, produce_events,
     real_broker_or_skip, real_broker_required,

@@ -3,7 +3,8 @@
 //! produce → run → replay-dlq round trip with the real pipeline and the simulator.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common;
+mod common;
+
 use std::io::Write;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use regnotify::tools::{
     ProduceOptions, RefusedLine, ReplayOptions, ReplayedRecord, produce_jsonl, replay_dead_letters,
 };
 
-use crate::common::{CLIENT_ID, Harness};
+use common::{CLIENT_ID, Harness};
 
 const WAIT: Duration = Duration::from_secs(60);
 

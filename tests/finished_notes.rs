@@ -5,11 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::common;
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::{Harness, event, merchant_events};
+use common::{Harness, event, merchant_events};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};

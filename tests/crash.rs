@@ -9,16 +9,18 @@
 //! mock's group coordinator and storage are simplified stand-ins for both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use regnotify::event::{RegistrationDecided, RegistrationNotifyOutcome};
 use regnotify::inspect::fully_committed;
 
-use crate::common::service::{
+use common::service::{
     Service, produce_in_background, stable_members, wait_committed, wait_for_calls,
 };
-use crate::common::{
+use common::{
     Harness, assert_nothing_lost, assert_one_outcome_each, merchant_events, note,
     real_broker_or_skip,
 };

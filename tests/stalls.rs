@@ -15,7 +15,7 @@
 //!   back (before issue 19's item 4g was fixed, about 200 of the other MPP's 500 were, then the
 //!   intake of every partition stopped until the failing MPP was back).
 //!
-//! (The broker killed and restarted under exactly-once is `tests/it/faults.rs`.)
+//! (The broker killed and restarted under exactly-once is `tests/faults.rs`.)
 //!
 //! Every test runs on the mock cluster and, in CI's real-broker step, on a real broker
 //! (`scripts/kafka-local.sh`, `REGNOTIFY_TEST_BOOTSTRAP`). The mock cluster does not store
@@ -25,14 +25,16 @@
 //! they are checked on both. The tests take turns (they measure time on two shared cores).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::common::service::produce_in_background;
-use crate::common::{
+use common::service::produce_in_background;
+use common::{
     Harness, RunningPipeline, assert_nothing_lost, assert_one_outcome_each,
     assert_repeats_follow_at_least_once, event, merchant_events, note,
 };
