@@ -180,9 +180,9 @@ struct Counts {
     in_channel_total: usize,
     /// The consumer thread waits on [`Flow::room`].
     holding: bool,
-    /// The dispatcher has a free in-flight slot and nothing being decoded: what waits, waits for
-    /// its key, not a slot.
-    free_slot: bool,
+    /// In-flight slots free while the dispatcher had nothing being decoded, when it last booked:
+    /// what waits, waits for its key, not a slot.
+    free_slots: usize,
 }
 
 impl Flow {
@@ -212,9 +212,11 @@ impl Flow {
     /// waits for its key (under `ordering = "partition"`, one event at a time per partition):
     /// holding the intake then would starve the partitions that hold none of those events,
     /// their records stuck in librdkafka's one queue behind the others'. The intake goes on,
-    /// and the dispatcher's pause of the partitions over their share bounds memory.
+    /// and the dispatcher's pause of the partitions over their share bounds memory. The records
+    /// sent since the dispatcher last booked may take those slots, so they count against them:
+    /// a free slot the dispatcher reported before a burst of records is not room for the burst.
     fn no_room(&self, counts: &Counts) -> bool {
-        self.waiting_full(counts) && !counts.free_slot
+        self.waiting_full(counts) && counts.free_slots <= counts.in_channel_total
     }
 
     /// Waits up to `timeout` for room to take another record on; whether there is room.
@@ -256,15 +258,15 @@ impl Flow {
     }
 
     /// The dispatcher took the records of `received` (a partition each) off the channel, and its
-    /// book now holds these windows and this many waiting offsets; `free_slot`: it has an
-    /// in-flight slot free and nothing being decoded. One step, so that a record is never
+    /// book now holds these windows and this many waiting offsets; `free_slots`: it has that many
+    /// in-flight slots free and nothing being decoded. One step, so that a record is never
     /// counted in neither place.
     pub fn booked(
         &self,
         received: &[i32],
         windows: impl Iterator<Item = (i32, usize)>,
         waiting: usize,
-        free_slot: bool,
+        free_slots: usize,
     ) {
         let Ok(mut counts) = self.counts.lock() else {
             return;
@@ -278,7 +280,7 @@ impl Flow {
         counts.book_window.clear();
         counts.book_window.extend(windows);
         counts.book_waiting = waiting;
-        counts.free_slot = free_slot;
+        counts.free_slots = free_slots;
         if counts.holding && !self.no_room(&counts) {
             self.room.notify_one();
         }
@@ -786,7 +788,7 @@ mod tests {
                     while !flow.counts.lock().is_ok_and(|counts| counts.holding) {
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    flow.booked(&[0, 0, 0, 0], [(0, 4)].into_iter(), 2, false);
+                    flow.booked(&[0, 0, 0, 0], [(0, 4)].into_iter(), 2, 0);
                     wait.join().unwrap_or(false)
                 });
                 (room, started.elapsed())
@@ -803,18 +805,47 @@ mod tests {
     #[test]
     fn too_many_waiting_for_their_key_with_a_slot_free_do_not_hold_the_intake() {
         let flow = Flow::new(100, 8);
-        flow.booked(&[], [(0, 4), (1, 0)].into_iter(), 4, false);
+        flow.booked(&[], [(0, 4), (1, 0)].into_iter(), 4, 0);
         assert!(
             !flow.wait_for_room(Duration::ZERO),
             "four wait for a slot: hold"
         );
-        flow.booked(&[], [(0, 4), (1, 0)].into_iter(), 4, true);
+        flow.booked(&[], [(0, 4), (1, 0)].into_iter(), 4, 1);
         assert!(
             flow.wait_for_room(Duration::ZERO),
             "four wait for their key: go on"
         );
         flow.set_stalled(true);
         assert!(!flow.over(1), "nor does a long hold pause the others");
+    }
+
+    /// The dispatcher reported free slots, then fell behind while the consumer thread went on
+    /// sending: the records in the channel will take those slots, so past the waiting limit they
+    /// are no reason to go on (a CI run took 616 records on against a bound of 514 so).
+    #[test]
+    fn free_slots_reported_before_a_burst_are_not_room_for_the_burst() {
+        let flow = Flow::new(100, 8);
+        flow.booked(&[], [(0, 3)].into_iter(), 3, 2);
+        assert!(
+            flow.wait_for_room(Duration::ZERO),
+            "three wait, below the bound of four"
+        );
+        assert!(!flow.sent(1));
+        assert!(
+            flow.wait_for_room(Duration::ZERO),
+            "four wait, one in the channel for two free slots"
+        );
+        assert!(!flow.sent(1));
+        assert!(
+            !flow.wait_for_room(Duration::ZERO),
+            "the two in the channel take both free slots: hold"
+        );
+        flow.set_stalled(true);
+        assert!(flow.over(1), "held too long: every partition pauses");
+        flow.set_stalled(false);
+        // The dispatcher booked both and started one; one slot is still free for what waits.
+        flow.booked(&[1, 1], [(0, 3), (1, 2)].into_iter(), 4, 1);
+        assert!(flow.wait_for_room(Duration::ZERO), "a slot free again");
     }
 
     #[test]

@@ -424,10 +424,10 @@ impl<P> DispatchCore<P> {
         self.scheduler.in_flight()
     }
 
-    /// A job could start now if one were ready: the events that wait are waiting for their key
-    /// (or being decoded), not for a slot.
-    pub fn has_free_slot(&self) -> bool {
-        self.scheduler.has_free_slot()
+    /// How many jobs could start now if that many were ready: with one or more free, the events
+    /// that wait are waiting for their key (or being decoded), not for a slot.
+    pub fn free_slots(&self) -> usize {
+        self.scheduler.free_slots()
     }
 
     pub fn waiting(&self) -> usize {

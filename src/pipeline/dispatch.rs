@@ -346,7 +346,7 @@ impl Dispatcher {
                 .into_iter()
                 .map(|(partition, _)| (partition, book.window_len(partition))),
             self.core.waiting_counted(),
-            self.waiting_for_keys(),
+            self.slots_free_for_keys(),
         );
         self.received.clear();
     }
@@ -470,15 +470,16 @@ impl Dispatcher {
         self.publish_assignment();
     }
 
-    /// A slot is free and nothing is being decoded: what waits, waits for its key (under
+    /// The slots free while nothing is being decoded: what waits then, waits for its key (under
     /// `ordering = "partition"`, its partition's turn), not for a slot or a decode. Records still
     /// being decoded (a schema fetched from the registry, say) may fill the free slots soon, so
-    /// they do not count: the consumer thread's intake bound holds for them.
-    fn waiting_for_keys(&self) -> bool {
-        self.core.has_free_slot()
-            && self.undecoded.is_empty()
-            && self.decoding.is_none()
-            && self.decode_retry.is_none()
+    /// then none counts: the consumer thread's intake bound holds for them.
+    fn slots_free_for_keys(&self) -> usize {
+        if self.undecoded.is_empty() && self.decoding.is_none() && self.decode_retry.is_none() {
+            self.core.free_slots()
+        } else {
+            0
+        }
     }
 
     fn publish_assignment(&self) {

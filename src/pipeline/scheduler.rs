@@ -186,9 +186,9 @@ impl<J: Schedule> Scheduler<J> {
         self.held > 0 && !self.ready.is_empty()
     }
 
-    /// Fewer slots are taken than `max_in_flight` allows.
-    pub fn has_free_slot(&self) -> bool {
-        self.occupied() < self.max_in_flight
+    /// Slots not taken: how many jobs could start now if that many were ready.
+    pub fn free_slots(&self) -> usize {
+        self.max_in_flight.saturating_sub(self.occupied())
     }
 
     /// Slots taken: jobs running and ended jobs still holding theirs.
