@@ -50,7 +50,6 @@ impl OutputSink {
         outcome: Option<&RegistrationNotifyOutcome>,
     ) -> Finish {
         let cancel = &job.cancel;
-        let (trace, letter_trace) = (job.trace.headers(), job.trace.dead_letter_headers());
         let publisher = match self {
             OutputSink::Transactional(submitter) => {
                 let submission = Submission {
@@ -58,8 +57,8 @@ impl OutputSink {
                     generation: job.generation,
                     dead_letter: letter.cloned(),
                     outcome: outcome.cloned(),
-                    trace,
-                    dead_letter_trace: letter_trace,
+                    trace: job.trace.headers(),
+                    dead_letter_trace: job.trace.dead_letter_headers(),
                 };
                 return tokio::select! {
                     sent = submitter.send(submission) => match sent {
@@ -88,11 +87,11 @@ impl OutputSink {
         outcome: Option<&RegistrationNotifyOutcome>,
     ) -> Finish {
         let cancel = &job.cancel;
-        let (trace, letter_trace) = (job.trace.headers(), job.trace.dead_letter_headers());
         // The dead letter first, then the outcome, each retried on its own: retrying them as a
         // pair would write a new copy of an acknowledged dead letter on every retry of the
         // outcome.
         if let Some(letter) = letter {
+            let letter_trace = job.trace.dead_letter_headers();
             let published = until_acknowledged(stats, cancel, || {
                 publisher.dead_letter(&job.record, letter, &letter_trace)
             })
@@ -103,6 +102,7 @@ impl OutputSink {
         }
         match outcome {
             Some(outcome) => {
+                let trace = job.trace.headers();
                 until_acknowledged(stats, cancel, || publisher.outcome(outcome, &trace)).await
             }
             None => Finish::Terminal,
