@@ -5,6 +5,9 @@
 //! Key material never leaves in printable form: the private key's `Debug` redacts it and no error
 //! quotes the text it failed to read, only where it came from. Nothing here reads file
 //! permissions, writes files or schedules work (callers sign through `run_rsa`).
+//!
+//! About 600 lines, half of them tests (among them the property tests that hold aws-lc to the
+//! `rsa` crate): one concern, the two key types, kept with the tests of what they promise.
 
 use std::fmt;
 use std::path::Path;

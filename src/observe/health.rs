@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use super::consumer_errors::{ErrorBook, ErrorKey, FetchProgress, Progress, Rules};
 use super::log_limiter::LogLimiter;
 use super::stuck::{self, Vigil};
+#[cfg(doc)]
+use super::{
+    awaiting_commit, committed, dead_letter, in_flight, invariant_broken, outcome, poison,
+};
 
 /// A consumer error reported again and again for this long makes `/readyz` answer 503.
 pub const CONSUMER_ERROR_PERSIST_AFTER: Duration = Duration::from_secs(10);

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(doc)]
+use super::SimulatorHandle;
 use super::TrustedKey;
 use super::faults::{Behaviour, Outage, OutageMode};
 use super::rules::{RuleCounters, SimulatorRules};
