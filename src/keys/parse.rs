@@ -1,24 +1,17 @@
-//! RSA keys for the Alipay+ signature scheme: loading private keys (PKCS#8 or PKCS#1 PEM) and
-//! public keys (SPKI or PKCS#1 PEM, or the bare base64 DER the Alipay+ portal hands out),
-//! generating RSA-2048 pairs, and writing them for `regnotify keygen`.
+//! The two key types: [`PrivateSigningKey`] (PKCS#8 or PKCS#1 PEM, or bare base64 DER) and
+//! [`PublicVerifyingKey`] (SPKI or PKCS#1 PEM, or the bare base64 DER the Alipay+ portal hands
+//! out), parsed and checked by the `rsa` crate, then signing and verifying through aws-lc.
 //!
-//! Key material never leaves this module in printable form: [`PrivateSigningKey`] has a redacting
-//! `Debug`, and no error message quotes the text it failed to read — only where it came from and
-//! what kind of problem it was.
+//! Key material never leaves in printable form: the private key's `Debug` redacts it and no error
+//! quotes the text it failed to read, only where it came from. Nothing here reads file
+//! permissions, writes files or schedules work (callers sign through `run_rsa`).
 //!
-//! Two RSA implementations share the work. The `rsa` crate parses and checks keys (its errors say
-//! what is wrong with a file), derives public halves and writes PEM; aws-lc (through `aws-lc-rs`,
-//! already linked for TLS) signs and verifies, about seven times faster. A property test holds the
-//! two to byte-identical signatures. Async code signs through [`run_rsa`]: off the async worker
-//! threads, at most one signature per core at a time. Verifying (about 12 µs for RSA-2048, a
-//! twentieth of a signature) is cheap enough to run in place.
+//! About 600 lines, half of them tests (among them the property tests that hold aws-lc to the
+//! `rsa` crate): one concern, the two key types, kept with the tests of what they promise.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::path::Path;
+use std::sync::Arc;
 
 use aws_lc_rs::signature::{
     ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair,
@@ -30,46 +23,13 @@ use rsa::pkcs8::{
 };
 use rsa::traits::PublicKeyParts;
 use rsa::{PrivateKey, PublicKey};
-use tokio::sync::Semaphore;
+
+use super::KeyError;
+#[cfg(doc)]
+use super::run_rsa;
 
 /// The modulus size `regnotify keygen` produces and the smallest one we load.
 pub const RSA_KEY_BITS: usize = 2048;
-
-/// File names written by [`keygen`].
-pub const MPP_PRIVATE_KEY_FILE: &str = "mpp_private_key.pem";
-pub const MPP_PUBLIC_KEY_FILE: &str = "mpp_public_key.pem";
-pub const ALIPAYPLUS_PRIVATE_KEY_FILE: &str = "alipayplus_private_key.pem";
-pub const ALIPAYPLUS_PUBLIC_KEY_FILE: &str = "alipayplus_public_key.pem";
-
-/// Why a key could not be loaded, generated or written. `source` names where the key came from
-/// (a file path or a setting name); the key text itself is never part of the message.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read key file {path}: {error}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        error: std::io::Error,
-    },
-    #[error("{source_name}: {what}")]
-    Malformed { source_name: String, what: String },
-    #[error("{source_name}: RSA key of {bits} bits is too small, at least {min} bits are required")]
-    TooSmall {
-        source_name: String,
-        bits: usize,
-        min: usize,
-    },
-    #[error("cannot generate an RSA key: {0}")]
-    Generate(String),
-    #[error("cannot write key file {path}: {error}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        error: std::io::Error,
-    },
-    #[error("cannot sign: {0}")]
-    Sign(String),
-}
 
 fn malformed(source_name: &str, what: impl Into<String>) -> KeyError {
     KeyError::Malformed {
@@ -368,194 +328,15 @@ impl PublicVerifyingKey {
     }
 }
 
-/// Who besides the owner may read a private key file, when anyone may: the file's mode when it
-/// is readable by others, or by a group this process is not a member of (a group of its own, such
-/// as the `fsGroup` Kubernetes gives secret volumes with mode 0440, is the process itself). Errors
-/// reading the metadata are left to the read that follows.
-pub fn private_key_exposure(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let metadata = std::fs::metadata(path).ok()?;
-    let mode = metadata.permissions().mode() & 0o777;
-    let others = mode & 0o004 != 0;
-    let foreign_group = mode & 0o040 != 0 && !own_groups().contains(&metadata.gid());
-    (others || foreign_group).then_some(mode)
-}
-
-/// The process's effective and supplementary group ids, from `/proc/self/status` (empty where it
-/// cannot be read, which makes every group-readable key count as exposed).
-fn own_groups() -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return Vec::new();
-    };
-    let mut groups = Vec::new();
-    for line in status.lines() {
-        if let Some(gids) = line.strip_prefix("Gid:") {
-            // Real, effective, saved, filesystem: the effective one decides access.
-            groups.extend(
-                gids.split_whitespace()
-                    .nth(1)
-                    .and_then(|g| g.parse::<u32>().ok()),
-            );
-        } else if let Some(gids) = line.strip_prefix("Groups:") {
-            groups.extend(
-                gids.split_whitespace()
-                    .filter_map(|g| g.parse::<u32>().ok()),
-            );
-        }
-    }
-    groups
-}
-
-/// How many RSA signatures may be computed at once: one per core this process may use, as
-/// `std::thread::available_parallelism` reports it (CPU affinity and cgroup quota included).
-pub fn rsa_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
-}
-
-/// Permits for RSA work, in first-come order. Sized once, at first use.
-static RSA_PERMITS: LazyLock<Arc<Semaphore>> =
-    LazyLock::new(|| Arc::new(Semaphore::new(rsa_threads())));
-
-/// Runs CPU-heavy RSA work (signing) on tokio's blocking pool, at most [`rsa_threads`]
-/// operations at a time, whoever asks (client, simulator), in first-come order. More would not
-/// finish sooner on busy cores; they would take CPU from the async workers and hold a blocking
-/// thread each while they wait. The permit travels with the work, so work whose caller stopped
-/// waiting still counts until it ends.
-pub async fn run_rsa<T, F>(work: F) -> Result<T, tokio::task::JoinError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    // Never closed, so `None` cannot happen; it would only lift the bound, not stop the work.
-    let permit = Arc::clone(&RSA_PERMITS).acquire_owned().await.ok();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work()
-    })
-    .await
-}
-
-/// The files [`keygen`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeygenFiles {
-    pub mpp_private_key: PathBuf,
-    pub mpp_public_key: PathBuf,
-    pub alipayplus_private_key: PathBuf,
-    pub alipayplus_public_key: PathBuf,
-}
-
-/// Generates two RSA-2048 pairs into `out_dir` (created if missing): the MPP's (signs requests;
-/// its public half is what the Alipay+ portal, or the simulator, is given) and a stand-in
-/// Alipay+ pair (the simulator signs responses with it; regnotify verifies with its public half).
-///
-/// Private keys are PKCS#8 PEM created with mode 0600 from the start; existing files are never
-/// overwritten.
-pub fn keygen(out_dir: &Path) -> Result<KeygenFiles, KeyError> {
-    std::fs::create_dir_all(out_dir).map_err(|error| KeyError::Write {
-        path: out_dir.to_owned(),
-        error,
-    })?;
-    let files = KeygenFiles {
-        mpp_private_key: out_dir.join(MPP_PRIVATE_KEY_FILE),
-        mpp_public_key: out_dir.join(MPP_PUBLIC_KEY_FILE),
-        alipayplus_private_key: out_dir.join(ALIPAYPLUS_PRIVATE_KEY_FILE),
-        alipayplus_public_key: out_dir.join(ALIPAYPLUS_PUBLIC_KEY_FILE),
-    };
-    // Refuse before generating anything, so a half-written set never replaces a good one.
-    for path in [
-        &files.mpp_private_key,
-        &files.mpp_public_key,
-        &files.alipayplus_private_key,
-        &files.alipayplus_public_key,
-    ] {
-        if path.exists() {
-            return Err(KeyError::Write {
-                path: path.clone(),
-                error: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "file exists; keygen never overwrites keys",
-                ),
-            });
-        }
-    }
-    for (private_path, public_path) in [
-        (&files.mpp_private_key, &files.mpp_public_key),
-        (&files.alipayplus_private_key, &files.alipayplus_public_key),
-    ] {
-        let key = PrivateSigningKey::generate()?;
-        let private_pem = key.to_pkcs8_pem()?;
-        write_new_file(
-            private_path,
-            secrecy::ExposeSecret::expose_secret(&private_pem).as_bytes(),
-            0o600,
-        )?;
-        write_new_file(public_path, key.public_key().to_pem()?.as_bytes(), 0o644)?;
-    }
-    Ok(files)
-}
-
-/// Creates `path` (failing if it exists) with `mode` set by `open(2)` itself, so a private key
-/// is never readable by others, not even for an instant.
-fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let write = |options: &OpenOptions| -> std::io::Result<()> {
-        let mut file = options.open(path)?;
-        file.write_all(contents)?;
-        file.sync_all()
-    };
-    write(&options).map_err(|error| KeyError::Write {
-        path: path.to_owned(),
-        error,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const PKCS8: &str = include_str!("../tests/fixtures/mpp_private_key.pem");
-    const PKCS1: &str = include_str!("../tests/fixtures/mpp_private_key_pkcs1.pem");
-    const SPKI: &str = include_str!("../tests/fixtures/mpp_public_key.pem");
-    const PKCS1_PUBLIC: &str = include_str!("../tests/fixtures/mpp_public_key_pkcs1.pem");
-
-    #[test]
-    fn a_key_file_readable_by_others_or_a_foreign_group_is_exposed() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key.pem");
-        std::fs::write(&path, PKCS8).unwrap();
-        let chmod = |mode: u32| {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        };
-        chmod(0o600);
-        assert_eq!(private_key_exposure(&path), None);
-        chmod(0o644);
-        assert_eq!(private_key_exposure(&path), Some(0o644));
-        chmod(0o604);
-        assert_eq!(private_key_exposure(&path), Some(0o604));
-        // A new file gets this process's effective group: group-readable stays among ourselves.
-        let gid = std::fs::metadata(&path).unwrap().gid();
-        assert!(own_groups().contains(&gid), "{gid} in {:?}", own_groups());
-        chmod(0o640);
-        assert_eq!(private_key_exposure(&path), None);
-        // Handing the file to a group we are not in needs root; elsewhere that case is skipped.
-        let foreign = (60_000..65_000)
-            .find(|g| !own_groups().contains(g))
-            .unwrap();
-        if std::os::unix::fs::chown(&path, None, Some(foreign)).is_ok() {
-            assert_eq!(private_key_exposure(&path), Some(0o640));
-        }
-        assert_eq!(private_key_exposure(&dir.path().join("absent.pem")), None);
-    }
+    const PKCS8: &str = include_str!("../../tests/fixtures/mpp_private_key.pem");
+    const PKCS1: &str = include_str!("../../tests/fixtures/mpp_private_key_pkcs1.pem");
+    const SPKI: &str = include_str!("../../tests/fixtures/mpp_public_key.pem");
+    const PKCS1_PUBLIC: &str = include_str!("../../tests/fixtures/mpp_public_key_pkcs1.pem");
 
     #[test]
     fn pkcs8_and_pkcs1_forms_are_the_same_key() {
