@@ -1,5 +1,5 @@
-//! The `regnotify` binary: parses the command line, sets up logging and calls into the library.
-//! Nothing here decides how events are handled.
+//! The `regnotify` binary: parses the command line (`cli`), sets up logging, calls into the
+//! library and hands each result to `print`. Nothing here decides how events are handled.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ use regnotify::config::LogFormat;
 use regnotify::telemetry;
 
 mod cli;
+mod print;
 
 use cli::{BenchArgs, Cli, Command, OrderingArg};
 
@@ -51,33 +52,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     report_every: std::time::Duration::from_secs(args.report_every),
                 };
                 let report = regnotify::demo::soak::run(&options, &soak)?;
-                if args.json {
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    println!("regnotify soak summary\n{}", report.to_table());
-                }
-                return Ok(if report.succeeded() {
-                    ExitCode::SUCCESS
-                } else {
-                    eprintln!(
-                        "error: not every event reached its expected outputs and commit (see \
-                         the summary)"
-                    );
-                    ExitCode::FAILURE
-                });
+                return print::soak(&report, args.json);
             }
             let summary = regnotify::demo::run(&options)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                println!("regnotify demo summary\n{}", summary.to_table());
-            }
-            Ok(if summary.succeeded() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("error: not every event reached its terminal outcome and commit");
-                ExitCode::FAILURE
-            })
+            print::demo(&summary, args.json)
         }
         Command::Simulator(args) => {
             telemetry::init(LogFormat::Text, "info");
@@ -114,31 +92,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &body,
                 args.key_version,
             )?;
-            println!("signed content (between the lines, byte for byte):");
-            println!("-----");
-            println!("{}", String::from_utf8_lossy(&signed.signed_content));
-            println!("-----");
-            println!("Signature: {}", signed.signature_header);
+            print::signed(&signed);
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen(args) => {
             let files = regnotify::keys::keygen(&args.out)?;
-            println!(
-                "MPP private key (mode 0600):        {}",
-                files.mpp_private_key.display()
-            );
-            println!(
-                "MPP public key (give to Alipay+):   {}",
-                files.mpp_public_key.display()
-            );
-            println!(
-                "simulator private key (mode 0600):  {}",
-                files.alipayplus_private_key.display()
-            );
-            println!(
-                "simulator public key:               {}",
-                files.alipayplus_public_key.display()
-            );
+            print::keygen(&files);
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => {
@@ -146,9 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = args.load()?;
             settings.alipayplus.require_credentials()?;
             let checks = regnotify::alipayplus::check_mpps(&settings.alipayplus);
-            for check in &checks {
-                println!("{check}");
-            }
+            print::mpp_checks(&checks);
             let refused: Vec<&str> = checks
                 .iter()
                 .filter(|check| !check.is_ok())
@@ -160,8 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 refused.join(", ")
             );
             regnotify::alipayplus::Clients::from_settings(&settings.alipayplus)?;
-            print!("{}", settings.to_redacted_toml());
-            eprintln!("configuration is valid");
+            print::config_valid(&settings);
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce(args) => {
@@ -179,21 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report =
                 runtime()?.block_on(regnotify::tools::produce_jsonl(&settings, input, &options))?;
-            for refused in &report.refused {
-                eprintln!("line {}: refused: {}", refused.line, refused.error);
-            }
-            if report.refused_count > report.refused.len() {
-                eprintln!(
-                    "{} more refused lines not listed",
-                    report.refused_count - report.refused.len()
-                );
-            }
-            println!("sent {}, refused {}", report.sent, report.refused_count);
-            Ok(if report.refused_count == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
+            Ok(print::produce(&report))
         }
         Command::Bench(args) => bench(args),
         Command::Measure(args) => {
@@ -204,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.warmup,
                 args.events,
             ))?;
-            println!("{}", serde_json::to_string(&measurement)?);
+            print::measurement(&measurement)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ReplayDlq(args) => {
@@ -215,28 +157,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 limit: args.limit,
                 dry_run: args.dry_run,
             };
-            let verb = if options.dry_run {
-                "would send"
-            } else {
-                "sent"
-            };
             let report = runtime()?.block_on(regnotify::tools::replay_dead_letters(
                 &settings,
                 &options,
-                |record| println!("{verb} {record}"),
+                print::replayed(options.dry_run),
             ))?;
-            println!(
-                "{} {}, skipped {} of {} read (group {})",
-                if report.dry_run {
-                    "would replay"
-                } else {
-                    "replayed"
-                },
-                report.replayed,
-                report.skipped,
-                report.scanned,
-                report.group,
-            );
+            print::replay(&report);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -261,17 +187,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rss_growth,
     };
     let report = regnotify::bench::run(&options)?;
-    println!("{}", report.to_table());
-    let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    println!("{json}");
-    Ok(if report.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    print::bench(&report, args.json_out.as_deref())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

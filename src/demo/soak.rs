@@ -25,7 +25,12 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::{LedgerVerdict, SoakLedger};
-use super::{DLQ_TOPIC, DemoOptions, INPUT_TOPIC, RESULT_TOPIC, Rig, yes_no};
+use super::options::DemoOptions;
+use super::produce::produce_in_step;
+use super::progress::wait_until;
+use super::rig::{Rig, on_mock_cluster};
+use super::summary::yes_no;
+use super::{DLQ_TOPIC, INPUT_TOPIC, RESULT_TOPIC};
 use crate::codec::decode_outcome;
 use crate::inspect;
 use crate::observe::Stats;
@@ -120,7 +125,7 @@ pub struct SoakReport {
 
 /// Runs a soak to the end. Blocking, as [`super::run`].
 pub fn run(options: &DemoOptions, soak: &SoakOptions) -> anyhow::Result<SoakReport> {
-    super::on_mock_cluster(|bootstrap| async move { soak_against(&bootstrap, options, soak).await })
+    on_mock_cluster(|bootstrap| async move { soak_against(&bootstrap, options, soak).await })
 }
 
 async fn soak_against(
@@ -158,7 +163,7 @@ async fn soak_against(
 
     let merchants = (options.events / 4).clamp(1, SOAK_MERCHANTS);
     let hidden = indicatif::ProgressBar::hidden();
-    let produced = super::produce_in_step(
+    let produced = produce_in_step(
         bootstrap,
         options.events,
         merchants,
@@ -167,7 +172,7 @@ async fn soak_against(
         |delivered| lock(&ledger).produced(delivered),
     )
     .await?;
-    let finished_at = super::wait_until(Duration::from_secs(120 + total / 50), &hidden, || {
+    let finished_at = wait_until(Duration::from_secs(120 + total / 50), &hidden, || {
         stats.terminal() >= total
     })
     .await;

@@ -1,0 +1,108 @@
+//! What one `regnotify bench` run measured ([`BenchReport`]): each scenario's figures against
+//! its bounds, the signer against OpenSSL, the peak RSS growth, the machine; the JSON document the
+//! bench prints.
+//!
+//! Data only: never measures (`runner`, `signer`) and never formats (`table`).
+
+use serde::{Deserialize, Serialize};
+
+use super::openssl;
+use super::scenarios::{Scenario, cpu_bound};
+use crate::demo::DemoSummary;
+
+/// A scenario's figures and how they stand against its bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub scenario: Scenario,
+    pub load_average_before: Option<f64>,
+    pub demo: DemoSummary,
+    /// cores / CPU seconds per event, from this run's own CPU cost.
+    pub cpu_bound: Option<f64>,
+    pub latency_bound: Option<f64>,
+    pub fraction_of_cpu_bound: Option<f64>,
+    pub fraction_of_latency_bound: Option<f64>,
+    /// The steady rate (see [`DemoSummary::steady_events_per_second`]) over the latency bound.
+    #[serde(default)]
+    pub steady_fraction_of_latency_bound: Option<f64>,
+}
+
+impl ScenarioResult {
+    pub(super) fn new(
+        scenario: Scenario,
+        load_average_before: Option<f64>,
+        demo: DemoSummary,
+    ) -> Self {
+        let cpu_bound = cpu_bound(demo.cores, demo.cpu_seconds, demo.events);
+        let latency_bound = scenario.latency_bound_of(&demo);
+        let fraction = |bound: Option<f64>| {
+            bound
+                .filter(|bound| *bound > 0.0)
+                .map(|bound| demo.events_per_second / bound)
+        };
+        ScenarioResult {
+            name: scenario.name(),
+            scenario,
+            load_average_before,
+            cpu_bound,
+            latency_bound,
+            fraction_of_cpu_bound: fraction(cpu_bound),
+            fraction_of_latency_bound: fraction(latency_bound),
+            steady_fraction_of_latency_bound: latency_bound
+                .filter(|bound| *bound > 0.0)
+                .zip(demo.steady_events_per_second)
+                .map(|(bound, steady)| steady / bound),
+            demo,
+        }
+    }
+}
+
+/// Our signer against OpenSSL's, one core each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignerResult {
+    /// RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second on one thread, through the function the
+    /// service signs requests with (content assembly and header encoding included); the best of
+    /// `rounds`.
+    pub ours_per_second: f64,
+    pub rounds: usize,
+    /// The best of `rounds` runs of `openssl speed`.
+    pub openssl: Option<openssl::OpenSslSpeed>,
+    /// Why there is no OpenSSL figure.
+    pub openssl_unavailable: Option<String>,
+    /// ours / OpenSSL.
+    pub ratio: Option<f64>,
+}
+
+/// Peak RSS of a long demo run against a short one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RssGrowth {
+    pub short_events: u64,
+    pub long_events: u64,
+    pub short_peak_rss_bytes: Option<u64>,
+    pub long_peak_rss_bytes: Option<u64>,
+    /// long / short.
+    pub ratio: Option<f64>,
+    pub both_succeeded: bool,
+}
+
+/// Where the bench ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu_model: Option<String>,
+    pub load_average_before: Option<f64>,
+    pub load_average_after: Option<f64>,
+    pub started_at: String,
+    pub regnotify_version: String,
+}
+
+/// Everything one `regnotify bench` run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub signer: SignerResult,
+    pub scenarios: Vec<ScenarioResult>,
+    pub rss_growth: Option<RssGrowth>,
+    /// Scenarios whose demo run failed: name and why.
+    pub failures: Vec<(String, String)>,
+}
