@@ -1621,17 +1621,23 @@ async fn three_members_share_one_send_rate_limit_also_when_one_leaves() {
         seconds.len()
     );
     let full = &seconds[1..seconds.len() - 1];
+    common::note(&format!(
+        "calls per second (unix second, calls): {full:?}; the member left in {left_second}, \
+         the other two owned every partition in {reassigned_second}"
+    ));
     let over: Vec<_> = full.iter().filter(|(_, calls)| *calls > 110).collect();
     assert!(
         over.is_empty(),
         "over 110 calls in a second (limit {LIMIT} for the group): {over:?} of {full:?}"
     );
-    // The lower bound holds while every partition has an owner that is sending: before the
-    // member leaves (it sends its share while it finishes its work in flight), and from the
-    // second after calls resumed once the other two owned its partitions (they fetch its
-    // partitions' records first: 1-3 s on the mock cluster, the first second partial). In between the group rebalances (eagerly, librdkafka's
-    // default assignor: every member gives its partitions back, about 5 s on Kafka 4.1) and
-    // nothing is sent. The last seconds are left out: a member whose partitions ran dry a
+    // The lower bound holds while every partition has an owner that is sending. On a real
+    // broker that is the whole backlog, the member leaving included: it sends its share while it
+    // finishes its work in flight, and the eager rebalance that follows (every member gives its
+    // partitions back) takes tens of milliseconds on Kafka 4.1; the slots the revoke's stopped
+    // jobs had reserved come back, so the new owners send at once (they waited 7-12 s before).
+    // The mock cluster's group coordinator is a stand-in that takes seconds over the same
+    // rebalance; there the seconds between the leave and the second after calls resumed are
+    // left out. The last seconds are left out everywhere: a member whose partitions ran dry a
     // little before the others' has no backlog left to send its share on.
     let backlog = &full[..full.len().saturating_sub(3)];
     let resumed_second = full
@@ -1644,10 +1650,12 @@ async fn three_members_share_one_send_rate_limit_also_when_one_leaves() {
         "calls resumed {} s after the reassignment: {full:?}",
         resumed_second - reassigned_second
     );
+    let real_broker = harness.kafka.is_real();
     let owned = |window: &&[(u64, u64)]| {
-        window
-            .iter()
-            .all(|(second, _)| *second < left_second || *second > resumed_second)
+        real_broker
+            || window
+                .iter()
+                .all(|(second, _)| *second < left_second || *second > resumed_second)
     };
     let slow: Vec<_> = backlog
         .windows(3)

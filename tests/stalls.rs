@@ -49,7 +49,10 @@ use regnotify::simulator::{OutageMode, Simulator, SimulatorConfig, SimulatorHand
 /// and the broker, not on the CPU. One at a time, this suite alone took 280-320 s of CI.
 async fn two_at_a_time() -> SemaphorePermit<'static> {
     static TURNS: Semaphore = Semaphore::const_new(2);
-    TURNS.acquire().await.expect("the semaphore is never closed")
+    TURNS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
 }
 
 fn mode(exactly_once: bool) -> &'static str {

@@ -7,6 +7,7 @@
 //! sleeps and never reads a clock: elapsed time and `Instant`s come in as arguments, randomness
 //! through the caller's RNG, so every decision is testable without waiting.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
@@ -102,6 +103,13 @@ const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 /// enforced yet.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// A send slot from [`AdaptiveRate::reserve`]: when the send may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SendSlot {
+    at: Instant,
+    number: u64,
+}
+
 /// A client-side send rate that backs off when Alipay+ answers `REQUEST_TRAFFIC_EXCEED_LIMIT`
 /// (additive increase, multiplicative decrease) and paces sends to it.
 ///
@@ -118,6 +126,12 @@ pub struct AdaptiveRate {
     allowed: Option<f64>,
     /// When the next reserved send may start.
     next_send_at: Option<Instant>,
+    /// Slots reserved and not claimed or given back yet (see [`reserve`](Self::reserve)).
+    outstanding: BTreeSet<SendSlot>,
+    /// The latest slot claimed by a send.
+    last_claimed: Option<Instant>,
+    /// Numbers the slots, which may share an instant.
+    reservations: u64,
     last_decrease_at: Option<Instant>,
     last_increase_at: Option<Instant>,
     window_started_at: Option<Instant>,
@@ -140,6 +154,9 @@ impl AdaptiveRate {
             recovery_per_second,
             allowed: ceiling,
             next_send_at: None,
+            outstanding: BTreeSet::new(),
+            last_claimed: None,
+            reservations: 0,
             last_decrease_at: None,
             last_increase_at: None,
             window_started_at: None,
@@ -148,20 +165,69 @@ impl AdaptiveRate {
         }
     }
 
-    /// Reserves the next send slot at or after `now` and returns how long to wait for it.
+    /// Reserves the next send slot at or after `now` and returns how long to wait for it, the
+    /// send counted as made then.
     pub fn reserve_send(&mut self, now: Instant) -> Duration {
-        let slot = match self.allowed {
+        let (slot, wait) = self.reserve(now);
+        self.claim(slot);
+        wait
+    }
+
+    /// Reserves the next send slot at or after `now`: the slot, and how long to wait for it.
+    /// The caller then either [`claim`](Self::claim)s it as it sends or, giving up before, hands
+    /// it back with [`release`](Self::release). A job waits for its slot however far ahead it
+    /// lies (with a deep backlog, up to `max_in_flight` divided by the rate), so the slots of jobs
+    /// stopped by a revoke must come back: kept, they held every later send back by that much
+    /// after the next assignment (measured on Kafka 4.1: 7 to 12 s without a call).
+    pub fn reserve(&mut self, now: Instant) -> (SendSlot, Duration) {
+        let at = match self.allowed {
             None => now,
             Some(rate) => {
                 let slot = self.next_send_at.map_or(now, |next| next.max(now));
-                // The rate is at least MIN_RATE_PER_SECOND, so the interval is at most a second.
-                let interval = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::ZERO);
-                self.next_send_at = Some(slot + interval);
+                self.next_send_at = Some(slot + Self::interval(rate));
                 slot
             }
         };
-        self.count_send(slot);
-        slot.saturating_duration_since(now)
+        self.reservations = self.reservations.wrapping_add(1);
+        let slot = SendSlot {
+            at,
+            number: self.reservations,
+        };
+        if self.allowed.is_some() {
+            self.outstanding.insert(slot);
+        }
+        (slot, at.saturating_duration_since(now))
+    }
+
+    /// The send of `slot` starts.
+    pub fn claim(&mut self, slot: SendSlot) {
+        self.outstanding.remove(&slot);
+        self.last_claimed = Some(self.last_claimed.map_or(slot.at, |last| last.max(slot.at)));
+        self.count_send(slot.at);
+    }
+
+    /// The job that reserved `slot` gave up before sending. When no later slot is reserved or
+    /// claimed, the next reservation starts one interval after the latest that is; a slot given
+    /// back between two others leaves its gap (filling it would send two at once).
+    pub fn release(&mut self, slot: SendSlot) {
+        if !self.outstanding.remove(&slot) {
+            return;
+        }
+        let latest_reserved = self.outstanding.last().map(|slot| slot.at);
+        let latest = latest_reserved.max(self.last_claimed);
+        if latest.is_some_and(|latest| latest > slot.at) {
+            return;
+        }
+        self.next_send_at = match (latest, self.allowed) {
+            (Some(latest), Some(rate)) => Some(latest + Self::interval(rate)),
+            _ => None,
+        };
+    }
+
+    /// The time between two sends at `rate` per second. The rate is at least
+    /// [`MIN_RATE_PER_SECOND`], so the interval is at most a second.
+    fn interval(rate: f64) -> Duration {
+        Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::ZERO)
     }
 
     /// Alipay+ answered `REQUEST_TRAFFIC_EXCEED_LIMIT` at `now`: halve the rate.
@@ -247,6 +313,53 @@ mod tests {
 
     fn rng() -> StdRng {
         StdRng::seed_from_u64(7)
+    }
+
+    /// A revoke stops every job still waiting for its slot: their slots come back, and the
+    /// next assignment's first send waits for nothing (it waited 7 to 12 s on Kafka 4.1 before).
+    #[test]
+    fn slots_given_back_by_stopped_jobs_do_not_hold_back_the_next_sends() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(10, 5.0);
+        let (first, wait) = rate.reserve(start);
+        assert_eq!(wait, Duration::ZERO);
+        rate.claim(first);
+        // A backlog: 50 jobs wait for slots up to 5 s ahead.
+        let waiting: Vec<_> = (0..50).map(|_| rate.reserve(start)).collect();
+        assert_eq!(waiting.last().unwrap().1, Duration::from_secs(5));
+        // A revoke stops them all, latest first or not.
+        for (slot, _) in waiting.iter().rev().step_by(2) {
+            rate.release(*slot);
+        }
+        for (slot, _) in waiting.iter().step_by(2) {
+            rate.release(*slot);
+        }
+        let later = start + Duration::from_millis(300);
+        let (slot, wait) = rate.reserve(later);
+        assert_eq!(wait, Duration::ZERO, "nothing is ahead of it any more");
+        rate.claim(slot);
+        // Paced again from there.
+        assert_eq!(rate.reserve(later).1, Duration::from_millis(100));
+    }
+
+    /// A slot given back between two that stay is not reused: the next send would otherwise go
+    /// at the same time as a waiting one.
+    #[test]
+    fn a_slot_given_back_between_others_leaves_its_gap() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(10, 5.0);
+        let slots: Vec<_> = (0..3).map(|_| rate.reserve(start).0).collect();
+        rate.release(slots[1]);
+        assert_eq!(
+            rate.reserve(start).1,
+            Duration::from_millis(300),
+            "after the latest reserved slot (200 ms), not in the gap at 100 ms"
+        );
+        // Released twice, or after it was claimed: nothing moves.
+        rate.release(slots[1]);
+        rate.claim(slots[0]);
+        rate.release(slots[0]);
+        assert_eq!(rate.reserve(start).1, Duration::from_millis(400));
     }
 
     #[test]

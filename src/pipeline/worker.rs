@@ -231,13 +231,22 @@ async fn notify_with_retries(
             mpp.circuit.abandoned(call);
             None
         };
-        let wait = mpp
+        let reserved = mpp
             .send_rate
             .lock()
-            .map(|mut rate| rate.reserve_send(now()))
-            .unwrap_or_default();
+            .map(|mut rate| rate.reserve(now()))
+            .ok();
+        let wait = reserved.map_or(Duration::ZERO, |(_, wait)| wait);
         if !wait.is_zero() && !sleep_unless_stopped(unsent, wait).await {
+            // Stopped before its turn (a revoke, a shutdown): the slot goes back, so that it
+            // does not hold back the sends of the events that come next.
+            if let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) {
+                rate.release(slot);
+            }
             return abandon();
+        }
+        if let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) {
+            rate.claim(slot);
         }
         waits.throttle += wait;
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
