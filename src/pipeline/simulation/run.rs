@@ -1,8 +1,8 @@
 //! The run of one seed: appending the scenario's records as simulated time passes, starting
 //! members (a real `Dispatcher` and workers wired to the simulated actors), crashing them,
 //! rebalancing, the simulated consumer's poll under the pause plan and flow counts, and the
-//! checks at the end (liveness, repeated outcomes). About 430 lines, one concern: the course of
-//! a run and the member's life in it. It never decides what the service does.
+//! checks at the end (liveness, repeated outcomes): the course of a run and the member's life in
+//! it. It never decides what the service does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
