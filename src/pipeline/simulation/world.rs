@@ -1,0 +1,124 @@
+//! The world: what the simulated Kafka and Alipay+ hold (logs, committed positions and notes,
+//! outputs, calls in flight, the group's generation), the checks made as it changes (a commit
+//! past an output not acknowledged, two calls of one merchant) and the digest of a run's course;
+//! and the run's clock. It never calls the service: the actors and the run change it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::scenario::Payload;
+use crate::pipeline::finished;
+
+#[derive(Debug, Default)]
+pub(super) struct World {
+    /// Per partition, the log as appended so far.
+    pub(super) logs: BTreeMap<i32, Vec<Payload>>,
+    /// Per partition: the committed position and its note.
+    pub(super) committed: BTreeMap<i32, (i64, String)>,
+    /// Outputs acknowledged (at-least-once) or committed (exactly-once), per (partition, offset).
+    pub(super) outputs: HashMap<(i32, i64), usize>,
+    /// Calls in flight per merchant.
+    pub(super) calling: HashMap<String, usize>,
+    /// The group's generation as the member's group metadata shows it (KIP-447's fence): a
+    /// transaction whose fence was read under an older one is refused. `None` while the member
+    /// is out of the group (its partitions lost, before it rejoins): nothing can commit.
+    pub(super) generation: Option<u64>,
+    pub(super) calls: u64,
+    /// The first broken rule.
+    pub(super) violation: Option<String>,
+    /// A digest of the course of the run.
+    pub(super) trace: u64,
+}
+
+impl World {
+    /// The member joined the group again: a new generation.
+    pub(super) fn rejoined(&mut self) {
+        self.trace = self.trace.wrapping_add(1);
+        self.generation = Some(self.trace | 1 << 63);
+    }
+
+    pub(super) fn violate(&mut self, what: String) {
+        self.violation.get_or_insert(what);
+    }
+
+    pub(super) fn note(&mut self, step: u64) {
+        self.trace = self.trace.wrapping_mul(0x100_0000_01b3).wrapping_add(step);
+    }
+
+    /// Checks and stores a commit of `(partition, position, note)`.
+    pub(super) fn commit(&mut self, commits: &[(i32, i64, String)]) {
+        for (partition, position, note) in commits {
+            for offset in 0..*position {
+                if !self.outputs.contains_key(&(*partition, offset)) {
+                    self.violate(format!(
+                        "partition {partition} committed at {position} but offset {offset} has no \
+                         acknowledged output"
+                    ));
+                }
+            }
+            if !note.is_empty() {
+                match finished::decode(note, *position) {
+                    Ok(noted) => {
+                        for offset in noted {
+                            if !self.outputs.contains_key(&(*partition, offset)) {
+                                self.violate(format!(
+                                    "partition {partition}'s note names offset {offset}, which \
+                                     has no acknowledged output"
+                                ));
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        self.violate(format!("an unreadable note was committed: {error}"))
+                    }
+                }
+            }
+            self.note((*partition as u64) << 40 | *position as u64);
+            if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
+                eprintln!(
+                    "{:?} commit {partition} at {position} note {note:?}",
+                    Instant::now()
+                );
+            }
+            self.committed.insert(*partition, (*position, note.clone()));
+        }
+    }
+
+    pub(super) fn output(&mut self, partition: i32, offset: i64) {
+        *self.outputs.entry((partition, offset)).or_default() += 1;
+        if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
+            eprintln!(
+                "{:?} output {partition}/{offset} (#{}), committed {:?}",
+                Instant::now(),
+                self.outputs[&(partition, offset)],
+                self.committed.get(&partition)
+            );
+        }
+        self.note(0xA000_0000 | (partition as u64) << 24 | offset as u64);
+    }
+
+    pub(super) fn done(&self) -> bool {
+        self.logs.iter().all(|(partition, log)| {
+            let end = log.len() as i64;
+            self.committed.get(partition).map(|(at, _)| *at) == Some(end)
+                || (end == 0 && !self.committed.contains_key(partition))
+        }) && self.logs.iter().all(|(partition, log)| {
+            (0..log.len() as i64).all(|o| self.outputs.contains_key(&(*partition, o)))
+        })
+    }
+}
+
+pub(super) type Shared = Arc<Mutex<World>>;
+
+pub(super) struct Clock {
+    pub(super) start: Instant,
+}
+
+impl Clock {
+    pub(super) fn at(&self) -> Duration {
+        Instant::now().duration_since(self.start)
+    }
+}
