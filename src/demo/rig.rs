@@ -17,13 +17,12 @@ use super::order::{MerchantOrder, watch_merchant_order};
 use super::samples::simulator_rules;
 use super::trace_sink::{self, TraceExports};
 use super::{CLIENT_ID, DLQ_TOPIC, INPUT_PARTITIONS, INPUT_TOPIC, RESULT_PARTITIONS, RESULT_TOPIC};
-use crate::alipayplus::{AlipayPlusClient, ClientOptions};
 use crate::config::{InputEncoding, Settings};
 use crate::inspect;
 use crate::keys::PrivateSigningKey;
 use crate::observe::Stats;
 use crate::service::Application;
-use crate::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use crate::simulator::{PairedSimulator, SimulatorHandle, paired_client};
 
 /// Starts the mock cluster with the demo's topics and an async runtime, and runs `body` on it
 /// with the cluster's bootstrap servers; both are gone when it returns.
@@ -70,14 +69,17 @@ impl Rig {
         options: &DemoOptions,
         announce: bool,
     ) -> anyhow::Result<Rig> {
-        let mpp_key = PrivateSigningKey::generate()?;
-        let alipayplus_key = PrivateSigningKey::generate()?;
-        let mut simulator_config = SimulatorConfig::new(alipayplus_key.clone());
-        simulator_config.mpp_public_key = Some(mpp_key.public_key());
-        simulator_config.client_ids = vec![CLIENT_ID.into()];
-        simulator_config.latency = options.latency;
-        simulator_config.rules = simulator_rules();
-        let simulator = Arc::new(Simulator::start(simulator_config).await?);
+        let paired = PairedSimulator::start(
+            PrivateSigningKey::generate()?,
+            PrivateSigningKey::generate()?,
+            CLIENT_ID,
+            |config| {
+                config.latency = options.latency;
+                config.rules = simulator_rules();
+            },
+        )
+        .await?;
+        let simulator = Arc::new(paired.simulator);
         // Arrivals are checked as they come and then forgotten, so memory stays flat however long
         // the run; the simulator keeps up to 100,000 between two looks, far more than 20 ms bring.
         let order = Arc::new(std::sync::Mutex::new(MerchantOrder::default()));
@@ -97,11 +99,11 @@ impl Rig {
         } else {
             None
         };
-        let client = Arc::new(AlipayPlusClient::new(
-            ClientOptions::from_settings(&settings.alipayplus),
-            mpp_key,
-            Some(alipayplus_key.public_key()),
-        )?);
+        let client = paired_client(
+            &settings.alipayplus,
+            &paired.mpp_key,
+            &paired.alipayplus_key,
+        )?;
         let application = Application::build_with_client(settings.clone(), client).await?;
         let stats = application.stats();
         if announce {

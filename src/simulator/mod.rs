@@ -21,10 +21,12 @@
 //! which wires the parts: the state every call shares (`state`), the scripted outages and
 //! latency (`faults`), the routes and the long request handler (`routes`), answers and their
 //! signatures (`signing`), the [`SimulatorHandle`] tests drive it with (`handle`), the fault
-//! rules (`rules`), the counts (`stats`) and the strict body check (`validate`).
+//! rules (`rules`), the counts (`stats`) and the strict body check (`validate`); `paired` starts
+//! it together with the MPP's keys and client, for the demo and the tests.
 
 mod faults;
 mod handle;
+pub mod paired;
 mod routes;
 pub mod rules;
 mod signing;
@@ -46,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::OutageMode;
 pub use handle::SimulatorHandle;
+pub use paired::{PairedSimulator, paired_client};
 pub use rules::{Fault, FaultRule, RulesError, SimulatorRules};
 pub use stats::{Arrival, SimulatorStats};
 

@@ -35,7 +35,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use regnotify::alipayplus::{AlipayPlusClient, ClientOptions};
 use regnotify::codec::{self, decode_outcome, schemas};
 use regnotify::config::Settings;
 use regnotify::event::{Decision, RegistrationDecided, RegistrationNotifyOutcome};
@@ -44,7 +43,7 @@ use regnotify::keys::PrivateSigningKey;
 use regnotify::observe::{Health, Stats};
 use regnotify::service::Application;
 use regnotify::simulator::rules::FaultRule;
-use regnotify::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use regnotify::simulator::{PairedSimulator, SimulatorHandle, paired_client};
 
 use registry::RegistryStub;
 
@@ -320,14 +319,16 @@ impl Harness {
         kafka.create_topic(&input, partitions).await;
         kafka.create_topic(&result, partitions).await;
         kafka.create_topic(&dlq, 1).await;
-        let mpp_key = test_key(0);
-        let alipayplus_key = test_key(1);
-        let mut config = SimulatorConfig::new(alipayplus_key.clone());
-        config.mpp_public_key = Some(mpp_key.public_key());
-        config.client_ids = vec![CLIENT_ID.into()];
-        config.rules = rules;
-        config.latency = latency;
-        let simulator = Simulator::start(config).await.expect("simulator");
+        let PairedSimulator {
+            simulator,
+            mpp_key,
+            alipayplus_key,
+        } = PairedSimulator::start(test_key(0), test_key(1), CLIENT_ID, |config| {
+            config.rules = rules;
+            config.latency = latency;
+        })
+        .await
+        .expect("simulator");
         let registry = RegistryStub::start().await;
         registry.add(INPUT_SCHEMA_ID, schemas::INPUT_SCHEMA_VERSIONS[0].json);
         let producer = producer(&kafka.bootstrap, &[]);
@@ -383,14 +384,8 @@ impl Harness {
     /// Starts the service as `regnotify run` does ([`Application`]: the admin listener bound
     /// first, then the pipeline), with this harness's keys in memory.
     pub async fn start_pipeline(&self, settings: Settings) -> RunningPipeline {
-        let client = Arc::new(
-            AlipayPlusClient::new(
-                ClientOptions::from_settings(&settings.alipayplus),
-                self.mpp_key.clone(),
-                Some(self.alipayplus_key.public_key()),
-            )
-            .expect("client"),
-        );
+        let client = paired_client(&settings.alipayplus, &self.mpp_key, &self.alipayplus_key)
+            .expect("client");
         let application = Application::build_with_client(settings, client)
             .await
             .expect("the service builds");
