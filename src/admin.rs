@@ -22,7 +22,7 @@ use crate::observe::{Health, names};
 /// `/healthz` answers 503 once the main loop has been quieter than this (it turns at least every
 /// commit interval). Fixed, as SPEC names it; `/livez` has the same rule with its limit from
 /// `admin.livez_after`.
-pub const HEALTHZ_QUIET_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const HEALTHZ_QUIET_AFTER: Duration = Duration::from_secs(60);
 
 /// Histogram buckets, in seconds: HTTP calls and end-to-end latency span milliseconds to minutes.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -36,7 +36,7 @@ const SIGNING_BUCKETS: [f64; 10] = [
 /// Installs the process-wide Prometheus recorder once and returns its handle. Safe to call from
 /// several threads at once (services started side by side in one process share the recorder):
 /// the first installs it under a lock, the others wait and get its handle.
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
     let mut installed = HANDLE
         .lock()
@@ -58,10 +58,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 /// What the admin routes read.
 #[derive(Clone)]
-pub struct AdminState {
-    pub metrics: PrometheusHandle,
-    pub health: Arc<Health>,
-    pub refused_streak_threshold: u64,
+pub(crate) struct AdminState {
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) health: Arc<Health>,
+    pub(crate) refused_streak_threshold: u64,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -70,7 +70,7 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
@@ -80,7 +80,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Serves the admin routes on `listener` until `shutdown` fires. Also runs the recorder's upkeep.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
@@ -106,7 +106,7 @@ pub async fn serve(
 }
 
 /// Binds the admin address; a bind failure names the setting.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|error| {
         anyhow::anyhow!("invalid setting `admin.listen`: cannot bind {addr}: {error}")
     })

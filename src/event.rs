@@ -6,9 +6,9 @@
 use std::fmt;
 
 /// Longest `referenceMerchantId` / `registrationRequestId` Alipay+ accepts, in characters.
-pub const MAX_ID_CHARS: usize = 64;
+pub(crate) const MAX_ID_CHARS: usize = 64;
 /// Longest `rejectionReason` we send, in characters (our own bound; Alipay+ documents none).
-pub const MAX_REJECTION_REASON_CHARS: usize = 256;
+pub(crate) const MAX_REJECTION_REASON_CHARS: usize = 256;
 
 /// The MPP's decision on a merchant registration (Avro enum `RegistrationDecision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,14 +19,14 @@ pub enum Decision {
 
 impl Decision {
     /// The symbol used both in Avro and in the Alipay+ request body.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Decision::Approved => "APPROVED",
             Decision::Rejected => "REJECTED",
         }
     }
 
-    pub fn from_symbol(symbol: &str) -> Option<Self> {
+    pub(crate) fn from_symbol(symbol: &str) -> Option<Self> {
         match symbol {
             "APPROVED" => Some(Decision::Approved),
             "REJECTED" => Some(Decision::Rejected),
@@ -56,7 +56,7 @@ pub struct RegistrationDecided {
 
 /// Why a decoded event must not be sent to Alipay+ (dead-lettered as `INVALID_EVENT`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidEvent {
+pub(crate) enum InvalidEvent {
     #[error("{field} is empty")]
     Empty { field: &'static str },
     #[error("{field} has {chars} characters, more than the {max} allowed")]
@@ -69,7 +69,7 @@ pub enum InvalidEvent {
 
 impl RegistrationDecided {
     /// Checks the field rules of SPEC section 2. Lengths are counted in characters, not bytes.
-    pub fn validate(&self) -> Result<(), InvalidEvent> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidEvent> {
         check_id("referenceMerchantId", &self.reference_merchant_id)?;
         check_id("registrationRequestId", &self.registration_request_id)?;
         if let Some(reason) = &self.rejection_reason {
@@ -110,7 +110,7 @@ pub enum NotifyOutcome {
 }
 
 impl NotifyOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NotifyOutcome::Notified => "NOTIFIED",
             NotifyOutcome::Rejected => "REJECTED",
@@ -118,7 +118,7 @@ impl NotifyOutcome {
         }
     }
 
-    pub fn from_symbol(symbol: &str) -> Option<Self> {
+    pub(crate) fn from_symbol(symbol: &str) -> Option<Self> {
         match symbol {
             "NOTIFIED" => Some(NotifyOutcome::Notified),
             "REJECTED" => Some(NotifyOutcome::Rejected),
@@ -167,7 +167,7 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 4] = [
+    pub(crate) const ALL: [DeadLetterReason; 4] = [
         DeadLetterReason::DecodeError,
         DeadLetterReason::InvalidEvent,
         DeadLetterReason::RetriesExhausted,
@@ -183,7 +183,7 @@ impl DeadLetterReason {
         }
     }
 
-    pub fn from_symbol(symbol: &str) -> Option<Self> {
+    pub(crate) fn from_symbol(symbol: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|reason| reason.as_str() == symbol)

@@ -81,31 +81,6 @@ fn plain_consumer(bootstrap: &str, extra: &[(&str, &str)]) -> anyhow::Result<Bas
     Ok(config.create()?)
 }
 
-/// Reads `topic` from the beginning until `expected` records arrived or `timeout` passed, and
-/// returns what was read (possibly fewer).
-pub fn read_topic(
-    bootstrap: &str,
-    topic: &str,
-    expected: usize,
-    timeout: Duration,
-) -> anyhow::Result<Vec<ReadRecord>> {
-    let consumer = plain_consumer(bootstrap, &[])?;
-    let mut tpl = TopicPartitionList::new();
-    for partition in partitions(&consumer, topic, timeout)? {
-        tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + timeout;
-    let mut records = Vec::new();
-    while records.len() < expected && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        records.push(ReadRecord::copy(&message?));
-    }
-    Ok(records)
-}
-
 /// The group's committed offset and the end offset of every partition of `topic`.
 pub fn group_progress(
     bootstrap: &str,
@@ -148,19 +123,19 @@ pub fn fully_committed(progress: &[PartitionProgress]) -> bool {
 
 /// What [`scan_topic`] read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Scan {
+pub(crate) struct Scan {
     /// Records shown to the visitor.
-    pub records: u64,
+    pub(crate) records: u64,
     /// Records the broker no longer holds (the sum of the partitions' low watermarks): retention,
     /// or the mock cluster's size limit, dropped them before they could be read.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
 }
 
 /// Reads every record of `topic` from each partition's start to its end, showing each to `visit`
 /// without keeping it, so memory stays flat however long the topic is. Use it once writers have
 /// stopped: a partition is done when the consumer's position reaches the end it had when the
 /// scan began. An error when the ends are not reached within `timeout`.
-pub fn scan_topic(
+pub(crate) fn scan_topic(
     bootstrap: &str,
     topic: &str,
     timeout: Duration,

@@ -24,7 +24,7 @@
 //! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/` and of their corpus
 //!   replay on stable.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod alipayplus;
 pub mod bench;
 pub mod codec;
@@ -41,4 +41,4 @@ pub mod service;
 pub mod simulator;
 pub mod telemetry;
 pub mod tools;
-pub mod usage;
+pub(crate) mod usage;

@@ -21,20 +21,17 @@ mod health;
 mod kafka;
 mod latency_histogram;
 mod log_limiter;
-pub mod names;
+pub(crate) mod names;
 mod report;
 mod stats;
 mod stuck;
 
-pub use self::describe::describe_metrics;
-pub use self::health::{
-    CONSUMER_ERROR_CLEAR_AFTER, CONSUMER_ERROR_PERSIST_AFTER, ERROR_LOG_INTERVAL, Health,
-    HealthLimits,
+pub(crate) use self::describe::describe_metrics;
+pub use self::health::{CONSUMER_ERROR_CLEAR_AFTER, CONSUMER_ERROR_PERSIST_AFTER, Health};
+pub(crate) use self::health::{ERROR_LOG_INTERVAL, HealthLimits};
+pub(crate) use self::kafka::{
+    consumer_error, consumer_error_status, consumer_record, kafka_client_error, kafka_statistics,
 };
-pub use self::kafka::{
-    ConsumerErrorStatus, PersistentConsumerError, consumer_error, consumer_error_status,
-    consumer_record, kafka_client_error, kafka_statistics,
-};
-pub use self::latency_histogram::LatencyHistogram;
-pub use self::report::*;
+pub(crate) use self::latency_histogram::LatencyHistogram;
+pub(crate) use self::report::*;
 pub use self::stats::Stats;

@@ -5,7 +5,7 @@
 //! business of the modules that emit events. Traces (W3C context, OTLP export) are in
 //! [`traces`].
 
-pub mod traces;
+pub(crate) mod traces;
 
 use tracing_subscriber::EnvFilter;
 

@@ -11,19 +11,19 @@ use std::time::Duration;
 const TICKS_PER_SECOND: u64 = 100;
 
 /// User plus system CPU time of every thread of this process, 10 ms resolution.
-pub fn cpu_time() -> Option<Duration> {
+pub(crate) fn cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     cpu_time_from_stat(&stat)
 }
 
 /// Peak resident set size (`VmHWM`), in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     peak_rss_from_status(&status)
 }
 
 /// Cores this process may use (affinity and cgroup quota), at least 1.
-pub fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
@@ -45,7 +45,7 @@ fn peak_rss_from_status(status: &str) -> Option<u64> {
 }
 
 /// The number in the `/proc/self/status` line `name:` (a `kB` unit is dropped: sizes are in KiB).
-pub fn status_number(status: &str, name: &str) -> Option<u64> {
+pub(crate) fn status_number(status: &str, name: &str) -> Option<u64> {
     let value = status
         .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?;

@@ -876,7 +876,7 @@ async fn too_many_waiting_events_stop_the_intake_until_some_of_them_start() {
     const MAX_IN_FLIGHT: usize = 2;
     // The consumer thread takes no more on while half the dispatcher's waiting limit wait (4 ×
     // max_in_flight, at least 1,024): it holds off polling, then pauses every partition.
-    let intake = regnotify::pipeline::decisions::waiting_limit(MAX_IN_FLIGHT) / 2;
+    let intake = regnotify::pipeline::waiting_limit(MAX_IN_FLIGHT) / 2;
     let harness = Harness::new(4, Vec::new()).await;
     // Far more events than the bound, spread over merchants and partitions; no partition window
     // (max_pending_per_partition, 10 000 by default) comes near full.

@@ -12,7 +12,7 @@ use super::signature::SignatureCheck;
 use crate::config::ResultPolicy;
 
 /// Result codes that mean our set-up is wrong (credentials, key, endpoint), not the event.
-pub const REFUSED_CODES: &[&str] = &[
+pub(crate) const REFUSED_CODES: &[&str] = &[
     "INVALID_SIGNATURE",
     "KEY_NOT_FOUND",
     "INVALID_CLIENT",
@@ -23,7 +23,7 @@ pub const REFUSED_CODES: &[&str] = &[
 ];
 
 /// The code that asks us to slow down.
-pub const THROTTLED_CODE: &str = "REQUEST_TRAFFIC_EXCEED_LIMIT";
+pub(crate) const THROTTLED_CODE: &str = "REQUEST_TRAFFIC_EXCEED_LIMIT";
 
 /// The class of one attempt, which decides what the pipeline does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,7 +41,7 @@ pub enum ResultClass {
 }
 
 impl ResultClass {
-    pub const ALL: [ResultClass; 5] = [
+    pub(crate) const ALL: [ResultClass; 5] = [
         ResultClass::Success,
         ResultClass::Rejected,
         ResultClass::Throttled,
@@ -50,12 +50,12 @@ impl ResultClass {
     ];
 
     /// Whether the pipeline should try again (within its retry budget).
-    pub fn is_retryable(self) -> bool {
+    pub(crate) fn is_retryable(self) -> bool {
         matches!(self, ResultClass::Throttled | ResultClass::Unknown)
     }
 
     /// A fixed, low-cardinality label for metrics and logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ResultClass::Success => "success",
             ResultClass::Rejected => "rejected",
@@ -81,10 +81,10 @@ impl From<ResultPolicy> for ResultClass {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiResult {
-    pub result_status: String,
+    pub(crate) result_status: String,
     pub result_code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result_message: Option<String>,
+    pub(crate) result_message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -93,7 +93,7 @@ struct ResponseEnvelope {
 }
 
 /// Parses `{"result":{…}}`; `None` when the body is not such a JSON object.
-pub fn parse_response_body(body: &[u8]) -> Option<ApiResult> {
+pub(crate) fn parse_response_body(body: &[u8]) -> Option<ApiResult> {
     serde_json::from_slice::<ResponseEnvelope>(body)
         .ok()
         .map(|envelope| envelope.result)
@@ -101,7 +101,7 @@ pub fn parse_response_body(body: &[u8]) -> Option<ApiResult> {
 
 /// Why no HTTP answer was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportFailure {
+pub(crate) enum TransportFailure {
     Timeout,
     Connect,
     /// Anything else between sending and a complete body (reset, protocol error, body too large).
@@ -110,7 +110,7 @@ pub enum TransportFailure {
 
 /// What happened in one exchange, as far as classification cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exchange<'a> {
+pub(crate) enum Exchange<'a> {
     /// No (complete) answer.
     NoAnswer(TransportFailure),
     /// An HTTP answer; `result` is `None` when the body could not be parsed.
@@ -122,13 +122,13 @@ pub enum Exchange<'a> {
 }
 
 /// Per-code overrides (`[alipayplus.result_policy]`), already turned into classes.
-pub type ResultOverrides = BTreeMap<String, ResultClass>;
+pub(crate) type ResultOverrides = BTreeMap<String, ResultClass>;
 
 /// Classifies one exchange (SPEC section 4).
 ///
 /// Overrides apply to any parsed result code. Whatever the override, a success can never come
 /// from an answer whose signature is not trusted: that is [`ResultClass::Unknown`].
-pub fn classify(exchange: Exchange<'_>, overrides: &ResultOverrides) -> ResultClass {
+pub(crate) fn classify(exchange: Exchange<'_>, overrides: &ResultOverrides) -> ResultClass {
     let (http_status, result, signature) = match exchange {
         Exchange::NoAnswer(_) => return ResultClass::Unknown,
         Exchange::Answered {

@@ -29,32 +29,32 @@ use crate::event::RegistrationDecided;
 use crate::keys::{KeyError, PrivateSigningKey, PublicVerifyingKey, run_rsa};
 
 /// Largest response body read; Alipay+ answers are a few hundred bytes.
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest `Client-Id` / `Response-Time` / `Signature` response header value considered.
-pub const MAX_SIGNATURE_HEADER_BYTES: usize = 2048;
+pub(crate) const MAX_SIGNATURE_HEADER_BYTES: usize = 2048;
 
 /// Everything the client needs besides keys, in plain types.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    pub base_url: String,
+    pub(crate) base_url: String,
     pub allow_insecure_http: bool,
-    pub client_id: String,
-    pub key_version: u32,
+    pub(crate) client_id: String,
+    pub(crate) key_version: u32,
     pub verify_response_signature: bool,
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     pub request_timeout: Duration,
     /// 0 = no client-side ceiling.
     pub max_requests_per_second: u32,
-    pub result_overrides: ResultOverrides,
-    pub max_response_bytes: usize,
+    pub(crate) result_overrides: ResultOverrides,
+    pub(crate) max_response_bytes: usize,
     /// Extra CA certificates (PEM bundle) trusted besides the built-in roots.
-    pub ca_bundle_file: Option<PathBuf>,
+    pub(crate) ca_bundle_file: Option<PathBuf>,
 }
 
 impl ClientOptions {
     /// The options of the `[alipayplus.clients.<pspId>]` identity: its own client id, key
     /// version, base URL and rate ceiling, everything else from `[alipayplus]`.
-    pub fn for_client(settings: &AlipayPlusSettings, client: &MppClientSettings) -> Self {
+    pub(crate) fn for_client(settings: &AlipayPlusSettings, client: &MppClientSettings) -> Self {
         let mut options = Self::from_settings(settings);
         options.client_id = client.client_id.clone();
         options.key_version = client.key_version;
@@ -142,13 +142,13 @@ pub struct NotifyAttempt {
     /// From just before sending to the end of the response body (signing excluded).
     pub latency: Duration,
     /// The `Request-Time` header sent.
-    pub request_time: String,
+    pub(crate) request_time: String,
     pub error: Option<AttemptError>,
 }
 
 impl NotifyAttempt {
     /// What the metrics and logs report of this attempt.
-    pub fn report(&self) -> crate::observe::AttemptReport<'_> {
+    pub(crate) fn report(&self) -> crate::observe::AttemptReport<'_> {
         crate::observe::AttemptReport {
             class: self.class.as_str(),
             latency: self.latency,
@@ -210,7 +210,7 @@ impl AlipayPlusClient {
 
     /// Builds a client around keys shared with a key watcher. The key version is the signer's;
     /// `options.key_version` is not used.
-    pub fn with_keys(
+    pub(crate) fn with_keys(
         options: ClientOptions,
         keys: Arc<ClientKeys>,
     ) -> Result<Self, ClientBuildError> {
@@ -274,7 +274,7 @@ impl AlipayPlusClient {
     }
 
     /// Builds the client of `[alipayplus.clients.<psp_id>]`.
-    pub fn for_mpp(
+    pub(crate) fn for_mpp(
         settings: &AlipayPlusSettings,
         psp_id: &str,
         client: &MppClientSettings,
@@ -288,7 +288,7 @@ impl AlipayPlusClient {
     }
 
     /// Loads the keys `sources` name (warning about a private key file others can read).
-    pub fn from_sources(
+    pub(crate) fn from_sources(
         options: ClientOptions,
         sources: &KeySources,
     ) -> Result<Self, ClientBuildError> {
@@ -306,16 +306,12 @@ impl AlipayPlusClient {
     }
 
     /// The keys this client signs and verifies with (the key watcher replaces them).
-    pub fn keys(&self) -> &Arc<ClientKeys> {
+    pub(crate) fn keys(&self) -> &Arc<ClientKeys> {
         &self.keys
     }
 
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
     /// The full URL called.
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         self.endpoint.as_str()
     }
 
@@ -581,7 +577,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// `<base_url>/aps/api/v1/merchants/notifyRegistrationStatus`, refusing `http://` unless allowed.
-pub fn endpoint_url(
+pub(crate) fn endpoint_url(
     base_url: &str,
     allow_insecure_http: bool,
 ) -> Result<reqwest::Url, ClientBuildError> {

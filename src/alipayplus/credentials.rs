@@ -20,9 +20,9 @@ use crate::keys::{PrivateSigningKey, PublicVerifyingKey};
 
 /// What signs a request: a private key and the `keyVersion` Alipay+ knows it by.
 #[derive(Debug)]
-pub struct Signer {
-    pub key: PrivateSigningKey,
-    pub key_version: u32,
+pub(crate) struct Signer {
+    pub(crate) key: PrivateSigningKey,
+    pub(crate) key_version: u32,
 }
 
 /// Alipay+'s public keys: the current one, and during a rotation the previous one until a deadline.
@@ -34,13 +34,13 @@ struct AnswerKeys {
 
 /// The keys one client signs and verifies with, replaceable while it runs.
 #[derive(Debug)]
-pub struct ClientKeys {
+pub(crate) struct ClientKeys {
     signer: RwLock<Arc<Signer>>,
     answer: RwLock<AnswerKeys>,
 }
 
 impl ClientKeys {
-    pub fn new(signer: Signer, answer_key: Option<PublicVerifyingKey>) -> ClientKeys {
+    pub(crate) fn new(signer: Signer, answer_key: Option<PublicVerifyingKey>) -> ClientKeys {
         ClientKeys {
             signer: RwLock::new(Arc::new(signer)),
             answer: RwLock::new(AnswerKeys {
@@ -51,22 +51,22 @@ impl ClientKeys {
     }
 
     /// The signer for one request.
-    pub fn signer(&self) -> Arc<Signer> {
+    pub(crate) fn signer(&self) -> Arc<Signer> {
         Arc::clone(&self.signer.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    pub fn key_version(&self) -> u32 {
+    pub(crate) fn key_version(&self) -> u32 {
         self.signer().key_version
     }
 
     /// From now on requests are signed with `signer`; calls already signed are unaffected.
-    pub fn replace_signer(&self, signer: Signer) {
+    pub(crate) fn replace_signer(&self, signer: Signer) {
         *self.signer.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(signer);
     }
 
     /// Makes `key` the current Alipay+ key; the one it replaces verifies answers until `until`.
     /// Returns false (and changes nothing) when `key` already is the current key.
-    pub fn rotate_answer_key(&self, key: PublicVerifyingKey, until: Instant) -> bool {
+    pub(crate) fn rotate_answer_key(&self, key: PublicVerifyingKey, until: Instant) -> bool {
         let mut answer = self.answer.write().unwrap_or_else(PoisonError::into_inner);
         if answer.current.as_ref().is_some_and(|c| c.same_key(&key)) {
             return false;
@@ -77,7 +77,7 @@ impl ClientKeys {
     }
 
     /// Forgets the previous Alipay+ key once its overlap has ended at `now`; true when it did.
-    pub fn expire_previous_answer_key(&self, now: Instant) -> bool {
+    pub(crate) fn expire_previous_answer_key(&self, now: Instant) -> bool {
         let mut answer = self.answer.write().unwrap_or_else(PoisonError::into_inner);
         if answer
             .previous
@@ -92,7 +92,7 @@ impl ClientKeys {
 
     /// Whether an answer verifies at `now`: `verify` is asked with the current key, then with
     /// the previous one while its overlap lasts. `None` when no Alipay+ key is configured.
-    pub fn verify_answer<T: PartialEq>(
+    pub(crate) fn verify_answer<T: PartialEq>(
         &self,
         now: Instant,
         verified: T,
@@ -113,7 +113,7 @@ impl ClientKeys {
         }
     }
 
-    pub fn verifies_answers(&self) -> bool {
+    pub(crate) fn verifies_answers(&self) -> bool {
         self.answer
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -124,7 +124,7 @@ impl ClientKeys {
 
 /// Where a private key comes from.
 #[derive(Clone)]
-pub enum PrivateKeySource {
+pub(crate) enum PrivateKeySource {
     File(PathBuf),
     /// PEM text from a setting (environment injection); never reloaded.
     Inline(Secret),
@@ -143,31 +143,31 @@ impl fmt::Debug for PrivateKeySource {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid setting `{setting}`: {message}")]
 pub struct KeyLoadError {
-    pub setting: String,
-    pub message: String,
+    pub(crate) setting: String,
+    pub(crate) message: String,
 }
 
 /// The settings one MPP's keys are read from.
 #[derive(Debug, Clone)]
-pub struct KeySources {
+pub(crate) struct KeySources {
     /// The `psp` label: `default` or the table's pspId.
-    pub psp: String,
+    pub(crate) psp: String,
     /// Settings prefix for messages: `alipayplus` or `alipayplus.clients.<pspId>`.
-    pub prefix: String,
-    pub client_id: String,
+    pub(crate) prefix: String,
+    pub(crate) client_id: String,
     /// `None` when the settings name no private key (refused when loading).
-    pub private_key: Option<PrivateKeySource>,
-    pub key_version: u32,
-    pub key_version_file: Option<PathBuf>,
-    pub mpp_public_key_file: Option<PathBuf>,
+    pub(crate) private_key: Option<PrivateKeySource>,
+    pub(crate) key_version: u32,
+    pub(crate) key_version_file: Option<PathBuf>,
+    pub(crate) mpp_public_key_file: Option<PathBuf>,
     /// `None` when answers are not verified.
-    pub alipayplus_public_key_file: Option<PathBuf>,
-    pub verify_response_signature: bool,
+    pub(crate) alipayplus_public_key_file: Option<PathBuf>,
+    pub(crate) verify_response_signature: bool,
 }
 
 impl KeySources {
     /// The top-level `[alipayplus]` identity.
-    pub fn top_level(settings: &AlipayPlusSettings) -> KeySources {
+    pub(crate) fn top_level(settings: &AlipayPlusSettings) -> KeySources {
         let private_key = match (&settings.private_key, &settings.private_key_file) {
             (Some(pem), _) => Some(PrivateKeySource::Inline(pem.clone())),
             (None, Some(path)) => Some(PrivateKeySource::File(path.clone())),
@@ -187,7 +187,7 @@ impl KeySources {
     }
 
     /// The `[alipayplus.clients.<psp_id>]` identity.
-    pub fn for_client(
+    pub(crate) fn for_client(
         settings: &AlipayPlusSettings,
         psp_id: &str,
         client: &MppClientSettings,
@@ -223,7 +223,7 @@ impl KeySources {
 
     /// Reads the private key and its version, and checks the key against the MPP public key
     /// when one is configured.
-    pub fn load_signer(&self) -> Result<Signer, KeyLoadError> {
+    pub(crate) fn load_signer(&self) -> Result<Signer, KeyLoadError> {
         let key = match &self.private_key {
             Some(PrivateKeySource::File(path)) => PrivateSigningKey::from_file(path)
                 .map_err(|e| self.error("private_key_file", e.to_string()))?,
@@ -263,7 +263,7 @@ impl KeySources {
     }
 
     /// The key version: the `key_version_file`'s when one is set, else `key_version`.
-    pub fn key_version(&self) -> Result<u32, KeyLoadError> {
+    pub(crate) fn key_version(&self) -> Result<u32, KeyLoadError> {
         match &self.key_version_file {
             Some(path) => {
                 read_key_version(path).map_err(|message| self.error("key_version_file", message))
@@ -273,7 +273,7 @@ impl KeySources {
     }
 
     /// Alipay+'s public key, or `None` when answers are not verified.
-    pub fn load_answer_key(&self) -> Result<Option<PublicVerifyingKey>, KeyLoadError> {
+    pub(crate) fn load_answer_key(&self) -> Result<Option<PublicVerifyingKey>, KeyLoadError> {
         if !self.verify_response_signature {
             return Ok(None);
         }
@@ -289,7 +289,7 @@ impl KeySources {
     }
 
     /// Loads everything, for start-up.
-    pub fn load(&self) -> Result<ClientKeys, KeyLoadError> {
+    pub(crate) fn load(&self) -> Result<ClientKeys, KeyLoadError> {
         Ok(ClientKeys::new(
             self.load_signer()?,
             self.load_answer_key()?,
@@ -298,7 +298,7 @@ impl KeySources {
 
     /// A digest of the files the signer is read from; `None` when the key is inline (it cannot
     /// change while the process runs).
-    pub fn signer_fingerprint(&self) -> Option<u64> {
+    pub(crate) fn signer_fingerprint(&self) -> Option<u64> {
         let Some(PrivateKeySource::File(key)) = &self.private_key else {
             return None;
         };
@@ -317,7 +317,7 @@ impl KeySources {
     }
 
     /// A digest of Alipay+'s public key file; `None` when answers are not verified.
-    pub fn answer_key_fingerprint(&self) -> Option<u64> {
+    pub(crate) fn answer_key_fingerprint(&self) -> Option<u64> {
         let path = self
             .alipayplus_public_key_file
             .as_ref()

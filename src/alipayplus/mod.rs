@@ -6,11 +6,11 @@
 //! This module owns one HTTP call at a time; it never retries, never touches Kafka and never logs
 //! key material or signatures.
 
-pub mod classify;
-pub mod client;
-pub mod credentials;
-pub mod request;
-pub mod rotation;
+pub(crate) mod classify;
+pub(crate) mod client;
+pub(crate) mod credentials;
+pub(crate) mod request;
+pub(crate) mod rotation;
 pub mod signature;
 
 use std::collections::BTreeMap;
@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-pub use classify::{ApiResult, ResultClass, ResultOverrides, classify};
+pub use classify::ResultClass;
 pub use client::{AlipayPlusClient, AttemptError, ClientBuildError, ClientOptions, NotifyAttempt};
-pub use credentials::{ClientKeys, KeyLoadError, KeySources};
-pub use request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
-pub use rotation::KeyWatcher;
+pub(crate) use credentials::KeySources;
+pub use request::NOTIFY_REGISTRATION_STATUS_PATH;
+pub(crate) use rotation::KeyWatcher;
 pub use signature::{SignatureCheck, SignedRequest, sign_request};
 
 use crate::config::AlipayPlusSettings;
@@ -34,7 +34,7 @@ use crate::keys::PrivateSigningKey;
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub default: Arc<AlipayPlusClient>,
-    pub named: BTreeMap<String, Arc<AlipayPlusClient>>,
+    pub(crate) named: BTreeMap<String, Arc<AlipayPlusClient>>,
 }
 
 impl Clients {
@@ -50,7 +50,7 @@ impl Clients {
     /// Builds the `[alipayplus.clients]` clients around a top-level client made elsewhere (the
     /// demo and tests hold its keys in memory; its key files, if the settings name any, are
     /// watched all the same).
-    pub fn with_default(
+    pub(crate) fn with_default(
         settings: &AlipayPlusSettings,
         default: Arc<AlipayPlusClient>,
     ) -> anyhow::Result<(Clients, KeyWatcher)> {
@@ -112,13 +112,13 @@ pub fn sign_command(
 pub struct MppCheck {
     /// `default` or the pspId of its table.
     pub psp: String,
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// The key version requests would be signed with, when it could be read.
-    pub key_version: Option<u32>,
+    pub(crate) key_version: Option<u32>,
     /// The private key: loaded (and paired with `mpp_public_key_file` when given), or why not.
-    pub private_key: Result<&'static str, String>,
+    pub(crate) private_key: Result<&'static str, String>,
     /// Alipay+'s public key: loaded, not verified, or why not.
-    pub alipayplus_public_key: Result<&'static str, String>,
+    pub(crate) alipayplus_public_key: Result<&'static str, String>,
 }
 
 impl MppCheck {

@@ -14,7 +14,7 @@ pub const NOTIFY_REGISTRATION_STATUS_PATH: &str = "/aps/api/v1/merchants/notifyR
 
 /// The request body as compact UTF-8 JSON, fields in a fixed order (`referenceMerchantId`,
 /// `registrationRequestId`, `registrationResult` {`registrationStatus`, `rejectionReason`}).
-pub fn notify_request_body(event: &RegistrationDecided) -> Vec<u8> {
+pub(crate) fn notify_request_body(event: &RegistrationDecided) -> Vec<u8> {
     let mut result = Map::new();
     result.insert(
         "registrationStatus".into(),

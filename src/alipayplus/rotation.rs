@@ -68,7 +68,7 @@ pub struct KeyWatcher {
 
 impl KeyWatcher {
     /// `overlap`: how long the previous Alipay+ key keeps verifying after a new one is loaded.
-    pub fn new(overlap: Duration) -> KeyWatcher {
+    pub(crate) fn new(overlap: Duration) -> KeyWatcher {
         KeyWatcher {
             watched: Vec::new(),
             overlap,
@@ -76,7 +76,7 @@ impl KeyWatcher {
     }
 
     /// Watches the files of `sources` for the client keys `keys` (loaded from them at start).
-    pub fn watch(&mut self, sources: KeySources, keys: Arc<ClientKeys>) {
+    pub(crate) fn watch(&mut self, sources: KeySources, keys: Arc<ClientKeys>) {
         observe::key_version(&sources.psp, keys.key_version());
         self.watched.push(Watched {
             signer: Seen::at_start(sources.signer_fingerprint()),
@@ -135,7 +135,7 @@ impl KeyWatcher {
     }
 
     /// Checks every `interval` and on SIGHUP until `stop` fires.
-    pub async fn run(mut self, interval: Duration, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, interval: Duration, stop: CancellationToken) {
         // The gauges set while the clients were built went nowhere: no recorder was installed yet.
         for watched in &self.watched {
             observe::key_version(&watched.sources.psp, watched.keys.key_version());

@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::keys::{KeyError, PrivateSigningKey, PublicVerifyingKey};
 
 /// The only algorithm name Alipay+ uses for RSASSA-PKCS1-v1_5 / SHA-256.
-pub const SIGNATURE_ALGORITHM: &str = "RSA256";
+pub(crate) const SIGNATURE_ALGORITHM: &str = "RSA256";
 
 /// Whether an answer's signature could be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,11 +28,11 @@ pub enum SignatureCheck {
 
 impl SignatureCheck {
     /// True when a success answer may be believed: verified, or verification deliberately off.
-    pub fn is_trusted(self) -> bool {
+    pub(crate) fn is_trusted(self) -> bool {
         matches!(self, SignatureCheck::Verified | SignatureCheck::NotChecked)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SignatureCheck::Verified => "verified",
             SignatureCheck::Missing => "missing",
@@ -81,11 +81,11 @@ pub fn signature_header_value(key_version: u32, encoded_signature: &str) -> Stri
 }
 
 /// The current time as Alipay+ wants it: RFC 3339, whole seconds, explicit `+00:00` offset.
-pub fn request_time_now() -> String {
+pub(crate) fn request_time_now() -> String {
     format_request_time(Utc::now())
 }
 
-pub fn format_request_time(at: DateTime<Utc>) -> String {
+pub(crate) fn format_request_time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
@@ -117,15 +117,15 @@ pub fn sign_request(
 
 /// A parsed `Signature` header. The signature is still in its transmitted (URL-encoded) form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignatureHeader {
-    pub algorithm: String,
-    pub key_version: Option<String>,
-    pub signature: String,
+pub(crate) struct SignatureHeader {
+    pub(crate) algorithm: String,
+    pub(crate) key_version: Option<String>,
+    pub(crate) signature: String,
 }
 
 /// Why a `Signature` header could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureHeaderError {
+pub(crate) enum SignatureHeaderError {
     #[error("signature header has no signature= part")]
     NoSignature,
     #[error("signature header names algorithm {0:?}, expected RSA256")]
@@ -139,7 +139,7 @@ pub enum SignatureHeaderError {
 /// Parses `algorithm=RSA256,keyVersion=1,signature=…`, with or without spaces after the commas;
 /// parameter names are case-insensitive and unknown parameters are ignored. A missing `algorithm`
 /// is taken as RSA256 (the only one Alipay+ uses); a different one is an error.
-pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, SignatureHeaderError> {
+pub(crate) fn parse_signature_header(value: &str) -> Result<SignatureHeader, SignatureHeaderError> {
     let mut algorithm = None;
     let mut key_version = None;
     let mut signature = None;
@@ -171,7 +171,7 @@ pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, SignatureH
 
 /// URL-decodes then base64-decodes a transmitted signature. `+` is kept as `+`, so a signature
 /// sent without URL encoding (raw base64) decodes too.
-pub fn decode_signature(encoded: &str) -> Result<Vec<u8>, SignatureHeaderError> {
+pub(crate) fn decode_signature(encoded: &str) -> Result<Vec<u8>, SignatureHeaderError> {
     let bytes = encoded.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;

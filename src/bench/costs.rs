@@ -10,7 +10,7 @@ use super::scenarios::Scenario;
 
 impl BenchReport {
     /// Each traced scenario against the same scenario with export off.
-    pub fn tracing_costs(&self) -> Vec<TracingCost> {
+    pub(crate) fn tracing_costs(&self) -> Vec<TracingCost> {
         self.against_base(
             |scenario| scenario.traces,
             |scenario| Scenario {
@@ -32,7 +32,7 @@ impl BenchReport {
     }
 
     /// Each exactly-once scenario against the same scenario at-least-once.
-    pub fn exactly_once_costs(&self) -> Vec<VariantCost> {
+    pub(crate) fn exactly_once_costs(&self) -> Vec<VariantCost> {
         self.against_base(
             |scenario| scenario.exactly_once,
             |scenario| Scenario {
@@ -81,23 +81,23 @@ impl BenchReport {
 
 /// A variant of a scenario (exactly-once, say) against the scenario without it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VariantCost {
-    pub scenario: String,
+pub(crate) struct VariantCost {
+    pub(crate) scenario: String,
     /// Events per CPU-second of the variant over the same without it.
-    pub cpu_efficiency_ratio: Option<f64>,
+    pub(crate) cpu_efficiency_ratio: Option<f64>,
     /// Events per second of the variant over the same without it.
-    pub throughput_ratio: Option<f64>,
+    pub(crate) throughput_ratio: Option<f64>,
 }
 
 /// What recording and exporting every span cost one scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TracingCost {
-    pub scenario: String,
+pub(crate) struct TracingCost {
+    pub(crate) scenario: String,
     /// Events per CPU-second with traces over the same without.
-    pub cpu_efficiency_ratio: Option<f64>,
+    pub(crate) cpu_efficiency_ratio: Option<f64>,
     /// Events per second with traces over the same without.
-    pub throughput_ratio: Option<f64>,
-    pub spans_exported: u64,
+    pub(crate) throughput_ratio: Option<f64>,
+    pub(crate) spans_exported: u64,
     /// One span per event and one per Alipay+ call.
-    pub spans_expected: u64,
+    pub(crate) spans_expected: u64,
 }

@@ -25,15 +25,15 @@ const STALL_LIMIT: Duration = Duration::from_secs(120);
 /// What [`run`] measured. The same fields as the peer's report, so the two line up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
-    pub implementation: String,
-    pub warmup_events: u64,
-    pub events: u64,
-    pub seconds: f64,
-    pub events_per_second: f64,
-    pub notify_p50_ms: f64,
-    pub notify_p99_ms: f64,
-    pub cpu_seconds_per_1000_events: Option<f64>,
-    pub peak_rss_bytes: Option<u64>,
+    pub(crate) implementation: String,
+    pub(crate) warmup_events: u64,
+    pub(crate) events: u64,
+    pub(crate) seconds: f64,
+    pub(crate) events_per_second: f64,
+    pub(crate) notify_p50_ms: f64,
+    pub(crate) notify_p99_ms: f64,
+    pub(crate) cpu_seconds_per_1000_events: Option<f64>,
+    pub(crate) peak_rss_bytes: Option<u64>,
 }
 
 /// Runs the service until `warmup + events` events are terminal and measures the last `events`.

@@ -20,14 +20,12 @@
 
 mod costs;
 pub mod measure;
-pub mod openssl;
+pub(crate) mod openssl;
 mod report;
 mod runner;
 mod scenarios;
 mod signer;
 mod table;
 
-pub use costs::{TracingCost, VariantCost};
-pub use report::{BenchReport, Machine, RssGrowth, ScenarioResult, SignerResult};
-pub use runner::{BenchOptions, load_average, run};
-pub use scenarios::{Scenario, all_scenarios, cpu_bound, quick_scenarios, scenario_events};
+pub use report::BenchReport;
+pub use runner::{BenchOptions, run};

@@ -8,16 +8,16 @@ use serde::{Deserialize, Serialize};
 
 /// What `openssl speed rsa2048` reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenSslSpeed {
+pub(crate) struct OpenSslSpeed {
     /// RSA-2048 signatures per second on one core.
-    pub signs_per_second: f64,
+    pub(crate) signs_per_second: f64,
     /// `openssl version`, as printed.
-    pub version: String,
+    pub(crate) version: String,
 }
 
 /// Runs `openssl speed -seconds <seconds> rsa2048` (one process, so one core); `Err` says why
 /// there is no figure (no `openssl` on `PATH`, or output that could not be read).
-pub fn measure(seconds: u64) -> Result<OpenSslSpeed, String> {
+pub(crate) fn measure(seconds: u64) -> Result<OpenSslSpeed, String> {
     let version = Command::new("openssl")
         .arg("version")
         .output()

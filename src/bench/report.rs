@@ -12,19 +12,19 @@ use crate::demo::DemoSummary;
 
 /// A scenario's figures and how they stand against its bounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScenarioResult {
-    pub name: String,
-    pub scenario: Scenario,
-    pub load_average_before: Option<f64>,
-    pub demo: DemoSummary,
+pub(crate) struct ScenarioResult {
+    pub(crate) name: String,
+    pub(crate) scenario: Scenario,
+    pub(crate) load_average_before: Option<f64>,
+    pub(crate) demo: DemoSummary,
     /// cores / CPU seconds per event, from this run's own CPU cost.
-    pub cpu_bound: Option<f64>,
-    pub latency_bound: Option<f64>,
-    pub fraction_of_cpu_bound: Option<f64>,
-    pub fraction_of_latency_bound: Option<f64>,
+    pub(crate) cpu_bound: Option<f64>,
+    pub(crate) latency_bound: Option<f64>,
+    pub(crate) fraction_of_cpu_bound: Option<f64>,
+    pub(crate) fraction_of_latency_bound: Option<f64>,
     /// The steady rate (see [`DemoSummary::steady_events_per_second`]) over the latency bound.
     #[serde(default)]
-    pub steady_fraction_of_latency_bound: Option<f64>,
+    pub(crate) steady_fraction_of_latency_bound: Option<f64>,
 }
 
 impl ScenarioResult {
@@ -59,50 +59,50 @@ impl ScenarioResult {
 
 /// Our signer against OpenSSL's, one core each.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SignerResult {
+pub(crate) struct SignerResult {
     /// RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second on one thread, through the function the
     /// service signs requests with (content assembly and header encoding included); the best of
     /// `rounds`.
-    pub ours_per_second: f64,
-    pub rounds: usize,
+    pub(crate) ours_per_second: f64,
+    pub(crate) rounds: usize,
     /// The best of `rounds` runs of `openssl speed`.
-    pub openssl: Option<openssl::OpenSslSpeed>,
+    pub(crate) openssl: Option<openssl::OpenSslSpeed>,
     /// Why there is no OpenSSL figure.
-    pub openssl_unavailable: Option<String>,
+    pub(crate) openssl_unavailable: Option<String>,
     /// ours / OpenSSL.
-    pub ratio: Option<f64>,
+    pub(crate) ratio: Option<f64>,
 }
 
 /// Peak RSS of a long demo run against a short one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RssGrowth {
-    pub short_events: u64,
-    pub long_events: u64,
-    pub short_peak_rss_bytes: Option<u64>,
-    pub long_peak_rss_bytes: Option<u64>,
+pub(crate) struct RssGrowth {
+    pub(crate) short_events: u64,
+    pub(crate) long_events: u64,
+    pub(crate) short_peak_rss_bytes: Option<u64>,
+    pub(crate) long_peak_rss_bytes: Option<u64>,
     /// long / short.
-    pub ratio: Option<f64>,
-    pub both_succeeded: bool,
+    pub(crate) ratio: Option<f64>,
+    pub(crate) both_succeeded: bool,
 }
 
 /// Where the bench ran.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Machine {
-    pub cores: usize,
-    pub cpu_model: Option<String>,
-    pub load_average_before: Option<f64>,
-    pub load_average_after: Option<f64>,
-    pub started_at: String,
-    pub regnotify_version: String,
+pub(crate) struct Machine {
+    pub(crate) cores: usize,
+    pub(crate) cpu_model: Option<String>,
+    pub(crate) load_average_before: Option<f64>,
+    pub(crate) load_average_after: Option<f64>,
+    pub(crate) started_at: String,
+    pub(crate) regnotify_version: String,
 }
 
 /// Everything one `regnotify bench` run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
-    pub machine: Machine,
-    pub signer: SignerResult,
-    pub scenarios: Vec<ScenarioResult>,
-    pub rss_growth: Option<RssGrowth>,
+    pub(crate) machine: Machine,
+    pub(crate) signer: SignerResult,
+    pub(crate) scenarios: Vec<ScenarioResult>,
+    pub(crate) rss_growth: Option<RssGrowth>,
     /// Scenarios whose demo run failed: name and why.
     pub failures: Vec<(String, String)>,
 }

@@ -171,7 +171,7 @@ fn run_demo_process(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
 }
 
 /// The 1-minute load average.
-pub fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()

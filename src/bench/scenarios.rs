@@ -11,21 +11,21 @@ use crate::demo::{DemoSummary, INPUT_PARTITIONS};
 
 /// One demo configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Scenario {
-    pub latency_ms: u64,
-    pub max_in_flight: usize,
-    pub ordering: Ordering,
+pub(crate) struct Scenario {
+    pub(crate) latency_ms: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) ordering: Ordering,
     /// Every span recorded and exported over OTLP/HTTP (`demo --traces`).
     #[serde(default)]
-    pub traces: bool,
+    pub(crate) traces: bool,
     /// `processing.exactly_once = true` (`demo --exactly-once`).
     #[serde(default)]
-    pub exactly_once: bool,
+    pub(crate) exactly_once: bool,
 }
 
 impl Scenario {
     /// `key/0ms/256`.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!(
             "{}/{}ms/{}{}{}",
             ordering_name(self.ordering),
@@ -38,7 +38,7 @@ impl Scenario {
 
     /// Events that can be in flight at once: `max_in_flight`, or in partition ordering one per
     /// input partition.
-    pub fn concurrency(&self) -> usize {
+    pub(crate) fn concurrency(&self) -> usize {
         match self.ordering {
             Ordering::Key => self.max_in_flight,
             Ordering::Partition => self.max_in_flight.min(INPUT_PARTITIONS as usize),
@@ -46,14 +46,14 @@ impl Scenario {
     }
 
     /// Events per second if every call took exactly the simulated latency: concurrency / L.
-    pub fn latency_bound(&self) -> Option<f64> {
+    pub(crate) fn latency_bound(&self) -> Option<f64> {
         (self.latency_ms > 0).then(|| self.concurrency() as f64 * 1000.0 / self.latency_ms as f64)
     }
 
     /// The latency bound of a run: [`latency_bound`](Self::latency_bound), and at latency 0
     /// under partition ordering, where an event of a partition starts only once the one before
     /// it is done, partitions / (p50 of one call + p50 of its outputs' acknowledgement).
-    pub fn latency_bound_of(&self, demo: &DemoSummary) -> Option<f64> {
+    pub(crate) fn latency_bound_of(&self, demo: &DemoSummary) -> Option<f64> {
         match (self.latency_bound(), self.ordering) {
             (Some(bound), _) => Some(bound),
             (None, Ordering::Partition) => {
@@ -73,7 +73,7 @@ fn ordering_name(ordering: Ordering) -> &'static str {
 }
 
 /// Every scenario of issue 9, in the order they run.
-pub fn all_scenarios() -> Vec<Scenario> {
+pub(crate) fn all_scenarios() -> Vec<Scenario> {
     let mut scenarios = Vec::new();
     for ordering in [Ordering::Key, Ordering::Partition] {
         for latency_ms in [0, 50] {
@@ -107,7 +107,7 @@ pub fn all_scenarios() -> Vec<Scenario> {
 
 /// The scenarios issue 9's targets are about: the defaults at latency 0, and 64 in flight at
 /// 50 ms.
-pub fn quick_scenarios() -> Vec<Scenario> {
+pub(crate) fn quick_scenarios() -> Vec<Scenario> {
     all_scenarios()
         .into_iter()
         .filter(|s| {
@@ -123,7 +123,7 @@ pub fn quick_scenarios() -> Vec<Scenario> {
 
 /// Events for one scenario: `events`, but no more than about ten seconds' worth at the latency
 /// bound (partition ordering at 50 ms is bound at 80 events/s), and at least 500.
-pub fn scenario_events(scenario: &Scenario, events: usize) -> usize {
+pub(crate) fn scenario_events(scenario: &Scenario, events: usize) -> usize {
     match scenario.latency_bound() {
         Some(bound) => events.min((bound * 10.0) as usize).max(500),
         None => events,
@@ -131,7 +131,7 @@ pub fn scenario_events(scenario: &Scenario, events: usize) -> usize {
 }
 
 /// Events per second the cores would allow at the CPU cost measured for `events` events.
-pub fn cpu_bound(cores: usize, cpu_seconds: Option<f64>, events: u64) -> Option<f64> {
+pub(crate) fn cpu_bound(cores: usize, cpu_seconds: Option<f64>, events: u64) -> Option<f64> {
     let cpu_seconds = cpu_seconds.filter(|cpu| *cpu > 0.0)?;
     Some(cores as f64 * events as f64 / cpu_seconds)
 }

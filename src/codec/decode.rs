@@ -62,7 +62,10 @@ impl EventDecoder {
 
 /// Decodes one Avro binary datum written with `writer` and resolves it against our reader schema.
 /// The datum must use every byte of `body`.
-pub fn decode_event_body(writer: &Schema, body: &[u8]) -> Result<RegistrationDecided, DecodeError> {
+pub(crate) fn decode_event_body(
+    writer: &Schema,
+    body: &[u8],
+) -> Result<RegistrationDecided, DecodeError> {
     let value = decode_datum(writer, &builtin().input.schema, body)?;
     event_from_value(value)
 }

@@ -15,7 +15,7 @@ const SINGLE_OBJECT_HEADER_LEN: usize = 2 + 8;
 
 /// Which writer schema a framed record names, and the Avro binary that follows the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framed<'a> {
+pub(crate) enum Framed<'a> {
     /// Confluent wire format: the writer schema is `schema_id` in the Schema Registry.
     Confluent { schema_id: u32, body: &'a [u8] },
     /// Single-object encoding: the writer schema has this CRC-64-AVRO fingerprint.
@@ -23,7 +23,7 @@ pub enum Framed<'a> {
 }
 
 /// Splits a Confluent wire-format record.
-pub fn parse_confluent(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
+pub(crate) fn parse_confluent(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
     match bytes {
         [] => Err(DecodeError::Truncated {
             what: "confluent header",
@@ -47,7 +47,7 @@ pub fn parse_confluent(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
 }
 
 /// Splits an Avro single-object record.
-pub fn parse_single_object(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
+pub(crate) fn parse_single_object(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
     match bytes {
         [] | [0xC3] => Err(DecodeError::Truncated {
             what: "single-object header",
@@ -71,7 +71,7 @@ pub fn parse_single_object(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
 }
 
 /// Detects the framing from the first byte(s), as `input_encoding = "auto"` does.
-pub fn parse_auto(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
+pub(crate) fn parse_auto(bytes: &[u8]) -> Result<Framed<'_>, DecodeError> {
     match bytes.first() {
         None => Err(DecodeError::Truncated {
             what: "record (empty value)",

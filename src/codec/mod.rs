@@ -12,21 +12,22 @@
 mod decode;
 mod encode;
 pub mod framing;
-pub mod registry;
+pub(crate) mod registry;
 pub mod schemas;
-pub mod value;
+pub(crate) mod value;
 
-pub use decode::{EventDecoder, decode_event_body, decode_outcome};
+pub use decode::{EventDecoder, decode_outcome};
 pub use encode::{
     EventEncoder, OutcomeEncoder, encode_event_confluent, encode_event_raw,
     encode_event_single_object, encode_outcome_confluent, encode_outcome_json,
     encode_outcome_single_object, event_from_json,
 };
-pub use registry::{RegisteredSchema, RegistryError, SchemaRegistryClient};
+pub(crate) use registry::RegistryError;
+pub use registry::SchemaRegistryClient;
 
 /// The largest single allocation apache-avro may make while decoding (a string, bytes or fixed
 /// length prefix). Input records are small; a hostile length prefix fails instead of allocating.
-pub const MAX_AVRO_ALLOCATION_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_AVRO_ALLOCATION_BYTES: usize = 1024 * 1024;
 
 /// Why an input value could not be decoded into an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,7 +16,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::schemas::fingerprint;
-use crate::config::SchemaRegistrySettings;
 
 /// Most writer schemas kept in memory; far above the number of versions a topic ever has, and a
 /// bound against a stream of records naming ever-new ids.
@@ -48,19 +47,13 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
-impl RegistryError {
-    /// Whether asking again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, RegistryError::Unavailable(_))
-    }
-}
-
 /// A writer schema fetched from the registry.
 #[derive(Debug)]
 pub struct RegisteredSchema {
-    pub id: u32,
-    pub schema: Schema,
-    pub fingerprint: u64,
+    #[cfg(test)]
+    pub(crate) id: u32,
+    pub(crate) schema: Schema,
+    pub(crate) fingerprint: u64,
 }
 
 /// Client for one Schema Registry. Cheap to share behind an `Arc`; all caches are concurrent-safe.
@@ -133,18 +126,6 @@ impl SchemaRegistryClient {
         })
     }
 
-    /// A client from the `[schema_registry]` settings; basic auth when a username is set.
-    pub fn from_settings(settings: &SchemaRegistrySettings) -> Result<Self, RegistryError> {
-        let basic_auth = settings.username.as_ref().map(|user| {
-            let password = settings
-                .password
-                .as_ref()
-                .map_or_else(String::new, |p| p.expose().to_owned());
-            (user.clone(), SecretString::from(password))
-        });
-        Self::new(&settings.url, basic_auth, settings.request_timeout)
-    }
-
     /// The writer schema with this id, from the cache or `GET /schemas/ids/{id}`.
     pub async fn schema_by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
         if let Some(hit) = read(&self.by_id).get(&id) {
@@ -165,8 +146,9 @@ impl SchemaRegistryClient {
     /// Puts a writer schema in the caches as if the registry had answered it: the registry stub of
     /// the fuzzing entry points, which must not wait on a network.
     #[doc(hidden)]
-    pub fn preload(&self, id: u32, schema: Schema) {
+    pub(crate) fn preload(&self, id: u32, schema: Schema) {
         let registered = Arc::new(RegisteredSchema {
+            #[cfg(test)]
             id,
             fingerprint: fingerprint(&schema),
             schema,
@@ -176,13 +158,13 @@ impl SchemaRegistryClient {
     }
 
     /// A writer schema seen earlier through [`Self::schema_by_id`], by its CRC-64-AVRO fingerprint.
-    pub fn cached_by_fingerprint(&self, fingerprint: u64) -> Option<Arc<RegisteredSchema>> {
+    pub(crate) fn cached_by_fingerprint(&self, fingerprint: u64) -> Option<Arc<RegisteredSchema>> {
         read(&self.by_fingerprint).get(&fingerprint).cloned()
     }
 
     /// Registers `schema_json` under `subject` (`POST /subjects/{subject}/versions`) and returns its
     /// id; registering the same schema again is a no-op for the registry, and cached here.
-    pub async fn register(
+    pub(crate) async fn register(
         &self,
         subject: &str,
         schema: &Schema,
@@ -276,7 +258,7 @@ impl SchemaRegistryClient {
 /// What the registry's answer to `GET /schemas/ids/{id}` means: the writer schema, an id it does
 /// not know (the record's fault), or a registry that did not answer usefully (retried). The
 /// answer is untrusted input: it never panics, whatever the bytes.
-pub fn schema_from_answer(
+pub(crate) fn schema_from_answer(
     id: u32,
     status: StatusCode,
     body: &[u8],
@@ -312,6 +294,7 @@ pub fn schema_from_answer(
         reason: e.to_string(),
     })?;
     Ok(RegisteredSchema {
+        #[cfg(test)]
         id,
         fingerprint: fingerprint(&schema),
         schema,

@@ -82,10 +82,10 @@ fn crc64_avro(bytes: &[u8]) -> u64 {
 /// A parsed schema with its fingerprint, ready for decoding and single-object framing.
 #[derive(Debug)]
 pub struct KnownSchema {
-    pub schema: Schema,
+    pub(crate) schema: Schema,
     pub fingerprint: u64,
     /// The schema JSON as registered with a Schema Registry.
-    pub json: &'static str,
+    pub(crate) json: &'static str,
 }
 
 impl KnownSchema {
@@ -108,8 +108,8 @@ pub struct BuiltinSchemas {
     /// The reader schema for input events (the newest kept version).
     pub input: Arc<KnownSchema>,
     /// Every kept input version by fingerprint, for single-object decoding.
-    pub input_by_fingerprint: HashMap<u64, Arc<KnownSchema>>,
-    pub outcome: Arc<KnownSchema>,
+    pub(crate) input_by_fingerprint: HashMap<u64, Arc<KnownSchema>>,
+    pub(crate) outcome: Arc<KnownSchema>,
 }
 
 static BUILTIN: LazyLock<BuiltinSchemas> = LazyLock::new(|| {

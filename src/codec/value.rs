@@ -12,7 +12,7 @@ use super::{DecodeError, EncodeError};
 use crate::event::{Decision, NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 
 /// Maps a `MerchantRegistrationDecided` record value to the domain event.
-pub fn event_from_value(value: Value) -> Result<RegistrationDecided, DecodeError> {
+pub(crate) fn event_from_value(value: Value) -> Result<RegistrationDecided, DecodeError> {
     let Value::Record(fields) = value else {
         return Err(DecodeError::InvalidValue {
             field: "(record)",
@@ -102,7 +102,7 @@ fn kind(value: &Value) -> String {
 }
 
 /// The Avro value of an input event, for the `MerchantRegistrationDecided` schema.
-pub fn event_to_value(event: &RegistrationDecided) -> Result<Value, EncodeError> {
+pub(crate) fn event_to_value(event: &RegistrationDecided) -> Result<Value, EncodeError> {
     let event_id =
         uuid::Uuid::parse_str(&event.event_id).map_err(|e| EncodeError::InvalidField {
             field: "eventId",
@@ -132,7 +132,7 @@ pub fn event_to_value(event: &RegistrationDecided) -> Result<Value, EncodeError>
 }
 
 /// The Avro value of an outcome, for the `RegistrationNotifyOutcome` schema.
-pub fn outcome_to_value(outcome: &RegistrationNotifyOutcome) -> Value {
+pub(crate) fn outcome_to_value(outcome: &RegistrationNotifyOutcome) -> Value {
     let o = outcome;
     Value::Record(vec![
         ("eventId".into(), Value::String(o.event_id.clone())),
@@ -177,7 +177,7 @@ pub fn outcome_to_value(outcome: &RegistrationNotifyOutcome) -> Value {
 
 /// The JSON form of an outcome (`output_encoding = "json"`): the Avro field names, `null` for
 /// absent values, enums as their symbols, timestamps as epoch milliseconds.
-pub fn outcome_to_json(outcome: &RegistrationNotifyOutcome) -> serde_json::Value {
+pub(crate) fn outcome_to_json(outcome: &RegistrationNotifyOutcome) -> serde_json::Value {
     let o = outcome;
     json!({
         "eventId": o.event_id,
@@ -200,7 +200,7 @@ pub fn outcome_to_json(outcome: &RegistrationNotifyOutcome) -> serde_json::Value
 }
 
 /// Maps a resolved `RegistrationNotifyOutcome` value back to the domain record (tests, tools).
-pub fn outcome_from_value(value: Value) -> Result<RegistrationNotifyOutcome, DecodeError> {
+pub(crate) fn outcome_from_value(value: Value) -> Result<RegistrationNotifyOutcome, DecodeError> {
     let Value::Record(fields) = value else {
         return Err(DecodeError::InvalidValue {
             field: "(record)",

@@ -22,15 +22,15 @@ pub struct AdminSettings {
     /// `/livez` answers 503 once the main loop has not turned for longer than this. It turns at
     /// least every `processing.commit_interval`, even while idle.
     #[serde(with = "humantime_serde")]
-    pub livez_after: Duration,
+    pub(crate) livez_after: Duration,
     /// `/readyz` answers 503 once events wait (in flight or awaiting their commit) and none has
     /// finished, Alipay+ has not answered and no commit has landed for longer than this.
     #[serde(with = "humantime_serde")]
-    pub stall_after: Duration,
+    pub(crate) stall_after: Duration,
     /// An event still without its terminal outcome this long after it was consumed is logged
     /// once (key, partition, offset, trace id) and counted in `regnotify_stalled_events_total`.
     #[serde(with = "humantime_serde")]
-    pub event_stall_after: Duration,
+    pub(crate) event_stall_after: Duration,
 }
 
 impl Default for AdminSettings {
@@ -70,7 +70,7 @@ impl AdminSettings {
         Ok(())
     }
 
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+    pub(crate) fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|_| {
             ConfigError::invalid(
                 "admin.listen",

@@ -112,9 +112,9 @@ impl Default for MppClientSettings {
 }
 
 /// The longest `pspId` a `[alipayplus.clients]` table may be named by.
-pub const MAX_PSP_ID_LEN: usize = 64;
+pub(crate) const MAX_PSP_ID_LEN: usize = 64;
 /// The `psp` metric label of the top-level `[alipayplus]` identity.
-pub const DEFAULT_PSP_LABEL: &str = "default";
+pub(crate) const DEFAULT_PSP_LABEL: &str = "default";
 
 /// `[alipayplus.circuit_breaker]`. The refused streak that opens the circuit is
 /// `processing.refused_streak_threshold`.
@@ -126,16 +126,16 @@ pub struct CircuitBreakerSettings {
     /// The sliding window over which the share of unknown answers is measured: the answers of
     /// the last `window`, at most the last `window_calls` of them.
     #[serde(with = "humantime_serde")]
-    pub window: Duration,
+    pub(crate) window: Duration,
     pub window_calls: u32,
     /// Calls the window must hold before its share can open the circuit.
     pub min_calls: u32,
     /// Share of unknown answers (timeouts, connection errors, 5xx, `U`) in the window that
     /// opens the circuit, in (0, 1].
-    pub failure_ratio: f64,
+    pub(crate) failure_ratio: f64,
     /// The first wait before a probe; it doubles after each failed probe up to `probe_interval_max`.
     #[serde(with = "humantime_serde")]
-    pub probe_interval: Duration,
+    pub(crate) probe_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub probe_interval_max: Duration,
     /// How long a refused event waits for other answers to tell whether the refusal was about it

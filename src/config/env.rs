@@ -14,7 +14,7 @@ use super::{
 
 /// Prefixes (after `REGNOTIFY_`) of variables that belong to the test suites and tools, never to
 /// the settings: `REGNOTIFY_TEST_BOOTSTRAP`, `REGNOTIFY_REQUIRE_EXTERNAL`, …
-pub const RESERVED_ENV_PREFIXES: [&str; 3] = ["TEST_", "REQUIRE_", "EXTERNAL_"];
+pub(crate) const RESERVED_ENV_PREFIXES: [&str; 3] = ["TEST_", "REQUIRE_", "EXTERNAL_"];
 /// Tables whose keys are free-form (librdkafka properties, result codes), so any key below them is
 /// a candidate setting that the table itself judges.
 const FREE_FORM_TABLES: [&str; 4] = [
@@ -120,7 +120,7 @@ const ENV_CONVENTION: &str = "settings are REGNOTIFY_<TABLE>__<KEY> (for example
 
 /// The warning for a `REGNOTIFY_` variable that is neither a setting nor reserved, and resembles
 /// no setting (those are errors): probably a tool's, possibly a typo.
-pub fn unknown_environment_variable(name: &str) -> Option<String> {
+pub(crate) fn unknown_environment_variable(name: &str) -> Option<String> {
     let rest = name.strip_prefix(ENV_PREFIX)?;
     if name == CONFIG_ENV
         || RESERVED_ENV_PREFIXES.iter().any(|p| rest.starts_with(p))

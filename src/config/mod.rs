@@ -16,7 +16,7 @@
 //! `serde_helpers`. It wires them and re-exports their public items, so callers name everything
 //! as `config::…`; it must not grow checks or environment parsing of its own.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -32,23 +32,25 @@ mod serde_helpers;
 mod telemetry;
 mod validate;
 
-pub use admin::AdminSettings;
-pub use alipayplus::{
-    AlipayPlusSettings, CircuitBreakerSettings, DEFAULT_PSP_LABEL, MAX_PSP_ID_LEN,
-    MppClientSettings, ResultPolicy,
-};
-pub use env::{RESERVED_ENV_PREFIXES, unknown_environment_variable};
-pub use kafka::{InputEncoding, KafkaSettings, OutputEncoding, SchemaRegistrySettings};
-pub use processing::{Ordering, ProcessingSettings};
-pub use redact::{KafkaProperties, Secret};
-pub use telemetry::{LogFormat, LogSettings, OtlpProtocol, TelemetrySettings};
+pub(crate) use admin::AdminSettings;
+pub use alipayplus::{AlipayPlusSettings, MppClientSettings, ResultPolicy};
+pub(crate) use alipayplus::{CircuitBreakerSettings, DEFAULT_PSP_LABEL};
+pub(crate) use env::unknown_environment_variable;
+pub use kafka::InputEncoding;
+pub(crate) use kafka::KafkaSettings;
+pub use kafka::{OutputEncoding, SchemaRegistrySettings};
+pub use processing::Ordering;
+pub(crate) use processing::ProcessingSettings;
+pub use redact::Secret;
+pub use telemetry::{LogFormat, OtlpProtocol};
+pub(crate) use telemetry::{LogSettings, TelemetrySettings};
 
 use env::{environment_setting, parse_value, process_environment};
 
 /// The environment variable that names the TOML file when `--config` is not given.
-pub const CONFIG_ENV: &str = "REGNOTIFY_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "REGNOTIFY_CONFIG";
 /// Prefix of every environment override; `__` separates levels.
-pub const ENV_PREFIX: &str = "REGNOTIFY_";
+pub(crate) const ENV_PREFIX: &str = "REGNOTIFY_";
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
@@ -104,7 +106,7 @@ impl Settings {
     }
 
     /// As [`Settings::load`], with the environment given explicitly (tests).
-    pub fn load_with_env(
+    pub(crate) fn load_with_env(
         sources: &Sources,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
@@ -129,7 +131,7 @@ impl Settings {
 
     /// The layers above the built-in defaults, with the TOML file given as text instead of a path
     /// (`REGNOTIFY_CONFIG` is then not consulted). The fuzzing entry point of the loader.
-    pub fn load_from_toml_str(
+    pub(crate) fn load_from_toml_str(
         toml: &str,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
@@ -191,12 +193,6 @@ fn describe_figment_error(err: figment::Error) -> ConfigError {
         }
     }
     ConfigError::Load(messages.join("; "))
-}
-
-/// Reads a file that the settings name, with an error naming the key and the path.
-pub fn read_named_file(key: &str, path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|err| ConfigError::invalid(key, format!("cannot read {}: {err}", path.display())))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ impl Secret {
     }
 
     /// The secret text; call only where it is used, never to log or format it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         self.0.expose_secret()
     }
 }
@@ -66,7 +66,7 @@ impl<'de> Deserialize<'de> for KafkaProperties {
 
 impl KafkaProperties {
     /// Whether a librdkafka property holds a secret (passwords, private keys, client secrets).
-    pub fn is_sensitive(name: &str) -> bool {
+    pub(crate) fn is_sensitive(name: &str) -> bool {
         let name = name.to_ascii_lowercase();
         [
             "password",

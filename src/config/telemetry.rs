@@ -37,7 +37,7 @@ pub struct TelemetrySettings {
     pub protocol: Option<OtlpProtocol>,
     /// The share of new traces recorded, 0.0 to 1.0. A record whose producer decided keeps that
     /// decision (parent-based sampling).
-    pub sample_ratio: f64,
+    pub(crate) sample_ratio: f64,
     /// The `service.name` of the spans. Unset: `OTEL_SERVICE_NAME`, else `regnotify`.
     #[serde(default, deserialize_with = "lenient_opt_string")]
     pub service_name: Option<String>,
@@ -65,7 +65,7 @@ pub enum OtlpProtocol {
 }
 
 impl OtlpProtocol {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OtlpProtocol::HttpProtobuf => "http/protobuf",
             OtlpProtocol::Grpc => "grpc",
@@ -97,7 +97,7 @@ impl TelemetrySettings {
     }
 
     /// The protocol in use: the setting, else the standard variables, else http/protobuf.
-    pub fn effective_protocol(&self) -> OtlpProtocol {
+    pub(crate) fn effective_protocol(&self) -> OtlpProtocol {
         self.protocol
             .or_else(|| self.protocol_from_env().ok().flatten())
             .unwrap_or(OtlpProtocol::HttpProtobuf)
@@ -129,7 +129,7 @@ impl TelemetrySettings {
     }
 
     /// The `service.name` of the spans.
-    pub fn effective_service_name(&self) -> String {
+    pub(crate) fn effective_service_name(&self) -> String {
         self.service_name
             .clone()
             .or_else(|| {

@@ -11,7 +11,7 @@ use super::{ConfigError, Settings};
 
 impl Settings {
     /// Checks every value whose validity does not depend on files or the network.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         if let Some(registry) = &self.schema_registry {
             check_http_url("schema_registry.url", &registry.url, true)?;

@@ -101,31 +101,31 @@ pub(super) struct SoakLedger {
 
 /// The books compared once the run is over.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LedgerVerdict {
+pub(crate) struct LedgerVerdict {
     /// Input records whose delivery was reported.
-    pub produced: u64,
-    pub expected_outcomes: u64,
+    pub(crate) produced: u64,
+    pub(crate) expected_outcomes: u64,
     /// Outcome records read from the result topic.
-    pub outcome_records: u64,
+    pub(crate) outcome_records: u64,
     /// Expected outcomes that never came.
-    pub missing_outcomes: u64,
+    pub(crate) missing_outcomes: u64,
     /// Outcomes for input records that should not have one.
-    pub unexpected_outcomes: u64,
+    pub(crate) unexpected_outcomes: u64,
     /// Second and later outcomes of one input record.
-    pub repeated_outcomes: u64,
-    pub expected_dead_letters: u64,
+    pub(crate) repeated_outcomes: u64,
+    pub(crate) expected_dead_letters: u64,
     /// Dead letters read from the DLQ topic.
-    pub dead_letter_records: u64,
-    pub missing_dead_letters: u64,
-    pub unexpected_dead_letters: u64,
-    pub repeated_dead_letters: u64,
-    pub foreign: u64,
-    pub undecodable: u64,
+    pub(crate) dead_letter_records: u64,
+    pub(crate) missing_dead_letters: u64,
+    pub(crate) unexpected_dead_letters: u64,
+    pub(crate) repeated_dead_letters: u64,
+    pub(crate) foreign: u64,
+    pub(crate) undecodable: u64,
 }
 
 impl LedgerVerdict {
     /// Every produced record ended exactly as its sample kind says, and nothing else came out.
-    pub fn clean(&self) -> bool {
+    pub(crate) fn clean(&self) -> bool {
         self.missing_outcomes == 0
             && self.unexpected_outcomes == 0
             && self.repeated_outcomes == 0

@@ -39,12 +39,11 @@ mod verify;
 pub use options::DemoOptions;
 pub use plain::run;
 pub use summary::DemoSummary;
-pub use trace_sink::TraceExports;
 
 const INPUT_TOPIC: &str = "merchant.registration.decided";
 const RESULT_TOPIC: &str = "merchant.registration.notify-result";
 const DLQ_TOPIC: &str = "merchant.registration.decided.dlq";
-pub const INPUT_PARTITIONS: i32 = 4;
+pub(crate) const INPUT_PARTITIONS: i32 = 4;
 /// The mock cluster keeps at most 5 MB or 100,000 records per partition and drops the oldest
 /// beyond that; eight partitions hold the outcomes of about 250,000 events for the read-back.
 const RESULT_PARTITIONS: i32 = 8;

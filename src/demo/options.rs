@@ -26,7 +26,7 @@ pub struct DemoOptions {
 impl DemoOptions {
     /// The `regnotify demo` arguments that ask for this run (the bench starts each scenario as
     /// its own process, so that its peak RSS is its own).
-    pub fn to_args(&self) -> Vec<String> {
+    pub(crate) fn to_args(&self) -> Vec<String> {
         let mut args = vec![
             "--events".to_string(),
             self.events.to_string(),

@@ -38,7 +38,7 @@ use crate::usage::status_number;
 
 /// Regular merchants in a soak (the demo's own rule, events / 4, would give 250,000 at a million
 /// events, and the order check and the simulator keep an entry for each).
-pub const SOAK_MERCHANTS: usize = 10_000;
+pub(crate) const SOAK_MERCHANTS: usize = 10_000;
 /// How long the output reader may take, once the pipeline has stopped, to reach the topics' ends.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -51,31 +51,31 @@ pub struct SoakOptions {
 
 /// One interval of the run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SoakInterval {
+pub(crate) struct SoakInterval {
     /// From the start of the pipeline to the end of this interval.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// Events terminal at the end of this interval.
-    pub terminal: u64,
+    pub(crate) terminal: u64,
     /// Events that became terminal in this interval, per second.
-    pub events_per_second: f64,
-    pub rss_bytes: Option<u64>,
-    pub open_fds: Option<u64>,
-    pub threads: Option<u64>,
+    pub(crate) events_per_second: f64,
+    pub(crate) rss_bytes: Option<u64>,
+    pub(crate) open_fds: Option<u64>,
+    pub(crate) threads: Option<u64>,
 }
 
 /// What this process holds, from `/proc/self`; `None` where it cannot be read.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct ProcessUsage {
+pub(crate) struct ProcessUsage {
     /// `VmRSS`.
-    pub rss_bytes: Option<u64>,
+    pub(crate) rss_bytes: Option<u64>,
     /// `VmHWM`: the peak so far.
-    pub peak_rss_bytes: Option<u64>,
-    pub open_fds: Option<u64>,
-    pub threads: Option<u64>,
+    pub(crate) peak_rss_bytes: Option<u64>,
+    pub(crate) open_fds: Option<u64>,
+    pub(crate) threads: Option<u64>,
 }
 
 impl ProcessUsage {
-    pub fn now() -> ProcessUsage {
+    pub(crate) fn now() -> ProcessUsage {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         ProcessUsage {
             rss_bytes: status_number(&status, "VmRSS").and_then(|kib| kib.checked_mul(1024)),
@@ -91,36 +91,36 @@ impl ProcessUsage {
 /// What the soak saw; printed as a table or as one JSON object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SoakReport {
-    pub events: u64,
-    pub notified: u64,
-    pub rejected: u64,
-    pub dead_lettered: u64,
-    pub poison: u64,
-    pub merchants: usize,
-    pub latency_ms: u64,
-    pub max_in_flight: usize,
+    pub(crate) events: u64,
+    pub(crate) notified: u64,
+    pub(crate) rejected: u64,
+    pub(crate) dead_lettered: u64,
+    pub(crate) poison: u64,
+    pub(crate) merchants: usize,
+    pub(crate) latency_ms: u64,
+    pub(crate) max_in_flight: usize,
     /// From the start of the pipeline to the last terminal outcome.
-    pub elapsed_seconds: f64,
+    pub(crate) elapsed_seconds: f64,
     /// From the start of the pipeline to the first record consumed (joining the group).
-    pub startup_seconds: f64,
+    pub(crate) startup_seconds: f64,
     /// Events over the time from the first record consumed to the last terminal outcome.
-    pub events_per_second: f64,
-    pub report_every_seconds: f64,
-    pub intervals: Vec<SoakInterval>,
+    pub(crate) events_per_second: f64,
+    pub(crate) report_every_seconds: f64,
+    pub(crate) intervals: Vec<SoakInterval>,
     /// When the first record was consumed.
-    pub at_start: ProcessUsage,
+    pub(crate) at_start: ProcessUsage,
     /// When the last event became terminal, the pipeline still running.
-    pub at_end: ProcessUsage,
+    pub(crate) at_end: ProcessUsage,
     /// The outputs read during the run against what was produced.
-    pub ledger: LedgerVerdict,
+    pub(crate) ledger: LedgerVerdict,
     /// Errors the output reader's consumer reported (it carries on after each).
-    pub reader_errors: u64,
+    pub(crate) reader_errors: u64,
     /// Every event reached its terminal state in time, and Kafka holds exactly the outputs its
     /// sample kind calls for.
-    pub all_terminal: bool,
+    pub(crate) all_terminal: bool,
     /// The group's committed offset equals the end of every input partition.
-    pub all_committed: bool,
-    pub merchant_order_kept: bool,
+    pub(crate) all_committed: bool,
+    pub(crate) merchant_order_kept: bool,
 }
 
 /// Runs a soak to the end. Blocking, as [`super::run`].

@@ -13,66 +13,66 @@ use super::trace_sink::TraceExports;
 /// back from the demo runs it starts).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DemoSummary {
-    pub events: u64,
-    pub notified: u64,
-    pub rejected: u64,
-    pub dead_lettered: u64,
+    pub(crate) events: u64,
+    pub(crate) notified: u64,
+    pub(crate) rejected: u64,
+    pub(crate) dead_lettered: u64,
     /// Undecodable records: dead-lettered, no outcome.
-    pub poison: u64,
-    pub dlq_records: u64,
-    pub dead_letters_by_reason: BTreeMap<String, u64>,
-    pub outcomes_by_result_code: BTreeMap<String, u64>,
+    pub(crate) poison: u64,
+    pub(crate) dlq_records: u64,
+    pub(crate) dead_letters_by_reason: BTreeMap<String, u64>,
+    pub(crate) outcomes_by_result_code: BTreeMap<String, u64>,
     /// Outcome records read back from the result topic.
-    pub result_records: u64,
-    pub http_calls: u64,
-    pub retries: u64,
+    pub(crate) result_records: u64,
+    pub(crate) http_calls: u64,
+    pub(crate) retries: u64,
     /// From the start of the pipeline to the last terminal outcome.
-    pub elapsed_seconds: f64,
+    pub(crate) elapsed_seconds: f64,
     /// From the start of the pipeline to the first record consumed (joining the group).
-    pub startup_seconds: f64,
+    pub(crate) startup_seconds: f64,
     /// From the first record consumed to the last terminal outcome: the measured window.
-    pub measured_seconds: f64,
+    pub(crate) measured_seconds: f64,
     /// Events over the measured window.
-    pub events_per_second: f64,
+    pub(crate) events_per_second: f64,
     /// Events over the middle of the run, from 10 % to 90 % of them terminal (no start-up, no
     /// tail); `None` for runs too short to have one.
     #[serde(default)]
-    pub steady_events_per_second: Option<f64>,
+    pub(crate) steady_events_per_second: Option<f64>,
     /// Notify latency (one HTTP call as the client sees it, signing excluded), all calls.
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
     /// From handing an event's outputs to the producer to Kafka's acknowledgement of them, p50.
     #[serde(default)]
-    pub output_ack_p50_ms: f64,
+    pub(crate) output_ack_p50_ms: f64,
     /// From each decodable event's `occurredAt` (set when the demo produced it) to its
     /// terminal outcome.
-    pub end_to_end_p99_ms: f64,
+    pub(crate) end_to_end_p99_ms: f64,
     /// CPU time of the whole process (pipeline, simulator, mock cluster, producer) over the
     /// measured window; `None` without `/proc`.
-    pub cpu_seconds: Option<f64>,
-    pub cpu_seconds_per_1000_events: Option<f64>,
+    pub(crate) cpu_seconds: Option<f64>,
+    pub(crate) cpu_seconds_per_1000_events: Option<f64>,
     /// Peak resident set size of the process when the last event finished (before the read-back).
-    pub peak_rss_bytes: Option<u64>,
+    pub(crate) peak_rss_bytes: Option<u64>,
     /// Cores the process may use.
-    pub cores: usize,
-    pub latency_ms: u64,
-    pub max_in_flight: usize,
-    pub ordering: String,
+    pub(crate) cores: usize,
+    pub(crate) latency_ms: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) ordering: String,
     /// With `--traces`: what the OTLP receiver was sent (spans: one per event and per attempt).
     #[serde(default)]
-    pub trace_exports: Option<TraceExports>,
+    pub(crate) trace_exports: Option<TraceExports>,
     /// Every event reached its terminal state, and Kafka holds exactly one outcome per decodable
     /// event and one dead letter per dead-lettered event.
-    pub all_terminal: bool,
+    pub(crate) all_terminal: bool,
     /// The group's committed offset equals the end of every input partition.
-    pub all_committed: bool,
+    pub(crate) all_committed: bool,
     /// Run with `processing.exactly_once`: the in-process cluster answers transactional offset
     /// commits without storing them, so `all_committed` cannot hold (the real-broker suites
     /// check those commits) and is not required.
     #[serde(default)]
-    pub exactly_once: bool,
+    pub(crate) exactly_once: bool,
     /// Every merchant's requests reached the simulator in offset order.
-    pub merchant_order_kept: bool,
+    pub(crate) merchant_order_kept: bool,
 }
 
 impl DemoSummary {

@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 /// What the receiver was sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TraceExports {
-    pub requests: u64,
-    pub bytes: u64,
-    pub spans: u64,
+pub(crate) struct TraceExports {
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
+    pub(crate) spans: u64,
     /// Requests that were not an OTLP trace export.
-    pub refused: u64,
+    pub(crate) refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ struct Counts {
 
 /// A running receiver; stopped on drop.
 #[derive(Debug)]
-pub struct TraceSink {
+pub(crate) struct TraceSink {
     address: SocketAddr,
     counts: Arc<Counts>,
     stop: CancellationToken,
@@ -45,7 +45,7 @@ pub struct TraceSink {
 
 impl TraceSink {
     /// Listens on a free loopback port.
-    pub async fn start() -> anyhow::Result<TraceSink> {
+    pub(crate) async fn start() -> anyhow::Result<TraceSink> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let counts = Arc::new(Counts::default());
@@ -67,11 +67,11 @@ impl TraceSink {
     }
 
     /// The base endpoint (`telemetry.endpoint`).
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.address)
     }
 
-    pub fn exports(&self) -> TraceExports {
+    pub(crate) fn exports(&self) -> TraceExports {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         TraceExports {
             requests: read(&self.counts.requests),

@@ -11,10 +11,10 @@ use super::KeyError;
 use super::parse::PrivateSigningKey;
 
 /// File names written by [`keygen`].
-pub const MPP_PRIVATE_KEY_FILE: &str = "mpp_private_key.pem";
-pub const MPP_PUBLIC_KEY_FILE: &str = "mpp_public_key.pem";
-pub const ALIPAYPLUS_PRIVATE_KEY_FILE: &str = "alipayplus_private_key.pem";
-pub const ALIPAYPLUS_PUBLIC_KEY_FILE: &str = "alipayplus_public_key.pem";
+pub(crate) const MPP_PRIVATE_KEY_FILE: &str = "mpp_private_key.pem";
+pub(crate) const MPP_PUBLIC_KEY_FILE: &str = "mpp_public_key.pem";
+pub(crate) const ALIPAYPLUS_PRIVATE_KEY_FILE: &str = "alipayplus_private_key.pem";
+pub(crate) const ALIPAYPLUS_PUBLIC_KEY_FILE: &str = "alipayplus_public_key.pem";
 
 /// The files [`keygen`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]

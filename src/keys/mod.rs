@@ -23,13 +23,10 @@ mod parse;
 mod permissions;
 mod pool;
 
-pub use keygen::{
-    ALIPAYPLUS_PRIVATE_KEY_FILE, ALIPAYPLUS_PUBLIC_KEY_FILE, KeygenFiles, MPP_PRIVATE_KEY_FILE,
-    MPP_PUBLIC_KEY_FILE, keygen,
-};
-pub use parse::{PrivateSigningKey, PublicVerifyingKey, RSA_KEY_BITS};
-pub use permissions::private_key_exposure;
-pub use pool::{rsa_threads, run_rsa};
+pub use keygen::{KeygenFiles, keygen};
+pub use parse::{PrivateSigningKey, PublicVerifyingKey};
+pub(crate) use permissions::private_key_exposure;
+pub(crate) use pool::run_rsa;
 
 use std::path::PathBuf;
 

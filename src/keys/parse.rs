@@ -29,7 +29,7 @@ use super::KeyError;
 use super::run_rsa;
 
 /// The modulus size `regnotify keygen` produces and the smallest one we load.
-pub const RSA_KEY_BITS: usize = 2048;
+pub(crate) const RSA_KEY_BITS: usize = 2048;
 
 fn malformed(source_name: &str, what: impl Into<String>) -> KeyError {
     KeyError::Malformed {
@@ -112,7 +112,7 @@ impl PrivateSigningKey {
 
     /// Parses PEM text, detecting PKCS#8 (`PRIVATE KEY`) and PKCS#1 (`RSA PRIVATE KEY`); bare
     /// base64 DER in either form is accepted too. `source_name` only labels errors.
-    pub fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
+    pub(crate) fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
         let key = match pem_label(text) {
             Some("PRIVATE KEY") => PrivateKey::from_pkcs8_pem(text).map_err(|e| {
                 malformed(
@@ -196,7 +196,7 @@ impl PrivateSigningKey {
     }
 
     /// Whether `public` is this key's public half.
-    pub fn pairs_with(&self, public: &PublicVerifyingKey) -> bool {
+    pub(crate) fn pairs_with(&self, public: &PublicVerifyingKey) -> bool {
         self.public.same_key(public)
     }
 
@@ -231,7 +231,7 @@ impl fmt::Debug for PublicVerifyingKey {
 impl PublicVerifyingKey {
     /// Parses SPKI (`PUBLIC KEY`) or PKCS#1 (`RSA PUBLIC KEY`) PEM, or bare base64 DER of either
     /// (the Alipay+ portal shows its public key that way).
-    pub fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
+    pub(crate) fn from_pem(text: &str, source_name: &str) -> Result<Self, KeyError> {
         let key = match pem_label(text) {
             Some("PUBLIC KEY") => PublicKey::from_public_key_pem(text).map_err(|e| {
                 malformed(
@@ -316,7 +316,7 @@ impl PublicVerifyingKey {
     }
 
     /// Whether both are the same RSA public key (modulus and exponent).
-    pub fn same_key(&self, other: &PublicVerifyingKey) -> bool {
+    pub(crate) fn same_key(&self, other: &PublicVerifyingKey) -> bool {
         self.key.n() == other.key.n() && self.key.e() == other.key.e()
     }
 

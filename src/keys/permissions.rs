@@ -10,7 +10,7 @@ use std::path::Path;
 /// is readable by others, or by a group this process is not a member of (a group of its own, such
 /// as the `fsGroup` Kubernetes gives secret volumes with mode 0440, is the process itself). Errors
 /// reading the metadata are left to the read that follows.
-pub fn private_key_exposure(path: &Path) -> Option<u32> {
+pub(crate) fn private_key_exposure(path: &Path) -> Option<u32> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let metadata = std::fs::metadata(path).ok()?;
     let mode = metadata.permissions().mode() & 0o777;

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 /// How many RSA signatures may be computed at once: one per core this process may use, as
 /// `std::thread::available_parallelism` reports it (CPU affinity and cgroup quota included).
-pub fn rsa_threads() -> usize {
+pub(crate) fn rsa_threads() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
@@ -23,7 +23,7 @@ static RSA_PERMITS: LazyLock<Arc<Semaphore>> =
 /// finish sooner on busy cores; they would take CPU from the async workers and hold a blocking
 /// thread each while they wait. The permit travels with the work, so work whose caller stopped
 /// waiting still counts until it ends.
-pub async fn run_rsa<T, F>(work: F) -> Result<T, tokio::task::JoinError>
+pub(crate) async fn run_rsa<T, F>(work: F) -> Result<T, tokio::task::JoinError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,

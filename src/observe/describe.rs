@@ -8,7 +8,7 @@
 use super::names;
 
 /// Describes every metric with its unit, once at start-up.
-pub fn describe_metrics() {
+pub(crate) fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         names::EVENTS_CONSUMED,

@@ -17,13 +17,13 @@ use crate::event::DeadLetterReason;
 /// The label sets of the types this module does not know (it sits below the Alipay+ client and
 /// the pipeline, which report to it): the caller names them from the types themselves.
 #[derive(Debug, Clone, Copy)]
-pub struct KnownLabels<'a> {
+pub(crate) struct KnownLabels<'a> {
     /// Every class an Alipay+ answer can fall in (`class` of the attempts).
-    pub result_classes: &'a [&'static str],
+    pub(crate) result_classes: &'a [&'static str],
     /// The classes that are retried (`class` of the retries).
-    pub retried_classes: &'a [&'static str],
+    pub(crate) retried_classes: &'a [&'static str],
     /// Every state of a circuit (`to` of the transitions).
-    pub circuit_states: &'a [&'static str],
+    pub(crate) circuit_states: &'a [&'static str],
 }
 
 /// `kind` of `regnotify_rebalances_total`, as the dispatcher reports them.

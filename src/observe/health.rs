@@ -28,7 +28,7 @@ pub const CONSUMER_ERROR_PERSIST_AFTER: Duration = Duration::from_secs(10);
 pub const CONSUMER_ERROR_CLEAR_AFTER: Duration = Duration::from_secs(15);
 /// A repeated Kafka error is logged at most once per this interval per (code, partition); the next
 /// line says how many repeats were left out.
-pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Partitions (0 up to this) whose consumed records are counted one by one, so that an error
 /// naming one of them ends as soon as it delivers again.
 const TRACKED_PARTITIONS: usize = 256;
@@ -38,11 +38,11 @@ const LOG_LIMITER_KEYS: usize = 128;
 /// The time limits of `/livez` and of the stall rule of `/readyz` (`admin.livez_after`,
 /// `admin.stall_after`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthLimits {
+pub(crate) struct HealthLimits {
     /// `/livez` answers 503 once the main loop has not turned for longer than this.
-    pub livez_after: Duration,
+    pub(crate) livez_after: Duration,
     /// `/readyz` answers 503 once work waits and nothing has progressed for longer than this.
-    pub stall_after: Duration,
+    pub(crate) stall_after: Duration,
 }
 
 impl Default for HealthLimits {
@@ -155,12 +155,13 @@ impl Default for Health {
 impl Health {
     /// The same health with these limits (from the `[admin]` settings).
     #[must_use]
-    pub fn with_limits(mut self, limits: HealthLimits) -> Self {
+    pub(crate) fn with_limits(mut self, limits: HealthLimits) -> Self {
         self.limits = limits;
         self
     }
 
-    pub fn limits(&self) -> HealthLimits {
+    #[cfg(test)]
+    pub(crate) fn limits(&self) -> HealthLimits {
         self.limits
     }
 
@@ -191,13 +192,13 @@ impl Health {
     }
 
     /// The main loop turned.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         let now = self.started.elapsed().as_millis() as u64;
         self.last_beat_ms.store(now, Ordering::Relaxed);
     }
 
     /// How long ago the main loop last turned.
-    pub fn since_last_beat(&self) -> Duration {
+    pub(crate) fn since_last_beat(&self) -> Duration {
         self.quiet_at(Instant::now())
     }
 
@@ -211,7 +212,7 @@ impl Health {
     /// `/livez` at `now`: `Err` with a one-line reason once the main loop has not turned for
     /// longer than [`HealthLimits::livez_after`]. The loop turns at least every
     /// `processing.commit_interval`, even while idle.
-    pub fn liveness(&self, now: Instant) -> Result<(), String> {
+    pub(crate) fn liveness(&self, now: Instant) -> Result<(), String> {
         let quiet = self.quiet_at(now);
         if quiet > self.limits.livez_after {
             return Err(format!(
@@ -226,7 +227,7 @@ impl Health {
     /// The open circuit of `psp` has jobs waiting and its probe is due by `overdue_after`
     /// (`Some`); or it closed, or nobody waits on it any more (`None`). `/readyz` answers 503
     /// naming `psp` once the deadline has passed.
-    pub fn circuit_probe(&self, psp: &str, overdue_after: Option<Instant>) {
+    pub(crate) fn circuit_probe(&self, psp: &str, overdue_after: Option<Instant>) {
         let mut deadlines = self
             .probe_deadlines
             .lock()
@@ -247,7 +248,7 @@ impl Health {
     /// Why the service is stuck at `now` although its main loop turns (this part of `/readyz`):
     /// broken invariants, a stall of waiting work (`admin.stall_after`), overdue probes. Empty
     /// when it is not.
-    pub fn stuck(&self, now: Instant) -> Vec<String> {
+    pub(crate) fn stuck(&self, now: Instant) -> Vec<String> {
         let mut problems = Vec::new();
         for (check, broken) in self.vigil.broken() {
             problems.push(format!(
@@ -282,7 +283,7 @@ impl Health {
     }
 
     /// The group assigned this instance `count` partitions (possibly none).
-    pub fn assigned(&self, count: usize) {
+    pub(crate) fn assigned(&self, count: usize) {
         self.assigned_partitions
             .store(count as u64, Ordering::Relaxed);
         self.joined.store(true, Ordering::Relaxed);
@@ -291,7 +292,7 @@ impl Health {
         }
     }
 
-    pub fn joined(&self) -> bool {
+    pub(crate) fn joined(&self) -> bool {
         self.joined.load(Ordering::Relaxed)
     }
 
@@ -299,11 +300,11 @@ impl Health {
         self.assigned_partitions.load(Ordering::Relaxed)
     }
 
-    pub fn set_kafka_reachable(&self, reachable: bool) {
+    pub(crate) fn set_kafka_reachable(&self, reachable: bool) {
         self.kafka_reachable.store(reachable, Ordering::Relaxed);
     }
 
-    pub fn kafka_reachable(&self) -> bool {
+    pub(crate) fn kafka_reachable(&self) -> bool {
         self.kafka_reachable.load(Ordering::Relaxed)
     }
 
@@ -311,7 +312,7 @@ impl Health {
     /// progress (see [`Health::stuck`]).
     /// An answer from Alipay+. `repeat`: a refusal of an event refused before, which neither
     /// lengthens nor ends the streak (it counts distinct events, like the circuit breaker's).
-    pub fn answered(&self, refused: bool, repeat: bool) {
+    pub(crate) fn answered(&self, refused: bool, repeat: bool) {
         self.vigil.progressed(Instant::now());
         if repeat {
             return;
@@ -323,12 +324,12 @@ impl Health {
         }
     }
 
-    pub fn set_circuit(&self, open_because: Option<String>) {
+    pub(crate) fn set_circuit(&self, open_because: Option<String>) {
         *self.circuit.lock().unwrap_or_else(PoisonError::into_inner) = open_because;
     }
 
     /// Offset commits keep failing (`Some`: why), or one landed again (`None`).
-    pub fn set_commits_refused(&self, because: Option<String>) {
+    pub(crate) fn set_commits_refused(&self, because: Option<String>) {
         *self
             .commits_refused
             .lock()
@@ -351,7 +352,7 @@ impl Health {
             .clone()
     }
 
-    pub fn refused_streak(&self) -> u64 {
+    pub(crate) fn refused_streak(&self) -> u64 {
         self.refused_streak.load(Ordering::Relaxed)
     }
 

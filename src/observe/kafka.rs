@@ -24,7 +24,7 @@ use super::names;
 /// librdkafka's periodic statistics: brokers up, lag per assigned partition of `topic`, and
 /// where each partition's fetch stands (which names stuck partitions while a consumer error
 /// persists).
-pub fn kafka_statistics(health: &Health, statistics: &rdkafka::Statistics, topic: &str) {
+pub(crate) fn kafka_statistics(health: &Health, statistics: &rdkafka::Statistics, topic: &str) {
     let up = statistics
         .brokers
         .values()
@@ -82,7 +82,7 @@ fn code_label(code: Option<RDKafkaErrorCode>) -> String {
 
 /// `poll` returned an error instead of a record: counted by code, logged at most once per
 /// [`ERROR_LOG_INTERVAL`] per (code, partition), and tracked for `/readyz`.
-pub fn consumer_error(health: &Health, error: &KafkaError) {
+pub(crate) fn consumer_error(health: &Health, error: &KafkaError) {
     let code = error.rdkafka_error_code();
     let label = code_label(code);
     metrics::counter!(names::CONSUMER_ERRORS, "code" => label.clone()).increment(1);
@@ -138,7 +138,7 @@ pub fn consumer_error(health: &Health, error: &KafkaError) {
 /// librdkafka reported an error to the client context (connection, authentication, and every
 /// consumer error before `poll` returns it): counted by code and logged at most once per
 /// [`ERROR_LOG_INTERVAL`] per (code, partition). Marks Kafka unreachable when all brokers are down.
-pub fn kafka_client_error(health: &Health, error: &KafkaError, reason: &str) {
+pub(crate) fn kafka_client_error(health: &Health, error: &KafkaError, reason: &str) {
     let code = error.rdkafka_error_code();
     if code == Some(RDKafkaErrorCode::AllBrokersDown) {
         health.set_kafka_reachable(false);
@@ -172,7 +172,7 @@ pub fn kafka_client_error(health: &Health, error: &KafkaError, reason: &str) {
 
 /// One record was consumed from `partition`: evidence that ends some consumer errors. Two
 /// uncontended atomic additions; no lock, no allocation.
-pub fn consumer_record(health: &Health, partition: i32) {
+pub(crate) fn consumer_record(health: &Health, partition: i32) {
     health.records_consumed.fetch_add(1, Ordering::Relaxed);
     if let Some(counter) = usize::try_from(partition)
         .ok()
@@ -184,28 +184,28 @@ pub fn consumer_record(health: &Health, partition: i32) {
 
 /// A consumer error that keeps the service from being ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PersistentConsumerError {
+pub(crate) struct PersistentConsumerError {
     /// The error code's label, as in `regnotify_consumer_errors_total`.
-    pub code: String,
+    pub(crate) code: String,
     /// The partition, when librdkafka named it.
-    pub partition: Option<i32>,
-    pub reports: u64,
+    pub(crate) partition: Option<i32>,
+    pub(crate) reports: u64,
     /// Since the first report.
-    pub lasting: Duration,
-    pub last_report_ago: Duration,
+    pub(crate) lasting: Duration,
+    pub(crate) last_report_ago: Duration,
 }
 
 /// What `/readyz` says about consumer errors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConsumerErrorStatus {
-    pub persistent: Vec<PersistentConsumerError>,
+pub(crate) struct ConsumerErrorStatus {
+    pub(crate) persistent: Vec<PersistentConsumerError>,
     /// Assigned partitions with records waiting whose fetch position has not moved for
     /// [`CONSUMER_ERROR_PERSIST_AFTER`] (librdkafka statistics); listed only while an error persists.
-    pub not_advancing: Vec<i32>,
+    pub(crate) not_advancing: Vec<i32>,
 }
 
 /// The consumer errors that persist now (ending those that are over, which is logged).
-pub fn consumer_error_status(health: &Health) -> ConsumerErrorStatus {
+pub(crate) fn consumer_error_status(health: &Health) -> ConsumerErrorStatus {
     let now = Instant::now();
     let mut errors = health.kafka_errors();
     settle_consumer_errors(health, &mut errors, now);

@@ -17,7 +17,7 @@ const BUCKETS: usize = (EXACT + (64 - EXACT_BITS as u64) * SUB_BUCKETS) as usize
 
 /// Counts of latencies by bucket.
 #[derive(Clone, PartialEq, Eq)]
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     counts: Box<[u64]>,
     total: u64,
 }
@@ -61,23 +61,20 @@ fn bucket_bounds(index: usize) -> (u64, u64) {
 }
 
 impl LatencyHistogram {
-    pub fn record(&mut self, latency: Duration) {
+    pub(crate) fn record(&mut self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.counts[bucket_of(micros)] += 1;
         self.total += 1;
     }
 
-    pub fn len(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u64 {
         self.total
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
     }
 
     /// The `q`-quantile (0..=1): the sample of rank `round((n - 1) q)` in sorted order, given
     /// as the middle of its bucket; `None` without samples.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
         if self.total == 0 {
             return None;
         }
@@ -95,7 +92,7 @@ impl LatencyHistogram {
 
     /// The samples recorded since `earlier`, a copy of this histogram taken before (the bench
     /// leaves warm-up out this way).
-    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+    pub(crate) fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
         let counts: Box<[u64]> = self
             .counts
             .iter()

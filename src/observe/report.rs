@@ -24,13 +24,13 @@ use super::stuck::Count;
 use crate::event::DeadLetterReason;
 use crate::event::{NotifyOutcome, RegistrationNotifyOutcome};
 
-pub fn record_consumed(stats: &Stats, partition: i32) {
+pub(crate) fn record_consumed(stats: &Stats, partition: i32) {
     stats.consumed.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::EVENTS_CONSUMED, "partition" => partition.to_string()).increment(1);
 }
 
 /// Kafka acknowledged every output record of an event, `latency` after they were handed over.
-pub fn outputs_acknowledged(stats: &Stats, latency: Duration) {
+pub(crate) fn outputs_acknowledged(stats: &Stats, latency: Duration) {
     stats
         .output_latency
         .lock()
@@ -41,22 +41,22 @@ pub fn outputs_acknowledged(stats: &Stats, latency: Duration) {
 /// What the metrics and logs need of one HTTP call to Alipay+, in plain values (the Alipay+
 /// client builds it from its attempt).
 #[derive(Debug, Clone, Copy)]
-pub struct AttemptReport<'a> {
+pub(crate) struct AttemptReport<'a> {
     /// The answer's class, a fixed label (`success`, `rejected`, `throttled`, `unknown`,
     /// `refused`).
-    pub class: &'static str,
-    pub latency: Duration,
+    pub(crate) class: &'static str,
+    pub(crate) latency: Duration,
     /// `result.resultStatus` and `result.resultCode`, when the body could be parsed.
-    pub result_status: Option<&'a str>,
-    pub result_code: Option<&'a str>,
-    pub http_status: Option<u16>,
+    pub(crate) result_status: Option<&'a str>,
+    pub(crate) result_code: Option<&'a str>,
+    pub(crate) http_status: Option<u16>,
     /// Whether the answer's signature was verified, and what the check found (a fixed label).
-    pub signature_trusted: bool,
-    pub signature: &'static str,
+    pub(crate) signature_trusted: bool,
+    pub(crate) signature: &'static str,
 }
 
 /// One HTTP call to Alipay+ has ended, whatever its answer.
-pub fn notify_attempt(stats: &Stats, psp: &str, attempt: &AttemptReport<'_>) {
+pub(crate) fn notify_attempt(stats: &Stats, psp: &str, attempt: &AttemptReport<'_>) {
     stats.http_calls.fetch_add(1, Ordering::Relaxed);
     stats
         .notify_latency
@@ -88,7 +88,12 @@ pub fn notify_attempt(stats: &Stats, psp: &str, attempt: &AttemptReport<'_>) {
 }
 
 /// An attempt will be retried after `delay`.
-pub fn retry_scheduled(stats: &Stats, attempt: &AttemptReport<'_>, attempts: u32, delay: Duration) {
+pub(crate) fn retry_scheduled(
+    stats: &Stats,
+    attempt: &AttemptReport<'_>,
+    attempts: u32,
+    delay: Duration,
+) {
     stats.retries.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::RETRIES, "class" => attempt.class).increment(1);
     tracing::debug!(
@@ -102,7 +107,7 @@ pub fn retry_scheduled(stats: &Stats, attempt: &AttemptReport<'_>, attempts: u32
 }
 
 /// A decodable event reached its terminal outcome and Kafka acknowledged its records.
-pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_ms: i64) {
+pub(crate) fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_ms: i64) {
     let counter = match outcome.outcome {
         NotifyOutcome::Notified => &stats.notified,
         NotifyOutcome::Rejected => &stats.rejected,
@@ -149,7 +154,7 @@ pub fn outcome(stats: &Stats, outcome: &RegistrationNotifyOutcome, occurred_at_m
 }
 
 /// A dead letter was acknowledged by Kafka.
-pub fn dead_letter(stats: &Stats, reason: DeadLetterReason, partition: i32, offset: i64) {
+pub(crate) fn dead_letter(stats: &Stats, reason: DeadLetterReason, partition: i32, offset: i64) {
     stats
         .dead_letter_counter(reason)
         .fetch_add(1, Ordering::Relaxed);
@@ -164,7 +169,7 @@ pub fn dead_letter(stats: &Stats, reason: DeadLetterReason, partition: i32, offs
 }
 
 /// An undecodable record was dead-lettered; it has no outcome.
-pub fn poison(stats: &Stats, partition: i32, offset: i64, error: &str) {
+pub(crate) fn poison(stats: &Stats, partition: i32, offset: i64, error: &str) {
     stats.poison.fetch_add(1, Ordering::Relaxed);
     with_vigil(|vigil| vigil.progressed(Instant::now()));
     tracing::info!(
@@ -176,25 +181,25 @@ pub fn poison(stats: &Stats, partition: i32, offset: i64, error: &str) {
     );
 }
 
-pub fn publish_failed(stats: &Stats, error: &dyn std::error::Error, retry_in: Duration) {
+pub(crate) fn publish_failed(stats: &Stats, error: &dyn std::error::Error, retry_in: Duration) {
     stats.publish_errors.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::PUBLISH_ERRORS).increment(1);
     tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "output not written, retrying");
 }
 
 /// One request was RSA-signed in `took`.
-pub fn signing_time(took: Duration) {
+pub(crate) fn signing_time(took: Duration) {
     metrics::histogram!(names::SIGNING_TIME).record(took.as_secs_f64());
 }
 
 /// An output can never be written; the service stops.
-pub fn publish_fatal(stats: &Stats, error: &dyn std::error::Error) {
+pub(crate) fn publish_fatal(stats: &Stats, error: &dyn std::error::Error) {
     stats.publish_errors.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::PUBLISH_ERRORS).increment(1);
     tracing::error!(error = %error, "output can never be written; stopping");
 }
 
-pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
+pub(crate) fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
     stats.rebalances.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(names::REBALANCES, "kind" => kind).increment(1);
     exported::export_partition_series(partitions);
@@ -203,41 +208,41 @@ pub fn rebalance(stats: &Stats, kind: &'static str, partitions: &[i32]) {
 
 /// Events being notified now (the dispatcher reports it after every turn): with
 /// [`awaiting_commit`], the work the stall rule of `/readyz` watches.
-pub fn in_flight(count: usize) {
+pub(crate) fn in_flight(count: usize) {
     metrics::gauge!(names::IN_FLIGHT).set(count as f64);
     with_vigil(|vigil| vigil.count(Count::InFlight, count, Instant::now));
 }
 
 /// Events called whose outcome is not committed yet (reported after every turn).
-pub fn awaiting_commit(count: usize) {
+pub(crate) fn awaiting_commit(count: usize) {
     metrics::gauge!(names::AWAITING_COMMIT).set(count as f64);
     with_vigil(|vigil| vigil.count(Count::AwaitingCommit, count, Instant::now));
 }
 
 /// One partition's ages at an instant, as the dispatcher samples them.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PartitionAges {
-    pub partition: i32,
+pub(crate) struct PartitionAges {
+    pub(crate) partition: i32,
     /// Now minus the timestamp of the oldest record not committed; 0 when every consumed record
     /// is committed (or the oldest has no timestamp).
-    pub lag: Duration,
+    pub(crate) lag: Duration,
     /// Now minus the moment the oldest event without its terminal outcome was consumed; 0 when
     /// none.
-    pub oldest_unfinished: Duration,
+    pub(crate) oldest_unfinished: Duration,
 }
 
 /// An event unfinished for longer than the stall time, reported once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stalled {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Box<str>,
-    pub trace_id: u128,
-    pub unfinished_for: Duration,
+pub(crate) struct Stalled {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Box<str>,
+    pub(crate) trace_id: u128,
+    pub(crate) unfinished_for: Duration,
 }
 
 /// Each partition's lag in seconds and the age of its oldest unfinished event.
-pub fn partition_ages(ages: &[PartitionAges]) {
+pub(crate) fn partition_ages(ages: &[PartitionAges]) {
     for partition in ages {
         let label = partition.partition.to_string();
         metrics::gauge!(names::CONSUMER_LAG_SECONDS, "partition" => label.clone())
@@ -248,14 +253,14 @@ pub fn partition_ages(ages: &[PartitionAges]) {
 }
 
 /// The partition is no longer processed here: its ages read 0 (another member reports them).
-pub fn partition_gone(partition: i32) {
+pub(crate) fn partition_gone(partition: i32) {
     let label = partition.to_string();
     metrics::gauge!(names::CONSUMER_LAG_SECONDS, "partition" => label.clone()).set(0.0);
     metrics::gauge!(names::OLDEST_UNFINISHED, "partition" => label).set(0.0);
 }
 
 /// An event has been unfinished for longer than `admin.event_stall_after` (reported once).
-pub fn event_stalled(stalled: &Stalled, after: Duration) {
+pub(crate) fn event_stalled(stalled: &Stalled, after: Duration) {
     metrics::counter!(names::STALLED_EVENTS, "partition" => stalled.partition.to_string())
         .increment(1);
     tracing::warn!(
@@ -269,30 +274,30 @@ pub fn event_stalled(stalled: &Stalled, after: Duration) {
     );
 }
 
-pub fn pending(partition: i32, count: usize) {
+pub(crate) fn pending(partition: i32, count: usize) {
     metrics::gauge!(names::PENDING, "partition" => partition.to_string()).set(count as f64);
 }
 
 /// The circuit of `psp` is in the state whose gauge value is `gauge` (0 closed, 1 open, 2
 /// half-open).
-pub fn circuit_state(psp: &str, gauge: f64) {
+pub(crate) fn circuit_state(psp: &str, gauge: f64) {
     metrics::gauge!(names::CIRCUIT_STATE, "psp" => psp.to_owned()).set(gauge);
 }
 
 /// The circuit of `psp` went to the state named `to` (a fixed label), whose gauge value is
 /// `gauge`.
-pub fn circuit_transition(psp: &str, to: &'static str, gauge: f64) {
+pub(crate) fn circuit_transition(psp: &str, to: &'static str, gauge: f64) {
     metrics::counter!(names::CIRCUIT_TRANSITIONS, "to" => to, "psp" => psp.to_owned()).increment(1);
     circuit_state(psp, gauge);
 }
 
 /// This member's share of a psp's `max_requests_per_second` (0: no limit).
-pub fn send_rate_share(psp: &str, per_second: f64) {
+pub(crate) fn send_rate_share(psp: &str, per_second: f64) {
     metrics::gauge!(names::SEND_RATE_SHARE, "psp" => psp.to_owned()).set(per_second);
 }
 
 /// The adaptive send rate of one psp after an answer (`None`: not limited).
-pub fn send_rate(psp: &str, allowed_per_second: Option<f64>, throttled: bool) {
+pub(crate) fn send_rate(psp: &str, allowed_per_second: Option<f64>, throttled: bool) {
     if throttled {
         metrics::counter!(names::THROTTLED, "psp" => psp.to_owned()).increment(1);
     }
@@ -301,12 +306,12 @@ pub fn send_rate(psp: &str, allowed_per_second: Option<f64>, throttled: bool) {
 }
 
 /// The keyVersion a psp's requests are signed with (at start and after each reload).
-pub fn key_version(psp: &str, version: u32) {
+pub(crate) fn key_version(psp: &str, version: u32) {
     metrics::gauge!(names::KEY_VERSION, "psp" => psp.to_owned()).set(f64::from(version));
 }
 
 /// A new private key (and its version) signs this psp's requests from now on.
-pub fn signing_key_reloaded(psp: &str, key_version: u32) {
+pub(crate) fn signing_key_reloaded(psp: &str, key_version: u32) {
     metrics::counter!(
         names::KEY_RELOADS,
         "psp" => psp.to_owned(),
@@ -323,7 +328,7 @@ pub fn signing_key_reloaded(psp: &str, key_version: u32) {
 }
 
 /// A new Alipay+ public key verifies answers; the previous one still does for `overlap`.
-pub fn answer_key_reloaded(psp: &str, overlap: Duration) {
+pub(crate) fn answer_key_reloaded(psp: &str, overlap: Duration) {
     metrics::counter!(
         names::KEY_RELOADS,
         "psp" => psp.to_owned(),
@@ -340,12 +345,12 @@ pub fn answer_key_reloaded(psp: &str, overlap: Duration) {
 }
 
 /// The previous Alipay+ public key's overlap ended: answers signed with it no longer verify.
-pub fn answer_key_overlap_ended(psp: &str) {
+pub(crate) fn answer_key_overlap_ended(psp: &str) {
     tracing::info!(psp, "previous alipay+ public key no longer accepted");
 }
 
 /// A changed key file was refused; the keys in use stay.
-pub fn key_reload_refused(psp: &str, key: &'static str, error: &dyn std::error::Error) {
+pub(crate) fn key_reload_refused(psp: &str, key: &'static str, error: &dyn std::error::Error) {
     metrics::counter!(
         names::KEY_RELOADS,
         "psp" => psp.to_owned(),
@@ -361,21 +366,21 @@ pub fn key_reload_refused(psp: &str, key: &'static str, error: &dyn std::error::
     );
 }
 
-pub fn skipped_finished(partition: i32) {
+pub(crate) fn skipped_finished(partition: i32) {
     metrics::counter!(names::SKIPPED_FINISHED, "partition" => partition.to_string()).increment(1);
 }
 
-pub fn finished_note(partition: i32, bytes: usize) {
+pub(crate) fn finished_note(partition: i32, bytes: usize) {
     metrics::gauge!(names::FINISHED_NOTE_BYTES, "partition" => partition.to_string())
         .set(bytes as f64);
 }
 
-pub fn partition_restarted(partition: i32) {
+pub(crate) fn partition_restarted(partition: i32) {
     metrics::counter!(names::PARTITION_RESTARTS, "partition" => partition.to_string()).increment(1);
 }
 
 /// A commit of `partition` up to `offset` landed: progress.
-pub fn committed(partition: i32, offset: i64) {
+pub(crate) fn committed(partition: i32, offset: i64) {
     metrics::gauge!(names::COMMITTED_OFFSET, "partition" => partition.to_string())
         .set(offset as f64);
     with_vigil(|vigil| vigil.progressed(Instant::now()));
@@ -387,7 +392,7 @@ pub fn committed(partition: i32, offset: i64) {
 /// `regnotify_invariant_violations_total{check}`, logged at ERROR (at most once per
 /// [`ERROR_LOG_INTERVAL`] per check, the next line saying how many were left out), and `/readyz`
 /// answers 503 naming the check from now on, until a restart.
-pub fn invariant_broken(check: &'static str, detail: &str) {
+pub(crate) fn invariant_broken(check: &'static str, detail: &str) {
     metrics::counter!(names::INVARIANT_VIOLATIONS, "check" => check).increment(1);
     let verdict = with_vigil(|vigil| vigil.invariant_broken(check, Instant::now()));
     if let Verdict::Log { suppressed } = verdict {
@@ -400,13 +405,13 @@ pub fn invariant_broken(check: &'static str, detail: &str) {
     }
 }
 
-pub fn commit_failed(error: &dyn std::error::Error) {
+pub(crate) fn commit_failed(error: &dyn std::error::Error) {
     metrics::counter!(names::COMMIT_ERRORS).increment(1);
     tracing::warn!(error = %error, "offset commit failed");
 }
 
 /// A private key file that others can read (see [`crate::keys::private_key_exposure`]).
-pub fn private_key_file_exposed(setting: &str, path: &std::path::Path, mode: u32) {
+pub(crate) fn private_key_file_exposed(setting: &str, path: &std::path::Path, mode: u32) {
     tracing::warn!(
         setting,
         path = %path.display(),
@@ -417,7 +422,7 @@ pub fn private_key_file_exposed(setting: &str, path: &std::path::Path, mode: u32
 }
 
 /// `alipayplus.allow_insecure_http` is on: said at every start, whatever the base URL.
-pub fn insecure_http_allowed(base_url: &str) {
+pub(crate) fn insecure_http_allowed(base_url: &str) {
     tracing::warn!(
         base_url,
         "INSECURE: alipayplus.allow_insecure_http is on; signed notifications may travel without \
@@ -426,7 +431,7 @@ pub fn insecure_http_allowed(base_url: &str) {
 }
 
 /// `alipayplus.verify_response_signature` is off: answers are trusted unverified.
-pub fn response_verification_off() {
+pub(crate) fn response_verification_off() {
     tracing::warn!(
         "INSECURE: alipayplus.verify_response_signature is off; any answer, even forged, is taken \
          at its word"

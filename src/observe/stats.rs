@@ -7,7 +7,6 @@
 use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use super::LatencyHistogram;
 #[cfg(doc)]
@@ -18,18 +17,18 @@ use crate::event::DeadLetterReason;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub consumed: AtomicU64,
-    pub notified: AtomicU64,
-    pub rejected: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub poison: AtomicU64,
-    pub dlq_decode_error: AtomicU64,
-    pub dlq_invalid_event: AtomicU64,
-    pub dlq_retries_exhausted: AtomicU64,
-    pub dlq_request_refused: AtomicU64,
+    pub(crate) notified: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) poison: AtomicU64,
+    pub(crate) dlq_decode_error: AtomicU64,
+    pub(crate) dlq_invalid_event: AtomicU64,
+    pub(crate) dlq_retries_exhausted: AtomicU64,
+    pub(crate) dlq_request_refused: AtomicU64,
     pub http_calls: AtomicU64,
     pub retries: AtomicU64,
-    pub signature_failures: AtomicU64,
-    pub publish_errors: AtomicU64,
+    pub(crate) signature_failures: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
     pub rebalances: AtomicU64,
     pub(super) notify_latency: Mutex<LatencyHistogram>,
     pub(super) end_to_end_latency: Mutex<LatencyHistogram>,
@@ -49,7 +48,7 @@ impl Stats {
         }
     }
 
-    pub fn dead_letters(&self, reason: DeadLetterReason) -> u64 {
+    pub(crate) fn dead_letters(&self, reason: DeadLetterReason) -> u64 {
         self.dead_letter_counter(reason).load(Ordering::Relaxed)
     }
 
@@ -61,13 +60,8 @@ impl Stats {
             + self.poison.load(Ordering::Relaxed)
     }
 
-    /// The `q`-quantile (0..=1) of the HTTP call latencies seen so far.
-    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        self.notify_latencies().quantile(q)
-    }
-
     /// Every HTTP call's latency so far.
-    pub fn notify_latencies(&self) -> LatencyHistogram {
+    pub(crate) fn notify_latencies(&self) -> LatencyHistogram {
         self.notify_latency
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -75,7 +69,7 @@ impl Stats {
     }
 
     /// Output acknowledgements so far (see [`outputs_acknowledged`]).
-    pub fn output_latencies(&self) -> LatencyHistogram {
+    pub(crate) fn output_latencies(&self) -> LatencyHistogram {
         self.output_latency
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -83,7 +77,7 @@ impl Stats {
     }
 
     /// From each decodable event's `occurredAt` to its terminal outcome, so far.
-    pub fn end_to_end_latencies(&self) -> LatencyHistogram {
+    pub(crate) fn end_to_end_latencies(&self) -> LatencyHistogram {
         self.end_to_end_latency
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -91,7 +85,7 @@ impl Stats {
     }
 
     /// Outcomes by result code (`none` when Alipay+ gave none).
-    pub fn result_codes(&self) -> std::collections::BTreeMap<String, u64> {
+    pub(crate) fn result_codes(&self) -> std::collections::BTreeMap<String, u64> {
         self.result_codes
             .lock()
             .map(|codes| codes.clone())

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-pub use crate::observe::{PartitionAges, Stalled};
+pub(crate) use crate::observe::{PartitionAges, Stalled};
 
 /// Bytes of a record key kept for the stall warning.
 const KEY_TEXT_BYTES: usize = 64;
@@ -28,23 +28,23 @@ struct Entry {
 
 /// What a record brings when it is consumed.
 #[derive(Debug, Clone, Copy)]
-pub struct Taken<'a> {
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<&'a [u8]>,
-    pub trace_id: u128,
+pub(crate) struct Taken<'a> {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) trace_id: u128,
 }
 
 /// Every owned partition's consumed, uncommitted offsets.
 #[derive(Debug, Default)]
-pub struct Ages {
+pub(crate) struct Ages {
     partitions: HashMap<i32, BTreeMap<i64, Entry>>,
 }
 
 impl Ages {
     /// A record was consumed and will be processed.
-    pub fn taken(&mut self, taken: Taken<'_>, now: Instant) {
+    pub(crate) fn taken(&mut self, taken: Taken<'_>, now: Instant) {
         let key = taken
             .key
             .map(|key| {
@@ -67,7 +67,7 @@ impl Ages {
 
     /// The event at `offset` reached its terminal outcome (its outputs are written or handed to
     /// the transaction).
-    pub fn finished(&mut self, partition: i32, offset: i64) {
+    pub(crate) fn finished(&mut self, partition: i32, offset: i64) {
         if let Some(entry) = self
             .partitions
             .get_mut(&partition)
@@ -78,27 +78,27 @@ impl Ages {
     }
 
     /// A commit of `partition` at `position` landed: every offset below it is committed.
-    pub fn committed_below(&mut self, partition: i32, position: i64) {
+    pub(crate) fn committed_below(&mut self, partition: i32, position: i64) {
         if let Some(entries) = self.partitions.get_mut(&partition) {
             *entries = entries.split_off(&position);
         }
     }
 
     /// Exactly-once: these offsets were committed with their transaction.
-    pub fn committed(&mut self, partition: i32, offset: i64) {
+    pub(crate) fn committed(&mut self, partition: i32, offset: i64) {
         if let Some(entries) = self.partitions.get_mut(&partition) {
             entries.remove(&offset);
         }
     }
 
     /// The partition is no longer processed here (revoked, lost, or started over): forget it.
-    pub fn forget(&mut self, partition: i32) {
+    pub(crate) fn forget(&mut self, partition: i32) {
         self.partitions.remove(&partition);
     }
 
     /// Every partition with anything consumed, at `now` (`wall_ms`: the wall clock, which record
     /// timestamps are read against).
-    pub fn sample(&self, now: Instant, wall_ms: i64) -> Vec<PartitionAges> {
+    pub(crate) fn sample(&self, now: Instant, wall_ms: i64) -> Vec<PartitionAges> {
         let mut ages: Vec<PartitionAges> = self
             .partitions
             .iter()
@@ -133,7 +133,7 @@ impl Ages {
 
     /// Events unfinished for longer than `after` at `now` and not reported before; each is
     /// reported once.
-    pub fn stalled(&mut self, now: Instant, after: Duration) -> Vec<Stalled> {
+    pub(crate) fn stalled(&mut self, now: Instant, after: Duration) -> Vec<Stalled> {
         let mut stalled = Vec::new();
         for (&partition, entries) in &mut self.partitions {
             for (&offset, entry) in entries.iter_mut() {
@@ -156,11 +156,13 @@ impl Ages {
     }
 
     /// Offsets tracked, all partitions.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.partitions.values().map(BTreeMap::len).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

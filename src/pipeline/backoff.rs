@@ -14,16 +14,16 @@ use rand::{Rng, RngExt};
 
 /// The retry budget of one event: how many HTTP calls it may take and for how long it may retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     /// HTTP calls one event may take in all, the first one included.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// How long after the first call a retry may still start. It bounds when the last call
     /// starts, not when it ends: that call may take up to the request timeout more.
-    pub max_retry_elapsed: Duration,
+    pub(crate) max_retry_elapsed: Duration,
     /// The ceiling of the first retry's delay.
-    pub initial: Duration,
+    pub(crate) initial: Duration,
     /// The highest ceiling any retry's delay can reach.
-    pub max: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Default for RetryBudget {
@@ -42,7 +42,7 @@ impl RetryBudget {
     /// The longest delay before retry number `retry` (1 for the first retry):
     /// `min(max, initial * 2^(retry - 1))`, saturating instead of overflowing for any `retry`.
     /// Retry 0 is the first call itself, which waits for nothing.
-    pub fn ceiling(&self, retry: u32) -> Duration {
+    pub(crate) fn ceiling(&self, retry: u32) -> Duration {
         let Some(doublings) = retry.checked_sub(1) else {
             return Duration::ZERO;
         };
@@ -70,7 +70,7 @@ impl RetryBudget {
     /// `max_retry_elapsed` is clamped to end exactly there rather than refused: the event keeps
     /// the attempt it was promised, and the elapsed limit still bounds when the last call starts.
     /// With no call made yet (`attempts_made == 0`) the answer is "now".
-    pub fn next_delay<R: Rng + ?Sized>(
+    pub(crate) fn next_delay<R: Rng + ?Sized>(
         &self,
         attempts_made: u32,
         elapsed: Duration,
@@ -93,7 +93,7 @@ impl RetryBudget {
 
 /// The lowest send rate throttling can push us to, in requests per second: never stop entirely,
 /// or the service could not learn that the limit was lifted.
-pub const MIN_RATE_PER_SECOND: f64 = 1.0;
+pub(crate) const MIN_RATE_PER_SECOND: f64 = 1.0;
 
 /// Throttle answers within this long of a decrease do not decrease again: they answer requests
 /// sent before the decrease, at the old rate, and would otherwise collapse the rate to the floor.
@@ -105,7 +105,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// A send slot from [`AdaptiveRate::reserve`]: when the send may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SendSlot {
+pub(crate) struct SendSlot {
     at: Instant,
     number: u64,
 }
@@ -117,7 +117,7 @@ pub struct SendSlot {
 /// rate actually observed. Every send must go through [`reserve_send`](Self::reserve_send), both
 /// to be paced and so the observed rate is known.
 #[derive(Debug, Clone)]
-pub struct AdaptiveRate {
+pub(crate) struct AdaptiveRate {
     /// `max_requests_per_second`, when configured (not 0).
     ceiling: Option<f64>,
     /// Requests per second added to the allowed rate per second without a throttle answer.
@@ -142,7 +142,7 @@ pub struct AdaptiveRate {
 impl AdaptiveRate {
     /// `max_requests_per_second` as configured (0 = no ceiling); after a throttle the rate
     /// climbs back by `recovery_per_second` requests per second, each second.
-    pub fn new(max_requests_per_second: u32, recovery_per_second: f64) -> Self {
+    pub(crate) fn new(max_requests_per_second: u32, recovery_per_second: f64) -> Self {
         let ceiling = (max_requests_per_second > 0).then(|| f64::from(max_requests_per_second));
         let recovery_per_second = if recovery_per_second.is_finite() {
             recovery_per_second.max(0.0)
@@ -167,7 +167,8 @@ impl AdaptiveRate {
 
     /// Reserves the next send slot at or after `now` and returns how long to wait for it, the
     /// send counted as made then.
-    pub fn reserve_send(&mut self, now: Instant) -> Duration {
+    #[cfg(test)]
+    pub(crate) fn reserve_send(&mut self, now: Instant) -> Duration {
         let (slot, wait) = self.reserve(now);
         self.claim(slot);
         wait
@@ -179,7 +180,7 @@ impl AdaptiveRate {
     /// lies (with a deep backlog, up to `max_in_flight` divided by the rate), so the slots of jobs
     /// stopped by a revoke must come back: kept, they held every later send back by that much
     /// after the next assignment (measured on Kafka 4.1: 7 to 12 s without a call).
-    pub fn reserve(&mut self, now: Instant) -> (SendSlot, Duration) {
+    pub(crate) fn reserve(&mut self, now: Instant) -> (SendSlot, Duration) {
         let at = match self.allowed {
             None => now,
             Some(rate) => {
@@ -200,7 +201,7 @@ impl AdaptiveRate {
     }
 
     /// The send of `slot` starts.
-    pub fn claim(&mut self, slot: SendSlot) {
+    pub(crate) fn claim(&mut self, slot: SendSlot) {
         self.outstanding.remove(&slot);
         self.last_claimed = Some(self.last_claimed.map_or(slot.at, |last| last.max(slot.at)));
         self.count_send(slot.at);
@@ -209,7 +210,7 @@ impl AdaptiveRate {
     /// The job that reserved `slot` gave up before sending. When no later slot is reserved or
     /// claimed, the next reservation starts one interval after the latest that is; a slot given
     /// back between two others leaves its gap (filling it would send two at once).
-    pub fn release(&mut self, slot: SendSlot) {
+    pub(crate) fn release(&mut self, slot: SendSlot) {
         if !self.outstanding.remove(&slot) {
             return;
         }
@@ -231,7 +232,7 @@ impl AdaptiveRate {
     }
 
     /// Alipay+ answered `REQUEST_TRAFFIC_EXCEED_LIMIT` at `now`: halve the rate.
-    pub fn on_throttled(&mut self, now: Instant) {
+    pub(crate) fn on_throttled(&mut self, now: Instant) {
         let cooling_down = self
             .last_decrease_at
             .is_some_and(|at| now.saturating_duration_since(at) < DECREASE_COOLDOWN);
@@ -249,7 +250,7 @@ impl AdaptiveRate {
     }
 
     /// Alipay+ answered at `now` without throttling: let the rate climb back, up to the ceiling.
-    pub fn on_accepted(&mut self, now: Instant) {
+    pub(crate) fn on_accepted(&mut self, now: Instant) {
         let Some(allowed) = self.allowed else {
             return;
         };
@@ -265,7 +266,7 @@ impl AdaptiveRate {
     /// `max_requests_per_second`, which changes with the partitions it owns. A rate lowered by
     /// throttling stays lower (and climbs back to the new ceiling); one at the old ceiling moves
     /// to the new one. A share of nothing (no partitions) paces to [`MIN_RATE_PER_SECOND`].
-    pub fn set_ceiling(&mut self, ceiling: Option<f64>) {
+    pub(crate) fn set_ceiling(&mut self, ceiling: Option<f64>) {
         let ceiling = ceiling
             .filter(|ceiling| ceiling.is_finite())
             .map(|ceiling| ceiling.max(MIN_RATE_PER_SECOND));
@@ -280,7 +281,7 @@ impl AdaptiveRate {
     }
 
     /// The rate sends are paced to, in requests per second; `None` while unlimited.
-    pub fn allowed_per_second(&self) -> Option<f64> {
+    pub(crate) fn allowed_per_second(&self) -> Option<f64> {
         self.allowed
     }
 

@@ -17,20 +17,20 @@ use crate::config::CircuitBreakerSettings;
 
 /// The state, as the `regnotify_circuit_state` gauge shows it (0, 1, 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
+pub(crate) enum CircuitState {
     Closed,
     Open,
     HalfOpen,
 }
 
 impl CircuitState {
-    pub const ALL: [CircuitState; 3] = [
+    pub(crate) const ALL: [CircuitState; 3] = [
         CircuitState::Closed,
         CircuitState::Open,
         CircuitState::HalfOpen,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
             CircuitState::Open => "open",
@@ -38,7 +38,7 @@ impl CircuitState {
         }
     }
 
-    pub fn gauge(self) -> f64 {
+    pub(crate) fn gauge(self) -> f64 {
         match self {
             CircuitState::Closed => 0.0,
             CircuitState::Open => 1.0,
@@ -49,7 +49,7 @@ impl CircuitState {
 
 /// What an answer says about Alipay+ as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// Alipay+ answered about the event: success, an event-specific rejection, or throttling.
     Healthy,
     /// No usable answer: timeout, connection error, 5xx, `U`.
@@ -60,7 +60,7 @@ pub enum Signal {
 
 /// May a call go out now?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     Call,
     /// The one call of the half-open state: its answer decides.
     Probe,
@@ -70,14 +70,14 @@ pub enum Admit {
 
 /// A change of state, for the log line, the counter and the gauge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    pub from: CircuitState,
-    pub to: CircuitState,
-    pub reason: String,
+pub(crate) struct Transition {
+    pub(crate) from: CircuitState,
+    pub(crate) to: CircuitState,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: CircuitBreakerSettings,
     refused_streak_threshold: u32,
     state: CircuitState,
@@ -106,32 +106,32 @@ pub struct Breaker {
 
 /// One call let out by [`Breaker::admit`], numbered in the order calls were sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Call(u64);
+pub(crate) struct Call(u64);
 
 /// An answer, as the breaker weighs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answer {
-    pub signal: Signal,
+pub(crate) struct Answer {
+    pub(crate) signal: Signal,
     /// The call it answers.
-    pub call: Call,
+    pub(crate) call: Call,
     /// That call was the one [`Admit::Probe`] allowed.
-    pub probe: bool,
+    pub(crate) probe: bool,
     /// A refusal of an event that was refused before: it does not lengthen the refused streak,
     /// which counts distinct events.
-    pub repeat: bool,
+    pub(crate) repeat: bool,
 }
 
 /// Where the breaker stood when a refusal was recorded: a held refusal waits for a call sent
 /// after it to be answered, or for the circuit to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mark {
+pub(crate) struct Mark {
     call: Call,
     openings: u64,
 }
 
 /// What became of a held refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Other calls were answered since: the refusal was about the event.
     AboutTheEvent,
     /// The circuit opened since (or is not closed): the refusal was about us.
@@ -140,7 +140,7 @@ pub enum Refusal {
 }
 
 impl Breaker {
-    pub fn new(
+    pub(crate) fn new(
         settings: CircuitBreakerSettings,
         refused_streak_threshold: u32,
         now: Instant,
@@ -162,21 +162,22 @@ impl Breaker {
         }
     }
 
-    pub fn state(&self) -> CircuitState {
+    pub(crate) fn state(&self) -> CircuitState {
         self.state
     }
 
     /// Why the circuit is open or half-open (empty when closed).
-    pub fn reason(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn reason(&self) -> &str {
         &self.reason
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.settings.enabled
     }
 
     /// Where the breaker stands for a refusal of `call` recorded now.
-    pub fn mark(&self, call: Call) -> Mark {
+    pub(crate) fn mark(&self, call: Call) -> Mark {
         Mark {
             call,
             openings: self.openings,
@@ -184,12 +185,12 @@ impl Breaker {
     }
 
     /// The time the next probe may go while the circuit is open.
-    pub fn next_probe_at(&self) -> Option<Instant> {
+    pub(crate) fn next_probe_at(&self) -> Option<Instant> {
         (self.settings.enabled && self.state == CircuitState::Open).then_some(self.next_probe_at)
     }
 
     /// Numbers a call that [`admit`](Self::admit) let out.
-    pub fn send(&mut self) -> Call {
+    pub(crate) fn send(&mut self) -> Call {
         self.sent += 1;
         self.outstanding += 1;
         Call(self.sent)
@@ -197,13 +198,13 @@ impl Breaker {
 
     /// Some call is out without an answer yet: its answer may decide a held refusal (a call
     /// sent after it answered healthily) or open the circuit.
-    pub fn awaits_answers(&self) -> bool {
+    pub(crate) fn awaits_answers(&self) -> bool {
         self.outstanding > 0
     }
 
     /// May a call go out now? While open, nobody calls until the probe time; then exactly one
     /// caller gets [`Admit::Probe`] and the rest wait for its answer.
-    pub fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
+    pub(crate) fn admit(&mut self, now: Instant) -> (Admit, Option<Transition>) {
         match self.state {
             _ if !self.settings.enabled => (Admit::Call, None),
             CircuitState::Closed => (Admit::Call, None),
@@ -217,7 +218,7 @@ impl Breaker {
     }
 
     /// The answer to a call.
-    pub fn record(&mut self, now: Instant, answer: Answer) -> Option<Transition> {
+    pub(crate) fn record(&mut self, now: Instant, answer: Answer) -> Option<Transition> {
         self.outstanding = self.outstanding.saturating_sub(1);
         if !self.settings.enabled {
             return None;
@@ -264,7 +265,7 @@ impl Breaker {
 
     /// A call let out never got an answer (its job was cancelled). When it was the probe,
     /// another caller may probe now.
-    pub fn abandoned(&mut self, now: Instant, probe: bool) -> Option<Transition> {
+    pub(crate) fn abandoned(&mut self, now: Instant, probe: bool) -> Option<Transition> {
         self.outstanding = self.outstanding.saturating_sub(1);
         if !probe || self.state != CircuitState::HalfOpen {
             return None;
@@ -276,7 +277,7 @@ impl Breaker {
     /// A held refusal, decided by what was recorded since `mark`.
     /// Only calls sent after the refused one count: an answer to a call sent before it (signed
     /// before a key changed, say) says nothing about it.
-    pub fn refusal(&self, mark: Mark) -> Refusal {
+    pub(crate) fn refusal(&self, mark: Mark) -> Refusal {
         if self.state != CircuitState::Closed || self.openings > mark.openings {
             Refusal::AboutUs
         } else if self.newest_healthy > mark.call.0 {

@@ -56,11 +56,11 @@ impl Board {
 
 /// How long a refusal with no call of its MPP out waits for one to be sent before it is
 /// undecided (see [`Circuit::refusal`]).
-pub const REFUSAL_GRACE: Duration = Duration::from_millis(100);
+pub(crate) const REFUSAL_GRACE: Duration = Duration::from_millis(100);
 
 /// Every MPP's circuit state, and whether the dispatcher should hold the intake.
 #[derive(Debug)]
-pub struct Circuits {
+pub(crate) struct Circuits {
     /// Per psp label.
     states: Mutex<BTreeMap<String, Board>>,
     hold: watch::Sender<bool>,
@@ -68,7 +68,7 @@ pub struct Circuits {
 }
 
 impl Circuits {
-    pub fn new(health: Arc<Health>) -> Arc<Circuits> {
+    pub(crate) fn new(health: Arc<Health>) -> Arc<Circuits> {
         Arc::new(Circuits {
             states: Mutex::new(BTreeMap::new()),
             hold: watch::Sender::new(false),
@@ -78,7 +78,7 @@ impl Circuits {
 
     /// Follows whether the intake should be held: no MPP's circuit is closed and each will move
     /// without new events (see [`hold_intake`]).
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.hold.subscribe()
     }
 
@@ -151,7 +151,7 @@ fn hold_intake<'a>(boards: impl Iterator<Item = &'a Board>) -> bool {
 
 /// One MPP's circuit breaker.
 #[derive(Debug)]
-pub struct Circuit {
+pub(crate) struct Circuit {
     psp: String,
     breaker: Mutex<Breaker>,
     refusal_hold: Duration,
@@ -163,7 +163,7 @@ pub struct Circuit {
 
 impl Circuit {
     /// The circuit of the MPP labelled `psp`, reporting to `board`.
-    pub fn new(
+    pub(crate) fn new(
         settings: CircuitBreakerSettings,
         refused_streak_threshold: u32,
         psp: &str,
@@ -181,18 +181,21 @@ impl Circuit {
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.lock().enabled()
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.lock().state() == CircuitState::Closed
     }
 
     /// Waits until a call may go out. Returns the call (and whether it is the probe) and how
     /// long it waited; `None` when `cancel` fired first. While it waits, the board counts it
     /// (see [`hold_intake`]).
-    pub async fn admitted(&self, cancel: &CancellationToken) -> Option<(Admitted, Duration)> {
+    pub(crate) async fn admitted(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<(Admitted, Duration)> {
         let started = now();
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
@@ -234,7 +237,7 @@ impl Circuit {
 
     /// Records the answer to `call` (`repeat`: a refusal of an event refused before); returns
     /// where the breaker stood right after it, for a held refusal.
-    pub fn record(&self, class: ResultClass, call: Admitted, repeat: bool) -> Mark {
+    pub(crate) fn record(&self, class: ResultClass, call: Admitted, repeat: bool) -> Mark {
         let signal = match class {
             ResultClass::Success | ResultClass::Rejected | ResultClass::Throttled => {
                 Signal::Healthy
@@ -259,7 +262,7 @@ impl Circuit {
     }
 
     /// The job of a call let out was cancelled before its answer.
-    pub fn abandoned(&self, call: Admitted) {
+    pub(crate) fn abandoned(&self, call: Admitted) {
         {
             let mut breaker = self.lock();
             let transition = breaker.abandoned(now(), call.probe);
@@ -276,7 +279,7 @@ impl Circuit {
     /// coming that could decide it, and holding would only stall what waits behind the event
     /// (under `ordering = "partition"` the very events whose answers would decide it). The event
     /// then asks again after its backoff, against its retry budget, as after a hold that ran out.
-    pub async fn refusal(
+    pub(crate) async fn refusal(
         &self,
         mark: Mark,
         cancel: &CancellationToken,
@@ -360,10 +363,10 @@ impl Circuit {
 
 /// A call the circuit let out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admitted {
-    pub call: Call,
+pub(crate) struct Admitted {
+    pub(crate) call: Call,
     /// The one call of the half-open state: its answer decides.
-    pub probe: bool,
+    pub(crate) probe: bool,
 }
 
 /// A job counted on the board as waiting for its circuit; uncounted when dropped.

@@ -28,9 +28,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// The version tag every note starts with.
 const TAG: &str = "rn1";
 /// The longest note written: well under the broker's default `offset.metadata.max.bytes` (4,096).
-pub const MAX_NOTE_BYTES: usize = 3_900;
+pub(crate) const MAX_NOTE_BYTES: usize = 3_900;
 /// Above this many bytes the partition's intake is paused until the note shrinks again.
-pub const NOTE_PRESSURE_BYTES: usize = MAX_NOTE_BYTES * 3 / 4;
+pub(crate) const NOTE_PRESSURE_BYTES: usize = MAX_NOTE_BYTES * 3 / 4;
 
 /// More finished offsets than any partition window holds: a note naming more is damaged (and
 /// would cost memory to read).
@@ -38,7 +38,7 @@ const MAX_FINISHED: i64 = 1_000_000;
 
 /// Why a note was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NoteError {
+pub(crate) enum NoteError {
     #[error("not a regnotify note (another tool's metadata, or a newer version)")]
     Foreign,
     #[error("the note is for commit position {note}, the committed offset is {committed}")]
@@ -49,7 +49,7 @@ pub enum NoteError {
 
 /// The note for commit `position` and the finished offsets above it (ascending, all above
 /// `position`). Empty when nothing above the position is finished.
-pub fn encode(position: i64, finished: &[i64]) -> String {
+pub(crate) fn encode(position: i64, finished: &[i64]) -> String {
     let finished: Vec<i64> = finished.iter().copied().filter(|o| *o > position).collect();
     if finished.is_empty() {
         return String::new();
@@ -75,7 +75,7 @@ pub fn encode(position: i64, finished: &[i64]) -> String {
 }
 
 /// The finished offsets a note names, given the committed offset it was read beside.
-pub fn decode(note: &str, committed: i64) -> Result<BTreeSet<i64>, NoteError> {
+pub(crate) fn decode(note: &str, committed: i64) -> Result<BTreeSet<i64>, NoteError> {
     let rest = note
         .strip_prefix(TAG)
         .and_then(|rest| rest.strip_prefix(':'))

@@ -14,31 +14,31 @@ use crate::telemetry::traces::EventTrace;
 
 /// What a worker is given: a decoded event, or a record that could not be decoded.
 #[derive(Debug)]
-pub enum Work {
+pub(crate) enum Work {
     Event(RegistrationDecided),
     Poison(DecodeError),
 }
 
 /// One unit of work for a worker.
 #[derive(Debug)]
-pub struct Job {
-    pub record: InputRecord,
-    pub work: Work,
+pub(crate) struct Job {
+    pub(crate) record: InputRecord,
+    pub(crate) work: Work,
     /// The assignment generation of the record's partition when it was consumed.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// Fires when this job must stop at once: shutdown, or its partition is gone.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     /// Fires with `cancel`, and also when the partition is revoked: a job whose call is not out
     /// stops waiting to send it (see the worker's `notify_with_retries`).
-    pub unsent: CancellationToken,
+    pub(crate) unsent: CancellationToken,
     /// The event's trace: its outputs carry its context; with export on, its span and one child
     /// per Alipay+ attempt are recorded.
-    pub trace: EventTrace,
+    pub(crate) trace: EventTrace,
 }
 
 impl Job {
     /// Where the dispatcher books it.
-    pub fn slot(&self) -> Slot {
+    pub(crate) fn slot(&self) -> Slot {
         Slot {
             partition: self.record.partition,
             generation: self.generation,
@@ -48,7 +48,7 @@ impl Job {
 }
 
 /// Sleeps for `delay`; `false` when `cancel` fired first.
-pub async fn sleep_unless_stopped(cancel: &CancellationToken, delay: Duration) -> bool {
+pub(crate) async fn sleep_unless_stopped(cancel: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
         () = cancel.cancelled() => false,

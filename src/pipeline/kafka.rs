@@ -16,10 +16,10 @@ use crate::observe;
 use crate::pipeline::record::{DeadLetter, InputRecord, dead_letter_headers};
 
 /// The trace context headers (`traceparent`, `tracestate`) an event's outputs carry.
-pub type TraceHeaders = [(String, Option<Vec<u8>>)];
+pub(crate) type TraceHeaders = [(String, Option<Vec<u8>>)];
 
 /// The producer configuration regnotify insists on, on top of the pass-through properties.
-pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
+pub(crate) fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     // The transaction writer sets its own transactional.id; this producer is never transactional.
     for (name, value) in &kafka.producer.0 {
@@ -42,7 +42,7 @@ pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
 
 /// Whether the user set the producer's linger; `queue.buffering.max.ms` is librdkafka's other
 /// name for it, and a user who set either keeps it.
-pub fn linger_is_set(kafka: &KafkaSettings) -> bool {
+pub(crate) fn linger_is_set(kafka: &KafkaSettings) -> bool {
     ["linger.ms", "queue.buffering.max.ms"]
         .iter()
         .any(|name| kafka.producer.0.contains_key(*name))
@@ -52,7 +52,7 @@ pub fn linger_is_set(kafka: &KafkaSettings) -> bool {
 /// large or malformed for the topic, a topic or cluster we are not authorised for, a topic that
 /// does not exist, or a producer in a fatal state (fenced, idempotence or epoch broken). Brokers
 /// down, timeouts and leader changes are not: they are retried.
-pub fn is_permanent(error: &KafkaError) -> bool {
+pub(crate) fn is_permanent(error: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as Code;
     if let KafkaError::Transaction(error) = error {
         return error.is_fatal();
@@ -76,7 +76,7 @@ pub fn is_permanent(error: &KafkaError) -> bool {
 }
 
 /// Record headers from pairs.
-pub fn owned_headers(pairs: &TraceHeaders) -> OwnedHeaders {
+pub(crate) fn owned_headers(pairs: &TraceHeaders) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
     for (key, value) in pairs {
         headers = headers.insert(Header {
@@ -88,7 +88,7 @@ pub fn owned_headers(pairs: &TraceHeaders) -> OwnedHeaders {
 }
 
 /// The dead-letter record of `input` (SPEC 3.3): its key, value and headers, plus `dlq.*`.
-pub fn dead_letter_record<'a>(
+pub(crate) fn dead_letter_record<'a>(
     dlq_topic: &'a str,
     consumer_group: &str,
     input: &'a InputRecord,
@@ -107,7 +107,7 @@ pub fn dead_letter_record<'a>(
 }
 
 /// A commit of `positions` of `topic`, with the note of each (see [`crate::pipeline::finished`]).
-pub fn commit_list(
+pub(crate) fn commit_list(
     topic: &str,
     positions: &[(i32, i64)],
     notes: &[(i32, String)],
@@ -134,7 +134,7 @@ pub fn commit_list(
 }
 
 /// The consumer configuration regnotify insists on, on top of the pass-through properties.
-pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
+pub(crate) fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (name, value) in &kafka.consumer.0 {
         config.set(name, value);
@@ -179,7 +179,7 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
 /// Copies a record's headers. rdkafka panics on a header name that is not UTF-8 (Kafka allows
 /// any bytes there); such a header cannot be read through its API, so it is left out with a
 /// warning instead of taking the consumer thread down.
-pub fn read_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+pub(crate) fn read_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
     let Some(headers) = message.headers() else {
         return Vec::new();
     };

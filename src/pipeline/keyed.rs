@@ -23,7 +23,7 @@ use std::hash::Hash;
 ///
 /// [`push`]: KeyedQueue::push
 /// [`finish`]: KeyedQueue::finish
-pub struct KeyedQueue<K, T> {
+pub(crate) struct KeyedQueue<K, T> {
     /// Busy keys, each with the items waiting behind the one that runs. A key is present exactly
     /// while it is busy, so an idle key costs no memory.
     busy: HashMap<K, VecDeque<T>>,
@@ -52,14 +52,14 @@ impl<K, T> Default for KeyedQueue<K, T> {
 }
 
 impl<K: Hash + Eq, T> KeyedQueue<K, T> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Offers `item` for `key`. Returns it back when the key was idle — the caller starts it now
     /// and the key becomes busy — or queues it behind the key's earlier items and returns `None`.
     #[must_use = "an item handed back must be started, or its key stays busy forever"]
-    pub fn push(&mut self, key: K, item: T) -> Option<T> {
+    pub(crate) fn push(&mut self, key: K, item: T) -> Option<T> {
         match self.busy.get_mut(&key) {
             Some(waiting) => {
                 waiting.push_back(item);
@@ -78,7 +78,7 @@ impl<K: Hash + Eq, T> KeyedQueue<K, T> {
     ///
     /// Finishing an idle key is a no-op returning `None`.
     #[must_use = "an item handed back must be started, or its key stays busy forever"]
-    pub fn finish<Q>(&mut self, key: &Q) -> Option<T>
+    pub(crate) fn finish<Q>(&mut self, key: &Q) -> Option<T>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -101,7 +101,7 @@ impl<K: Hash + Eq, T> KeyedQueue<K, T> {
     ///
     /// Used on partition revoke: waiting events of a lost partition must not start, and are
     /// re-consumed by the new owner because their offsets were never committed.
-    pub fn retain_queued(&mut self, mut keep: impl FnMut(&K, &T) -> bool) -> usize {
+    pub(crate) fn retain_queued(&mut self, mut keep: impl FnMut(&K, &T) -> bool) -> usize {
         let before = self.queued;
         for (key, waiting) in &mut self.busy {
             waiting.retain(|item| keep(key, item));
@@ -111,12 +111,12 @@ impl<K: Hash + Eq, T> KeyedQueue<K, T> {
     }
 
     /// Items waiting behind a running item of their key.
-    pub fn queued_len(&self) -> usize {
+    pub(crate) fn queued_len(&self) -> usize {
         self.queued
     }
 
     /// Items waiting behind the running item of `key`.
-    pub fn queued_of<Q>(&self, key: &Q) -> usize
+    pub(crate) fn queued_of<Q>(&self, key: &Q) -> usize
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -125,12 +125,13 @@ impl<K: Hash + Eq, T> KeyedQueue<K, T> {
     }
 
     /// Keys with an item handed out and not yet finished (the items running now).
-    pub fn active_keys(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn active_keys(&self) -> usize {
         self.busy.len()
     }
 
     /// True when `key` has an item handed out and not yet finished.
-    pub fn is_busy<Q>(&self, key: &Q) -> bool
+    pub(crate) fn is_busy<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -139,7 +140,8 @@ impl<K: Hash + Eq, T> KeyedQueue<K, T> {
     }
 
     /// True when nothing runs and nothing waits.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
         self.busy.is_empty()
     }
 }

@@ -17,30 +17,32 @@
 //! - [`record`]: the consumed record and the dead-letter headers.
 //! - [`watermark`], [`keyed`], [`backoff`]: the pure rules, property-tested.
 
-pub mod ages;
-pub mod backoff;
-pub mod book;
-pub mod breaker;
-pub mod circuit;
-pub mod consumer;
-pub mod decisions;
-pub mod dispatch;
-pub mod finished;
+mod ages;
+mod backoff;
+mod book;
+pub(crate) mod breaker;
+mod circuit;
+mod consumer;
+mod decisions;
+mod dispatch;
+mod finished;
 mod invariant;
-pub mod job;
-pub mod kafka;
-pub mod keyed;
-pub mod mpp;
-pub mod output;
-pub mod parking;
-pub mod record;
-pub mod scheduler;
+mod job;
+pub(crate) mod kafka;
+mod keyed;
+mod mpp;
+mod output;
+mod parking;
+pub(crate) mod record;
+mod scheduler;
 #[cfg(test)]
 mod simulation;
-pub mod sink;
-pub mod transactions;
-pub mod watermark;
-pub mod worker;
+mod sink;
+mod transactions;
+mod watermark;
+mod worker;
+
+pub use decisions::waiting_limit;
 
 use crate::pipeline::circuit::{Circuit, Circuits};
 use crate::pipeline::mpp::{Mpp, Mpps};
@@ -68,7 +70,7 @@ const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 const TRACE_EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Builds the Schema Registry client the settings describe, if any.
-pub fn schema_registry(
+pub(crate) fn schema_registry(
     settings: Option<&SchemaRegistrySettings>,
 ) -> anyhow::Result<Option<Arc<SchemaRegistryClient>>> {
     let Some(registry) = settings else {
@@ -89,7 +91,7 @@ pub fn schema_registry(
 
 /// Runs the pipeline until `shutdown` fires, then stops cleanly (SPEC 5): finishes work in
 /// flight within `shutdown_timeout`, commits, flushes and leaves the group.
-pub async fn run(
+pub(crate) async fn run(
     settings: &Settings,
     clients: Clients,
     stats: Arc<Stats>,

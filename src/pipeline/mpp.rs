@@ -25,23 +25,23 @@ const QUOTED_PSP_ID_CHARS: usize = 64;
 
 /// One MPP's client, circuit and send rate.
 #[derive(Debug)]
-pub struct Mpp {
+pub(crate) struct Mpp {
     /// `default` or the `[alipayplus.clients.<pspId>]` table name: the `psp` metric label.
-    pub psp: String,
-    pub client: Arc<dyn Notifier>,
-    pub circuit: Arc<Circuit>,
+    pub(crate) psp: String,
+    pub(crate) client: Arc<dyn Notifier>,
+    pub(crate) circuit: Arc<Circuit>,
     /// Paces sends to this member's share of `max_requests_per_second`, and slows down after
     /// throttling answers.
-    pub send_rate: Mutex<AdaptiveRate>,
+    pub(crate) send_rate: Mutex<AdaptiveRate>,
     /// `max_requests_per_second` of this MPP: a limit for the whole consumer group (0: none).
-    pub group_limit: u32,
+    pub(crate) group_limit: u32,
 }
 
 impl Mpp {
     /// `group_limit`: the MPP's `max_requests_per_second`, shared by the group's members in
     /// proportion to the partitions each owns (see [`Mpps::share`]); until the first share the
     /// member may send all of it.
-    pub fn new(
+    pub(crate) fn new(
         psp: &str,
         client: Arc<dyn Notifier>,
         circuit: Arc<Circuit>,
@@ -74,7 +74,7 @@ impl Mpp {
 
 /// Sends one notification and classifies the answer: the signing Alipay+ client in the service,
 /// a simulated Alipay+ in the whole-service simulation.
-pub trait Notifier: Send + Sync + std::fmt::Debug {
+pub(crate) trait Notifier: Send + Sync + std::fmt::Debug {
     fn notify<'a>(
         &'a self,
         event: &'a RegistrationDecided,
@@ -92,7 +92,7 @@ impl Notifier for AlipayPlusClient {
 
 /// Every configured MPP.
 #[derive(Debug)]
-pub struct Mpps {
+pub(crate) struct Mpps {
     /// The top-level `[alipayplus]` identity: events without a `pspId`.
     default: Arc<Mpp>,
     /// `[alipayplus.clients.<pspId>]`, by pspId.
@@ -100,7 +100,7 @@ pub struct Mpps {
 }
 
 impl Mpps {
-    pub fn new(default: Mpp, named: impl IntoIterator<Item = (String, Mpp)>) -> Mpps {
+    pub(crate) fn new(default: Mpp, named: impl IntoIterator<Item = (String, Mpp)>) -> Mpps {
         Mpps {
             default: Arc::new(default),
             named: named
@@ -116,7 +116,7 @@ impl Mpps {
     /// before there were tables (a single-MPP deployment whose events carry a pspId keeps
     /// working). With tables, an event without a pspId (or with an empty one) is the top-level
     /// identity's, and a pspId without a table has no credentials to be signed with.
-    pub fn route(&self, psp_id: Option<&str>) -> Result<&Arc<Mpp>, String> {
+    pub(crate) fn route(&self, psp_id: Option<&str>) -> Result<&Arc<Mpp>, String> {
         if self.named.is_empty() {
             return Ok(&self.default);
         }
@@ -133,7 +133,7 @@ impl Mpps {
     }
 
     /// Every MPP, the top-level one first.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Mpp>> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Mpp>> {
         std::iter::once(&self.default).chain(self.named.values())
     }
 
@@ -146,7 +146,7 @@ impl Mpps {
     /// (nothing new is taken on without partitions). A share of nothing paced them at one a
     /// second, and the sends reserved at that pace held every call back for seconds after the
     /// next assignment (measured on Kafka 4.1: 7 s without a call after a member left).
-    pub fn share(&self, owned: usize, partitions: usize) {
+    pub(crate) fn share(&self, owned: usize, partitions: usize) {
         if partitions == 0 || owned == 0 {
             return;
         }

@@ -20,12 +20,12 @@ use crate::pipeline::kafka::{
 use crate::pipeline::record::{DeadLetter, InputRecord};
 
 /// A publish under way: it resolves with Kafka's acknowledgement.
-pub type Publishing<'a> =
+pub(crate) type Publishing<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send + 'a>>;
 
 /// Writes outputs at-least-once: the idempotent producer in the service, a simulated topic in
 /// the whole-service simulation.
-pub trait Publish: Send + Sync + std::fmt::Debug {
+pub(crate) trait Publish: Send + Sync + std::fmt::Debug {
     /// Writes one outcome, with the event's trace context headers, and waits for its
     /// acknowledgement.
     fn outcome<'a>(
@@ -70,7 +70,7 @@ impl Publish for OutputPublisher {
 
 /// Why an output record was not (yet) written.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     #[error("outcome could not be encoded: {0}")]
     Encode(#[from] EncodeError),
     #[error("kafka did not acknowledge the {what} record: {source}")]
@@ -84,7 +84,7 @@ pub enum PublishError {
 impl PublishError {
     /// Whether writing the same record again can never succeed (see [`is_permanent`]); an
     /// outcome the registry refuses for good counts too. Everything else is retried.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         match self {
             PublishError::Encode(error) => !error.is_transient(),
             PublishError::Kafka { source, .. } => is_permanent(source),
@@ -93,7 +93,7 @@ impl PublishError {
 }
 
 /// The producer side of the pipeline.
-pub struct OutputPublisher {
+pub(crate) struct OutputPublisher {
     producer: FutureProducer,
     encoder: OutcomeEncoder,
     result_topic: String,
@@ -124,7 +124,7 @@ fn output_producer_config(kafka: &KafkaSettings, ordering: Ordering) -> ClientCo
 }
 
 impl OutputPublisher {
-    pub fn new(
+    pub(crate) fn new(
         kafka: &KafkaSettings,
         encoder: OutcomeEncoder,
         ordering: Ordering,
@@ -140,7 +140,7 @@ impl OutputPublisher {
     }
 
     /// Writes one outcome, keyed by `referenceMerchantId`, and waits for Kafka's acknowledgement.
-    pub async fn publish_outcome(
+    pub(crate) async fn publish_outcome(
         &self,
         outcome: &RegistrationNotifyOutcome,
         trace: &TraceHeaders,
@@ -161,7 +161,7 @@ impl OutputPublisher {
     }
 
     /// Writes the input record, unchanged but for the added `dlq.*` headers, to the DLQ topic.
-    pub async fn publish_dead_letter(
+    pub(crate) async fn publish_dead_letter(
         &self,
         input: &InputRecord,
         letter: &DeadLetter,
@@ -180,7 +180,7 @@ impl OutputPublisher {
     }
 
     /// Waits until every record handed to the producer is acknowledged or `timeout` passes.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
     }
 }

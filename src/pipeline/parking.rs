@@ -43,7 +43,7 @@ impl State {
 
 /// The slots of `max_in_flight`, shared by the scheduler and the workers.
 #[derive(Debug)]
-pub struct Parking {
+pub(crate) struct Parking {
     max_in_flight: usize,
     state: Mutex<State>,
     /// Woken when a slot may have become free.
@@ -54,7 +54,7 @@ pub struct Parking {
 }
 
 impl Parking {
-    pub fn new(max_in_flight: usize) -> Arc<Parking> {
+    pub(crate) fn new(max_in_flight: usize) -> Arc<Parking> {
         Arc::new(Parking {
             max_in_flight: max_in_flight.max(1),
             state: Mutex::new(State::default()),
@@ -65,7 +65,7 @@ impl Parking {
 
     /// Scheduler: with `in_flight` jobs started now, whether one more may start; when it may,
     /// it is counted as started at once (so a resuming job cannot take the same slot).
-    pub fn try_start(&self, in_flight: usize) -> bool {
+    pub(crate) fn try_start(&self, in_flight: usize) -> bool {
         let mut state = self.lock();
         state.in_flight = in_flight;
         if state.occupied() + state.resuming < self.max_in_flight {
@@ -76,31 +76,32 @@ impl Parking {
     }
 
     /// Scheduler: the number of started jobs changed.
-    pub fn set_in_flight(&self, in_flight: usize) {
+    pub(crate) fn set_in_flight(&self, in_flight: usize) {
         self.lock().in_flight = in_flight;
         self.freed.notify_waiters();
     }
 
     /// Dispatcher: resolves once a job parked or resumed since the last call (a permit is kept,
     /// so a report between two calls is not missed).
-    pub async fn slot_given_back(&self) {
+    pub(crate) async fn slot_given_back(&self) {
         self.given_back.notified().await;
     }
 
     /// Dispatcher: the parks (`true`) and resumes (`false`) of started jobs since the last call,
     /// in the order they happened.
-    pub fn take_reports(&self) -> Vec<(Slot, bool)> {
+    pub(crate) fn take_reports(&self) -> Vec<(Slot, bool)> {
         std::mem::take(&mut self.lock().reports)
     }
 
     /// Jobs started but parked now.
-    pub fn parked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn parked(&self) -> usize {
         self.lock().parked
     }
 
     /// Worker: the started job of `slot` gives its slot back until [`Parked::resume`] (or
     /// until the guard is dropped, when the job ends while parked).
-    pub fn park(self: &Arc<Self>, slot: Slot) -> Parked {
+    pub(crate) fn park(self: &Arc<Self>, slot: Slot) -> Parked {
         {
             let mut state = self.lock();
             state.parked += 1;
@@ -124,7 +125,7 @@ impl Parking {
 /// A parked job. Dropping it without [`resume`](Parked::resume) unparks without taking a slot
 /// (the job is ending: the scheduler counts its end).
 #[derive(Debug)]
-pub struct Parked {
+pub(crate) struct Parked {
     parking: Arc<Parking>,
     slot: Slot,
     resuming: bool,
@@ -133,7 +134,7 @@ pub struct Parked {
 
 impl Parked {
     /// Waits for a free slot and takes it. `None` when `cancel` fired first.
-    pub async fn resume(mut self, cancel: &CancellationToken) -> Option<()> {
+    pub(crate) async fn resume(mut self, cancel: &CancellationToken) -> Option<()> {
         let parking = Arc::clone(&self.parking);
         loop {
             let freed = parking.freed.notified();

@@ -11,28 +11,28 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Prefix of every diagnostic header regnotify adds to a dead letter.
-pub const DLQ_HEADER_PREFIX: &str = "dlq.";
+pub(crate) const DLQ_HEADER_PREFIX: &str = "dlq.";
 /// Longest `dlq.error` value, in bytes.
-pub const MAX_DLQ_ERROR_BYTES: usize = 1024;
+pub(crate) const MAX_DLQ_ERROR_BYTES: usize = 1024;
 
 /// One consumed record, copied out of librdkafka's buffers.
 #[derive(Debug, Clone)]
-pub struct InputRecord {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
+pub(crate) struct InputRecord {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
     /// The record's Kafka timestamp in milliseconds, when it has one.
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl InputRecord {
     /// Identifies the record's content (key, value, headers, timestamp) within this process:
     /// the same record delivered twice has the same fingerprint, a different record at the
     /// same offset almost surely not.
-    pub fn fingerprint(&self) -> u64 {
+    pub(crate) fn fingerprint(&self) -> u64 {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut hasher = DefaultHasher::new();
         self.timestamp_ms.hash(&mut hasher);
@@ -45,20 +45,20 @@ impl InputRecord {
 
 /// The facts a dead letter reports beyond its source.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub reason: DeadLetterReason,
-    pub error: String,
+pub(crate) struct DeadLetter {
+    pub(crate) reason: DeadLetterReason,
+    pub(crate) error: String,
     /// HTTP calls made, when the event got as far as Alipay+.
-    pub attempts: Option<u32>,
-    pub result_code: Option<String>,
-    pub http_status: Option<u16>,
-    pub failed_at: DateTime<Utc>,
+    pub(crate) attempts: Option<u32>,
+    pub(crate) result_code: Option<String>,
+    pub(crate) http_status: Option<u16>,
+    pub(crate) failed_at: DateTime<Utc>,
 }
 
 /// The headers of the dead-letter record: the input's own headers (minus any stale `dlq.*` ones
 /// from an earlier trip through the DLQ, and with the event's trace context `trace` in place of
 /// the input's), then the diagnostic headers. Absent facts are absent headers.
-pub fn dead_letter_headers(
+pub(crate) fn dead_letter_headers(
     record: &InputRecord,
     consumer_group: &str,
     letter: &DeadLetter,
@@ -105,7 +105,7 @@ pub fn dead_letter_headers(
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.
-pub fn truncate_utf8(text: &str, max: usize) -> String {
+pub(crate) fn truncate_utf8(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }

@@ -20,7 +20,7 @@ use crate::pipeline::keyed::KeyedQueue;
 use crate::pipeline::parking::Parking;
 
 /// A job as the scheduler sees it.
-pub trait Schedule {
+pub(crate) trait Schedule {
     type Key: Hash + Eq + Clone;
     /// The key it must wait for, if any (an undecodable record has none).
     fn order_key(&self) -> Option<&Self::Key>;
@@ -28,7 +28,7 @@ pub trait Schedule {
 
 /// Per-key order and the in-flight bound.
 #[derive(Debug)]
-pub struct Scheduler<J: Schedule> {
+pub(crate) struct Scheduler<J: Schedule> {
     keyed: KeyedQueue<J::Key, J>,
     /// Jobs whose key is free (they hold it), waiting for a slot.
     ready: VecDeque<J>,
@@ -46,7 +46,7 @@ pub struct Scheduler<J: Schedule> {
 }
 
 impl<J: Schedule> Scheduler<J> {
-    pub fn new(max_in_flight: usize) -> Self {
+    pub(crate) fn new(max_in_flight: usize) -> Self {
         Scheduler {
             keyed: KeyedQueue::new(),
             ready: VecDeque::new(),
@@ -60,14 +60,14 @@ impl<J: Schedule> Scheduler<J> {
     }
 
     /// Shares the slots with workers that park (see [`Parking`]).
-    pub fn with_parking(mut self, parking: Arc<Parking>) -> Self {
+    pub(crate) fn with_parking(mut self, parking: Arc<Parking>) -> Self {
         parking.set_in_flight(self.occupied());
         self.parking = Some(parking);
         self
     }
 
     /// Queues a decoded job behind its key.
-    pub fn push(&mut self, job: J) {
+    pub(crate) fn push(&mut self, job: J) {
         let ready = match job.order_key().cloned() {
             Some(key) => {
                 if self.parked.contains(&key) {
@@ -85,7 +85,7 @@ impl<J: Schedule> Scheduler<J> {
 
     /// The next job to start now, if a slot is free; it counts as in flight until
     /// [`finished`](Self::finished).
-    pub fn start_next(&mut self) -> Option<J> {
+    pub(crate) fn start_next(&mut self) -> Option<J> {
         if self.ready.is_empty() {
             return None;
         }
@@ -102,7 +102,7 @@ impl<J: Schedule> Scheduler<J> {
     }
 
     /// A started job ended: its slot and its key are free.
-    pub fn finished(&mut self, key: Option<&J::Key>) {
+    pub(crate) fn finished(&mut self, key: Option<&J::Key>) {
         invariant::take(&mut self.in_flight, 1, "scheduler_in_flight");
         if let Some(parking) = &self.parking {
             parking.set_in_flight(self.occupied());
@@ -116,7 +116,7 @@ impl<J: Schedule> Scheduler<J> {
 
     /// The running job of `key` parked on its MPP's open circuit (`true`), or called again or
     /// ended (`false`). A key that runs nothing is never parked.
-    pub fn set_parked(&mut self, key: &J::Key, parked: bool) {
+    pub(crate) fn set_parked(&mut self, key: &J::Key, parked: bool) {
         if parked {
             if self.keyed.is_busy(key) && self.parked.insert(key.clone()) {
                 self.blocked += self.keyed.queued_of(key);
@@ -131,7 +131,7 @@ impl<J: Schedule> Scheduler<J> {
     }
 
     /// Removes every job not started yet for which `drop` is true; returns how many.
-    pub fn remove_waiting(&mut self, mut drop: impl FnMut(&J) -> bool) -> usize {
+    pub(crate) fn remove_waiting(&mut self, mut drop: impl FnMut(&J) -> bool) -> usize {
         let queued = self.keyed.retain_queued(|_, job| !drop(job));
         let before = self.ready.len();
         let mut released = Vec::new();
@@ -156,21 +156,21 @@ impl<J: Schedule> Scheduler<J> {
     }
 
     /// Jobs waiting for their key or a slot.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.ready.len() + self.keyed.queued_len()
     }
 
     /// Waiting jobs queued behind a parked job of their key (see the module's header).
-    pub fn blocked(&self) -> usize {
+    pub(crate) fn blocked(&self) -> usize {
         self.blocked
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 
     /// How many ended jobs still hold a slot (see [`held`](Self::held)).
-    pub fn set_held(&mut self, held: usize) {
+    pub(crate) fn set_held(&mut self, held: usize) {
         if held == self.held {
             return;
         }
@@ -182,12 +182,12 @@ impl<J: Schedule> Scheduler<J> {
 
     /// Jobs ready to start wait for slots that ended jobs hold: releasing those (a commit)
     /// would let them start.
-    pub fn short_of_held_slots(&self) -> bool {
+    pub(crate) fn short_of_held_slots(&self) -> bool {
         self.held > 0 && !self.ready.is_empty()
     }
 
     /// Slots not taken: how many jobs could start now if that many were ready.
-    pub fn free_slots(&self) -> usize {
+    pub(crate) fn free_slots(&self) -> usize {
         self.max_in_flight.saturating_sub(self.occupied())
     }
 

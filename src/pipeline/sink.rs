@@ -22,7 +22,7 @@ const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where an event's outputs go.
 #[derive(Debug, Clone)]
-pub enum OutputSink {
+pub(crate) enum OutputSink {
     /// At-least-once: written by the idempotent producer, each retried until acknowledged.
     Idempotent(Arc<dyn Publish>),
     /// Exactly-once: handed to the transaction writer, which commits them with the offset.
@@ -32,7 +32,7 @@ pub enum OutputSink {
 impl OutputSink {
     /// Resolves once the transaction writer has ended (never at-least-once): nothing handed to
     /// it can settle any more.
-    pub async fn writer_gone(&self) {
+    pub(crate) async fn writer_gone(&self) {
         match self {
             OutputSink::Transactional(submitter) => submitter.closed().await,
             OutputSink::Idempotent(_) => std::future::pending().await,
@@ -42,7 +42,7 @@ impl OutputSink {
     /// Writes an event's outputs: [`Finish::Terminal`] once Kafka acknowledged them,
     /// [`Finish::Submitted`] once the transaction writer holds them, [`Finish::Abandoned`] when
     /// the job was cancelled first, [`Finish::Fatal`] when Kafka can never accept them.
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         stats: &Stats,
         job: &Job,
@@ -111,7 +111,7 @@ impl OutputSink {
 
     /// Waits until every record handed to the idempotent producer is acknowledged or `timeout`
     /// passes. (The transaction writer settles its own records.)
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         match self {
             OutputSink::Idempotent(publisher) => publisher.flush(timeout),
             OutputSink::Transactional(_) => Ok(()),

@@ -19,7 +19,7 @@ use thiserror::Error;
 /// Both cases mean the caller's view of the partition is no longer the consumer's (a seek, a
 /// re-assignment, a bug); the caller should [`CommitWatermark::reset`] before tracking again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum TrackError {
+pub(crate) enum TrackError {
     #[error("offset {offset} is negative")]
     Negative { offset: i64 },
     #[error("offset {offset} is not after the last tracked offset {last_tracked}")]
@@ -31,7 +31,7 @@ pub enum TrackError {
 /// `track` and the release of the finished prefix are amortised O(1); `complete` is O(log n) in
 /// the number of offsets held (a binary search in the window).
 #[derive(Debug, Clone, Default)]
-pub struct CommitWatermark {
+pub(crate) struct CommitWatermark {
     /// Tracked offsets not yet released, in increasing order, with whether their work is done.
     /// The front is always unfinished: finished offsets at the front are released at once, so
     /// memory is bounded by the span from the oldest unfinished offset to the newest tracked.
@@ -44,20 +44,22 @@ pub struct CommitWatermark {
     /// Commit position of the released prefix (last released offset + 1).
     committable: Option<i64>,
     /// The position last handed out by `take_commit`, so a periodic commit can skip no-ops.
+    #[cfg(test)]
     last_taken: Option<i64>,
     /// Bumped by every reset; see [`CommitWatermark::complete_in`].
+    #[cfg(test)]
     generation: u64,
 }
 
 impl CommitWatermark {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Starts tracking `offset`, whose work is now in flight.
     ///
     /// Offsets must strictly increase; a refused offset leaves the watermark unchanged.
-    pub fn track(&mut self, offset: i64) -> Result<(), TrackError> {
+    pub(crate) fn track(&mut self, offset: i64) -> Result<(), TrackError> {
         if offset < 0 {
             return Err(TrackError::Negative { offset });
         }
@@ -80,7 +82,7 @@ impl CommitWatermark {
     /// Returns `false`, changing nothing, when the offset is not in flight here: already completed
     /// (a duplicate), never tracked, or tracked before the last [`reset`](Self::reset) — a late
     /// completion from an assignment this consumer has lost must never move the new position.
-    pub fn complete(&mut self, offset: i64) -> bool {
+    pub(crate) fn complete(&mut self, offset: i64) -> bool {
         let Ok(index) = self
             .window
             .binary_search_by_key(&offset, |&(tracked, _)| tracked)
@@ -105,13 +107,14 @@ impl CommitWatermark {
     /// A partition revoked and assigned again is re-consumed from its committed position, so the
     /// same offset can be in flight twice: once from the lost assignment, once from the new one.
     /// The generation tells the two apart where the offset alone cannot.
-    pub fn complete_in(&mut self, generation: u64, offset: i64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn complete_in(&mut self, generation: u64, offset: i64) -> bool {
         generation == self.generation && self.complete(offset)
     }
 
     /// The position to commit: one past the highest offset that, together with every offset
     /// tracked before it, is done. `None` until the first offset is released.
-    pub fn committable(&self) -> Option<i64> {
+    pub(crate) fn committable(&self) -> Option<i64> {
         self.committable
     }
 
@@ -120,7 +123,8 @@ impl CommitWatermark {
     ///
     /// Taking a position assumes it is committed; if the commit fails, call
     /// [`forget_taken`](Self::forget_taken) so the next call offers it again.
-    pub fn take_commit(&mut self) -> Option<i64> {
+    #[cfg(test)]
+    pub(crate) fn take_commit(&mut self) -> Option<i64> {
         let position = self.committable?;
         if self.last_taken.is_some_and(|taken| taken >= position) {
             return None;
@@ -130,12 +134,14 @@ impl CommitWatermark {
     }
 
     /// Forgets the last taken position, after a failed commit, so `take_commit` offers it again.
-    pub fn forget_taken(&mut self) {
+    #[cfg(test)]
+    pub(crate) fn forget_taken(&mut self) {
         self.last_taken = None;
     }
 
     /// Tracked offsets whose work is not done yet.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.unfinished
     }
 
@@ -144,13 +150,13 @@ impl CommitWatermark {
     /// Where a commit may stand now: the committable position, or, before anything is, the first
     /// offset tracked (nothing below it was delivered since the last reset). A commit there
     /// passes no unfinished work and can carry a note of what finished above it.
-    pub fn commit_position(&self) -> Option<i64> {
+    pub(crate) fn commit_position(&self) -> Option<i64> {
         self.committable
             .or_else(|| self.window.front().map(|(offset, _)| *offset))
     }
 
     /// Finished offsets still in the window: all above the committable position.
-    pub fn finished_beyond(&self) -> Vec<i64> {
+    pub(crate) fn finished_beyond(&self) -> Vec<i64> {
         self.window
             .iter()
             .filter(|(_, finished)| *finished)
@@ -160,31 +166,34 @@ impl CommitWatermark {
 
     /// Offsets from the first unfinished one to the last tracked one, gaps included: what a
     /// bitset of the finished offsets above the commit position spans.
-    pub fn span(&self) -> i64 {
+    pub(crate) fn span(&self) -> i64 {
         match (self.window.front(), self.window.back()) {
             (Some((first, _)), Some((last, _))) => last - first + 1,
             _ => 0,
         }
     }
 
-    pub fn window_len(&self) -> usize {
+    pub(crate) fn window_len(&self) -> usize {
         self.window.len()
     }
 
     /// True when no tracked offset is unfinished (everything tracked is committable).
-    pub fn is_drained(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_drained(&self) -> bool {
         self.unfinished == 0
     }
 
     /// The current generation; see [`complete_in`](Self::complete_in).
-    pub fn generation(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Forgets every offset and position, for a new assignment of the partition. Completions of
     /// work tracked before the reset are refused by [`complete_in`](Self::complete_in), and by
     /// [`complete`](Self::complete) unless the same offset is tracked again.
-    pub fn reset(&mut self) {
+    #[cfg(test)]
+    pub(crate) fn reset(&mut self) {
         *self = Self {
             generation: self.generation.wrapping_add(1),
             ..Self::default()

@@ -23,7 +23,7 @@ use crate::pipeline::backoff::RetryBudget;
 use crate::pipeline::book::Slot;
 use crate::pipeline::breaker::Refusal;
 use crate::pipeline::circuit::{Admitted, Circuits};
-pub use crate::pipeline::decisions::Finish;
+pub(crate) use crate::pipeline::decisions::Finish;
 use crate::pipeline::job::{Job, Work, sleep_unless_stopped};
 use crate::pipeline::mpp::{Mpp, Mpps};
 use crate::pipeline::parking::Parking;
@@ -32,35 +32,35 @@ use crate::pipeline::sink::OutputSink;
 use crate::telemetry::traces::{self, Waits};
 
 /// What every worker shares.
-pub struct WorkerContext {
+pub(crate) struct WorkerContext {
     /// Each MPP's client, circuit breaker and send rate.
-    pub mpps: Mpps,
+    pub(crate) mpps: Mpps,
     /// In-flight slots: a job waiting for its MPP's open circuit gives its slot back.
-    pub parking: Arc<Parking>,
-    pub sink: OutputSink,
-    pub budget: RetryBudget,
-    pub stats: Arc<Stats>,
-    pub health: Arc<Health>,
+    pub(crate) parking: Arc<Parking>,
+    pub(crate) sink: OutputSink,
+    pub(crate) budget: RetryBudget,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) health: Arc<Health>,
     /// Fires when all work in flight must stop at once; every job's token is a child of it.
-    pub hard_stop: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
     /// Every MPP's circuit together (the dispatcher pauses intake when none is closed).
-    pub circuit: Arc<Circuits>,
+    pub(crate) circuit: Arc<Circuits>,
     /// The randomness of retry delays: seeded in the simulation, so a run repeats exactly.
-    pub jitter: Jitter,
+    pub(crate) jitter: Jitter,
 }
 
 /// A shared random source for backoff jitter.
 #[derive(Debug)]
-pub struct Jitter(std::sync::Mutex<rand::rngs::StdRng>);
+pub(crate) struct Jitter(std::sync::Mutex<rand::rngs::StdRng>);
 
 impl Jitter {
     /// Seeded from the operating system.
-    pub fn from_os() -> Jitter {
+    pub(crate) fn from_os() -> Jitter {
         Jitter::seeded(rand::random())
     }
 
     /// The same delays for the same seed.
-    pub fn seeded(seed: u64) -> Jitter {
+    pub(crate) fn seeded(seed: u64) -> Jitter {
         use rand::SeedableRng;
         Jitter(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(
             seed,
@@ -83,7 +83,7 @@ impl std::fmt::Debug for WorkerContext {
 }
 
 /// Runs one job to its end. Every line it logs carries the event's trace id (`span.trace_id`).
-pub async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
+pub(crate) async fn run_job(ctx: &WorkerContext, job: &Job) -> Finish {
     use tracing::Instrument as _;
     let span = tracing::info_span!(
         "event",

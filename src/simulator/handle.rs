@@ -23,7 +23,7 @@ use crate::keys::PrivateSigningKey;
 /// A running simulator. Dropping it stops the server too (without waiting).
 #[derive(Debug)]
 pub struct SimulatorHandle {
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     pub(super) shared: Arc<Shared>,
     pub(super) shutdown: CancellationToken,
     pub(super) task: Option<JoinHandle<std::io::Result<()>>>,
@@ -42,7 +42,7 @@ impl SimulatorHandle {
     /// The arrivals recorded since the last call, oldest first, forgotten by the simulator: a
     /// long run that drains them often keeps its memory flat and loses none (compare
     /// [`SimulatorStats::arrivals_dropped`]).
-    pub fn take_arrivals(&self) -> Vec<Arrival> {
+    pub(crate) fn take_arrivals(&self) -> Vec<Arrival> {
         lock(&self.shared.stats).take_arrivals()
     }
 
@@ -55,15 +55,6 @@ impl SimulatorHandle {
             .unwrap_or_else(PoisonError::into_inner);
         trusted.retain(|known| known.name != key.name);
         trusted.push(key);
-    }
-
-    /// Stops trusting the MPP public key called `name`.
-    pub fn distrust(&self, name: &str) {
-        self.shared
-            .trusted
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|known| known.name != name);
     }
 
     /// Signs answers with `key` and `key_version` from now on (Alipay+ rotating its key).

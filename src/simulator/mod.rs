@@ -31,8 +31,8 @@ mod routes;
 pub mod rules;
 mod signing;
 mod state;
-pub mod stats;
-pub mod validate;
+pub(crate) mod stats;
+pub(crate) mod validate;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,8 +49,9 @@ use tokio_util::sync::CancellationToken;
 pub use faults::OutageMode;
 pub use handle::SimulatorHandle;
 pub use paired::{PairedSimulator, paired_client};
-pub use rules::{Fault, FaultRule, RulesError, SimulatorRules};
-pub use stats::{Arrival, SimulatorStats};
+pub use rules::{Fault, FaultRule, SimulatorRules};
+pub(crate) use stats::Arrival;
+pub use stats::SimulatorStats;
 
 use crate::alipayplus::NOTIFY_REGISTRATION_STATUS_PATH;
 use crate::keys::{PrivateSigningKey, PublicVerifyingKey};
@@ -71,7 +72,7 @@ pub struct SimulatorConfig {
     /// Where to listen; port 0 picks a free port (default `127.0.0.1:0`).
     pub listen: SocketAddr,
     /// Signs every answer, like Alipay+'s own key.
-    pub private_key: PrivateSigningKey,
+    pub(crate) private_key: PrivateSigningKey,
     /// Verifies request signatures of any client id; with no trusted key at all (this or
     /// `trusted_keys`) any signature is accepted (and a log line says so).
     pub mpp_public_key: Option<PublicVerifyingKey>,
@@ -89,7 +90,7 @@ pub struct SimulatorConfig {
     pub latency: Duration,
     pub rules: Vec<FaultRule>,
     /// Bound on the arrival list of [`SimulatorStats`].
-    pub max_arrivals: usize,
+    pub(crate) max_arrivals: usize,
 }
 
 impl SimulatorConfig {

@@ -99,9 +99,9 @@ impl FaultRule {
 #[serde(deny_unknown_fields)]
 pub struct SimulatorRules {
     #[serde(default, with = "humantime_serde")]
-    pub latency: Option<Duration>,
+    pub(crate) latency: Option<Duration>,
     #[serde(default)]
-    pub rules: Vec<FaultRule>,
+    pub(crate) rules: Vec<FaultRule>,
 }
 
 /// Why a rules file could not be used.
@@ -119,7 +119,7 @@ pub enum RulesError {
 
 impl SimulatorRules {
     /// Parses rules from TOML text; `origin` only labels errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self, RulesError> {
+    pub(crate) fn from_toml(text: &str, origin: &str) -> Result<Self, RulesError> {
         let rules: SimulatorRules = toml::from_str(text).map_err(|e| RulesError::Invalid {
             path: origin.to_owned(),
             message: e.to_string(),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Arrival {
-    pub reference_merchant_id: String,
+    pub(crate) reference_merchant_id: String,
     pub registration_request_id: String,
     pub registration_status: String,
     /// The `Client-Id` header.
@@ -50,10 +50,10 @@ pub struct SimulatorStats {
     /// Most calls open at the same time for one `referenceMerchantId`, per merchant (requests
     /// whose body names no merchant are left out). Bounded like `arrivals`.
     #[serde(default)]
-    pub max_concurrent_calls_per_merchant: BTreeMap<String, u32>,
+    pub(crate) max_concurrent_calls_per_merchant: BTreeMap<String, u32>,
     /// Merchants not entered in `max_concurrent_calls_per_merchant` because it was full.
     #[serde(default)]
-    pub merchants_untracked: u64,
+    pub(crate) merchants_untracked: u64,
     /// Calls waiting right now at a closed gate ([`crate::simulator::SimulatorHandle::hold`]).
     #[serde(default)]
     pub held_calls: u64,

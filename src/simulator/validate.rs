@@ -7,14 +7,14 @@ use crate::event::{MAX_ID_CHARS, MAX_REJECTION_REASON_CHARS};
 
 /// The identifying fields of a well-formed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidRequest {
-    pub reference_merchant_id: String,
-    pub registration_request_id: String,
-    pub registration_status: String,
+pub(crate) struct ValidRequest {
+    pub(crate) reference_merchant_id: String,
+    pub(crate) registration_request_id: String,
+    pub(crate) registration_status: String,
 }
 
 /// Checks the body; `Err` is the `resultMessage` of a `PARAM_ILLEGAL` answer.
-pub fn validate_request_body(body: &[u8]) -> Result<ValidRequest, String> {
+pub(crate) fn validate_request_body(body: &[u8]) -> Result<ValidRequest, String> {
     let value: Value = serde_json::from_slice(body).map_err(|_| "body is not JSON".to_owned())?;
     let object = value.as_object().ok_or("body is not a JSON object")?;
     only_fields(

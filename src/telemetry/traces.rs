@@ -32,19 +32,19 @@ use opentelemetry_sdk::trace::{
 use crate::config::{OtlpProtocol, TelemetrySettings};
 
 /// The W3C trace context headers.
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACESTATE: &str = "tracestate";
 /// A replayed dead letter's original `traceparent` (and `tracestate`), written by
 /// `regnotify replay-dlq`: the replayed event's span links to it.
-pub const ORIGIN_TRACEPARENT: &str = "regnotify.origin.traceparent";
-pub const ORIGIN_TRACESTATE: &str = "regnotify.origin.tracestate";
+pub(crate) const ORIGIN_TRACEPARENT: &str = "regnotify.origin.traceparent";
+pub(crate) const ORIGIN_TRACESTATE: &str = "regnotify.origin.tracestate";
 
 /// The Alipay+ path every attempt calls (an attribute of the attempt spans).
 const NOTIFY_PATH: &str = "/aps/api/v1/merchants/notifyRegistrationStatus";
 
 /// The service's tracing: off (contexts passed through, nothing recorded) or exporting.
 #[derive(Clone, Default)]
-pub struct Tracing {
+pub(crate) struct Tracing {
     exporting: Option<Arc<Exporting>>,
 }
 
@@ -64,21 +64,21 @@ impl std::fmt::Debug for Tracing {
 /// Why tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("telemetry: cannot set up the OTLP trace exporter ({protocol}): {source}")]
-pub struct TracingError {
+pub(crate) struct TracingError {
     protocol: &'static str,
     source: opentelemetry_otlp::ExporterBuildError,
 }
 
 impl Tracing {
     /// Nothing recorded or exported: trace contexts are passed through.
-    pub fn off() -> Tracing {
+    pub(crate) fn off() -> Tracing {
         Tracing::default()
     }
 
     /// From the `[telemetry]` settings. With `traces = true` the exporter is built here (the gRPC
     /// one needs the tokio runtime this is called on); spans go out in batches from the SDK's own
     /// thread, so a slow or absent collector never slows an event.
-    pub fn from_settings(settings: &TelemetrySettings) -> Result<Tracing, TracingError> {
+    pub(crate) fn from_settings(settings: &TelemetrySettings) -> Result<Tracing, TracingError> {
         if !settings.traces {
             return Ok(Tracing::off());
         }
@@ -123,7 +123,7 @@ impl Tracing {
     }
 
     /// The trace of one consumed record, its span started now.
-    pub fn start_event(&self, consumed: Consumed<'_>) -> EventTrace {
+    pub(crate) fn start_event(&self, consumed: Consumed<'_>) -> EventTrace {
         let headers = HeaderView(consumed.headers);
         let parent = TraceContextPropagator::new().extract(&headers);
         let parent_context = parent.span().span_context().clone();
@@ -188,7 +188,7 @@ impl Tracing {
     }
 
     /// Exports what is buffered and stops the exporter (at shutdown), waiting at most `timeout`.
-    pub fn shutdown(&self, timeout: Duration) {
+    pub(crate) fn shutdown(&self, timeout: Duration) {
         if let Some(exporting) = &self.exporting
             && let Err(error) = exporting.provider.shutdown_with_timeout(timeout)
         {
@@ -209,45 +209,45 @@ fn traces_url(endpoint: &str) -> String {
 
 /// What a consumed record tells its trace.
 #[derive(Debug, Clone, Copy)]
-pub struct Consumed<'a> {
-    pub topic: &'a str,
-    pub group: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub headers: &'a [(String, Option<Vec<u8>>)],
+pub(crate) struct Consumed<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) headers: &'a [(String, Option<Vec<u8>>)],
 }
 
 /// The waits before one Alipay+ attempt.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Waits {
+pub(crate) struct Waits {
     /// The retry delay after the previous attempt (and a refusal held for the breaker's word).
-    pub backoff: Duration,
+    pub(crate) backoff: Duration,
     /// Held by the send rate (after throttling answers, or the configured ceiling).
-    pub throttle: Duration,
+    pub(crate) throttle: Duration,
     /// Held while the MPP's circuit was open.
-    pub circuit: Duration,
+    pub(crate) circuit: Duration,
 }
 
 /// One Alipay+ attempt as its span records it.
 #[derive(Debug, Clone, Copy)]
-pub struct Attempt<'a> {
+pub(crate) struct Attempt<'a> {
     /// 1 for the first call of the event.
-    pub number: u32,
-    pub psp: &'a str,
-    pub started: SystemTime,
-    pub ended: SystemTime,
-    pub http_status: Option<u16>,
-    pub result_status: Option<&'a str>,
-    pub result_code: Option<&'a str>,
+    pub(crate) number: u32,
+    pub(crate) psp: &'a str,
+    pub(crate) started: SystemTime,
+    pub(crate) ended: SystemTime,
+    pub(crate) http_status: Option<u16>,
+    pub(crate) result_status: Option<&'a str>,
+    pub(crate) result_code: Option<&'a str>,
     /// The answer's class (success, rejected, refused, throttled, unknown).
-    pub class: &'a str,
-    pub waits: Waits,
+    pub(crate) class: &'a str,
+    pub(crate) waits: Waits,
 }
 
 /// One event's trace: the context its outputs carry, and its span while export is on.
 #[derive(Clone)]
-pub struct EventTrace {
+pub(crate) struct EventTrace {
     context: Context,
     recording: Option<Arc<Exporting>>,
     /// Export is off and the record had no valid context: the trace id was made up here, for
@@ -266,19 +266,19 @@ impl std::fmt::Debug for EventTrace {
 
 impl EventTrace {
     /// The trace id, as 32 hex digits.
-    pub fn trace_id(&self) -> String {
+    pub(crate) fn trace_id(&self) -> String {
         self.context.span().span_context().trace_id().to_string()
     }
 
     /// The trace id as a number (0 never is one).
-    pub fn trace_id_value(&self) -> u128 {
+    pub(crate) fn trace_id_value(&self) -> u128 {
         u128::from_be_bytes(self.context.span().span_context().trace_id().to_bytes())
     }
 
     /// The trace context headers the event's dead letter carries in place of the input's: none
     /// when the trace id was made up here (export off, no context in the record), so that the
     /// dead letter keeps exactly the input's headers (SPEC 3.3).
-    pub fn dead_letter_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
+    pub(crate) fn dead_letter_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
         if self.invented {
             return Vec::new();
         }
@@ -286,14 +286,19 @@ impl EventTrace {
     }
 
     /// The `traceparent` (and `tracestate`) headers the event's outcome carries.
-    pub fn headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
+    pub(crate) fn headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
         let mut headers = HeaderSink(Vec::with_capacity(2));
         TraceContextPropagator::new().inject_context(&self.context, &mut headers);
         headers.0
     }
 
     /// The decoded event's ids, on the event span.
-    pub fn event(&self, event_id: &str, registration_request_id: &str, psp_id: Option<&str>) {
+    pub(crate) fn event(
+        &self,
+        event_id: &str,
+        registration_request_id: &str,
+        psp_id: Option<&str>,
+    ) {
         if self.recording.is_none() {
             return;
         }
@@ -309,7 +314,7 @@ impl EventTrace {
     }
 
     /// One Alipay+ attempt, as a child span of the event's.
-    pub fn attempt(&self, attempt: &Attempt<'_>) {
+    pub(crate) fn attempt(&self, attempt: &Attempt<'_>) {
         let Some(exporting) = &self.recording else {
             return;
         };
@@ -356,7 +361,7 @@ impl EventTrace {
     }
 
     /// The event's terminal outcome: its span ends.
-    pub fn finished(
+    pub(crate) fn finished(
         &self,
         outcome: &str,
         result_code: Option<&str>,
@@ -380,7 +385,7 @@ impl EventTrace {
 
     /// The event will not finish here (its partition went, or the service stops): its span ends
     /// saying so; the next owner's span continues the trace.
-    pub fn abandoned(&self) {
+    pub(crate) fn abandoned(&self) {
         if self.recording.is_none() {
             return;
         }
@@ -451,13 +456,15 @@ impl Injector for HeaderSink {
 }
 
 /// Whether `name` is a trace context header an output replaces with the event's own.
-pub fn is_trace_header(name: &str) -> bool {
+pub(crate) fn is_trace_header(name: &str) -> bool {
     name.eq_ignore_ascii_case(TRACEPARENT) || name.eq_ignore_ascii_case(TRACESTATE)
 }
 
 /// A dead letter's headers for replay: its trace context moves under the origin names, so that
 /// the replayed event starts a trace of its own linked to the original.
-pub fn replay_headers(headers: &[(String, Option<Vec<u8>>)]) -> Vec<(String, Option<Vec<u8>>)> {
+pub(crate) fn replay_headers(
+    headers: &[(String, Option<Vec<u8>>)],
+) -> Vec<(String, Option<Vec<u8>>)> {
     let mut replayed = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         if name.eq_ignore_ascii_case(ORIGIN_TRACEPARENT)
@@ -478,7 +485,7 @@ pub fn replay_headers(headers: &[(String, Option<Vec<u8>>)]) -> Vec<(String, Opt
 }
 
 /// A trace id for tests and tools: 32 hex digits.
-pub fn format_trace_id(id: u128) -> String {
+pub(crate) fn format_trace_id(id: u128) -> String {
     TraceId::from_bytes(id.to_be_bytes()).to_string()
 }
 

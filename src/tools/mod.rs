@@ -15,11 +15,7 @@
 mod produce;
 mod replay;
 
-pub use produce::{
-    MAX_LINE_BYTES, MAX_REPORTED_REFUSALS, ProduceOptions, ProduceReport, RefusedLine,
-    produce_jsonl,
-};
+pub use produce::{ProduceOptions, ProduceReport, RefusedLine, produce_jsonl};
 pub use replay::{
     ReplayOptions, ReplayReport, ReplayedRecord, parse_dead_letter_reason, replay_dead_letters,
-    replay_group,
 };

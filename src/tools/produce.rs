@@ -22,9 +22,9 @@ use crate::config::Settings;
 use crate::pipeline::kafka::producer_config;
 
 /// Longest accepted input line of `produce`, in bytes; a longer line is refused, not buffered.
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Refused lines `produce` describes one by one; beyond them it only counts.
-pub const MAX_REPORTED_REFUSALS: usize = 1000;
+pub(crate) const MAX_REPORTED_REFUSALS: usize = 1000;
 /// Records `produce` hands to the producer before it waits for the oldest acknowledgement.
 const PRODUCE_WINDOW: usize = 1000;
 /// Lines buffered between the reading thread and the producing task.

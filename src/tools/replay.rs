@@ -46,7 +46,7 @@ pub fn parse_dead_letter_reason(raw: &str) -> Result<DeadLetterReason, String> {
 /// `<group_id>-replay-dlq-<reason>` (e.g. `regnotify-replay-dlq-request-refused`) when filtering
 /// by reason. A filtered run moves past the dead letters of other reasons; with its own group it
 /// does not take them away from a later run for those reasons.
-pub fn replay_group(group_id: &str, reason: Option<DeadLetterReason>) -> String {
+pub(crate) fn replay_group(group_id: &str, reason: Option<DeadLetterReason>) -> String {
     match reason {
         None => format!("{group_id}-replay-dlq"),
         Some(reason) => format!(
@@ -70,14 +70,14 @@ pub struct ReplayOptions {
 /// One dead letter sent (or, in a dry run, that would be sent) back to the input topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayedRecord {
-    pub dlq_partition: i32,
-    pub dlq_offset: i64,
+    pub(crate) dlq_partition: i32,
+    pub(crate) dlq_offset: i64,
     /// `dlq.source.topic`, `dlq.source.partition`, `dlq.source.offset`, when present.
     pub source_topic: Option<String>,
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
     /// `dlq.reason` as written (may be absent on records not written by regnotify).
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     pub key: Option<Vec<u8>>,
 }
 

@@ -27,11 +27,11 @@ use crate::pipeline::finished::{self, NOTE_PRESSURE_BYTES};
 use crate::pipeline::invariant;
 use crate::pipeline::watermark::CommitWatermark;
 use partition::Partition;
-pub use types::{Consumed, Prepared, RevokeEnd, Settle, Slot, Stage};
+pub(crate) use types::{Consumed, Prepared, RevokeEnd, Settle, Slot, Stage};
 
 /// The books of every owned partition.
 #[derive(Debug, Clone)]
-pub struct PartitionBook {
+pub(crate) struct PartitionBook {
     exactly_once: bool,
     max_pending_per_partition: usize,
     partitions: BTreeMap<i32, Partition>,
@@ -42,7 +42,7 @@ pub struct PartitionBook {
 }
 
 impl PartitionBook {
-    pub fn new(exactly_once: bool, max_pending_per_partition: usize) -> PartitionBook {
+    pub(crate) fn new(exactly_once: bool, max_pending_per_partition: usize) -> PartitionBook {
         PartitionBook {
             exactly_once,
             max_pending_per_partition: max_pending_per_partition.max(1),
@@ -55,7 +55,7 @@ impl PartitionBook {
 
     /// Partitions assigned to this member. One already owned keeps its books (cooperative
     /// rebalancing never re-sends those); returns the ones that start afresh.
-    pub fn assign(&mut self, partitions: &[i32]) -> Vec<i32> {
+    pub(crate) fn assign(&mut self, partitions: &[i32]) -> Vec<i32> {
         let mut fresh = Vec::new();
         for &partition in partitions {
             if self.partitions.contains_key(&partition) {
@@ -72,7 +72,12 @@ impl PartitionBook {
     /// An earlier owner of `partition` committed `committed` with a note naming these offsets
     /// above it as finished: they are skipped when consumed. Only for a partition that has not
     /// consumed anything in this assignment.
-    pub fn skip_finished(&mut self, partition: i32, committed: i64, finished: BTreeSet<i64>) {
+    pub(crate) fn skip_finished(
+        &mut self,
+        partition: i32,
+        committed: i64,
+        finished: BTreeSet<i64>,
+    ) {
         if let Some(state) = self.partitions.get_mut(&partition)
             && state.recent.is_empty()
         {
@@ -82,7 +87,7 @@ impl PartitionBook {
 
     /// The note for a commit of `partition` at `position`: the finished offsets above it (see
     /// [`crate::pipeline::finished`]).
-    pub fn note(&self, partition: i32, position: i64) -> String {
+    pub(crate) fn note(&self, partition: i32, position: i64) -> String {
         self.partitions
             .get(&partition)
             .map(|state| state.note(&state.watermark, position))
@@ -92,7 +97,7 @@ impl PartitionBook {
     /// Starts a revoke. Waiting work of these partitions is dropped: it must not start, and the
     /// next owner consumes it again because its offsets are never committed. Returns the
     /// waiting slots dropped, for the caller to forget.
-    pub fn begin_revoke(&mut self, partitions: &[i32]) -> Vec<Slot> {
+    pub(crate) fn begin_revoke(&mut self, partitions: &[i32]) -> Vec<Slot> {
         for partition in partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
                 state.revoking = true;
@@ -102,7 +107,7 @@ impl PartitionBook {
     }
 
     /// True when every revoking partition has no work that can still settle.
-    pub fn revoke_settled(&self) -> bool {
+    pub(crate) fn revoke_settled(&self) -> bool {
         self.partitions
             .values()
             .filter(|state| state.revoking)
@@ -113,7 +118,7 @@ impl PartitionBook {
     /// jobs still running must be cancelled) and, at least-once, the positions to commit before
     /// librdkafka lets them go. (Exactly-once commits only inside transactions; a lost assignment
     /// must commit nothing: the caller drops the positions then.)
-    pub fn finish_revoke(&mut self) -> RevokeEnd {
+    pub(crate) fn finish_revoke(&mut self) -> RevokeEnd {
         let mut end = RevokeEnd::default();
         let revoking: Vec<i32> = self
             .partitions
@@ -146,7 +151,7 @@ impl PartitionBook {
     /// again when its fingerprint matches, and a new record (the log changed under us) when it
     /// does not, or when the offset is too old to be remembered (the safe side: processing it
     /// again repeats work, ignoring it would lose it).
-    pub fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
+    pub(crate) fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
         if self.stopping || offset < 0 {
             return Consumed::Ignore;
         }
@@ -213,7 +218,7 @@ impl PartitionBook {
     }
 
     /// The stage of a slot, when it is still in the books.
-    pub fn stage(&self, slot: Slot) -> Option<Stage> {
+    pub(crate) fn stage(&self, slot: Slot) -> Option<Stage> {
         let state = self.partitions.get(&slot.partition)?;
         if state.generation != slot.generation {
             return None;
@@ -222,23 +227,15 @@ impl PartitionBook {
     }
 
     /// A waiting slot was handed to a worker.
-    pub fn start(&mut self, slot: Slot) {
+    pub(crate) fn start(&mut self, slot: Slot) {
         if self.stage(slot) == Some(Stage::Waiting) {
             self.set_stage(slot, Stage::Running);
             invariant::take(&mut self.waiting, 1, "book_waiting");
         }
     }
 
-    /// A waiting slot will not be started (dropped by shutdown).
-    pub fn drop_waiting(&mut self, slot: Slot) {
-        if self.stage(slot) == Some(Stage::Waiting) {
-            self.set_stage(slot, Stage::Dropped);
-            invariant::take(&mut self.waiting, 1, "book_waiting");
-        }
-    }
-
     /// A worker's report. Reports of an assignment no longer current change nothing.
-    pub fn settle(&mut self, slot: Slot, settle: Settle) {
+    pub(crate) fn settle(&mut self, slot: Slot, settle: Settle) {
         if self.stage(slot) != Some(Stage::Running) {
             return;
         }
@@ -257,7 +254,7 @@ impl PartitionBook {
 
     /// Exactly-once: the positions these settled offsets allow, if their transaction commits;
     /// the books do not change until it does.
-    pub fn prepare(&self, settled: &[Slot]) -> Prepared {
+    pub(crate) fn prepare(&self, settled: &[Slot]) -> Prepared {
         let mut trial: BTreeMap<i32, CommitWatermark> = BTreeMap::new();
         for slot in settled {
             if self.stage(*slot) != Some(Stage::Submitted) {
@@ -306,7 +303,7 @@ impl PartitionBook {
     }
 
     /// Exactly-once: the transaction carrying these offsets and their outputs committed.
-    pub fn transaction_committed(&mut self, settled: &[Slot]) {
+    pub(crate) fn transaction_committed(&mut self, settled: &[Slot]) {
         for slot in settled {
             if self.stage(*slot) == Some(Stage::Submitted) {
                 self.acknowledge(*slot);
@@ -325,7 +322,7 @@ impl PartitionBook {
 
     /// At-least-once: positions that moved since the last call, for a periodic commit. They
     /// count as committed from now on; [`commit_failed`](Self::commit_failed) offers them again.
-    pub fn take_commits(&mut self) -> Vec<(i32, i64)> {
+    pub(crate) fn take_commits(&mut self) -> Vec<(i32, i64)> {
         if self.exactly_once {
             return Vec::new();
         }
@@ -343,7 +340,7 @@ impl PartitionBook {
     }
 
     /// At-least-once: whether [`take_commits`](Self::take_commits) would commit anything.
-    pub fn has_commits(&self) -> bool {
+    pub(crate) fn has_commits(&self) -> bool {
         !self.exactly_once
             && self
                 .partitions
@@ -352,7 +349,7 @@ impl PartitionBook {
     }
 
     /// At-least-once: a commit of these partitions failed; their positions are offered again.
-    pub fn commit_failed(&mut self, partitions: &[i32]) {
+    pub(crate) fn commit_failed(&mut self, partitions: &[i32]) {
         for partition in partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
                 state.committed = None;
@@ -362,7 +359,7 @@ impl PartitionBook {
     }
 
     /// At-least-once: the commit of these partitions landed; the events it covers are durable.
-    pub fn commit_landed(&mut self, partitions: &[i32]) {
+    pub(crate) fn commit_landed(&mut self, partitions: &[i32]) {
         for partition in partitions {
             if let Some(state) = self.partitions.get_mut(partition) {
                 state.undurable_committing = 0;
@@ -374,7 +371,7 @@ impl PartitionBook {
     /// neither below a landed commit nor named in its note; exactly-once: its transaction has not
     /// committed). A crash would call Alipay+ again for them, so they keep their in-flight slot:
     /// what a crash repeats is bounded by `max_in_flight`.
-    pub fn undurable(&self) -> usize {
+    pub(crate) fn undurable(&self) -> usize {
         self.partitions
             .values()
             .map(|state| state.undurable + state.undurable_committing)
@@ -383,19 +380,19 @@ impl PartitionBook {
 
     /// Stops taking records: every waiting slot is dropped. Returns them, for the caller to
     /// forget.
-    pub fn begin_stop(&mut self) -> Vec<Slot> {
+    pub(crate) fn begin_stop(&mut self) -> Vec<Slot> {
         self.stopping = true;
         self.drop_waiting_where(|_| true)
     }
 
     /// True when no partition has work that can still settle.
-    pub fn all_settled(&self) -> bool {
+    pub(crate) fn all_settled(&self) -> bool {
         self.partitions.values().all(Partition::settled)
     }
 
     /// Re-decides the flow control of `partition` after its window changed: `Some(true)` to
     /// pause it (window full), `Some(false)` to resume it (drained to half), `None` for no change.
-    pub fn update_pause(&mut self, partition: i32) -> Option<bool> {
+    pub(crate) fn update_pause(&mut self, partition: i32) -> Option<bool> {
         let max = self.max_pending_per_partition;
         let state = self.partitions.get_mut(&partition)?;
         let window = state.watermark.window_len();
@@ -414,7 +411,7 @@ impl PartitionBook {
     }
 
     /// Owned partitions paused because their own window is full.
-    pub fn paused(&self) -> BTreeSet<i32> {
+    pub(crate) fn paused(&self) -> BTreeSet<i32> {
         self.partitions
             .iter()
             .filter(|(_, state)| state.paused)
@@ -423,7 +420,7 @@ impl PartitionBook {
     }
 
     /// The assignments (partition, generation) owned now, revoking ones included.
-    pub fn owned(&self) -> Vec<(i32, u64)> {
+    pub(crate) fn owned(&self) -> Vec<(i32, u64)> {
         self.partitions
             .iter()
             .map(|(partition, state)| (*partition, state.generation))
@@ -431,40 +428,32 @@ impl PartitionBook {
     }
 
     /// The generation of an owned partition.
-    pub fn generation(&self, partition: i32) -> Option<u64> {
+    pub(crate) fn generation(&self, partition: i32) -> Option<u64> {
         self.partitions
             .get(&partition)
             .map(|state| state.generation)
     }
 
     /// True once [`begin_stop`](Self::begin_stop) was called.
-    pub fn is_stopping(&self) -> bool {
+    pub(crate) fn is_stopping(&self) -> bool {
         self.stopping
     }
 
-    pub fn is_revoking(&self) -> bool {
-        self.partitions.values().any(|state| state.revoking)
-    }
-
     /// Offsets held for `partition`: what `max_pending_per_partition` bounds.
-    pub fn window_len(&self, partition: i32) -> usize {
+    pub(crate) fn window_len(&self, partition: i32) -> usize {
         self.partitions
             .get(&partition)
             .map_or(0, |state| state.watermark.window_len())
     }
 
     /// Consumed offsets not started yet, over all partitions.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.waiting
     }
 
     /// Owned partitions.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.partitions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.partitions.is_empty()
     }
 
     /// Drops the waiting slots of the partitions `pick` names, and returns them.

@@ -7,15 +7,15 @@ use std::collections::BTreeSet;
 
 /// One consumed record in one assignment of its partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Slot {
-    pub partition: i32,
-    pub generation: u64,
-    pub offset: i64,
+pub(crate) struct Slot {
+    pub(crate) partition: i32,
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
 }
 
 /// What became of a consumed offset whose outputs are not acknowledged yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Consumed, not started: being decoded, or waiting for its key or a slot.
     Waiting,
     /// A worker has it.
@@ -29,7 +29,7 @@ pub enum Stage {
 
 /// How a worker's job ended, as far as the book is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub(crate) enum Settle {
     /// Every output is acknowledged by Kafka.
     Acknowledged,
     /// Exactly-once: the outputs wait in the transaction writer.
@@ -40,7 +40,7 @@ pub enum Settle {
 
 /// What the book makes of a consumed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consumed {
+pub(crate) enum Consumed {
     /// Tracked: process it.
     Track(Slot),
     /// Finished by an earlier owner, as the committed offset's note says: not processed again,
@@ -61,29 +61,29 @@ pub enum Consumed {
 /// The end of a revoke: what to cancel and, at least-once, what to commit before the partitions
 /// go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RevokeEnd {
+pub(crate) struct RevokeEnd {
     /// Assignments (partition, generation) whose work still running must stop.
-    pub cancel: Vec<(i32, u64)>,
+    pub(crate) cancel: Vec<(i32, u64)>,
     /// Commit positions (partition, next offset).
-    pub commit: Vec<(i32, i64)>,
+    pub(crate) commit: Vec<(i32, i64)>,
     /// The note of each commit position (partition, note).
-    pub notes: Vec<(i32, String)>,
+    pub(crate) notes: Vec<(i32, String)>,
     /// Ended events of these partitions whose outcome only that commit makes durable: their
     /// in-flight slots stay taken until it has been made (see
     /// [`crate::pipeline::decisions::DispatchCore::revoke_commit_settled`]).
-    pub held: usize,
+    pub(crate) held: usize,
 }
 
 /// The exactly-once answer to "what would committing these settled offsets allow?".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// New commit positions (partition, next offset), beyond what earlier transactions committed.
-    pub positions: Vec<(i32, i64)>,
+    pub(crate) positions: Vec<(i32, i64)>,
     /// The note of each position (partition, note): the finished offsets above it once this
     /// transaction commits.
-    pub notes: Vec<(i32, String)>,
+    pub(crate) notes: Vec<(i32, String)>,
     /// The offsets each note names (partition, offsets): their outputs go into the transaction.
-    pub noted: Vec<(i32, BTreeSet<i64>)>,
+    pub(crate) noted: Vec<(i32, BTreeSet<i64>)>,
     /// The assignments (partition, generation) owned now; outputs of any other are orphans.
-    pub owned: Vec<(i32, u64)>,
+    pub(crate) owned: Vec<(i32, u64)>,
 }

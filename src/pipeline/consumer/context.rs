@@ -55,7 +55,7 @@ const NOTE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The librdkafka context: rebalance hooks and commit results that talk to the dispatcher.
 #[derive(Debug)]
-pub struct PipelineContext {
+pub(crate) struct PipelineContext {
     pub(super) events: mpsc::UnboundedSender<ConsumerEvent>,
     pub(super) flow: Arc<Flow>,
     pub(super) topic: String,

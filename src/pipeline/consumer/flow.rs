@@ -12,13 +12,13 @@ use crate::pipeline::decisions::PausePlan;
 
 /// The pause plan the dispatcher publishes and the consumer thread applies.
 #[derive(Debug, Default)]
-pub struct PauseBoard {
+pub(crate) struct PauseBoard {
     version: AtomicU64,
     plan: Mutex<PausePlan>,
 }
 
 impl PauseBoard {
-    pub fn publish(&self, plan: PausePlan) {
+    pub(crate) fn publish(&self, plan: PausePlan) {
         if let Ok(mut current) = self.plan.lock() {
             *current = plan;
         }
@@ -44,8 +44,8 @@ impl PauseBoard {
 /// partition and fetches it again on resume, so a pause taken here bounds memory exactly; a hold
 /// leaves it to librdkafka's own prefetch bounds (`queued.max.messages.kbytes`).
 #[derive(Debug)]
-pub struct Flow {
-    pub pause: PauseBoard,
+pub(crate) struct Flow {
+    pub(crate) pause: PauseBoard,
     counts: Mutex<Counts>,
     /// Signalled when the dispatcher took records on while the consumer thread waits for room.
     room: Condvar,
@@ -73,7 +73,7 @@ struct Counts {
 }
 
 impl Flow {
-    pub fn new(max_pending_per_partition: usize, waiting_limit: usize) -> Flow {
+    pub(crate) fn new(max_pending_per_partition: usize, waiting_limit: usize) -> Flow {
         Flow {
             pause: PauseBoard::default(),
             counts: Mutex::new(Counts::default()),
@@ -148,7 +148,7 @@ impl Flow {
     /// book now holds these windows and this many waiting offsets; `free_slots`: it has that many
     /// in-flight slots free and nothing being decoded. One step, so that a record is never
     /// counted in neither place.
-    pub fn booked(
+    pub(crate) fn booked(
         &self,
         received: &[i32],
         windows: impl Iterator<Item = (i32, usize)>,

@@ -29,15 +29,15 @@ use crate::pipeline::book::Slot;
 #[cfg(doc)]
 use crate::pipeline::decisions::PausePlan;
 use crate::pipeline::record::InputRecord;
-pub use context::PipelineContext;
-pub use flow::{Flow, PauseBoard};
+pub(crate) use context::PipelineContext;
+pub(crate) use flow::Flow;
 #[cfg(doc)]
 use poll::INTAKE_HOLD_MAX;
-pub use poll::{ConsumerChannels, ConsumerThread, start};
+pub(crate) use poll::{ConsumerChannels, start};
 
 /// Assignments, revocations and records, in librdkafka's order.
 #[derive(Debug)]
-pub enum ConsumerEvent {
+pub(crate) enum ConsumerEvent {
     /// Partitions assigned, with what their committed offsets' notes say an earlier owner
     /// finished above them (see [`crate::pipeline::finished`]).
     Assigned(Vec<i32>, Vec<FinishedNote>),
@@ -61,16 +61,16 @@ pub enum ConsumerEvent {
 
 /// A partition's committed offset and the finished offsets its note names above it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FinishedNote {
-    pub partition: i32,
-    pub committed: i64,
-    pub finished: std::collections::BTreeSet<i64>,
+pub(crate) struct FinishedNote {
+    pub(crate) partition: i32,
+    pub(crate) committed: i64,
+    pub(crate) finished: std::collections::BTreeSet<i64>,
 }
 
 /// What reaches the dispatcher from outside the consumer's order: commit results and the
 /// transaction writer.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     /// Exactly-once: which commit positions would these settled offsets allow? (The books are
     /// not changed until the transaction commits.)
     PrepareCommit {
@@ -81,4 +81,4 @@ pub enum Control {
     TransactionCommitted(Vec<Slot>),
 }
 
-pub type PipelineConsumer = BaseConsumer<PipelineContext>;
+pub(crate) type PipelineConsumer = BaseConsumer<PipelineContext>;

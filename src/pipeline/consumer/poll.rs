@@ -35,8 +35,8 @@ pub(super) const INTAKE_HOLD_MAX: Duration = Duration::from_millis(500);
 const INTAKE_HOLD_STEP: Duration = Duration::from_millis(50);
 
 /// A running consumer thread.
-pub struct ConsumerThread {
-    pub consumer: Arc<PipelineConsumer>,
+pub(crate) struct ConsumerThread {
+    pub(crate) consumer: Arc<PipelineConsumer>,
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -50,14 +50,14 @@ impl std::fmt::Debug for ConsumerThread {
 
 /// The channels a consumer thread reports on, and the flow state it shares with the dispatcher.
 #[derive(Debug)]
-pub struct ConsumerChannels {
-    pub events: mpsc::UnboundedSender<ConsumerEvent>,
-    pub flow: Arc<Flow>,
+pub(crate) struct ConsumerChannels {
+    pub(crate) events: mpsc::UnboundedSender<ConsumerEvent>,
+    pub(crate) flow: Arc<Flow>,
 }
 
 /// Creates the consumer, subscribes and starts polling on its own thread. Should the thread die,
 /// `fatal` is cancelled, which stops the pipeline.
-pub fn start(
+pub(crate) fn start(
     kafka: &KafkaSettings,
     channels: ConsumerChannels,
     drain_timeout: Duration,
@@ -106,7 +106,7 @@ pub fn start(
 impl ConsumerThread {
     /// Stops polling and waits for the thread; `false` when the thread had failed. Call from a
     /// blocking context.
-    pub fn stop_and_join(mut self) -> bool {
+    pub(crate) fn stop_and_join(mut self) -> bool {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(handle) = self.handle.take()
             && handle.join().is_err()

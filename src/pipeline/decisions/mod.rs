@@ -10,26 +10,26 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-pub use crate::pipeline::book::RevokeEnd;
+pub(crate) use crate::pipeline::book::RevokeEnd;
 use crate::pipeline::book::{Consumed, PartitionBook, Prepared, Settle, Slot, Stage};
 use crate::pipeline::invariant;
 use crate::pipeline::scheduler::{Schedule, Scheduler};
 
 /// Jobs waiting (decoding, or for their key or a slot) beyond this many times `max_in_flight`
 /// pause the partitions that hold their share of them or more; they resume at half of it.
-pub const WAITING_FACTOR: usize = 4;
+pub(crate) const WAITING_FACTOR: usize = 4;
 
 /// At least this many events may wait before every partition pauses: a pause makes librdkafka
 /// drop what it had fetched and fetch it again on resume, so a small bound would pause and
 /// refetch every few dozen records (measured: 78 events/s at `max_in_flight` 16 with a bound of
 /// 64). A thousand small records are a few hundred kilobytes.
-pub const MIN_WAITING_LIMIT: usize = 1_024;
+pub(crate) const MIN_WAITING_LIMIT: usize = 1_024;
 
 /// Events blocked behind a job parked on its MPP's open circuit do not count towards the
 /// waiting limit, up to this many times it: a long outage of one MPP may hold that many in
 /// memory (16,384 at the defaults) while the other MPPs' events go on; beyond it they count
 /// again, and memory stays bounded however many partitions a member owns.
-pub const BLOCKED_FACTOR: usize = 16;
+pub(crate) const BLOCKED_FACTOR: usize = 16;
 
 /// How many consumed events may wait (decoding, or for their key or a slot) before every
 /// partition pauses.
@@ -42,17 +42,17 @@ pub fn waiting_limit(max_in_flight: usize) -> usize {
 
 /// Which events must wait for each other.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum OrderKey {
+pub(crate) enum OrderKey {
     Merchant(String),
     Partition(i32),
 }
 
 /// A decoded record on its way to a worker.
 #[derive(Debug)]
-pub struct Ticket<P> {
-    pub slot: Slot,
-    pub key: Option<OrderKey>,
-    pub payload: P,
+pub(crate) struct Ticket<P> {
+    pub(crate) slot: Slot,
+    pub(crate) key: Option<OrderKey>,
+    pub(crate) payload: P,
 }
 
 impl<P> Schedule for Ticket<P> {
@@ -64,7 +64,7 @@ impl<P> Schedule for Ticket<P> {
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
+pub(crate) enum Finish {
     /// Every output record is acknowledged by Kafka: the offset may be committed.
     Terminal,
     /// Stopped before the outputs were acknowledged: the offset must not be committed.
@@ -77,15 +77,15 @@ pub enum Finish {
 
 /// Which partitions should not fetch now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PausePlan {
+pub(crate) struct PausePlan {
     /// Every partition, also ones assigned later, until the plan changes.
-    pub all: bool,
+    pub(crate) all: bool,
     /// Partitions whose own window is full.
-    pub partitions: BTreeSet<i32>,
+    pub(crate) partitions: BTreeSet<i32>,
 }
 
 impl PausePlan {
-    pub fn is_paused(&self, partition: i32) -> bool {
+    pub(crate) fn is_paused(&self, partition: i32) -> bool {
         self.all || self.partitions.contains(&partition)
     }
 }
@@ -97,7 +97,7 @@ struct PendingRevoke {
 
 /// The book and the scheduler, kept in step.
 #[derive(Debug)]
-pub struct DispatchCore<P> {
+pub(crate) struct DispatchCore<P> {
     book: PartitionBook,
     scheduler: Scheduler<Ticket<P>>,
     waiting_limit: usize,
@@ -122,7 +122,11 @@ pub struct DispatchCore<P> {
 }
 
 impl<P> DispatchCore<P> {
-    pub fn new(exactly_once: bool, max_in_flight: usize, max_pending_per_partition: usize) -> Self {
+    pub(crate) fn new(
+        exactly_once: bool,
+        max_in_flight: usize,
+        max_pending_per_partition: usize,
+    ) -> Self {
         let max_in_flight = max_in_flight.max(1);
         DispatchCore {
             book: PartitionBook::new(exactly_once, max_pending_per_partition),
@@ -141,7 +145,7 @@ impl<P> DispatchCore<P> {
 
     /// Jobs parked on an open circuit give their in-flight slot back (see
     /// [`crate::pipeline::parking`]).
-    pub fn with_parking(
+    pub(crate) fn with_parking(
         mut self,
         parking: std::sync::Arc<crate::pipeline::parking::Parking>,
     ) -> Self {
@@ -152,7 +156,7 @@ impl<P> DispatchCore<P> {
     /// The same core with another bound on waiting events (the model test keeps it small, so
     /// that the global pause happens within a few operations).
     #[cfg(test)]
-    pub fn with_waiting_limit(mut self, limit: usize) -> Self {
+    pub(crate) fn with_waiting_limit(mut self, limit: usize) -> Self {
         self.waiting_limit = limit.max(1);
         self
     }
@@ -160,14 +164,14 @@ impl<P> DispatchCore<P> {
     /// Partitions assigned. A revoke still pending is over (the consumer moved on without our
     /// answer): it is finished first, and its end returned. Returns the partitions that start
     /// afresh as well.
-    pub fn assign(&mut self, partitions: &[i32]) -> (Option<RevokeEnd>, Vec<i32>) {
+    pub(crate) fn assign(&mut self, partitions: &[i32]) -> (Option<RevokeEnd>, Vec<i32>) {
         let previous = self.finish_revoke();
         let fresh = self.book.assign(partitions);
         (previous, fresh)
     }
 
     /// See [`PartitionBook::skip_finished`].
-    pub fn skip_finished(
+    pub(crate) fn skip_finished(
         &mut self,
         partition: i32,
         committed: i64,
@@ -179,7 +183,7 @@ impl<P> DispatchCore<P> {
     /// Partitions revoked (`lost`: the group gave them away already, nothing may be committed).
     /// Returns the end of an earlier revoke still pending, and the assignments whose running work
     /// must stop at once (a lost assignment's: another member may be working on those events).
-    pub fn revoke(
+    pub(crate) fn revoke(
         &mut self,
         partitions: &[i32],
         lost: bool,
@@ -209,18 +213,19 @@ impl<P> DispatchCore<P> {
     }
 
     /// True when a revoke is pending and nothing of its partitions can still settle.
-    pub fn revoke_settled(&self) -> bool {
+    pub(crate) fn revoke_settled(&self) -> bool {
         // A lost assignment commits nothing, so there is nothing to wait for.
         self.revoke
             .is_some_and(|revoke| revoke.lost || self.book.revoke_settled())
     }
 
-    pub fn revoke_pending(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn revoke_pending(&self) -> bool {
         self.revoke.is_some()
     }
 
     /// Ends the pending revoke, if any: the partitions are forgotten.
-    pub fn finish_revoke(&mut self) -> Option<RevokeEnd> {
+    pub(crate) fn finish_revoke(&mut self) -> Option<RevokeEnd> {
         let revoke = self.revoke.take()?;
         let mut end = self.book.finish_revoke();
         if revoke.lost {
@@ -239,7 +244,7 @@ impl<P> DispatchCore<P> {
 
     /// The consumer thread made the revoke's commit (it landed or failed), or will not make it:
     /// the slots the revoke held are free.
-    pub fn revoke_commit_settled(&mut self) {
+    pub(crate) fn revoke_commit_settled(&mut self) {
         self.revoke_held = 0;
         self.sync_held();
     }
@@ -247,7 +252,7 @@ impl<P> DispatchCore<P> {
     /// Books a consumed record (see [`PartitionBook::consume`]). On [`Consumed::Restart`] the
     /// stale assignment's waiting jobs are dropped here; the caller cancels its running ones and
     /// forgets its undecoded records.
-    pub fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
+    pub(crate) fn consume(&mut self, partition: i32, offset: i64, fingerprint: u64) -> Consumed {
         let consumed = self.book.consume(partition, offset, fingerprint);
         if let Consumed::Restart { stale, .. } = consumed {
             self.scheduler.remove_waiting(|ticket| {
@@ -266,7 +271,7 @@ impl<P> DispatchCore<P> {
 
     /// A consumed record is decoded: it queues behind its key. `false` (and the ticket is
     /// discarded) when its slot was dropped meanwhile.
-    pub fn decoded(&mut self, ticket: Ticket<P>) -> bool {
+    pub(crate) fn decoded(&mut self, ticket: Ticket<P>) -> bool {
         if self.book.stage(ticket.slot) != Some(Stage::Waiting) {
             return false;
         }
@@ -278,7 +283,7 @@ impl<P> DispatchCore<P> {
     ///
     /// The global pause is decided here, once nothing more can start: events count as waiting
     /// only when no slot is free for them.
-    pub fn next_start(&mut self) -> Option<Ticket<P>> {
+    pub(crate) fn next_start(&mut self) -> Option<Ticket<P>> {
         let Some(ticket) = self.scheduler.start_next() else {
             self.update_global_pause();
             return None;
@@ -296,7 +301,7 @@ impl<P> DispatchCore<P> {
 
     /// The worker of a started job reported that it parked on its MPP's open circuit (`true`)
     /// or called again (`false`). Reports about a job that ended already change nothing.
-    pub fn parked(&mut self, slot: Slot, parked: bool) {
+    pub(crate) fn parked(&mut self, slot: Slot, parked: bool) {
         if let Some(key) = self.running.get(&slot) {
             self.scheduler.set_parked(key, parked);
             self.update_global_pause();
@@ -304,7 +309,7 @@ impl<P> DispatchCore<P> {
     }
 
     /// A started job ended.
-    pub fn finished(&mut self, slot: Slot, key: Option<&OrderKey>, finish: Finish) {
+    pub(crate) fn finished(&mut self, slot: Slot, key: Option<&OrderKey>, finish: Finish) {
         self.running.remove(&slot);
         self.scheduler.finished(key);
         let settle = match finish {
@@ -322,12 +327,12 @@ impl<P> DispatchCore<P> {
     }
 
     /// Exactly-once: what committing these settled offsets would allow.
-    pub fn prepare(&self, settled: &[Slot]) -> Prepared {
+    pub(crate) fn prepare(&self, settled: &[Slot]) -> Prepared {
         self.book.prepare(settled)
     }
 
     /// Exactly-once: the transaction carrying these offsets committed.
-    pub fn transaction_committed(&mut self, settled: &[Slot]) {
+    pub(crate) fn transaction_committed(&mut self, settled: &[Slot]) {
         self.book.transaction_committed(settled);
         self.sync_held();
         let mut partitions: Vec<i32> = settled.iter().map(|slot| slot.partition).collect();
@@ -338,40 +343,40 @@ impl<P> DispatchCore<P> {
     }
 
     /// At-least-once: positions to commit now.
-    pub fn take_commits(&mut self) -> Vec<(i32, i64)> {
+    pub(crate) fn take_commits(&mut self) -> Vec<(i32, i64)> {
         self.book.take_commits()
     }
 
     /// At-least-once: whether [`take_commits`](Self::take_commits) would commit anything.
-    pub fn has_commits(&self) -> bool {
+    pub(crate) fn has_commits(&self) -> bool {
         self.book.has_commits()
     }
 
-    pub fn commit_failed(&mut self, partitions: &[i32]) {
+    pub(crate) fn commit_failed(&mut self, partitions: &[i32]) {
         self.book.commit_failed(partitions);
         self.sync_held();
     }
 
     /// At-least-once: the commit of these partitions landed; the slots of the events it covers
     /// are free.
-    pub fn commit_landed(&mut self, partitions: &[i32]) {
+    pub(crate) fn commit_landed(&mut self, partitions: &[i32]) {
         self.book.commit_landed(partitions);
         self.sync_held();
     }
 
     /// Jobs wait for slots that ended events hold until their outcome is durable: a commit (or
     /// a transaction) now would let them start.
-    pub fn short_of_slots(&self) -> bool {
+    pub(crate) fn short_of_slots(&self) -> bool {
         self.scheduler.short_of_held_slots()
     }
 
     /// Ended events whose outcome is not durable yet (see [`PartitionBook::undurable`]).
-    pub fn undurable(&self) -> usize {
+    pub(crate) fn undurable(&self) -> usize {
         self.book.undurable()
     }
 
     /// Stops taking work: records no longer count, waiting jobs are dropped.
-    pub fn begin_stop(&mut self) {
+    pub(crate) fn begin_stop(&mut self) {
         self.book.begin_stop();
         self.scheduler.remove_waiting(|_| true);
         self.pause_version += 1;
@@ -379,17 +384,17 @@ impl<P> DispatchCore<P> {
     }
 
     /// True when nothing can settle any more: a stopping pipeline may end.
-    pub fn stop_settled(&self) -> bool {
+    pub(crate) fn stop_settled(&self) -> bool {
         self.book.all_settled()
     }
 
     /// At-least-once: the last commit positions at shutdown.
-    pub fn final_commits(&mut self) -> Vec<(i32, i64)> {
+    pub(crate) fn final_commits(&mut self) -> Vec<(i32, i64)> {
         self.book.take_commits()
     }
 
     /// Which partitions should not fetch now.
-    pub fn pause_plan(&self) -> PausePlan {
+    pub(crate) fn pause_plan(&self) -> PausePlan {
         let mut partitions = self.book.paused();
         partitions.extend(&self.over_share);
         PausePlan {
@@ -400,7 +405,7 @@ impl<P> DispatchCore<P> {
 
     /// Alipay+ is unavailable for every MPP (`true`: no MPP's circuit is closed) or back for
     /// some: every partition is paused while it is unavailable for all.
-    pub fn hold_intake(&mut self, held: bool) {
+    pub(crate) fn hold_intake(&mut self, held: bool) {
         if self.downstream_held != held {
             self.downstream_held = held;
             self.pause_version += 1;
@@ -408,37 +413,38 @@ impl<P> DispatchCore<P> {
     }
 
     /// Changes whenever [`pause_plan`](Self::pause_plan) may have changed.
-    pub fn pause_version(&self) -> u64 {
+    pub(crate) fn pause_version(&self) -> u64 {
         self.pause_version
     }
 
     /// True once a job reported an output Kafka can never accept.
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         self.fatal
     }
 
-    pub fn book(&self) -> &PartitionBook {
+    pub(crate) fn book(&self) -> &PartitionBook {
         &self.book
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.scheduler.in_flight()
     }
 
     /// How many jobs could start now if that many were ready: with one or more free, the events
     /// that wait are waiting for their key (or being decoded), not for a slot.
-    pub fn free_slots(&self) -> usize {
+    pub(crate) fn free_slots(&self) -> usize {
         self.scheduler.free_slots()
     }
 
-    pub fn waiting(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
         self.book.waiting()
     }
 
     /// Consumed events that count towards the waiting limit: the waiting ones less those
     /// blocked behind a parked job of their key (see [`Scheduler::blocked`]), up to
     /// [`BLOCKED_FACTOR`] times the limit.
-    pub fn waiting_counted(&self) -> usize {
+    pub(crate) fn waiting_counted(&self) -> usize {
         self.book.waiting().saturating_sub(self.blocked_uncounted())
     }
 

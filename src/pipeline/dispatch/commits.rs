@@ -188,12 +188,12 @@ fn commit_never_lands(error: &KafkaError) -> bool {
 }
 
 /// A commit under way: it resolves with the coordinator's answer.
-pub type CommitFuture = Pin<Box<dyn Future<Output = KafkaResult<()>> + Send>>;
+pub(crate) type CommitFuture = Pin<Box<dyn Future<Output = KafkaResult<()>> + Send>>;
 
 /// Where the dispatcher's offset commits go. The group's consumer commits synchronously on the
 /// blocking pool (librdkafka reports an asynchronous manual commit's result only to a commit
 /// callback rdkafka does not set); the whole-service simulation answers from its simulated group.
-pub trait Committer: Send + Sync {
+pub(crate) trait Committer: Send + Sync {
     fn commit(self: Arc<Self>, offsets: TopicPartitionList) -> CommitFuture;
 }
 

@@ -42,7 +42,9 @@ use crate::pipeline::worker::WorkerContext;
 use crate::telemetry::traces::{EventTrace, Tracing};
 #[cfg(doc)]
 use commits::COMMIT_GAP;
-pub use commits::{CommitFuture, Committer};
+#[cfg(test)]
+pub(crate) use commits::CommitFuture;
+pub(crate) use commits::Committer;
 use commits::{Committing, commit_landed};
 use intake::{Decoding, REGISTRY_RETRY_INITIAL, next_decoded};
 use jobs::Completion;
@@ -50,7 +52,7 @@ use revoke::PendingRevoke;
 
 /// A consumed record with its decoded work.
 #[derive(Debug)]
-pub struct Payload {
+pub(crate) struct Payload {
     record: InputRecord,
     work: Work,
     trace: EventTrace,
@@ -58,14 +60,14 @@ pub struct Payload {
 
 /// Why the dispatcher loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// Shutdown was asked for.
     Requested,
     /// An output can never be written, or the consumer thread died: the service must fail.
     Fatal,
 }
 
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     processing: ProcessingSettings,
     topic: String,
     consumer: Arc<dyn Committer>,
@@ -145,30 +147,30 @@ impl std::fmt::Debug for Dispatcher {
 
 /// What the dispatcher is built from.
 #[allow(missing_debug_implementations)]
-pub struct DispatcherParts {
-    pub processing: ProcessingSettings,
-    pub topic: String,
+pub(crate) struct DispatcherParts {
+    pub(crate) processing: ProcessingSettings,
+    pub(crate) topic: String,
     /// Where offset commits go: the group's consumer (a simulated group in the simulation).
-    pub consumer: Arc<dyn Committer>,
-    pub decoder: Arc<EventDecoder>,
-    pub worker: Arc<WorkerContext>,
-    pub status: Arc<Health>,
-    pub flow: Arc<Flow>,
-    pub control: mpsc::UnboundedReceiver<Control>,
+    pub(crate) consumer: Arc<dyn Committer>,
+    pub(crate) decoder: Arc<EventDecoder>,
+    pub(crate) worker: Arc<WorkerContext>,
+    pub(crate) status: Arc<Health>,
+    pub(crate) flow: Arc<Flow>,
+    pub(crate) control: mpsc::UnboundedReceiver<Control>,
     /// Exactly-once: the transaction writer's "commit now" (see [`TransactionWriter::due`]).
     ///
     /// [`TransactionWriter::due`]: crate::pipeline::transactions::TransactionWriter::due
-    pub transaction_due: Option<Arc<tokio::sync::Notify>>,
+    pub(crate) transaction_due: Option<Arc<tokio::sync::Notify>>,
     /// Traces: off (contexts passed through) or exporting.
-    pub tracing: Tracing,
+    pub(crate) tracing: Tracing,
     /// The consumer group (an attribute of every event span).
-    pub group: String,
+    pub(crate) group: String,
     /// `admin.event_stall_after`.
-    pub event_stall_after: Duration,
+    pub(crate) event_stall_after: Duration,
 }
 
 impl Dispatcher {
-    pub fn new(parts: DispatcherParts) -> Self {
+    pub(crate) fn new(parts: DispatcherParts) -> Self {
         let processing = parts.processing;
         let (completions_tx, completions) = mpsc::unbounded_channel();
         let mut commit_tick = tokio::time::interval(processing.commit_interval);
@@ -222,7 +224,7 @@ impl Dispatcher {
     /// Runs until `shutdown` fires, the consumer thread ends or an output can never be written;
     /// then stops cleanly: finishes the work in flight that can still settle within
     /// `shutdown_timeout`, commits the finished prefixes and flushes.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<ConsumerEvent>,
         shutdown: CancellationToken,

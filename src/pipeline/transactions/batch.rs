@@ -16,15 +16,15 @@ use crate::pipeline::record::{DeadLetter, InputRecord};
 
 /// One event's outputs, handed over by its worker.
 #[derive(Debug)]
-pub struct Submission {
-    pub record: InputRecord,
-    pub generation: u64,
-    pub dead_letter: Option<DeadLetter>,
-    pub outcome: Option<RegistrationNotifyOutcome>,
+pub(crate) struct Submission {
+    pub(crate) record: InputRecord,
+    pub(crate) generation: u64,
+    pub(crate) dead_letter: Option<DeadLetter>,
+    pub(crate) outcome: Option<RegistrationNotifyOutcome>,
     /// The event's trace context headers, which its outcome carries.
-    pub trace: Vec<(String, Option<Vec<u8>>)>,
+    pub(crate) trace: Vec<(String, Option<Vec<u8>>)>,
     /// Those its dead letter carries (see `EventTrace::dead_letter_headers`).
-    pub dead_letter_trace: Vec<(String, Option<Vec<u8>>)>,
+    pub(crate) dead_letter_trace: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Submission {
@@ -75,7 +75,7 @@ pub(crate) fn split(held: Vec<Submission>, prepared: &Prepared) -> Split {
 }
 
 /// A handle workers submit through.
-pub type Submitter = mpsc::Sender<Submission>;
+pub(crate) type Submitter = mpsc::Sender<Submission>;
 
 #[cfg(test)]
 pub(super) fn submission(partition: i32, generation: u64, offset: i64) -> Submission {

@@ -35,6 +35,8 @@ mod writer;
 /// The deterministic simulation (`pipeline::simulation`, tests only) splits as the writer does.
 #[cfg(test)]
 pub(crate) use batch::split;
-pub use batch::{Submission, Submitter};
-pub use producer::{Renew, TRANSACTION_CALL_TIMEOUT, transactional_id, transactional_producer};
-pub use writer::TransactionWriter;
+pub(crate) use batch::{Submission, Submitter};
+pub(crate) use producer::{
+    Renew, TRANSACTION_CALL_TIMEOUT, transactional_id, transactional_producer,
+};
+pub(crate) use writer::TransactionWriter;

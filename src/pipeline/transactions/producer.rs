@@ -13,11 +13,11 @@ use crate::config::KafkaSettings;
 use crate::pipeline::kafka::producer_config;
 
 /// Bound on one blocking transaction call (begin, offsets, commit, abort).
-pub const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Creates a new transactional producer under the writer's `transactional.id` and initialises
 /// its transactions (which fences every older producer of that id). Blocking.
-pub type Renew = Arc<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>;
+pub(crate) type Renew = Arc<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>;
 
 /// The `transactional.id` of this process: the configured one, or a new one per process.
 ///
@@ -27,7 +27,7 @@ pub type Renew = Arc<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>;
 /// once instead of after `transaction.timeout.ms`, during which read_committed readers wait.
 /// Either way a process keeps its id for its whole life: a producer that replaces a failed one
 /// must fence it and complete its open transaction.
-pub fn transactional_id(kafka: &KafkaSettings) -> String {
+pub(crate) fn transactional_id(kafka: &KafkaSettings) -> String {
     kafka
         .producer
         .0
@@ -37,7 +37,10 @@ pub fn transactional_id(kafka: &KafkaSettings) -> String {
 }
 
 /// Creates the transactional producer under `id` and initialises its transactions.
-pub fn transactional_producer(kafka: &KafkaSettings, id: &str) -> anyhow::Result<FutureProducer> {
+pub(crate) fn transactional_producer(
+    kafka: &KafkaSettings,
+    id: &str,
+) -> anyhow::Result<FutureProducer> {
     let mut config = producer_config(kafka);
     config.set("transactional.id", id);
     if !kafka.producer.0.contains_key("transaction.timeout.ms") {

@@ -34,26 +34,26 @@ const RENEW_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// The transaction task. Runs until every submitter is dropped and the last batch is settled, or
 /// until the producer fails fatally (then `fatal` is cancelled).
-pub struct TransactionWriter {
+pub(crate) struct TransactionWriter {
     /// The producer now; replaced when it fails for good.
-    pub producer: std::sync::Mutex<Arc<FutureProducer>>,
+    pub(crate) producer: std::sync::Mutex<Arc<FutureProducer>>,
     /// Makes its replacement.
-    pub renew: Renew,
-    pub consumer: Arc<PipelineConsumer>,
-    pub encoder: Arc<OutcomeEncoder>,
-    pub result_topic: String,
-    pub dlq_topic: String,
-    pub consumer_group: String,
-    pub input_topic: String,
-    pub interval: Duration,
+    pub(crate) renew: Renew,
+    pub(crate) consumer: Arc<PipelineConsumer>,
+    pub(crate) encoder: Arc<OutcomeEncoder>,
+    pub(crate) result_topic: String,
+    pub(crate) dlq_topic: String,
+    pub(crate) consumer_group: String,
+    pub(crate) input_topic: String,
+    pub(crate) interval: Duration,
     /// Fired by the dispatcher when events wait for in-flight slots that the outputs held here
     /// keep (an event's slot is free only once its transaction commits): the gathering stops
     /// and the transaction goes at once.
-    pub due: Arc<tokio::sync::Notify>,
+    pub(crate) due: Arc<tokio::sync::Notify>,
     /// Bound on one blocking transaction call.
-    pub call_timeout: Duration,
-    pub control: mpsc::UnboundedSender<Control>,
-    pub fatal: CancellationToken,
+    pub(crate) call_timeout: Duration,
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) fatal: CancellationToken,
 }
 
 impl std::fmt::Debug for TransactionWriter {
@@ -65,7 +65,7 @@ impl std::fmt::Debug for TransactionWriter {
 }
 
 impl TransactionWriter {
-    pub async fn run(self, mut submissions: mpsc::Receiver<Submission>) {
+    pub(crate) async fn run(self, mut submissions: mpsc::Receiver<Submission>) {
         let mut held: Vec<Submission> = Vec::new();
         let mut open = true;
         while open || !held.is_empty() {
