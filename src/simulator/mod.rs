@@ -26,7 +26,7 @@
 
 mod faults;
 mod handle;
-pub mod paired;
+mod paired;
 mod routes;
 pub mod rules;
 mod signing;
