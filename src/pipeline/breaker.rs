@@ -8,7 +8,8 @@
 //! opens it again.
 //!
 //! This is the decision only: no clock, no I/O. [`Breaker::admit`] and [`Breaker::record`] take
-//! the time; the worker waits and calls.
+//! the time; the worker waits and calls. One concern over about 600 lines: half the file is the
+//! state machine's tests, next to it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
