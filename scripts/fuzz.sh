@@ -9,7 +9,7 @@
 # from the committed seeds in fuzz/corpus/TARGET and keeps what it learns in
 # fuzz/work/corpus/TARGET (not committed); a crash, hang (10 s) or out-of-memory (2 GiB) input is
 # written to fuzz/artifacts/TARGET/ and stops that target. Each such input becomes a fixed bug
-# and a file of fuzz/corpus/TARGET, which tests/fuzz_corpus.rs replays in every `cargo test`.
+# and a file of fuzz/corpus/TARGET, which tests/it/fuzz_corpus.rs replays in every `cargo test`.
 # The last lines of each run (executions, coverage) go to fuzz/work/TARGET.log.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"

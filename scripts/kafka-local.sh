@@ -3,7 +3,7 @@
 # running the integration suite against a real broker:
 #
 #   export REGNOTIFY_TEST_BOOTSTRAP=$(scripts/kafka-local.sh start)
-#   cargo test --test pipeline --test crash
+#   cargo test --test it -- pipeline:: crash::
 #   scripts/kafka-local.sh stop
 #
 # The broker's jars come from Maven Central only (scripts/kafka/pom.xml, fetched with Maven into a
@@ -14,7 +14,7 @@
 #   status   prints host:port and exits 0 when running, exits 1 otherwise
 #   fetch    only fill the jar cache; prints its folder
 #   kill     SIGKILL the broker's JVM, as a crash would; keeps its data, config and ports, so
-#            `restart` brings the same broker back (fault tests: tests/faults.rs)
+#            `restart` brings the same broker back (fault tests: tests/it/faults.rs)
 #   restart  start the broker stopped by `kill` again, same ports and data; waits until it
 #            answers and prints host:port
 #
@@ -24,7 +24,7 @@
 #   REGNOTIFY_TEST_KAFKA_CACHE    jar cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-VERSION)
 #   REGNOTIFY_TEST_KAFKA_RUN_DIR  pid file, config, logs and data (default ${XDG_CACHE_HOME:-$HOME/.cache}/regnotify/kafka-run);
 #                                 give each broker on one machine its own, and export it to the tests
-#                                 that stop the broker (tests/faults.rs runs this script)
+#                                 that stop the broker (tests/it/faults.rs runs this script)
 #   REGNOTIFY_TEST_KAFKA_PORT     the broker's port (default: a free one picked at start)
 #   REGNOTIFY_TEST_KAFKA_HEAP     JVM heap options (default -Xms256m -Xmx512m)
 #   REGNOTIFY_TEST_KAFKA_START_TIMEOUT  seconds to wait for the broker (default 120)

@@ -1,5 +1,5 @@
 //! Entry points for the fuzz targets of `fuzz/` (cargo-fuzz, nightly) and for the corpus replay
-//! test that runs on stable (`tests/fuzz_corpus.rs`): each takes arbitrary bytes, drives one parser
+//! test that runs on stable (`tests/it/fuzz_corpus.rs`): each takes arbitrary bytes, drives one parser
 //! of hostile input the way the service does, and checks what must hold whatever the bytes.
 //!
 //! An entry point panics only when such a law is broken, which is what the fuzzer reports; the

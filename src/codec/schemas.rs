@@ -44,7 +44,7 @@ pub fn fingerprint(schema: &Schema) -> u64 {
 /// (`{"type":"string"}` for a uuid), where the specification's [PRIMITIVES] rule, Java and
 /// fastavro write the plain name (`"string"`). The fingerprints then differ and single-object
 /// records from other producers would not be recognised (AVRO-4004; found by the fastavro
-/// cross-check in `tests/codec.rs`). Names and symbols cannot contain quotes or braces, and
+/// cross-check in `tests/it/codec.rs`). Names and symbols cannot contain quotes or braces, and
 /// defaults are stripped, so the patterns below can only match a schema.
 pub fn canonical_form(schema: &Schema) -> String {
     const PRIMITIVES: [&str; 8] = [

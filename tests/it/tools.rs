@@ -3,7 +3,7 @@
 //! produce → run → replay-dlq round trip with the real pipeline and the simulator.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::Duration;

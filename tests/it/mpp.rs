@@ -11,7 +11,7 @@
 //!   answers signed with the old key are not trusted after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@
 //! mock's group coordinator and storage are simplified stand-ins for both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -72,10 +72,7 @@ fn dead_lettered_outcome() -> RegistrationNotifyOutcome {
 // ---------------------------------------------------------------------------------------------
 // The Schema Registry stand-in the pipeline tests use too (without their Kafka harness).
 
-#[path = "common/registry.rs"]
-mod registry;
-
-use registry::RegistryStub;
+use crate::common::registry::RegistryStub;
 
 /// A URL on which nothing listens.
 async fn closed_port_url() -> String {

@@ -3,9 +3,9 @@
 //! and can go down (its port refuses connections) and come back on the same address, to stage a
 //! registry outage.
 //!
-//! Shared by the pipeline harness (`tests/common/mod.rs`) and the codec tests (`tests/codec.rs`,
-//! which include this file alone, without the Kafka harness).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Shared by the pipeline harness (`tests/it/common/mod.rs`) and the codec tests
+//! (`tests/it/codec.rs`, which use it without the Kafka harness).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@
 //! - [`registry`]: the Schema Registry stand-in (it can go down and come back).
 //! - [`service`]: `regnotify run` as a child process (SIGTERM, SIGKILL, logs).
 //! - [`broker`]: stopping and restarting the broker of `scripts/kafka-local.sh`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
 pub mod registry;

@@ -12,7 +12,7 @@
 //! they hold it exclusively while every other test here waits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -15,7 +15,7 @@
 //!   back (before issue 19's item 4g was fixed, about 200 of the other MPP's 500 were, then the
 //!   intake of every partition stopped until the failing MPP was back).
 //!
-//! (The broker killed and restarted under exactly-once is `tests/faults.rs`.)
+//! (The broker killed and restarted under exactly-once is `tests/it/faults.rs`.)
 //!
 //! Every test runs on the mock cluster and, in CI's real-broker step, on a real broker
 //! (`scripts/kafka-local.sh`, `REGNOTIFY_TEST_BOOTSTRAP`). The mock cluster does not store
@@ -25,7 +25,7 @@
 //! they are checked on both. The tests take turns (they measure time on two shared cores).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! or an error message — checked on the real `regnotify run` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -114,8 +114,23 @@ fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_what_happened_and_health_endpoints_answer() {
+// The Prometheus recorder is one per process, and the suites run side by side in one test
+// binary: exact counts need a process of their own, so this test runs in a child process of
+// the test binary (`rusty-fork`), with nothing else recording into it.
+rusty_fork::rusty_fork_test! {
+    #![rusty_fork(timeout_ms = 300_000)]
+    #[test]
+    fn metrics_count_what_happened_and_health_endpoints_answer() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(count_what_happened_and_answer_health_checks());
+    }
+}
+
+async fn count_what_happened_and_answer_health_checks() {
     let rules = vec![
         FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
         FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),

@@ -3,7 +3,7 @@
 //! `/readyz` says so, and every event is notified once Alipay+ is back. A refusal that is about
 //! one event is still dead-lettered.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

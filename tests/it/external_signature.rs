@@ -1,6 +1,6 @@
 //! Cross-checks our RSA256 signatures against Alipay's official global open SDK for Python (an
 //! implementation we did not write): same signature bytes both ways, and each side verifies the
-//! other's. See README.md in this folder for the install command.
+//! other's. See `tests/external_signature/README.md` for the install command.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;

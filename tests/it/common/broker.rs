@@ -6,7 +6,7 @@
 //! Tests in one binary run in parallel: one that stops the broker holds [`exclusive`], every
 //! other real-broker test of that binary holds [`shared`], so no test sees an outage it did not
 //! stage.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! (and Kubernetes' default 30 s grace), not at its end. A stop that comes while a revoke
 //! waits for work that cannot finish answers the revoke at its drain deadline.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! real broker with `REGNOTIFY_TEST_BOOTSTRAP`) and the simulator over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -82,7 +82,7 @@ async fn every_class_of_answer_ends_as_specified() {
     ];
     harness.produce(&events).await;
     // SPEC's routing table as it stands, without the circuit breaker. With it, a refusal is held
-    // until other answers explain it (tests/circuit.rs): whether one came in time depends on the
+    // until other answers explain it (tests/it/circuit.rs): whether one came in time depends on the
     // order the partitions were served in, so the refused event's attempt count would too.
     let mut settings = harness.settings();
     settings.alipayplus.circuit_breaker.enabled = false;

@@ -1,7 +1,7 @@
 //! `regnotify run` as a child process against the harness's topics: keys from `regnotify keygen`,
 //! a simulator of its own that knows them, a config file, and helpers to SIGKILL or SIGTERM the
 //! process and to wait on the group's progress while checking that the children still live.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
