@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,98 +20,17 @@ use super::classify::{
     ApiResult, Exchange, ResultClass, ResultOverrides, TransportFailure, classify,
     parse_response_body,
 };
-use super::credentials::{ClientKeys, KeyLoadError, KeySources, Signer};
-use super::request::{NOTIFY_REGISTRATION_STATUS_PATH, notify_request_body};
+use super::credentials::{ClientKeys, KeySources, Signer};
+use super::endpoint::{ca_bundle, endpoint_url};
+use super::options::{ClientBuildError, ClientOptions};
+use super::request::notify_request_body;
 use super::signature::{SignatureCheck, request_time_now, sign_request, verify_signature};
 use crate::config::{AlipayPlusSettings, MppClientSettings};
 use crate::event::RegistrationDecided;
-use crate::keys::{KeyError, PrivateSigningKey, PublicVerifyingKey, run_rsa};
+use crate::keys::{PrivateSigningKey, PublicVerifyingKey, run_rsa};
 
-/// Largest response body read; Alipay+ answers are a few hundred bytes.
-pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest `Client-Id` / `Response-Time` / `Signature` response header value considered.
 pub(crate) const MAX_SIGNATURE_HEADER_BYTES: usize = 2048;
-
-/// Everything the client needs besides keys, in plain types.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    pub(crate) base_url: String,
-    pub allow_insecure_http: bool,
-    pub(crate) client_id: String,
-    pub(crate) key_version: u32,
-    pub verify_response_signature: bool,
-    pub(crate) connect_timeout: Duration,
-    pub request_timeout: Duration,
-    /// 0 = no client-side ceiling.
-    pub max_requests_per_second: u32,
-    pub(crate) result_overrides: ResultOverrides,
-    pub(crate) max_response_bytes: usize,
-    /// Extra CA certificates (PEM bundle) trusted besides the built-in roots.
-    pub(crate) ca_bundle_file: Option<PathBuf>,
-}
-
-impl ClientOptions {
-    /// The options of the `[alipayplus.clients.<pspId>]` identity: its own client id, key
-    /// version, base URL and rate ceiling, everything else from `[alipayplus]`.
-    pub(crate) fn for_client(settings: &AlipayPlusSettings, client: &MppClientSettings) -> Self {
-        let mut options = Self::from_settings(settings);
-        options.client_id = client.client_id.clone();
-        options.key_version = client.key_version;
-        if let Some(base_url) = &client.base_url {
-            options.base_url = base_url.clone();
-        }
-        if let Some(rate) = client.max_requests_per_second {
-            options.max_requests_per_second = rate;
-        }
-        options
-    }
-
-    pub fn from_settings(settings: &AlipayPlusSettings) -> Self {
-        ClientOptions {
-            base_url: settings.base_url.clone(),
-            allow_insecure_http: settings.allow_insecure_http,
-            client_id: settings.client_id.clone(),
-            key_version: settings.key_version,
-            verify_response_signature: settings.verify_response_signature,
-            connect_timeout: settings.connect_timeout,
-            request_timeout: settings.request_timeout,
-            max_requests_per_second: settings.max_requests_per_second,
-            result_overrides: settings
-                .result_policy
-                .iter()
-                .map(|(code, policy)| (code.clone(), ResultClass::from(*policy)))
-                .collect(),
-            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            ca_bundle_file: settings.ca_bundle_file.clone(),
-        }
-    }
-}
-
-/// Why a client could not be built. Messages name the setting at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientBuildError {
-    #[error("alipayplus.base_url: {0}")]
-    BaseUrl(String),
-    #[error("alipayplus.base_url: http:// is refused unless alipayplus.allow_insecure_http = true")]
-    InsecureHttp,
-    #[error("alipayplus.client_id: must be a non-empty, visible ASCII header value")]
-    ClientId,
-    #[error("alipayplus.private_key_file: is required (or alipayplus.private_key as PEM text)")]
-    MissingPrivateKey,
-    #[error(
-        "alipayplus.alipayplus_public_key_file: is required while verify_response_signature is on"
-    )]
-    MissingPublicKey,
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// A key named by a setting does not load (or does not pair with its public key).
-    #[error(transparent)]
-    KeyFile(#[from] KeyLoadError),
-    #[error("invalid setting `alipayplus.ca_bundle_file`: {0}")]
-    CaBundle(String),
-    #[error("cannot build the http client: {0}")]
-    Http(String),
-}
 
 /// Why an attempt got no usable answer. Never contains key material or signatures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -511,22 +429,6 @@ impl SignedHeaders {
     }
 }
 
-/// The certificates of a PEM bundle; a file without any is refused rather than trusting nothing new.
-fn ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientBuildError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| ClientBuildError::CaBundle(format!("cannot read {}: {e}", path.display())))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-        ClientBuildError::CaBundle(format!("{} is not a PEM bundle: {e}", path.display()))
-    })?;
-    if certificates.is_empty() {
-        return Err(ClientBuildError::CaBundle(format!(
-            "{} holds no PEM certificate",
-            path.display()
-        )));
-    }
-    Ok(certificates)
-}
-
 /// Reads the body in chunks and stops as soon as it passes `limit`.
 async fn read_limited(
     response: &mut reqwest::Response,
@@ -574,71 +476,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-/// `<base_url>/aps/api/v1/merchants/notifyRegistrationStatus`, refusing `http://` unless allowed.
-pub(crate) fn endpoint_url(
-    base_url: &str,
-    allow_insecure_http: bool,
-) -> Result<reqwest::Url, ClientBuildError> {
-    let base =
-        reqwest::Url::parse(base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
-    match base.scheme() {
-        "https" => {}
-        "http" if allow_insecure_http => {}
-        "http" => return Err(ClientBuildError::InsecureHttp),
-        other => {
-            return Err(ClientBuildError::BaseUrl(format!(
-                "unsupported scheme {other:?}, expected https"
-            )));
-        }
-    }
-    if base.host_str().is_none_or(str::is_empty) {
-        return Err(ClientBuildError::BaseUrl("has no host".into()));
-    }
-    if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
-        return Err(ClientBuildError::BaseUrl(
-            "must not carry credentials, a query or a fragment".into(),
-        ));
-    }
-    let joined = format!(
-        "{}{}",
-        base.as_str().trim_end_matches('/'),
-        NOTIFY_REGISTRATION_STATUS_PATH
-    );
-    reqwest::Url::parse(&joined).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn endpoint_joins_the_path_and_keeps_a_base_prefix() {
-        let url = endpoint_url("https://open-sea-global.alipayplus.com", false).unwrap();
-        assert_eq!(
-            url.as_str(),
-            "https://open-sea-global.alipayplus.com/aps/api/v1/merchants/notifyRegistrationStatus"
-        );
-        let url = endpoint_url("http://127.0.0.1:9/gw/", true).unwrap();
-        assert_eq!(
-            url.path(),
-            "/gw/aps/api/v1/merchants/notifyRegistrationStatus"
-        );
-    }
-
-    #[test]
-    fn endpoint_refuses_insecure_and_odd_urls() {
-        assert!(matches!(
-            endpoint_url("http://example.com", false),
-            Err(ClientBuildError::InsecureHttp)
-        ));
-        for bad in ["ftp://x", "not a url", "https://u:p@x", "https://x/?q=1"] {
-            assert!(
-                matches!(endpoint_url(bad, true), Err(ClientBuildError::BaseUrl(_))),
-                "{bad}"
-            );
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! Everything about talking to Alipay+: mapping an event to the `notifyRegistrationStatus` body
 //! ([`request`]), the RSA256 signature scheme ([`signature`]), what each answer means
-//! ([`classify`]), the HTTP client that puts them together ([`client`]), each MPP's keys
+//! ([`classify`]), the HTTP client that puts them together ([`client`]), what it is built from
+//! ([`options`]), where it sends and whom it trusts ([`endpoint`]), each MPP's keys
 //! ([`credentials`]) and their reloading while the service runs ([`rotation`]).
 //!
 //! This module owns one HTTP call at a time; it never retries, never touches Kafka and never logs
@@ -9,6 +10,8 @@
 pub(crate) mod classify;
 pub(crate) mod client;
 pub(crate) mod credentials;
+mod endpoint;
+mod options;
 pub(crate) mod request;
 pub(crate) mod rotation;
 pub mod signature;
@@ -20,8 +23,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use classify::ResultClass;
-pub use client::{AlipayPlusClient, AttemptError, ClientBuildError, ClientOptions, NotifyAttempt};
+pub use client::{AlipayPlusClient, AttemptError, NotifyAttempt};
 pub(crate) use credentials::KeySources;
+pub use options::{ClientBuildError, ClientOptions};
 pub use request::NOTIFY_REGISTRATION_STATUS_PATH;
 pub(crate) use rotation::KeyWatcher;
 pub use signature::{SignatureCheck, SignedRequest, sign_request};

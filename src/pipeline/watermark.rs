@@ -17,7 +17,7 @@ use thiserror::Error;
 /// Why an offset could not be tracked.
 ///
 /// Both cases mean the caller's view of the partition is no longer the consumer's (a seek, a
-/// re-assignment, a bug); the caller should [`CommitWatermark::reset`] before tracking again.
+/// re-assignment, a bug); the book then starts the partition over with a new watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub(crate) enum TrackError {
     #[error("offset {offset} is negative")]
@@ -38,17 +38,10 @@ pub(crate) struct CommitWatermark {
     window: VecDeque<(i64, bool)>,
     /// Offsets in `window` whose work is not done yet.
     unfinished: usize,
-    /// The newest offset ever tracked since the last reset, to refuse going backwards even when
-    /// the window is empty.
+    /// The newest offset ever tracked, to refuse going backwards even when the window is empty.
     last_tracked: Option<i64>,
     /// Commit position of the released prefix (last released offset + 1).
     committable: Option<i64>,
-    /// The position last handed out by `take_commit`, so a periodic commit can skip no-ops.
-    #[cfg(test)]
-    last_taken: Option<i64>,
-    /// Bumped by every reset; see [`CommitWatermark::complete_in`].
-    #[cfg(test)]
-    generation: u64,
 }
 
 impl CommitWatermark {
@@ -80,8 +73,8 @@ impl CommitWatermark {
     /// Marks the work of `offset` as done (every output of it acknowledged).
     ///
     /// Returns `false`, changing nothing, when the offset is not in flight here: already completed
-    /// (a duplicate), never tracked, or tracked before the last [`reset`](Self::reset) — a late
-    /// completion from an assignment this consumer has lost must never move the new position.
+    /// (a duplicate) or never tracked. (A completion from an assignment this consumer has lost
+    /// never reaches the new assignment's watermark: the book tells them apart by generation.)
     pub(crate) fn complete(&mut self, offset: i64) -> bool {
         let Ok(index) = self
             .window
@@ -101,42 +94,10 @@ impl CommitWatermark {
         true
     }
 
-    /// Like [`complete`](Self::complete), but only when the work was tracked in `generation`
-    /// (read from [`generation`](Self::generation) when it was tracked).
-    ///
-    /// A partition revoked and assigned again is re-consumed from its committed position, so the
-    /// same offset can be in flight twice: once from the lost assignment, once from the new one.
-    /// The generation tells the two apart where the offset alone cannot.
-    #[cfg(test)]
-    pub(crate) fn complete_in(&mut self, generation: u64, offset: i64) -> bool {
-        generation == self.generation && self.complete(offset)
-    }
-
     /// The position to commit: one past the highest offset that, together with every offset
     /// tracked before it, is done. `None` until the first offset is released.
     pub(crate) fn committable(&self) -> Option<i64> {
         self.committable
-    }
-
-    /// The committable position, but only when it moved since the last call, so a periodic
-    /// commit sends nothing when no work finished in between.
-    ///
-    /// Taking a position assumes it is committed; if the commit fails, call
-    /// [`forget_taken`](Self::forget_taken) so the next call offers it again.
-    #[cfg(test)]
-    pub(crate) fn take_commit(&mut self) -> Option<i64> {
-        let position = self.committable?;
-        if self.last_taken.is_some_and(|taken| taken >= position) {
-            return None;
-        }
-        self.last_taken = Some(position);
-        Some(position)
-    }
-
-    /// Forgets the last taken position, after a failed commit, so `take_commit` offers it again.
-    #[cfg(test)]
-    pub(crate) fn forget_taken(&mut self) {
-        self.last_taken = None;
     }
 
     /// Tracked offsets whose work is not done yet.
@@ -145,10 +106,8 @@ impl CommitWatermark {
         self.unfinished
     }
 
-    /// Tracked offsets held in memory: the unfinished ones and the finished ones waiting behind
-    /// an older unfinished offset. This is what `max_pending_per_partition` bounds.
     /// Where a commit may stand now: the committable position, or, before anything is, the first
-    /// offset tracked (nothing below it was delivered since the last reset). A commit there
+    /// offset tracked (nothing below it was delivered to this watermark). A commit there
     /// passes no unfinished work and can carry a note of what finished above it.
     pub(crate) fn commit_position(&self) -> Option<i64> {
         self.committable
@@ -173,6 +132,8 @@ impl CommitWatermark {
         }
     }
 
+    /// Tracked offsets held in memory: the unfinished ones and the finished ones waiting behind
+    /// an older unfinished offset. This is what `max_pending_per_partition` bounds.
     pub(crate) fn window_len(&self) -> usize {
         self.window.len()
     }
@@ -181,23 +142,6 @@ impl CommitWatermark {
     #[cfg(test)]
     pub(crate) fn is_drained(&self) -> bool {
         self.unfinished == 0
-    }
-
-    /// The current generation; see [`complete_in`](Self::complete_in).
-    #[cfg(test)]
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// Forgets every offset and position, for a new assignment of the partition. Completions of
-    /// work tracked before the reset are refused by [`complete_in`](Self::complete_in), and by
-    /// [`complete`](Self::complete) unless the same offset is tracked again.
-    #[cfg(test)]
-    pub(crate) fn reset(&mut self) {
-        *self = Self {
-            generation: self.generation.wrapping_add(1),
-            ..Self::default()
-        };
     }
 
     fn release_finished_prefix(&mut self) {
@@ -226,9 +170,9 @@ mod tests {
 
     #[test]
     fn nothing_is_committable_before_the_first_completion() {
-        let mut watermark = tracking(&[0, 1, 2]);
+        let watermark = tracking(&[0, 1, 2]);
         assert_eq!(watermark.committable(), None);
-        assert_eq!(watermark.take_commit(), None);
+        assert_eq!(watermark.commit_position(), Some(0));
         assert_eq!(watermark.pending(), 3);
     }
 
@@ -302,36 +246,34 @@ mod tests {
     }
 
     #[test]
-    fn take_commit_offers_each_position_once() {
-        let mut watermark = tracking(&[0, 1, 2]);
-        watermark.complete(0);
-        assert_eq!(watermark.take_commit(), Some(1));
-        assert_eq!(watermark.take_commit(), None);
-        watermark.complete(2);
-        assert_eq!(watermark.take_commit(), None);
-        watermark.complete(1);
-        assert_eq!(watermark.take_commit(), Some(3));
-        assert_eq!(watermark.take_commit(), None);
-        watermark.forget_taken();
-        assert_eq!(watermark.take_commit(), Some(3));
+    fn the_commit_position_carries_what_finished_beyond_it() {
+        let mut watermark = tracking(&[0, 1, 2, 3]);
+        assert!(watermark.complete(2));
+        assert_eq!(watermark.commit_position(), Some(0));
+        assert_eq!(watermark.finished_beyond(), vec![2]);
+        assert!(watermark.complete(0));
+        assert_eq!(watermark.commit_position(), Some(1));
+        assert_eq!(watermark.finished_beyond(), vec![2]);
+        assert!(watermark.complete(1));
+        assert_eq!(watermark.commit_position(), Some(3));
+        assert!(watermark.finished_beyond().is_empty());
+        assert!(watermark.complete(3));
+        assert_eq!(watermark.commit_position(), Some(4));
+        assert!(watermark.is_drained());
     }
 
     #[test]
-    fn reset_forgets_everything_and_refuses_late_completions() {
-        let mut watermark = tracking(&[100, 101]);
-        let lost_generation = watermark.generation();
-        watermark.complete(100);
-        watermark.reset();
-        assert_eq!(watermark.committable(), None);
-        assert_eq!(watermark.pending(), 0);
-        assert!(!watermark.complete(101));
-
-        // Re-assigned from the committed position 101: the same offset is in flight again.
-        watermark.track(101).unwrap();
-        assert!(!watermark.complete_in(lost_generation, 101));
-        assert_eq!(watermark.pending(), 1);
-        assert!(watermark.complete_in(watermark.generation(), 101));
-        assert_eq!(watermark.committable(), Some(102));
+    fn span_and_window_count_from_the_first_unfinished_offset_gaps_included() {
+        let mut watermark = tracking(&[10, 12, 15]);
+        assert_eq!((watermark.span(), watermark.window_len()), (6, 3));
+        watermark.complete(10);
+        assert_eq!((watermark.span(), watermark.window_len()), (4, 2));
+        // A finished offset behind an unfinished one is still held.
+        watermark.complete(15);
+        assert_eq!((watermark.span(), watermark.window_len()), (4, 2));
+        watermark.complete(12);
+        assert_eq!((watermark.span(), watermark.window_len()), (0, 0));
+        assert_eq!(watermark.committable(), Some(16));
     }
 
     /// Increasing offsets with gaps of 1 to 4, from a random start.
@@ -388,7 +330,6 @@ mod tests {
             let mut watermark = CommitWatermark::new();
             let mut done: Vec<bool> = Vec::new();
             let mut previous_position = None;
-            let mut previous_taken = None;
             for (prefer_track, pick) in steps {
                 let in_flight: Vec<usize> =
                     (0..done.len()).filter(|&index| !done[index]).collect();
@@ -406,10 +347,13 @@ mod tests {
                 prop_assert!(position >= previous_position, "position went back");
                 previous_position = position;
                 prop_assert_eq!(watermark.pending(), done.iter().filter(|&&d| !d).count());
-                if let Some(taken) = watermark.take_commit() {
-                    prop_assert!(Some(taken) > previous_taken, "take_commit repeated itself");
-                    previous_taken = Some(taken);
-                }
+                // What a commit's note carries: every finished offset behind the first unfinished.
+                let first_unfinished = done.iter().position(|&d| !d).unwrap_or(done.len());
+                let beyond: Vec<i64> = (first_unfinished..done.len())
+                    .filter(|&index| done[index])
+                    .map(|index| offsets[index])
+                    .collect();
+                prop_assert_eq!(watermark.finished_beyond(), beyond);
             }
         }
     }

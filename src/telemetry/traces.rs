@@ -13,6 +13,10 @@
 //! A dead letter replayed by `regnotify replay-dlq` carries its trace context under
 //! [`ORIGIN_TRACEPARENT`]: the replayed event starts a trace of its own whose span links to the
 //! original one.
+//!
+//! Over 600 lines with its tests (about 490 without): one concern, an event's trace from the
+//! headers it came with to the headers its outputs carry, kept whole so that the rules above
+//! read in one place.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
