@@ -34,8 +34,8 @@ const RELOADED_KEYS: [&str; 2] = ["mpp_private_key", "alipayplus_public_key"];
 const RELOAD_RESULTS: [&str; 2] = ["applied", "refused"];
 
 /// Every `check` the pipeline reports to [`super::invariant_broken`] (the names passed to
-/// `pipeline::invariant::take` and `expect`). tests/it/operations.rs reads them from the source and
-/// fails when one is missing here.
+/// `pipeline::invariant::take` and `expect`). tests/it/operations/metrics.rs reads them from the
+/// source and fails when one is missing here.
 const INVARIANT_CHECKS: [&str; 12] = [
     "acknowledged_offset_in_window",
     "book_waiting",

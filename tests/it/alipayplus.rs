@@ -1,5 +1,8 @@
 //! The real Alipay+ client against the real simulator over HTTP on 127.0.0.1: one test per class
 //! of SPEC section 4, plus the configuration guards.
+//!
+//! Over 600 lines: one concern, the client against the simulator, a test per class of answer
+//! (22 tests, each a few lines of set-up and checks).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;

@@ -8,6 +8,9 @@
 //!
 //! The server picks its behaviour by the request's `referenceMerchantId`. Timeouts are short
 //! (1 s connect, 2 s request), so the whole file runs in a few seconds.
+//!
+//! Over 600 lines: one concern, the client against a peer that misbehaves; most of the length is
+//! the server's catalogue of misbehaviours.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;

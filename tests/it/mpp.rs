@@ -9,6 +9,9 @@
 //!   new ones, nothing is lost, no restart; broken or mismatched replacements are refused;
 //! - Alipay+ rotates its answer key: answers signed with either key verify during the overlap,
 //!   answers signed with the old key are not trusted after it.
+//!
+//! Over 600 lines: one concern, the identities of MPPs and their keys; each rotation case needs
+//! its own keys, files and simulators.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;

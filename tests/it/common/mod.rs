@@ -11,6 +11,9 @@
 //! - [`registry`]: the Schema Registry stand-in (it can go down and come back).
 //! - [`service`]: `regnotify run` as a child process (SIGTERM, SIGKILL, logs).
 //! - [`broker`]: stopping and restarting the broker of `scripts/kafka-local.sh`.
+//!
+//! Long (about 1,000 lines) because it is the one harness: every suite's set-up, produce and
+//! read-back in one place, so that no suite grows a second way of doing them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
