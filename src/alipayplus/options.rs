@@ -11,7 +11,8 @@ use crate::config::{AlipayPlusSettings, MppClientSettings};
 use crate::keys::KeyError;
 
 /// Largest response body read; Alipay+ answers are a few hundred bytes.
-pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
+const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// Everything the client needs besides keys, in plain types.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
