@@ -219,25 +219,26 @@ impl PipelineContext {
         notes
     }
 
-    /// Applies the dispatcher's plan and the flow counts, when either may have changed.
-    pub(super) fn apply_pause(&self, consumer: &PipelineConsumer) {
+    /// Applies the dispatcher's plan and the flow counts, when either may have changed; the
+    /// partitions it resumed.
+    pub(super) fn apply_pause(&self, consumer: &PipelineConsumer) -> Vec<i32> {
         let version = self.flow.pause.version();
         {
             let Ok(applied) = self.applied.lock() else {
-                return;
+                return Vec::new();
             };
             if version == applied.version && !applied.recheck {
-                return;
+                return Vec::new();
             }
         }
         let assigned = match consumer.assignment() {
             Ok(assignment) => partitions_of(&assignment, &self.topic),
             Err(error) => {
                 tracing::warn!(%error, "cannot read the assignment to pause or resume");
-                return;
+                return Vec::new();
             }
         };
-        self.set_pause_of(consumer, &assigned, false);
+        self.set_pause_of(consumer, &assigned, false)
     }
 
     /// Asks for the pause state to be worked out again at the next poll.
@@ -265,10 +266,15 @@ impl PipelineContext {
     /// A fresh pass covers only the new partitions (with cooperative assignment the others stay
     /// owned), so it leaves a full pass due rather than record the plan as applied to all. A
     /// pause or resume librdkafka refuses is not recorded as done either: the next poll tries
-    /// again.
-    fn set_pause_of(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], fresh: bool) {
+    /// again. Returns the partitions resumed.
+    fn set_pause_of(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+        fresh: bool,
+    ) -> Vec<i32> {
         let Ok(mut applied) = self.applied.lock() else {
-            return;
+            return Vec::new();
         };
         if fresh {
             applied.recheck = true;
@@ -307,6 +313,7 @@ impl PipelineContext {
         if !paused || !resumed {
             applied.recheck = true;
         }
+        if resumed { resume } else { Vec::new() }
     }
 }
 

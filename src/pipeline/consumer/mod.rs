@@ -14,11 +14,13 @@
 //!
 //! The parts: `flow` (the pause board and the intake counts shared with the dispatcher),
 //! `context` (the librdkafka context: rebalance callbacks, pausing and resuming), `poll` (the
-//! thread and its poll loop). Here: what crosses to the dispatcher.
+//! thread and its poll loop), `waker` (wakes librdkafka's fetcher after a resume). Here: what
+//! crosses to the dispatcher.
 
 mod context;
 mod flow;
 mod poll;
+mod waker;
 
 use std::time::Instant;
 

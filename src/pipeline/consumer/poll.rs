@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::{Applied, PipelineContext};
 use super::flow::Flow;
+use super::waker;
 use super::{ConsumerEvent, PipelineConsumer};
 use crate::config::KafkaSettings;
 use crate::observe::Health;
@@ -25,9 +26,10 @@ use crate::pipeline::record::InputRecord;
 /// How long one poll waits for a record; bounds how late the thread notices a stop.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest the thread holds off polling while too many events wait. librdkafka keeps what
-/// it fetched ahead meanwhile; a pause would drop it, and after a resume librdkafka's fetcher
-/// looks again only on its next wake-up, up to a second later (measured on the demo: bursts
-/// every 500 ms to 1 s, the pipeline idle between them). Held longer than this, every partition
+/// it fetched ahead meanwhile; a pause would drop it, to be fetched again after the resume (which
+/// the waker asks librdkafka to do at once, where on its own it looked only on its next wake-up,
+/// up to a second later: bursts every 500 ms to 1 s, the pipeline idle between them, measured on
+/// the demo before there was a waker). Held longer than this, every partition
 /// pauses and the thread polls again, so rebalances are served: the hold delays one by at most
 /// this much and one [`INTAKE_HOLD_STEP`].
 pub(super) const INTAKE_HOLD_MAX: Duration = Duration::from_millis(500);
@@ -84,9 +86,22 @@ pub(crate) fn start(
         .spawn({
             let consumer = Arc::clone(&consumer);
             let (stop, failed) = (Arc::clone(&stop), Arc::clone(&failed));
+            let topic = kafka.input_topic.clone();
             move || {
                 let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    poll_loop(&consumer, &events, &flow, &stop)
+                    // The waker lives as long as the poll loop: the loop's end closes its
+                    // channel, and the scope joins it before the thread ends.
+                    std::thread::scope(|scope| {
+                        let (resumed, wakes) = std::sync::mpsc::channel();
+                        let (consumer, topic) = (&*consumer, topic.as_str());
+                        let waker = std::thread::Builder::new()
+                            .name("regnotify-fetch-waker".into())
+                            .spawn_scoped(scope, move || waker::run(consumer, topic, wakes));
+                        if let Err(error) = waker {
+                            tracing::warn!(%error, "no fetch waker: a resumed partition may wait up to a second");
+                        }
+                        poll_loop(consumer, &events, &flow, &stop, &resumed);
+                    })
                 }));
                 if polled.is_err() {
                     tracing::error!("consumer thread failed; stopping the pipeline");
@@ -122,6 +137,7 @@ fn poll_loop(
     events: &mpsc::UnboundedSender<ConsumerEvent>,
     flow: &Flow,
     stop: &AtomicBool,
+    resumed: &std::sync::mpsc::Sender<i32>,
 ) {
     let health = &consumer.context().health;
     let mut last_recheck = Instant::now();
@@ -155,7 +171,10 @@ fn poll_loop(
                 context.recheck();
             }
         }
-        context.apply_pause(consumer);
+        for partition in context.apply_pause(consumer) {
+            // Without it a resumed partition may wait up to a second to be fetched (see waker).
+            let _ = resumed.send(partition);
+        }
         let message = match consumer.poll(POLL_INTERVAL) {
             None => continue,
             Some(Err(error)) => {
