@@ -60,13 +60,15 @@ pub(crate) enum Command {
         Exit status: 0 done (also when nothing was replayed), 1 error, 2 usage error."
     )]
     ReplayDlq(ReplayDlqArgs),
-    /// Measure against the machine's limits: our RSA signing rate against `openssl speed`, and
-    /// demo scenarios (latency 0 and 50 ms, max_in_flight 16/64/256, key and partition ordering)
-    /// against their CPU and latency bounds, and peak RSS of a long run against a short one.
+    /// Measure against the machine's limits: our RSA signing rate against `openssl speed`, demo
+    /// scenarios (latency 0 and 50 ms, max_in_flight 16/64/256, key and partition ordering)
+    /// against their CPU and latency bounds, the service alone (its events per CPU-second against
+    /// OpenSSL's signatures per CPU-second), and peak RSS of a long run against a short one.
     /// Prints a table, then the same figures as one JSON document.
     #[command(
         after_help = "Each demo scenario runs as its own `regnotify demo --json` process, so its \
-        peak RSS is its own. Progress goes to stderr. Takes about 10 minutes on 2 cores with the \
+        peak RSS is its own; the service alone runs as `regnotify measure`, the simulator as \
+        `regnotify simulator`, each in its own process. Progress goes to stderr. Takes about 10 minutes on 2 cores with the \
         defaults (partition ordering at 50 ms is slow); --quick about half a minute."
     )]
     Bench(BenchArgs),
@@ -97,6 +99,13 @@ pub(crate) struct BenchArgs {
     /// Leave out the peak-RSS comparison.
     #[arg(long)]
     pub(crate) no_rss: bool,
+    /// Events the service-alone run measures (after a tenth as many of warm-up): `regnotify
+    /// measure` at its defaults, latency 0, in its own process, against OpenSSL's signing rate.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) service_events: u64,
+    /// Leave out the service-alone run.
+    #[arg(long)]
+    pub(crate) no_service: bool,
     /// Also write the JSON document to this file.
     #[arg(long, value_name = "FILE")]
     pub(crate) json_out: Option<PathBuf>,

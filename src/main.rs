@@ -185,6 +185,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         quick: args.quick,
         signer_seconds: if args.quick { 1 } else { args.signer_seconds },
         rss_growth,
+        service: match (args.no_service, args.quick) {
+            (true, _) => None,
+            (false, true) => Some((500, args.service_events.min(5_000))),
+            (false, false) => Some((args.service_events / 10, args.service_events)),
+        },
     };
     let report = regnotify::bench::run(&options)?;
     print::bench(&report, args.json_out.as_deref())

@@ -102,6 +102,8 @@ pub struct BenchReport {
     pub(crate) machine: Machine,
     pub(crate) signer: SignerResult,
     pub(crate) scenarios: Vec<ScenarioResult>,
+    /// The service alone against OpenSSL; `None` when left out or failed.
+    pub(crate) service: Option<super::service::ServiceRun>,
     pub(crate) rss_growth: Option<RssGrowth>,
     /// Scenarios whose demo run failed: name and why.
     pub failures: Vec<(String, String)>,

@@ -1,6 +1,6 @@
 //! The bench run ([`run`]): the signer, then each selected scenario as its own `regnotify demo
-//! --json` process (so its peak RSS is its own), then the RSS growth of a long run against a short
-//! one; the machine it ran on.
+//! --json` process (so its peak RSS is its own), then the service alone, then the RSS growth of a
+//! long run against a short one; the machine it ran on.
 //!
 //! Progress goes to stderr; the report is returned, never printed here.
 
@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use super::report::{BenchReport, Machine, RssGrowth, ScenarioResult};
 use super::scenarios::{Scenario, all_scenarios, quick_scenarios, scenario_events};
+use super::service::measure_service;
 use super::signer::measure_signer;
 use crate::demo::{DemoOptions, DemoSummary};
 
@@ -27,6 +28,8 @@ pub struct BenchOptions {
     pub signer_seconds: u64,
     /// The short and the long demo run whose peak RSS are compared; `None` skips the comparison.
     pub rss_growth: Option<(usize, usize)>,
+    /// Warm-up and measured events of the service-alone run; `None` skips it.
+    pub service: Option<(u64, u64)>,
 }
 
 /// Runs the whole bench; progress goes to stderr.
@@ -77,6 +80,21 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             }
         }
     }
+    let service = options.service.and_then(|(warmup, events)| {
+        eprint!("bench: the service alone, {events} events after {warmup} … ");
+        let openssl = signer.openssl.as_ref().map(|speed| speed.signs_per_second);
+        match measure_service(warmup, events, openssl) {
+            Ok(run) => {
+                eprintln!("{:.0} events/s", run.measurement.events_per_second);
+                Some(run)
+            }
+            Err(error) => {
+                eprintln!("failed");
+                failures.push(("service".to_string(), format!("{error:#}")));
+                None
+            }
+        }
+    });
     let rss_growth = options
         .rss_growth
         .map(|(short, long)| measure_rss_growth(short, long, &mut failures));
@@ -91,6 +109,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         },
         signer,
         scenarios,
+        service,
         rss_growth,
         failures,
     })

@@ -1,6 +1,6 @@
 //! The bench report as tables for people ([`BenchReport::to_table`]): the machine, the signer,
-//! one row per scenario against its bounds, the RSS growth, the tracing and exactly-once costs,
-//! the failures.
+//! one row per scenario against its bounds, the service alone, the RSS growth, the tracing and
+//! exactly-once costs, the failures.
 //!
 //! Formats only: never measures.
 
@@ -93,6 +93,26 @@ impl BenchReport {
                 fraction_text(result.steady_fraction_of_latency_bound),
                 fraction_text(result.load_average_before),
                 if demo.succeeded() { "yes" } else { "NO" },
+            ));
+        }
+        if let Some(service) = &self.service {
+            let run = &service.measurement;
+            out.push_str(&format!(
+                "\nthe service alone (`regnotify measure` at its defaults in its own process, latency \
+                 0, plain approvals; the mock cluster and the simulator outside it)\n  {} events \
+                 after {}: {:.0} events/s, notify p50 {:.1} ms, p99 {:.1} ms, {} CPU-s per 1,000 \
+                 events, peak RSS {:.1} MB\n  events per CPU-second {}, {} of openssl speed's \
+                 signatures per CPU-second\n",
+                run.events,
+                run.warmup_events,
+                run.events_per_second,
+                run.notify_p50_ms,
+                run.notify_p99_ms,
+                run.cpu_seconds_per_1000_events
+                    .map_or("–".to_string(), |cpu| format!("{cpu:.3}")),
+                run.peak_rss_bytes.unwrap_or(0) as f64 / 1e6,
+                rate_text(service.events_per_cpu_second),
+                fraction_text(service.of_openssl),
             ));
         }
         if let Some(growth) = &self.rss_growth {

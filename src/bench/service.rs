@@ -1,0 +1,281 @@
+//! The service alone: `regnotify measure` (the service as `regnotify run` starts it, at its default
+//! settings) in a process of its own, so that its CPU per event is the service's and nothing else's.
+//! Its events per CPU-second are held against OpenSSL's signatures per CPU-second, the work no
+//! implementation can avoid (one RSA-2048 signature an event). A demo scenario's CPU also pays for
+//! the simulator and the mock cluster in the same process; here the mock cluster runs in the
+//! bench's process and the simulator (`regnotify simulator`) in its own. The events are plain
+//! approvals over 1,000 merchants (none retried, refused or invalid), produced before the start,
+//! at latency 0: what `scripts/bench-peers.sh` does on a real broker.
+//!
+//! Starts and stops what the measured process runs against; `regnotify measure` measures.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::mocking::MockCluster;
+use serde::{Deserialize, Serialize};
+
+use super::measure::Measurement;
+
+const INPUT_TOPIC: &str = "bench.decided";
+const RESULT_TOPIC: &str = "bench.result";
+const DLQ_TOPIC: &str = "bench.dlq";
+const PARTITIONS: i32 = 4;
+const MERCHANTS: u64 = 1_000;
+const CLIENT_ID: &str = "BENCH_CLIENT";
+/// How long the simulator may take to listen.
+const SIMULATOR_START: Duration = Duration::from_secs(10);
+
+/// What the service-alone run measured, and how it compares with OpenSSL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ServiceRun {
+    pub(crate) measurement: Measurement,
+    /// 1,000 over the measurement's CPU-seconds per 1,000 events.
+    pub(crate) events_per_cpu_second: Option<f64>,
+    /// Events per CPU-second over `openssl speed`'s signatures per second on one core.
+    pub(crate) of_openssl: Option<f64>,
+}
+
+/// Runs the service alone over `warmup` then `events` events; `openssl_per_second` is
+/// `openssl speed`'s figure, when there is one.
+pub(super) fn measure_service(
+    warmup: u64,
+    events: u64,
+    openssl_per_second: Option<f64>,
+) -> anyhow::Result<ServiceRun> {
+    let exe = std::env::current_exe().context("cannot find the regnotify executable")?;
+    let work = WorkDir::create()?;
+    let cluster = MockCluster::new(1).context("cannot start the in-process kafka cluster")?;
+    cluster.create_topic(INPUT_TOPIC, PARTITIONS, 1)?;
+    cluster.create_topic(RESULT_TOPIC, PARTITIONS, 1)?;
+    cluster.create_topic(DLQ_TOPIC, 1, 1)?;
+    let bootstrap = cluster.bootstrap_servers();
+
+    let keys = work.path().join("keys");
+    run_quietly(
+        Command::new(&exe).arg("keygen").arg("--out").arg(&keys),
+        "keygen",
+    )?;
+    let simulator = Simulator::start(&exe, &keys)?;
+
+    let input = work.path().join("events.jsonl");
+    write_events(&input, warmup + events)?;
+    let produce_config = work.path().join("produce.toml");
+    std::fs::write(
+        &produce_config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ninput_topic = \"{INPUT_TOPIC}\"\n\
+             input_encoding = \"single-object\"\n"
+        ),
+    )?;
+    run_quietly(
+        Command::new(&exe)
+            .arg("produce")
+            .arg("--config")
+            .arg(&produce_config)
+            .arg("--input")
+            .arg(&input),
+        "produce",
+    )?;
+
+    let config = work.path().join("regnotify.toml");
+    std::fs::write(
+        &config,
+        service_config(&bootstrap, simulator.address, &keys),
+    )?;
+    let output = Command::new(&exe)
+        .arg("measure")
+        .arg("--config")
+        .arg(&config)
+        .arg("--warmup")
+        .arg(warmup.to_string())
+        .arg("--events")
+        .arg(events.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot start regnotify measure")?;
+    drop(simulator);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let measurement = match stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .map(serde_json::from_str::<Measurement>)
+    {
+        Some(Ok(measurement)) if output.status.success() => measurement,
+        _ => anyhow::bail!(
+            "regnotify measure exited with {} and no measurement; its last lines: {}",
+            output.status,
+            last_lines(&output.stderr)
+        ),
+    };
+    let events_per_cpu_second = measurement
+        .cpu_seconds_per_1000_events
+        .filter(|cpu| *cpu > 0.0)
+        .map(|cpu| 1000.0 / cpu);
+    Ok(ServiceRun {
+        of_openssl: events_per_cpu_second
+            .zip(openssl_per_second.filter(|openssl| *openssl > 0.0))
+            .map(|(ours, openssl)| ours / openssl),
+        events_per_cpu_second,
+        measurement,
+    })
+}
+
+/// The service's settings: its defaults, and what it needs to reach the cluster and simulator.
+fn service_config(bootstrap: &str, simulator: SocketAddr, keys: &Path) -> String {
+    format!(
+        "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"bench-service\"\n\
+         input_topic = \"{INPUT_TOPIC}\"\nresult_topic = \"{RESULT_TOPIC}\"\n\
+         dlq_topic = \"{DLQ_TOPIC}\"\n\n\
+         [alipayplus]\nbase_url = \"http://{simulator}\"\nallow_insecure_http = true\n\
+         client_id = \"{CLIENT_ID}\"\nprivate_key_file = \"{}\"\n\
+         alipayplus_public_key_file = \"{}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        keys.join("mpp_private_key.pem").display(),
+        keys.join("alipayplus_public_key.pem").display(),
+    )
+}
+
+/// `count` plain approvals over [`MERCHANTS`] merchants, one JSON object a line, as `regnotify
+/// produce` reads them.
+fn write_events(path: &Path, count: u64) -> anyhow::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for index in 0..count {
+        writeln!(
+            file,
+            "{}",
+            serde_json::json!({
+                "referenceMerchantId": format!("M-{:06}", index % MERCHANTS),
+                "registrationRequestId": format!("R-{index:09}"),
+                "decision": "APPROVED",
+            })
+        )?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+fn run_quietly(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start regnotify {what}"))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "regnotify {what} exited with {}: {}",
+            output.status,
+            last_lines(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn last_lines(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// `regnotify simulator` in its own process, killed when dropped.
+struct Simulator {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Simulator {
+    fn start(exe: &Path, keys: &Path) -> anyhow::Result<Simulator> {
+        // A free port, given back just before the simulator takes it.
+        let address = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let child = Command::new(exe)
+            .arg("simulator")
+            .arg("--listen")
+            .arg(address.to_string())
+            .arg("--private-key-file")
+            .arg(keys.join("alipayplus_private_key.pem"))
+            .arg("--mpp-public-key-file")
+            .arg(keys.join("mpp_public_key.pem"))
+            .arg("--client-id")
+            .arg(CLIENT_ID)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start regnotify simulator")?;
+        let mut simulator = Simulator { child, address };
+        let deadline = Instant::now() + SIMULATOR_START;
+        while TcpStream::connect(address).is_err() {
+            if let Ok(Some(status)) = simulator.child.try_wait() {
+                anyhow::bail!("regnotify simulator exited with {status} before listening");
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("regnotify simulator did not listen on {address} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(simulator)
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A folder of its own under the system's temporary folder, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!(
+            "regnotify-bench-service-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_millis()
+        ));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(WorkDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_runs_at_its_defaults_against_the_cluster_and_the_simulator() {
+        let config = service_config(
+            "127.0.0.1:9092",
+            "127.0.0.1:8090".parse().expect("an address"),
+            Path::new("/k"),
+        );
+        let settings: toml::Value = toml::from_str(&config).expect("the config is TOML");
+        assert_eq!(settings["kafka"]["input_topic"].as_str(), Some(INPUT_TOPIC));
+        assert_eq!(
+            settings["alipayplus"]["base_url"].as_str(),
+            Some("http://127.0.0.1:8090")
+        );
+        assert_eq!(
+            settings["alipayplus"]["private_key_file"].as_str(),
+            Some("/k/mpp_private_key.pem")
+        );
+        // Nothing of [processing]: the targets are at the defaults.
+        assert!(settings.get("processing").is_none());
+    }
+}
