@@ -52,6 +52,8 @@ if [[ -z "${REGNOTIFY_BIN:-}" ]]; then
   (cd "$repo" && cargo build --release --quiet)
 fi
 [[ -x "$bin" ]] || die "no regnotify binary at $bin"
+# Not a setting: regnotify warns about every REGNOTIFY_* variable it does not know.
+unset REGNOTIFY_BIN
 
 log "building the Parallel Consumer peer (mvn)"
 (cd "$peer_dir" && mvn -q -B -ntp compile dependency:copy-dependencies) >&2
