@@ -93,14 +93,14 @@ pub(crate) fn start(
                     // channel, and the scope joins it before the thread ends.
                     std::thread::scope(|scope| {
                         let (resumed, wakes) = std::sync::mpsc::channel();
-                        let (consumer, topic) = (&*consumer, topic.as_str());
+                        let (consumer, topic, stop) = (&*consumer, topic.as_str(), &*stop);
                         let waker = std::thread::Builder::new()
                             .name("regnotify-fetch-waker".into())
-                            .spawn_scoped(scope, move || waker::run(consumer, topic, wakes));
+                            .spawn_scoped(scope, move || waker::run(consumer, topic, wakes, stop));
                         if let Err(error) = waker {
                             tracing::warn!(%error, "no fetch waker: a resumed partition may wait up to a second");
                         }
-                        poll_loop(consumer, &events, &flow, &stop, &resumed);
+                        poll_loop(consumer, &events, &flow, stop, &resumed);
                     })
                 }));
                 if polled.is_err() {

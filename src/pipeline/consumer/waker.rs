@@ -10,6 +10,7 @@
 //! answer unused) on a thread of its own, so the consumer thread never waits for a broker.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -22,11 +23,21 @@ use super::PipelineConsumer;
 /// (and the consumer thread's stop, which joins it) for long.
 const WAKE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Sends one wake-up request for every partition resumed, until the sender closes. Resumes that
-/// arrive while a request is out are taken together, each partition once.
-pub(super) fn run(consumer: &PipelineConsumer, topic: &str, resumed: Receiver<i32>) {
+/// Sends one wake-up request for every partition resumed, until the sender closes or `stop` is
+/// set (checked before every request, so that a stop waits for one request at most, however many
+/// partitions are queued). Resumes that arrive while a request is out are taken together, each
+/// partition once.
+pub(super) fn run(
+    consumer: &PipelineConsumer,
+    topic: &str,
+    resumed: Receiver<i32>,
+    stop: &AtomicBool,
+) {
     while let Ok(first) = resumed.recv() {
         for partition in together(first, resumed.try_iter()) {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
             if let Err(error) = consumer.fetch_watermarks(topic, partition, WAKE_TIMEOUT) {
                 tracing::debug!(partition, %error, "fetch wake-up request not answered");
             }
