@@ -116,6 +116,66 @@ async fn partition_ordering_keeps_one_event_in_flight_per_partition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_order_holds_through_pauses_and_resumes_of_a_backlog() {
+    // A backlog under partition ordering: each partition's window (40 pending) fills, the
+    // partition pauses (librdkafka drops what it fetched ahead), resumes at half and fetches
+    // again, over and over. Across those cycles every partition's calls must stay in offset
+    // order, one at a time, with one outcome per event.
+    const PARTITIONS: i32 = 4;
+    let harness = Harness::new(PARTITIONS, Vec::new()).await;
+    let events: Vec<_> = (0..1_200)
+        .map(|i| event(&format!("M-{:03}", i % 150), &format!("R-{i:04}")))
+        .collect();
+    harness.produce(&events).await;
+    let mut settings = harness.settings();
+    settings.processing.ordering = regnotify::config::Ordering::Partition;
+    settings.processing.max_pending_per_partition = 40;
+    let pipeline = harness.start_pipeline(settings).await;
+    assert!(fully_committed(&harness.wait_fully_committed(WAIT).await));
+    let outcomes = harness.outcomes().await;
+    assert_one_outcome_each(&events, &outcomes);
+
+    let stats = harness.simulator.stats();
+    assert_eq!(stats.arrivals_dropped, 0);
+    assert!(
+        stats.max_concurrent_calls <= PARTITIONS as u32,
+        "at most one call per partition, got {} at once",
+        stats.max_concurrent_calls
+    );
+    let source: BTreeMap<&str, (i32, i64)> = outcomes
+        .iter()
+        .map(|o| {
+            (
+                o.registration_request_id.as_str(),
+                (o.source_partition, o.source_offset),
+            )
+        })
+        .collect();
+    let mut calls: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for arrival in &stats.arrivals {
+        let (partition, offset) = source[arrival.registration_request_id.as_str()];
+        calls.entry(partition).or_default().push(offset);
+    }
+    assert_eq!(
+        calls.len(),
+        PARTITIONS as usize,
+        "every partition had events"
+    );
+    for (partition, offsets) in &calls {
+        assert!(
+            offsets.len() > 80,
+            "partition {partition}: {} events, more than two windows' worth",
+            offsets.len()
+        );
+        assert!(
+            offsets.windows(2).all(|pair| pair[0] < pair[1]),
+            "partition {partition}: calls in offset order, each once: {offsets:?}"
+        );
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_mid_stream_and_restart_loses_nothing() {
     let harness = Harness::with_latency(3, Vec::new(), Duration::from_millis(20)).await;
     let events: Vec<_> = (0..150)
