@@ -68,8 +68,9 @@ pub(crate) enum Command {
     #[command(
         after_help = "Each demo scenario runs as its own `regnotify demo --json` process, so its \
         peak RSS is its own; the service alone runs as `regnotify measure`, the simulator as \
-        `regnotify simulator`, each in its own process. Progress goes to stderr. Takes about 10 minutes on 2 cores with the \
-        defaults (partition ordering at 50 ms is slow); --quick about half a minute."
+        `regnotify simulator`, each in its own process. Progress goes to stderr. Takes about 10 \
+        minutes on 2 cores with the defaults (partition ordering at 50 ms is slow); --quick \
+        about half a minute."
     )]
     Bench(BenchArgs),
     /// Run the service (as `run` does, same settings) until --warmup then --events more events
@@ -87,7 +88,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "TEXT")]
     pub(crate) scenario: Option<String>,
     /// Only key/0ms/256, key/50ms/64 (the targets' scenarios) and key/0ms/256+traces (what
-    /// tracing costs), 1,000 events each, 1 s of signing, no RSS comparison.
+    /// tracing costs), 1,000 events each, 1 s of signing, no RSS comparison, the service alone
+    /// over at most 5,000 events.
     #[arg(long)]
     pub(crate) quick: bool,
     /// Seconds of signing for our figure and for `openssl speed`.

@@ -17,8 +17,8 @@
 //! Nothing here asserts a speed: it reports figures, and the tests only check the arithmetic.
 //!
 //! By concern: the scenarios and their bounds (`scenarios`), the run (`runner`), the signer
-//! (`signer`), the service alone (`service`), the report's data (`report`), the variants' costs (`costs`) and the table
-//! (`table`); this file re-exports them as `bench::…`.
+//! (`signer`), the service alone (`service`), the report's data (`report`), the variants' costs
+//! (`costs`) and the table (`table`); this file re-exports them as `bench::…`.
 
 mod costs;
 pub mod measure;

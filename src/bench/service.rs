@@ -1,5 +1,6 @@
-//! The service alone: `regnotify measure` (the service as `regnotify run` starts it, at its default
-//! settings) in a process of its own, so that its CPU per event is the service's and nothing else's.
+//! The service alone: `regnotify measure` (the service as `regnotify run` starts it, at its
+//! default settings) in a process of its own, so that its CPU per event is the service's and
+//! nothing else's.
 //! Its events per CPU-second are held against OpenSSL's signatures per CPU-second, the work no
 //! implementation can avoid (one RSA-2048 signature an event). A demo scenario's CPU also pays for
 //! the simulator and the mock cluster in the same process; here the mock cluster runs in the
@@ -10,7 +11,7 @@
 //! Starts and stops what the measured process runs against; `regnotify measure` measures.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,10 +58,10 @@ pub(super) fn measure_service(
 
     let keys = work.path().join("keys");
     run_quietly(
-        Command::new(&exe).arg("keygen").arg("--out").arg(&keys),
+        regnotify(&exe).arg("keygen").arg("--out").arg(&keys),
         "keygen",
     )?;
-    let simulator = Simulator::start(&exe, &keys)?;
+    let simulator = Simulator::start(&exe, &keys, &work.path().join("simulator.log"))?;
 
     let input = work.path().join("events.jsonl");
     write_events(&input, warmup + events)?;
@@ -73,7 +74,7 @@ pub(super) fn measure_service(
         ),
     )?;
     run_quietly(
-        Command::new(&exe)
+        regnotify(&exe)
             .arg("produce")
             .arg("--config")
             .arg(&produce_config)
@@ -87,7 +88,7 @@ pub(super) fn measure_service(
         &config,
         service_config(&bootstrap, simulator.address, &keys),
     )?;
-    let output = Command::new(&exe)
+    let output = regnotify(&exe)
         .arg("measure")
         .arg("--config")
         .arg(&config)
@@ -160,6 +161,18 @@ fn write_events(path: &Path, count: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `regnotify` command without the caller's `REGNOTIFY_*` variables: the service would read them
+/// as settings (the run is at the defaults) and warn about those it does not know.
+fn regnotify(exe: &Path) -> Command {
+    let mut command = Command::new(exe);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("REGNOTIFY_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn run_quietly(command: &mut Command, what: &str) -> anyhow::Result<()> {
     let output = command
         .stdin(Stdio::null())
@@ -188,13 +201,15 @@ struct Simulator {
 }
 
 impl Simulator {
-    fn start(exe: &Path, keys: &Path) -> anyhow::Result<Simulator> {
-        // A free port, given back just before the simulator takes it.
-        let address = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = Command::new(exe)
+    /// Starts the simulator on a port of its choosing and reads which from its log (`log`, its
+    /// stderr), where it says it listens.
+    fn start(exe: &Path, keys: &Path, log: &Path) -> anyhow::Result<Simulator> {
+        let stderr = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = regnotify(exe)
             .arg("simulator")
             .arg("--listen")
-            .arg(address.to_string())
+            .arg("127.0.0.1:0")
             .arg("--private-key-file")
             .arg(keys.join("alipayplus_private_key.pem"))
             .arg("--mpp-public-key-file")
@@ -203,21 +218,52 @@ impl Simulator {
             .arg(CLIENT_ID)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("cannot start regnotify simulator")?;
-        let mut simulator = Simulator { child, address };
+        let mut child = KillOnDrop(Some(child));
         let deadline = Instant::now() + SIMULATOR_START;
-        while TcpStream::connect(address).is_err() {
-            if let Ok(Some(status)) = simulator.child.try_wait() {
-                anyhow::bail!("regnotify simulator exited with {status} before listening");
+        loop {
+            let said = std::fs::read(log).unwrap_or_default();
+            if let Some(address) = listening_address(&String::from_utf8_lossy(&said)) {
+                let child = child.0.take().context("the simulator's process")?;
+                return Ok(Simulator { child, address });
+            }
+            if let Some(Ok(Some(status))) = child.0.as_mut().map(Child::try_wait) {
+                anyhow::bail!(
+                    "regnotify simulator exited with {status} before listening: {}",
+                    last_lines(&said)
+                );
             }
             if Instant::now() >= deadline {
-                anyhow::bail!("regnotify simulator did not listen on {address} within 10 s");
+                anyhow::bail!(
+                    "regnotify simulator did not say where it listens within {} s: {}",
+                    SIMULATOR_START.as_secs(),
+                    last_lines(&said)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(simulator)
+    }
+}
+
+/// The address in the simulator's `simulator listening on http://…` line.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .find_map(|line| line.split_once("simulator listening on "))
+        .and_then(|(_, url)| url.trim().strip_prefix("http://"))
+        .and_then(|address| address.trim_end_matches('/').parse().ok())
+}
+
+/// A child process killed when dropped, unless taken.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -277,5 +323,19 @@ mod tests {
         );
         // Nothing of [processing]: the targets are at the defaults.
         assert!(settings.get("processing").is_none());
+    }
+
+    #[test]
+    fn the_simulator_address_is_read_from_its_log() {
+        let log = "warning: something\nsimulator listening on http://127.0.0.1:40123\n";
+        assert_eq!(
+            listening_address(log),
+            Some("127.0.0.1:40123".parse().expect("an address"))
+        );
+        assert_eq!(listening_address("starting\n"), None);
+        assert_eq!(
+            listening_address("simulator listening on https://x\n"),
+            None
+        );
     }
 }

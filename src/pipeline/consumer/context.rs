@@ -146,6 +146,8 @@ impl ConsumerContext for PipelineContext {
             let partitions = partitions_of(tpl, &self.topic);
             // librdkafka keeps a partition's pause across unassign and assign, and a partition
             // assigned while everything is paused must not fetch: set each one as the plan says.
+            // Those it resumes need no fetch waker: librdkafka wakes its fetcher itself when an
+            // assigned partition starts fetching.
             self.set_pause_of(consumer, &partitions, true);
             let notes = self.finished_notes(consumer, tpl);
             match consumer.fetch_metadata(Some(&self.topic), TOPIC_METADATA_TIMEOUT) {

@@ -89,18 +89,24 @@ pub(crate) fn start(
             let topic = kafka.input_topic.clone();
             move || {
                 let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    // The waker lives as long as the poll loop: the loop's end closes its
-                    // channel, and the scope joins it before the thread ends.
+                    // The waker lives as long as the poll loop: the loop's end (a return or a
+                    // panic) sets `done` and closes its channel, and the scope joins it before
+                    // the thread ends.
+                    let done = AtomicBool::new(false);
                     std::thread::scope(|scope| {
+                        let _done = SetOnDrop(&done);
                         let (resumed, wakes) = std::sync::mpsc::channel();
-                        let (consumer, topic, stop) = (&*consumer, topic.as_str(), &*stop);
+                        let (consumer, topic, done) = (&*consumer, topic.as_str(), &done);
                         let waker = std::thread::Builder::new()
                             .name("regnotify-fetch-waker".into())
-                            .spawn_scoped(scope, move || waker::run(consumer, topic, wakes, stop));
+                            .spawn_scoped(scope, move || run_waker(consumer, topic, wakes, done));
                         if let Err(error) = waker {
-                            tracing::warn!(%error, "no fetch waker: a resumed partition may wait up to a second");
+                            tracing::warn!(
+                                %error,
+                                "no fetch waker: a resumed partition may wait up to a second"
+                            );
                         }
-                        poll_loop(consumer, &events, &flow, stop, &resumed);
+                        poll_loop(consumer, &events, &flow, &stop, &resumed);
                     })
                 }));
                 if polled.is_err() {
@@ -129,6 +135,31 @@ impl ConsumerThread {
             return false;
         }
         !self.failed.load(Ordering::SeqCst)
+    }
+}
+
+/// Sets its flag when dropped: at the end of the scope's body, returned or unwound.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The waker's thread. A waker that failed leaves resumes to librdkafka's own wake-ups (up to a
+/// second late); it never takes the consumer thread down.
+fn run_waker(
+    consumer: &PipelineConsumer,
+    topic: &str,
+    resumed: std::sync::mpsc::Receiver<i32>,
+    done: &AtomicBool,
+) {
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        waker::run(consumer, topic, resumed, done)
+    }));
+    if ran.is_err() {
+        tracing::error!("fetch waker failed: a resumed partition may wait up to a second");
     }
 }
 
