@@ -169,24 +169,32 @@ fn run_demo_process(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
         .stdin(Stdio::null())
         .output()
         .context("cannot start regnotify demo")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary = stdout
+    match last_json_line::<DemoSummary>(&output.stdout) {
+        Some(Ok(summary)) => Ok(summary),
+        _ => anyhow::bail!(
+            "demo exited with {} and no summary; its last lines: {}",
+            output.status,
+            stderr_tail(&output.stderr)
+        ),
+    }
+}
+
+/// The last line of a child's output that is a JSON object, read as `T` (`None`: no such line).
+pub(super) fn last_json_line<T: serde::de::DeserializeOwned>(
+    stdout: &[u8],
+) -> Option<serde_json::Result<T>> {
+    String::from_utf8_lossy(stdout)
         .lines()
         .rev()
         .find(|line| line.starts_with('{'))
-        .map(serde_json::from_str::<DemoSummary>);
-    match summary {
-        Some(Ok(summary)) => Ok(summary),
-        _ => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            anyhow::bail!(
-                "demo exited with {} and no summary; its last lines: {}",
-                output.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            )
-        }
-    }
+        .map(serde_json::from_str::<T>)
+}
+
+/// The last five lines of a child's stderr, on one line.
+pub(super) fn stderr_tail(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// The 1-minute load average.

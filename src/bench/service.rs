@@ -21,6 +21,7 @@ use rdkafka::mocking::MockCluster;
 use serde::{Deserialize, Serialize};
 
 use super::measure::Measurement;
+use super::runner::{last_json_line, stderr_tail};
 
 const INPUT_TOPIC: &str = "bench.decided";
 const RESULT_TOPIC: &str = "bench.result";
@@ -100,18 +101,12 @@ pub(super) fn measure_service(
         .output()
         .context("cannot start regnotify measure")?;
     drop(simulator);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let measurement = match stdout
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .map(serde_json::from_str::<Measurement>)
-    {
+    let measurement = match last_json_line::<Measurement>(&output.stdout) {
         Some(Ok(measurement)) if output.status.success() => measurement,
         _ => anyhow::bail!(
             "regnotify measure exited with {} and no measurement; its last lines: {}",
             output.status,
-            last_lines(&output.stderr)
+            stderr_tail(&output.stderr)
         ),
     };
     let events_per_cpu_second = measurement
@@ -182,21 +177,15 @@ fn run_quietly(command: &mut Command, what: &str) -> anyhow::Result<()> {
         anyhow::bail!(
             "regnotify {what} exited with {}: {}",
             output.status,
-            last_lines(&output.stderr)
+            stderr_tail(&output.stderr)
         );
     }
     Ok(())
 }
 
-fn last_lines(stderr: &[u8]) -> String {
-    let stderr = String::from_utf8_lossy(stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
 /// `regnotify simulator` in its own process, killed when dropped.
 struct Simulator {
-    child: Child,
+    _child: KillOnDrop,
     address: SocketAddr,
 }
 
@@ -221,25 +210,27 @@ impl Simulator {
             .stderr(stderr)
             .spawn()
             .context("cannot start regnotify simulator")?;
-        let mut child = KillOnDrop(Some(child));
+        let mut child = KillOnDrop(child);
         let deadline = Instant::now() + SIMULATOR_START;
         loop {
             let said = std::fs::read(log).unwrap_or_default();
             if let Some(address) = listening_address(&String::from_utf8_lossy(&said)) {
-                let child = child.0.take().context("the simulator's process")?;
-                return Ok(Simulator { child, address });
+                return Ok(Simulator {
+                    _child: child,
+                    address,
+                });
             }
-            if let Some(Ok(Some(status))) = child.0.as_mut().map(Child::try_wait) {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 anyhow::bail!(
                     "regnotify simulator exited with {status} before listening: {}",
-                    last_lines(&said)
+                    stderr_tail(&said)
                 );
             }
             if Instant::now() >= deadline {
                 anyhow::bail!(
                     "regnotify simulator did not say where it listens within {} s: {}",
                     SIMULATOR_START.as_secs(),
-                    last_lines(&said)
+                    stderr_tail(&said)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -255,22 +246,13 @@ fn listening_address(log: &str) -> Option<SocketAddr> {
         .and_then(|address| address.trim_end_matches('/').parse().ok())
 }
 
-/// A child process killed when dropped, unless taken.
-struct KillOnDrop(Option<Child>);
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
