@@ -18,8 +18,10 @@
 //!
 //! By concern: the scenarios and their bounds (`scenarios`), the run (`runner`), the signer
 //! (`signer`), the service alone (`service`), the report's data (`report`), the variants' costs
-//! (`costs`) and the table (`table`); this file re-exports them as `bench::…`.
+//! (`costs`), the table (`table`) and reading a child's output (`child`); this file re-exports
+//! them as `bench::…`.
 
+mod child;
 mod costs;
 pub mod measure;
 pub(crate) mod openssl;

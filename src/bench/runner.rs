@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::child::{last_json_line, stderr_tail};
 use super::report::{BenchReport, Machine, RssGrowth, ScenarioResult};
 use super::scenarios::{Scenario, all_scenarios, quick_scenarios, scenario_events};
 use super::service::measure_service;
@@ -177,24 +178,6 @@ fn run_demo_process(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
             stderr_tail(&output.stderr)
         ),
     }
-}
-
-/// The last line of a child's output that is a JSON object, read as `T` (`None`: no such line).
-pub(super) fn last_json_line<T: serde::de::DeserializeOwned>(
-    stdout: &[u8],
-) -> Option<serde_json::Result<T>> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .map(serde_json::from_str::<T>)
-}
-
-/// The last five lines of a child's stderr, on one line.
-pub(super) fn stderr_tail(stderr: &[u8]) -> String {
-    let stderr = String::from_utf8_lossy(stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// The 1-minute load average.

@@ -20,8 +20,8 @@ use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use serde::{Deserialize, Serialize};
 
+use super::child::{last_json_line, stderr_tail};
 use super::measure::Measurement;
-use super::runner::{last_json_line, stderr_tail};
 
 const INPUT_TOPIC: &str = "bench.decided";
 const RESULT_TOPIC: &str = "bench.result";
