@@ -64,31 +64,12 @@ pub(super) fn sample_event(index: usize, merchants: usize) -> Option<Registratio
 
 pub(super) fn simulator_rules() -> Vec<FaultRule> {
     vec![
-        FaultRule::for_prefix(
-            "M-RETRY-",
-            Fault::Result {
-                status: "U".into(),
-                code: "UNKNOWN_EXCEPTION".into(),
-                message: None,
-            },
-        )
-        .times(1),
+        FaultRule::for_prefix("M-RETRY-", Fault::result("U", "UNKNOWN_EXCEPTION")).times(1),
         FaultRule::for_prefix(
             "M-FAIL-",
-            Fault::Result {
-                status: "F".into(),
-                code: "PROCESS_FAIL".into(),
-                message: Some("do not retry".into()),
-            },
+            Fault::result_with_message("F", "PROCESS_FAIL", "do not retry"),
         ),
-        FaultRule::for_prefix(
-            "M-DENY-",
-            Fault::Result {
-                status: "F".into(),
-                code: "INVALID_CLIENT".into(),
-                message: None,
-            },
-        ),
+        FaultRule::for_prefix("M-DENY-", Fault::result("F", "INVALID_CLIENT")),
     ]
 }
 

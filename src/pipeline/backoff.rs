@@ -7,7 +7,7 @@
 //! sleeps and never reads a clock: elapsed time and `Instant`s come in as arguments, randomness
 //! through the caller's RNG, so every decision is testable without waiting.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
@@ -103,9 +103,11 @@ const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 /// enforced yet.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
-/// A send slot from [`AdaptiveRate::reserve`]: when the send may start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A send slot from [`AdaptiveRate::reserve`]. When its send may start is
+/// [`AdaptiveRate::due`]'s to say: a lower rate moves the slots not claimed yet later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SendSlot {
+    /// When it was reserved for.
     at: Instant,
     number: u64,
 }
@@ -126,8 +128,9 @@ pub(crate) struct AdaptiveRate {
     allowed: Option<f64>,
     /// When the next reserved send may start.
     next_send_at: Option<Instant>,
-    /// Slots reserved and not claimed or given back yet (see [`reserve`](Self::reserve)).
-    outstanding: BTreeSet<SendSlot>,
+    /// Slots reserved and not claimed or given back yet (see [`reserve`](Self::reserve)), by
+    /// number, with when each may send; the times never decrease with the number.
+    outstanding: BTreeMap<u64, Instant>,
     /// The latest slot claimed by a send.
     last_claimed: Option<Instant>,
     /// Numbers the slots, which may share an instant.
@@ -154,7 +157,7 @@ impl AdaptiveRate {
             recovery_per_second,
             allowed: ceiling,
             next_send_at: None,
-            outstanding: BTreeSet::new(),
+            outstanding: BTreeMap::new(),
             last_claimed: None,
             reservations: 0,
             last_decrease_at: None,
@@ -174,9 +177,29 @@ impl AdaptiveRate {
         wait
     }
 
+    /// Claims every outstanding slot due by `now`, in order; how many were.
+    #[cfg(test)]
+    fn claim_due(&mut self, now: Instant) -> usize {
+        let due: Vec<u64> = self
+            .outstanding
+            .iter()
+            .take_while(|(_, at)| **at <= now)
+            .map(|(number, _)| *number)
+            .collect();
+        for number in &due {
+            let at = self.outstanding[number];
+            self.claim(SendSlot {
+                at,
+                number: *number,
+            });
+        }
+        due.len()
+    }
+
     /// Reserves the next send slot at or after `now`: the slot, and how long to wait for it.
-    /// The caller then either [`claim`](Self::claim)s it as it sends or, giving up before, hands
-    /// it back with [`release`](Self::release). A job waits for its slot however far ahead it
+    /// Once that wait is over the caller asks [`due`](Self::due) whether the slot was moved
+    /// later meanwhile, then either [`claim`](Self::claim)s it as it sends or, giving up before,
+    /// hands it back with [`release`](Self::release). A job waits for its slot however far ahead it
     /// lies (with a deep backlog, up to `max_in_flight` divided by the rate), so the slots of jobs
     /// stopped by a revoke must come back: kept, they held every later send back by that much
     /// after the next assignment (measured on Kafka 4.1: 7 to 12 s without a call).
@@ -195,28 +218,36 @@ impl AdaptiveRate {
             number: self.reservations,
         };
         if self.allowed.is_some() {
-            self.outstanding.insert(slot);
+            self.outstanding.insert(slot.number, at);
         }
         (slot, at.saturating_duration_since(now))
     }
 
+    /// How long `slot` must still wait at `now`: zero once it is due (or not outstanding).
+    pub(crate) fn due(&self, slot: SendSlot, now: Instant) -> Duration {
+        self.outstanding
+            .get(&slot.number)
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+    }
+
     /// The send of `slot` starts.
     pub(crate) fn claim(&mut self, slot: SendSlot) {
-        self.outstanding.remove(&slot);
-        self.last_claimed = Some(self.last_claimed.map_or(slot.at, |last| last.max(slot.at)));
-        self.count_send(slot.at);
+        // Not outstanding: reserved while nothing limited the rate, at once.
+        let at = self.outstanding.remove(&slot.number).unwrap_or(slot.at);
+        self.last_claimed = Some(self.last_claimed.map_or(at, |last| last.max(at)));
+        self.count_send(at);
     }
 
     /// The job that reserved `slot` gave up before sending. When no later slot is reserved or
     /// claimed, the next reservation starts one interval after the latest that is; a slot given
     /// back between two others leaves its gap (filling it would send two at once).
     pub(crate) fn release(&mut self, slot: SendSlot) {
-        if !self.outstanding.remove(&slot) {
+        let Some(at) = self.outstanding.remove(&slot.number) else {
             return;
-        }
-        let latest_reserved = self.outstanding.last().map(|slot| slot.at);
+        };
+        let latest_reserved = self.outstanding.last_key_value().map(|(_, at)| *at);
         let latest = latest_reserved.max(self.last_claimed);
-        if latest.is_some_and(|latest| latest > slot.at) {
+        if latest.is_some_and(|latest| latest > at) {
             return;
         }
         self.next_send_at = match (latest, self.allowed) {
@@ -247,6 +278,7 @@ impl AdaptiveRate {
         self.allowed = Some((sending / 2.0).max(MIN_RATE_PER_SECOND));
         self.last_decrease_at = Some(now);
         self.last_increase_at = Some(now);
+        self.respace();
     }
 
     /// Alipay+ answered at `now` without throttling: let the rate climb back, up to the ceiling.
@@ -271,6 +303,7 @@ impl AdaptiveRate {
             .filter(|ceiling| ceiling.is_finite())
             .map(|ceiling| ceiling.max(MIN_RATE_PER_SECOND));
         let at_old_ceiling = self.allowed == self.ceiling;
+        let before = self.allowed;
         self.allowed = match (self.allowed, ceiling) {
             (_, new) if at_old_ceiling => new,
             (Some(allowed), Some(new)) => Some(allowed.min(new)),
@@ -278,6 +311,34 @@ impl AdaptiveRate {
             (None, new) => new,
         };
         self.ceiling = ceiling;
+        if let (Some(before), Some(now)) = (before, self.allowed)
+            && now < before
+        {
+            self.respace();
+        }
+    }
+
+    /// The rate was lowered: the slots reserved at the old pace and not claimed yet move later,
+    /// each at least one interval of the new rate after the one before it (the first after the
+    /// latest send). Kept, they would go out at the old pace for as long as they reach ahead
+    /// (up to `max_in_flight` sends): a member whose share shrinks as others join would send its
+    /// old share beside the newcomers' new ones, and a throttled one would go on too fast.
+    fn respace(&mut self) {
+        let Some(rate) = self.allowed else {
+            return;
+        };
+        let interval = Self::interval(rate);
+        let mut previous = self.last_claimed;
+        for at in self.outstanding.values_mut() {
+            if let Some(previous) = previous {
+                *at = (*at).max(previous + interval);
+            }
+            previous = Some(*at);
+        }
+        if let Some(latest) = previous {
+            let next = latest + interval;
+            self.next_send_at = Some(self.next_send_at.map_or(next, |at| at.max(next)));
+        }
     }
 
     /// The rate sends are paced to, in requests per second; `None` while unlimited.
@@ -392,6 +453,93 @@ mod tests {
         let mut free = AdaptiveRate::new(0, 5.0);
         free.set_ceiling(None);
         assert_eq!(free.allowed_per_second(), None);
+    }
+
+    /// Claims every slot as soon as it is due, millisecond by millisecond from `from` for
+    /// `span`; the send times.
+    fn claim_as_due(rate: &mut AdaptiveRate, from: Instant, span: Duration) -> Vec<Instant> {
+        let mut sent = Vec::new();
+        let mut now = from;
+        while now <= from + span {
+            for _ in 0..rate.claim_due(now) {
+                sent.push(now);
+            }
+            now += Duration::from_millis(1);
+        }
+        sent
+    }
+
+    /// The most sends in any one second of `sent` that starts at or after `from`.
+    fn most_in_a_second(sent: &[Instant], from: Instant) -> usize {
+        sent.iter()
+            .filter(|start| **start >= from)
+            .map(|start| {
+                sent.iter()
+                    .filter(|at| **at >= *start && **at < *start + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Issue 21, item 5: a member whose share shrinks (members joined) has sends reserved at
+    /// its old pace, up to `max_in_flight` of them; they move to the new pace, or the member
+    /// would send its old share for seconds beside the newcomers' new ones.
+    #[test]
+    fn a_smaller_share_moves_the_sends_reserved_at_the_old_pace() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(100, 5.0);
+        // A backlog at 256 in flight: slots reserved 2.56 s ahead.
+        let slots: Vec<_> = (0..256).map(|_| rate.reserve(start).0).collect();
+        let mut sent = claim_as_due(&mut rate, start, Duration::from_millis(499));
+        assert_eq!(sent.len(), 50);
+        let change = start + Duration::from_millis(500);
+        rate.set_ceiling(Some(100.0 / 3.0));
+        // The next slot is one new interval after the last send, not 10 ms.
+        let due = rate.due(slots[50], change).as_micros();
+        assert!((19_990..=20_010).contains(&due), "{due} µs");
+        sent.extend(claim_as_due(&mut rate, change, Duration::from_secs(10)));
+        assert!(
+            most_in_a_second(&sent, change) <= 34,
+            "{} sends in a second after the share shrank to 33.3/s",
+            most_in_a_second(&sent, change)
+        );
+        assert_eq!(sent.len(), 256, "every reserved send goes out");
+        // New reservations queue behind the moved ones.
+        let (_, wait) = rate.reserve(change + Duration::from_secs(1));
+        assert!(wait > Duration::from_secs(5), "{wait:?}");
+    }
+
+    /// A throttling answer halves the rate: the sends already reserved slow down with it.
+    #[test]
+    fn a_throttling_answer_slows_the_sends_already_reserved() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(64, 1.0);
+        for _ in 0..128 {
+            rate.reserve(start);
+        }
+        let mut sent = claim_as_due(&mut rate, start, Duration::from_millis(999));
+        assert_eq!(sent.len(), 64);
+        let throttled = start + Duration::from_secs(1);
+        rate.on_throttled(throttled);
+        assert_eq!(rate.allowed_per_second(), Some(32.0));
+        sent.extend(claim_as_due(&mut rate, throttled, Duration::from_secs(5)));
+        assert!(most_in_a_second(&sent, throttled) <= 33);
+        assert_eq!(sent.len(), 128);
+    }
+
+    /// A larger share leaves what is reserved as it is (it can only be sooner by sending two at
+    /// once), and paces what comes next to the new rate.
+    #[test]
+    fn a_larger_share_moves_nothing_reserved() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(100, 5.0);
+        rate.set_ceiling(Some(25.0));
+        let slots: Vec<_> = (0..10).map(|_| rate.reserve(start).0).collect();
+        rate.set_ceiling(Some(50.0));
+        assert_eq!(rate.due(slots[9], start), Duration::from_millis(360));
+        assert_eq!(rate.reserve(start).1, Duration::from_millis(400));
+        assert_eq!(rate.reserve(start).1, Duration::from_millis(420));
     }
 
     #[test]

@@ -236,19 +236,29 @@ async fn notify_with_retries(
             .lock()
             .map(|mut rate| rate.reserve(now()))
             .ok();
-        let wait = reserved.map_or(Duration::ZERO, |(_, wait)| wait);
-        if !wait.is_zero() && !sleep_unless_stopped(unsent, wait).await {
-            // Stopped before its turn (a revoke, a shutdown): the slot goes back, so that it
-            // does not hold back the sends of the events that come next.
-            if let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) {
-                rate.release(slot);
+        let mut wait = reserved.map_or(Duration::ZERO, |(_, wait)| wait);
+        let mut paced = Duration::ZERO;
+        loop {
+            if !wait.is_zero() && !sleep_unless_stopped(unsent, wait).await {
+                // Stopped before its turn (a revoke, a shutdown): the slot goes back, so that it
+                // does not hold back the sends of the events that come next.
+                if let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) {
+                    rate.release(slot);
+                }
+                return abandon();
             }
-            return abandon();
+            paced += wait;
+            // A lower rate since (a smaller share, a throttling answer) may have moved it later.
+            let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) else {
+                break;
+            };
+            wait = rate.due(slot, now());
+            if wait.is_zero() {
+                rate.claim(slot);
+                break;
+            }
         }
-        if let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) {
-            rate.claim(slot);
-        }
-        waits.throttle += wait;
+        waits.throttle += paced;
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
         let started = std::time::SystemTime::now();
         let attempt = tokio::select! {

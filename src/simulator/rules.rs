@@ -55,6 +55,26 @@ pub enum Fault {
     },
 }
 
+impl Fault {
+    /// A signed answer with this result (`status` is `S`, `F` or `U`) and no `resultMessage`.
+    pub fn result(status: &str, code: &str) -> Fault {
+        Fault::Result {
+            status: status.into(),
+            code: code.into(),
+            message: None,
+        }
+    }
+
+    /// A signed answer with this result and `resultMessage`.
+    pub fn result_with_message(status: &str, code: &str, message: &str) -> Fault {
+        Fault::Result {
+            status: status.into(),
+            code: code.into(),
+            message: Some(message.into()),
+        }
+    }
+}
+
 fn default_hang() -> Duration {
     Duration::from_secs(60)
 }

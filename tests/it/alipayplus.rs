@@ -83,14 +83,6 @@ fn result_code(attempt: &NotifyAttempt) -> Option<&str> {
     attempt.result.as_ref().map(|r| r.result_code.as_str())
 }
 
-fn answer(status: &str, code: &str) -> Fault {
-    Fault::Result {
-        status: status.into(),
-        code: code.into(),
-        message: None,
-    }
-}
-
 #[tokio::test]
 async fn success_is_verified_and_recorded_in_arrival_order() {
     let simulator = start_simulator(vec![]).await;
@@ -168,10 +160,10 @@ async fn held_calls_count_as_concurrent_and_pass_when_released() {
 #[tokio::test]
 async fn f_codes_are_rejected_throttled_or_refused() {
     let simulator = start_simulator(vec![
-        FaultRule::for_prefix("M-REJ", answer("F", "PROCESS_FAIL")),
-        FaultRule::for_prefix("M-ABN", answer("F", "ABNORMAL_REGISTRATION_STATUS")),
-        FaultRule::for_prefix("M-THR", answer("F", "REQUEST_TRAFFIC_EXCEED_LIMIT")),
-        FaultRule::for_prefix("M-KEY", answer("F", "KEY_NOT_FOUND")),
+        FaultRule::for_prefix("M-REJ", Fault::result("F", "PROCESS_FAIL")),
+        FaultRule::for_prefix("M-ABN", Fault::result("F", "ABNORMAL_REGISTRATION_STATUS")),
+        FaultRule::for_prefix("M-THR", Fault::result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT")),
+        FaultRule::for_prefix("M-KEY", Fault::result("F", "KEY_NOT_FOUND")),
     ])
     .await;
     let client = client(&simulator);
@@ -201,7 +193,7 @@ async fn f_codes_are_rejected_throttled_or_refused() {
 #[tokio::test]
 async fn u_is_unknown_then_the_same_request_succeeds() {
     let simulator = start_simulator(vec![
-        FaultRule::for_prefix("M-U", answer("U", "UNKNOWN_EXCEPTION")).times(1),
+        FaultRule::for_prefix("M-U", Fault::result("U", "UNKNOWN_EXCEPTION")).times(1),
     ])
     .await;
     let client = client(&simulator);
@@ -457,7 +449,7 @@ async fn a_body_breaking_the_spec_is_param_illegal_and_rejected() {
 async fn result_policy_overrides_a_code() {
     let simulator = start_simulator(vec![FaultRule::for_prefix(
         "M",
-        answer("F", "PROCESS_FAIL"),
+        Fault::result("F", "PROCESS_FAIL"),
     )])
     .await;
     let mut settings = AlipayPlusSettings {

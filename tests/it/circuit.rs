@@ -170,11 +170,7 @@ async fn a_refused_client_id_holds_events_until_accepted_again() {
 async fn a_refusal_about_one_event_among_good_ones_is_dead_lettered() {
     let rules = vec![FaultRule::for_prefix(
         "M-BAD",
-        Fault::Result {
-            status: "F".into(),
-            code: "INVALID_SIGNATURE".into(),
-            message: None,
-        },
+        Fault::result("F", "INVALID_SIGNATURE"),
     )];
     let harness = Harness::new(2, rules).await;
     let mut events = merchant_events(300, 50);

@@ -14,7 +14,8 @@ use common::{Harness, event, merchant_events};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use regnotify::event::NotifyOutcome;
+use regnotify::config::Settings;
+use regnotify::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 use regnotify::simulator::rules::{Fault, FaultRule};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -28,55 +29,88 @@ fn calls_per_request(harness: &Harness) -> HashMap<String, usize> {
     calls
 }
 
-async fn stop_and_restart_behind_a_slow_merchant(exactly_once: bool) {
-    // The first event's first call is answered after 20 s; the 200 behind it at once.
+/// One partition whose first event (merchant `M-SLOW`) has its first `slow_calls` calls answered
+/// after 20 s, and 200 events of 40 merchants behind it; settings in which a stop outruns the
+/// drain, so the slow call is abandoned at each stop.
+async fn behind_a_slow_merchant(
+    exactly_once: bool,
+    slow_calls: u32,
+) -> (Harness, Vec<RegistrationDecided>, Settings) {
     let slow = FaultRule::for_prefix(
         "M-SLOW",
         Fault::Latency {
             delay: Duration::from_secs(20),
         },
     )
-    .times(1);
+    .times(slow_calls);
     let harness = Harness::new(1, vec![slow]).await;
     let mut events = vec![event("M-SLOW-1", "R-SLOW")];
     events.extend(merchant_events(200, 40));
     harness.produce(&events).await;
     let mut settings = harness.settings();
     settings.processing.exactly_once = exactly_once;
-    // A deploy that outruns the drain: the slow call is abandoned at the stop.
     settings.processing.shutdown_timeout = Duration::from_secs(1);
     settings.alipayplus.request_timeout = Duration::from_secs(30);
+    (harness, events, settings)
+}
 
-    let first = harness.start_pipeline(settings.clone()).await;
+/// The first owner finishes the 200 fast events, commits the note of what finished (in a
+/// periodic commit, or in a transaction) and stops with the slow call still out.
+async fn first_owner_finishes_the_fast_events(harness: &Harness, settings: Settings) {
+    let first = harness.start_pipeline(settings).await;
     let stats = first.stats.clone();
     common::eventually("the 200 fast events finished", WAIT, || {
         stats.terminal() >= 200
     })
     .await;
-    // A commit (periodic, or in a transaction) carries the note of what finished.
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.stop().await;
-    let before = calls_per_request(&harness);
     assert_eq!(
-        before.len(),
+        calls_per_request(harness).len(),
         201,
         "every event was called by the first owner"
     );
+}
 
-    let second = harness.start_pipeline(settings).await;
-    let outcomes = harness.wait_outcomes_of(&events, WAIT).await;
-    common::assert_nothing_lost(&events, &outcomes);
-    let calls = calls_per_request(&harness);
+/// No event but the slow one was called more than once; its calls.
+fn assert_only_the_slow_event_called_again(harness: &Harness, when: &str) -> usize {
+    let calls = calls_per_request(harness);
     let repeated: Vec<(&String, &usize)> = calls
         .iter()
         .filter(|(request, count)| **count > 1 && request.as_str() != "R-SLOW")
         .collect();
     assert!(
         repeated.is_empty(),
-        "finished events called again after the restart: {repeated:?}"
+        "finished events called again {when} ({} of them): {repeated:?}",
+        repeated.len()
     );
-    assert!(
-        calls.get("R-SLOW") > before.get("R-SLOW"),
+    calls.get("R-SLOW").copied().unwrap_or(0)
+}
+
+/// Exactly one outcome each: under exactly-once as a read-committed reader sees them, and
+/// at-least-once because nothing finished was called (and written) again.
+fn assert_one_outcome_each(
+    exactly_once: bool,
+    events: &[RegistrationDecided],
+    outcomes: &[RegistrationNotifyOutcome],
+) {
+    if exactly_once {
+        common::assert_one_outcome_each(events, outcomes);
+    } else {
+        assert_eq!(outcomes.len(), events.len(), "one outcome each");
+    }
+}
+
+async fn stop_and_restart_behind_a_slow_merchant(exactly_once: bool) {
+    let (harness, events, settings) = behind_a_slow_merchant(exactly_once, 1).await;
+    first_owner_finishes_the_fast_events(&harness, settings.clone()).await;
+
+    let second = harness.start_pipeline(settings).await;
+    let outcomes = harness.wait_outcomes_of(&events, WAIT).await;
+    common::assert_nothing_lost(&events, &outcomes);
+    let slow_calls = assert_only_the_slow_event_called_again(&harness, "after the restart");
+    assert_eq!(
+        slow_calls, 2,
         "the abandoned event is called again by the new owner"
     );
     assert!(
@@ -84,12 +118,7 @@ async fn stop_and_restart_behind_a_slow_merchant(exactly_once: bool) {
             .iter()
             .all(|outcome| outcome.outcome == NotifyOutcome::Notified)
     );
-    if exactly_once {
-        common::assert_one_outcome_each(&events, &outcomes);
-    } else {
-        // Nothing finished is written twice either.
-        assert_eq!(outcomes.len(), events.len(), "one outcome each");
-    }
+    assert_one_outcome_each(exactly_once, &events, &outcomes);
     second.stop().await;
 }
 
@@ -118,22 +147,7 @@ async fn a_new_owner_skips_what_finished_behind_a_slow_merchant_exactly_once() {
 /// called again by the third owner.
 async fn handed_over_twice_behind_a_slow_merchant(exactly_once: bool) {
     // The slow event's first two calls (the first and the second owner's) take 20 s.
-    let slow = FaultRule::for_prefix(
-        "M-SLOW",
-        Fault::Latency {
-            delay: Duration::from_secs(20),
-        },
-    )
-    .times(2);
-    let harness = Harness::new(1, vec![slow]).await;
-    let mut events = vec![event("M-SLOW-1", "R-SLOW")];
-    events.extend(merchant_events(200, 40));
-    harness.produce(&events).await;
-    let mut settings = harness.settings();
-    settings.processing.exactly_once = exactly_once;
-    // A deploy that outruns the drain: the slow call is abandoned at each stop.
-    settings.processing.shutdown_timeout = Duration::from_secs(1);
-    settings.alipayplus.request_timeout = Duration::from_secs(30);
+    let (harness, events, settings) = behind_a_slow_merchant(exactly_once, 2).await;
     let mut narrow = settings.clone();
     narrow.processing.max_pending_per_partition = 20;
     narrow
@@ -141,28 +155,12 @@ async fn handed_over_twice_behind_a_slow_merchant(exactly_once: bool) {
         .consumer
         .0
         .insert("fetch.message.max.bytes".into(), "4096".into());
-    let slow_calls = |harness: &Harness| {
-        calls_per_request(harness)
-            .get("R-SLOW")
-            .copied()
-            .unwrap_or(0)
-    };
-
-    let first = harness.start_pipeline(settings.clone()).await;
-    let stats = first.stats.clone();
-    common::eventually("the 200 fast events finished", WAIT, || {
-        stats.terminal() >= 200
-    })
-    .await;
-    // A commit (periodic, or in a transaction) carries the note of what finished.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    first.stop().await;
-    assert_eq!(calls_per_request(&harness).len(), 201);
+    first_owner_finishes_the_fast_events(&harness, settings.clone()).await;
 
     // The second owner: the slow event again, and a window full after about 20 records.
     let second = harness.start_pipeline(narrow).await;
     common::eventually("the second owner calls the slow event", WAIT, || {
-        slow_calls(&harness) >= 2
+        calls_per_request(&harness).get("R-SLOW") >= Some(&2)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -172,22 +170,9 @@ async fn handed_over_twice_behind_a_slow_merchant(exactly_once: bool) {
     let outcomes = harness.wait_outcomes_of(&events, WAIT).await;
     third.stop().await;
     common::assert_nothing_lost(&events, &outcomes);
-    let calls = calls_per_request(&harness);
-    let repeated: Vec<(&String, &usize)> = calls
-        .iter()
-        .filter(|(request, count)| **count > 1 && request.as_str() != "R-SLOW")
-        .collect();
-    assert!(
-        repeated.is_empty(),
-        "finished events called again after two handovers ({} of them): {repeated:?}",
-        repeated.len()
-    );
-    assert_eq!(calls["R-SLOW"], 3, "the slow event, once by each owner");
-    if exactly_once {
-        common::assert_one_outcome_each(&events, &outcomes);
-    } else {
-        assert_eq!(outcomes.len(), events.len(), "one outcome each");
-    }
+    let slow_calls = assert_only_the_slow_event_called_again(&harness, "after two handovers");
+    assert_eq!(slow_calls, 3, "the slow event, once by each owner");
+    assert_one_outcome_each(exactly_once, &events, &outcomes);
     common::note(&format!(
         "handed over twice ({}): {} events, no finished event called again",
         if exactly_once {

@@ -190,7 +190,6 @@ impl Flow {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Instant;

@@ -6,12 +6,12 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use regnotify::simulator::rules::FaultRule;
+use regnotify::simulator::rules::{Fault, FaultRule};
 
 use common::{Harness, event, eventually};
 
 use super::binary::{MissingInput, get, until};
-use super::{WAIT, metric_uses, own_parse, parse_exposition, reference_parser, result, value};
+use super::{WAIT, metric_uses, own_parse, parse_exposition, reference_parser, value};
 
 // The Prometheus recorder is one per process, and the suites run side by side in one test
 // binary: exact counts need a process of their own, so this test runs in a child process of
@@ -31,8 +31,8 @@ rusty_fork::rusty_fork_test! {
 
 async fn count_what_happened_and_answer_health_checks() {
     let rules = vec![
-        FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
-        FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
+        FaultRule::for_prefix("M-REF-", Fault::result("F", "INVALID_CLIENT")),
+        FaultRule::for_prefix("M-U1-", Fault::result("U", "UNKNOWN_EXCEPTION")).times(1),
     ];
     let harness = Harness::new(2, rules).await;
     harness
@@ -207,8 +207,8 @@ async fn every_metric_the_dashboard_alerts_and_readme_name_is_exported_with_its_
     let (uses, mut problems) =
         metric_uses::everywhere(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     let rules = vec![
-        FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
-        FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
+        FaultRule::for_prefix("M-REF-", Fault::result("F", "INVALID_CLIENT")),
+        FaultRule::for_prefix("M-U1-", Fault::result("U", "UNKNOWN_EXCEPTION")).times(1),
     ];
     let harness = Harness::new(1, rules).await;
     let MissingInput {

@@ -14,8 +14,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use regnotify::simulator::rules::Fault;
-
 mod binary;
 mod metric_uses;
 mod metrics;
@@ -23,14 +21,6 @@ mod readiness;
 mod secrets;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn result(status: &str, code: &str) -> Fault {
-    Fault::Result {
-        status: status.into(),
-        code: code.into(),
-        message: None,
-    }
-}
 
 /// Parses exposition text with the reference Python parser when it is installed (required in
 /// CI), else with a strict line check of our own; returns `series → value`.

@@ -13,7 +13,7 @@ use regnotify::simulator::rules::{Fault, FaultRule};
 
 use common::{Harness, event, service};
 
-use super::{WAIT, result};
+use super::WAIT;
 
 /// Records every `Signature` header that passes between regnotify and the simulator.
 #[derive(Clone)]
@@ -94,7 +94,7 @@ fn secret_fragments(pem: &str, signatures: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_or_signature_reaches_logs_metrics_or_errors() {
     let rules = vec![
-        FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
+        FaultRule::for_prefix("M-REF-", Fault::result("F", "INVALID_CLIENT")),
         FaultRule::for_prefix("M-SIG-", Fault::BadSignature),
     ];
     let harness = Harness::new(1, rules).await;

@@ -10,17 +10,20 @@ use regnotify::simulator::rules::{Fault, FaultRule};
 
 use common::{Harness, assert_one_outcome_each, event};
 
-use super::{WAIT, by_request, dead_letter_for, result};
+use super::{WAIT, by_request, dead_letter_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_class_of_answer_ends_as_specified() {
     let rules = vec![
-        FaultRule::for_prefix("M-REJ-", result("F", "PROCESS_FAIL")),
-        FaultRule::for_prefix("M-ABN-", result("F", "ABNORMAL_REGISTRATION_STATUS")),
-        FaultRule::for_prefix("M-UNK-", result("U", "UNKNOWN_EXCEPTION")),
-        FaultRule::for_prefix("M-U1-", result("U", "UNKNOWN_EXCEPTION")).times(1),
+        FaultRule::for_prefix(
+            "M-REJ-",
+            Fault::result_with_message("F", "PROCESS_FAIL", "registration not found"),
+        ),
+        FaultRule::for_prefix("M-ABN-", Fault::result("F", "ABNORMAL_REGISTRATION_STATUS")),
+        FaultRule::for_prefix("M-UNK-", Fault::result("U", "UNKNOWN_EXCEPTION")),
+        FaultRule::for_prefix("M-U1-", Fault::result("U", "UNKNOWN_EXCEPTION")).times(1),
         FaultRule::for_prefix("M-500-", Fault::HttpStatus { status: 500 }),
-        FaultRule::for_prefix("M-REF-", result("F", "INVALID_CLIENT")),
+        FaultRule::for_prefix("M-REF-", Fault::result("F", "INVALID_CLIENT")),
         FaultRule::for_prefix("M-404-", Fault::HttpStatus { status: 404 }),
         FaultRule::for_prefix("M-SIG-", Fault::BadSignature),
         FaultRule::for_prefix("M-GARB-", Fault::Garbled),
@@ -114,7 +117,17 @@ async fn every_class_of_answer_ends_as_specified() {
             .unwrap()
             .contains("retry budget exhausted")
     );
+    // Alipay+'s resultMessage reaches the outcome as it was signed (the simulator's own where
+    // the rule gives none).
+    assert_eq!(
+        outcomes["R-REJ-1"].result_message.as_deref(),
+        Some("registration not found")
+    );
     let refused = &outcomes["R-REF-1"];
+    assert_eq!(
+        refused.result_message.as_deref(),
+        Some("simulated INVALID_CLIENT")
+    );
     assert_eq!(refused.result_status.as_deref(), Some("F"));
     assert_eq!(refused.http_status, Some(200));
     assert!(refused.error.is_some());
@@ -192,7 +205,7 @@ async fn every_class_of_answer_ends_as_specified() {
 async fn throttling_is_retried_then_dead_lettered() {
     let rules = vec![FaultRule::for_prefix(
         "M-THR-",
-        result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT"),
+        Fault::result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT"),
     )];
     let harness = Harness::new(1, rules).await;
     let events = [event("M-THR-1", "R-THR-1"), event("M-OK-1", "R-OK-1")];

@@ -16,7 +16,7 @@ use common::{
     Harness, assert_nothing_lost, assert_one_outcome_each, event, eventually, merchant_events,
 };
 
-use super::{WAIT, assert_repeats_explained, result};
+use super::{WAIT, assert_repeats_explained};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_while_events_are_retried_loses_and_repeats_nothing_unexplained() {
@@ -24,7 +24,7 @@ async fn a_revoke_while_events_are_retried_loses_and_repeats_nothing_unexplained
     // through the rebalance, however long it takes.
     let retrying = |prefix: &str, fault: Fault| FaultRule::for_prefix(prefix, fault);
     let rules = vec![
-        retrying("M-RETRY-U", result("U", "UNKNOWN_EXCEPTION")),
+        retrying("M-RETRY-U", Fault::result("U", "UNKNOWN_EXCEPTION")),
         retrying("M-RETRY-503", Fault::HttpStatus { status: 503 }),
     ];
     let harness = Harness::with_latency(4, rules, Duration::from_millis(5)).await;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use regnotify::event::NotifyOutcome;
 use regnotify::inspect::fully_committed;
-use regnotify::simulator::rules::FaultRule;
+use regnotify::simulator::rules::{Fault, FaultRule};
 
 use common::{Harness, assert_nothing_lost, assert_one_outcome_each, event, eventually};
 
-use super::{WAIT, assert_repeats_explained, result};
+use super::{WAIT, assert_repeats_explained};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_merchant_order_holds_under_concurrency() {
@@ -23,7 +23,7 @@ async fn per_merchant_order_holds_under_concurrency() {
         merchant_prefix: None,
         probability: Some(0.3),
         times: Some(1),
-        fault: result("U", "UNKNOWN_EXCEPTION"),
+        fault: Fault::result("U", "UNKNOWN_EXCEPTION"),
     }];
     let harness = Harness::with_latency(3, rules, Duration::from_millis(2)).await;
     let merchants = 12;
@@ -313,7 +313,7 @@ async fn shutdown_with_work_in_flight_commits_what_finished() {
 async fn exactly_once_writes_outputs_and_offsets_in_transactions() {
     let rules = vec![FaultRule::for_prefix(
         "M-REF-",
-        result("F", "INVALID_CLIENT"),
+        Fault::result("F", "INVALID_CLIENT"),
     )];
     let harness = Harness::with_latency(2, rules, Duration::from_millis(5)).await;
     let mut events: Vec<_> = (0..60)

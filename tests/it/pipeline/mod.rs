@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use regnotify::event::RegistrationNotifyOutcome;
 use regnotify::inspect::ReadRecord;
-use regnotify::simulator::rules::Fault;
 
 use common::{Harness, assert_repeats_follow_at_least_once};
 
@@ -30,14 +29,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// How long a check waits for something that must not happen (a paused partition consuming).
 /// Only a missed failure, never a false one, can come of a slow machine here.
 const QUIET: Duration = Duration::from_secs(2);
-
-fn result(status: &str, code: &str) -> Fault {
-    Fault::Result {
-        status: status.into(),
-        code: code.into(),
-        message: Some(format!("{code} from the simulator")),
-    }
-}
 
 fn by_request(
     outcomes: &[RegistrationNotifyOutcome],

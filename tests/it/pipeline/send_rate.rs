@@ -4,7 +4,9 @@ use crate::common;
 
 use std::time::Duration;
 
+use regnotify::event::NotifyOutcome;
 use regnotify::inspect::fully_committed;
+use regnotify::simulator::rules::{Fault, FaultRule};
 
 use common::{Harness, assert_nothing_lost, eventually, merchant_events};
 
@@ -49,12 +51,6 @@ async fn three_members_share_one_send_rate_limit_also_when_one_leaves() {
     })
     .await;
     let [first, second, leaving] = members;
-    let unix_second = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
     let left_second = unix_second();
     leaving.stop().await;
     let remaining = [first.status.clone(), second.status.clone()];
@@ -149,4 +145,85 @@ async fn three_members_share_one_send_rate_limit_also_when_one_leaves() {
         "the backlog outlasted the member leaving by three seconds: {full:?}, left in \
          {left_second}, reassigned in {reassigned_second}"
     );
+}
+
+/// A throttling answer halves the send rate at once, for the calls already waiting for their
+/// turn as well. With a backlog, `max_in_flight` (256) events each hold a send slot, 2.56 s
+/// ahead at 100 a second; kept at the old pace, those calls would go on at the rate Alipay+ just
+/// refused for as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_answer_slows_the_calls_already_waiting_for_their_turn() {
+    const LIMIT: u32 = 100;
+    let throttle_once =
+        FaultRule::for_prefix("M-THR", Fault::result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT")).times(1);
+    let harness = Harness::with_latency(2, vec![throttle_once], Duration::from_millis(5)).await;
+    let mut events = merchant_events(900, 900);
+    events.insert(300, common::event("M-THR-1", "R-THR-1"));
+    harness.produce(&events).await;
+    let mut settings = harness.settings();
+    settings.alipayplus.max_requests_per_second = LIMIT;
+    let pipeline = harness.start_pipeline(settings).await;
+
+    let throttled = || {
+        harness
+            .simulator
+            .stats()
+            .answers
+            .contains_key("REQUEST_TRAFFIC_EXCEED_LIMIT")
+    };
+    eventually("the throttling answer", WAIT, throttled).await;
+    let throttled_second = unix_second();
+    let progress = harness.wait_fully_committed(WAIT).await;
+    assert!(fully_committed(&progress), "{progress:?}");
+    pipeline.stop().await;
+    let outcomes = harness.outcomes().await;
+    assert_nothing_lost(&events, &outcomes);
+    let retried = outcomes
+        .iter()
+        .find(|outcome| outcome.registration_request_id == "R-THR-1")
+        .unwrap();
+    assert_eq!(retried.outcome, NotifyOutcome::Notified, "{retried:?}");
+    assert_eq!(retried.attempts, 2, "{retried:?}");
+
+    let per_second: Vec<(u64, u64)> = harness
+        .simulator
+        .stats()
+        .calls_per_second
+        .into_iter()
+        .collect();
+    common::note(&format!(
+        "calls per second (unix second, calls): {per_second:?}; throttled in {throttled_second}"
+    ));
+    let before: Vec<u64> = per_second
+        .iter()
+        .filter(|(second, _)| *second < throttled_second)
+        .map(|(_, calls)| *calls)
+        .collect();
+    assert!(
+        before.iter().any(|calls| *calls >= 90),
+        "a full second at the limit before the throttling answer: {per_second:?}"
+    );
+    // Halved to 50 a second, climbing back by 5 a second; the slots reserved at 100 a second
+    // moved to the new pace.
+    let after: Vec<&(u64, u64)> = per_second
+        .iter()
+        .filter(|(second, _)| (throttled_second + 1..=throttled_second + 2).contains(second))
+        .collect();
+    assert_eq!(
+        after.len(),
+        2,
+        "the backlog outlasted the throttle: {per_second:?}"
+    );
+    assert!(
+        after.iter().all(|(_, calls)| *calls <= 70),
+        "over 70 calls a second after Alipay+ throttled at 100 (throttled in \
+         {throttled_second}): {per_second:?}"
+    );
+}
+
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

@@ -5,11 +5,11 @@ use crate::common;
 use std::time::Duration;
 
 use regnotify::inspect::fully_committed;
-use regnotify::simulator::rules::FaultRule;
+use regnotify::simulator::rules::{Fault, FaultRule};
 
 use common::{Framing, Harness, event};
 
-use super::{WAIT, result};
+use super::WAIT;
 
 /// Jaeger (built from its Go module by `scripts/jaeger.sh install`), running on free loopback
 /// ports with the configuration in tests/fixtures/jaeger.yaml; killed on drop.
@@ -148,7 +148,7 @@ async fn each_event_is_one_span_under_the_producers_with_a_child_per_attempt_in_
     };
     let rules = vec![FaultRule::for_prefix(
         "M-TRC-THR-",
-        result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT"),
+        Fault::result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT"),
     )];
     let harness = Harness::new(1, rules).await;
     // (event, the producer's trace id and span id, attempts expected, over which protocol)
