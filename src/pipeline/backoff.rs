@@ -99,6 +99,12 @@ pub(crate) const MIN_RATE_PER_SECOND: f64 = 1.0;
 /// sent before the decrease, at the old rate, and would otherwise collapse the rate to the floor.
 const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 
+/// How late a send may be and still count as made at its slot: the timer wakes a job up to a
+/// millisecond or so after its slot, which at a high rate is several intervals; moving every
+/// later slot for that would slow the pace to the timer's. A burst of what 20 ms allow (2 % of
+/// the rate's second) is sent together at the most.
+const LATE_AFTER: Duration = Duration::from_millis(20);
+
 /// The span over which the actual send rate is measured, to know what to halve when no rate was
 /// enforced yet.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
@@ -173,27 +179,22 @@ impl AdaptiveRate {
     #[cfg(test)]
     pub(crate) fn reserve_send(&mut self, now: Instant) -> Duration {
         let (slot, wait) = self.reserve(now);
-        self.claim(slot);
+        self.claim(slot, now + wait);
         wait
     }
 
-    /// Claims every outstanding slot due by `now`, in order; how many were.
+    /// Claims the outstanding slots due by `now`, in order, each as it becomes due at `now`; how
+    /// many were.
     #[cfg(test)]
     fn claim_due(&mut self, now: Instant) -> usize {
-        let due: Vec<u64> = self
-            .outstanding
-            .iter()
-            .take_while(|(_, at)| **at <= now)
-            .map(|(number, _)| *number)
-            .collect();
-        for number in &due {
-            let at = self.outstanding[number];
-            self.claim(SendSlot {
-                at,
-                number: *number,
-            });
+        let mut claimed = 0;
+        while let Some((&number, &at)) = self.outstanding.first_key_value()
+            && at <= now
+        {
+            self.claim(SendSlot { at, number }, now);
+            claimed += 1;
         }
-        due.len()
+        claimed
     }
 
     /// Reserves the next send slot at or after `now`: the slot, and how long to wait for it.
@@ -230,12 +231,27 @@ impl AdaptiveRate {
             .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
     }
 
-    /// The send of `slot` starts.
-    pub(crate) fn claim(&mut self, slot: SendSlot) {
+    /// The send of `slot` starts at `now`.
+    ///
+    /// A send late by more than an interval and more than [`LATE_AFTER`] (the process was
+    /// starved of CPU, or stopped) counts as made when it is, and the slots after it move to be
+    /// paced from there: kept, every job whose slot passed meanwhile would send at once, more
+    /// than the rate allows in the second that follows.
+    pub(crate) fn claim(&mut self, slot: SendSlot, now: Instant) {
         // Not outstanding: reserved while nothing limited the rate, at once.
-        let at = self.outstanding.remove(&slot.number).unwrap_or(slot.at);
-        self.last_claimed = Some(self.last_claimed.map_or(at, |last| last.max(at)));
-        self.count_send(at);
+        let Some(at) = self.outstanding.remove(&slot.number) else {
+            self.count_send(slot.at);
+            return;
+        };
+        let late = self
+            .allowed
+            .is_some_and(|rate| now > at + Self::interval(rate).max(LATE_AFTER));
+        let sent = if late { now } else { at };
+        self.last_claimed = Some(self.last_claimed.map_or(sent, |last| last.max(sent)));
+        self.count_send(sent);
+        if late {
+            self.respace();
+        }
     }
 
     /// The job that reserved `slot` gave up before sending. When no later slot is reserved or
@@ -385,7 +401,7 @@ mod tests {
         let mut rate = AdaptiveRate::new(10, 5.0);
         let (first, wait) = rate.reserve(start);
         assert_eq!(wait, Duration::ZERO);
-        rate.claim(first);
+        rate.claim(first, start);
         // A backlog: 50 jobs wait for slots up to 5 s ahead.
         let waiting: Vec<_> = (0..50).map(|_| rate.reserve(start)).collect();
         assert_eq!(waiting.last().unwrap().1, Duration::from_secs(5));
@@ -399,7 +415,7 @@ mod tests {
         let later = start + Duration::from_millis(300);
         let (slot, wait) = rate.reserve(later);
         assert_eq!(wait, Duration::ZERO, "nothing is ahead of it any more");
-        rate.claim(slot);
+        rate.claim(slot, later);
         // Paced again from there.
         assert_eq!(rate.reserve(later).1, Duration::from_millis(100));
     }
@@ -419,7 +435,7 @@ mod tests {
         );
         // Released twice, or after it was claimed: nothing moves.
         rate.release(slots[1]);
-        rate.claim(slots[0]);
+        rate.claim(slots[0], start);
         rate.release(slots[0]);
         assert_eq!(rate.reserve(start).1, Duration::from_millis(400));
     }
@@ -526,6 +542,40 @@ mod tests {
         sent.extend(claim_as_due(&mut rate, throttled, Duration::from_secs(5)));
         assert!(most_in_a_second(&sent, throttled) <= 33);
         assert_eq!(sent.len(), 128);
+    }
+
+    /// A process starved of CPU for a while wakes with many jobs whose slots have passed: they
+    /// are paced from the first late send on, not sent together.
+    #[test]
+    fn sends_late_after_a_stall_are_paced_from_there() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(10, 5.0);
+        for _ in 0..40 {
+            rate.reserve(start);
+        }
+        let mut sent = claim_as_due(&mut rate, start, Duration::from_millis(999));
+        assert_eq!(sent.len(), 10);
+        // Nothing runs for 1.5 s; 15 slots pass meanwhile.
+        let woke = start + Duration::from_millis(2_500);
+        sent.extend(claim_as_due(&mut rate, woke, Duration::from_secs(5)));
+        assert_eq!(sent.len(), 40, "every reserved send goes out");
+        assert_eq!(sent[10], woke, "the first late one at once");
+        assert_eq!(
+            sent[11],
+            woke + Duration::from_millis(100),
+            "the next one interval later"
+        );
+        assert!(most_in_a_second(&sent, start) <= 10);
+        // At a high rate a timer's lateness spans intervals: it moves nothing either.
+        let mut fast = AdaptiveRate::new(5_000, 5.0);
+        let slots: Vec<_> = (0..10).map(|_| fast.reserve(start).0).collect();
+        fast.claim(slots[0], start + Duration::from_millis(1));
+        assert_eq!(fast.due(slots[9], start), Duration::from_micros(1_800));
+        // A send late by less than an interval (timer jitter) moves nothing.
+        let mut rate = AdaptiveRate::new(10, 5.0);
+        let slots: Vec<_> = (0..3).map(|_| rate.reserve(start).0).collect();
+        rate.claim(slots[0], start + Duration::from_millis(60));
+        assert_eq!(rate.due(slots[1], start), Duration::from_millis(100));
     }
 
     /// A larger share leaves what is reserved as it is (it can only be sooner by sending two at

@@ -252,9 +252,10 @@ async fn notify_with_retries(
             let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) else {
                 break;
             };
-            wait = rate.due(slot, now());
+            let instant = now();
+            wait = rate.due(slot, instant);
             if wait.is_zero() {
-                rate.claim(slot);
+                rate.claim(slot, instant);
                 break;
             }
         }
