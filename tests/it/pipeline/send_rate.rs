@@ -156,9 +156,11 @@ async fn a_throttling_answer_slows_the_calls_already_waiting_for_their_turn() {
     const LIMIT: u32 = 100;
     let throttle_once =
         FaultRule::for_prefix("M-THR", Fault::result("F", "REQUEST_TRAFFIC_EXCEED_LIMIT")).times(1);
-    let harness = Harness::with_latency(2, vec![throttle_once], Duration::from_millis(5)).await;
+    // One partition, so the throttled event comes after 400 others (about 4 s at the limit)
+    // whichever broker serves it.
+    let harness = Harness::with_latency(1, vec![throttle_once], Duration::from_millis(5)).await;
     let mut events = merchant_events(900, 900);
-    events.insert(300, common::event("M-THR-1", "R-THR-1"));
+    events.insert(400, common::event("M-THR-1", "R-THR-1"));
     harness.produce(&events).await;
     let mut settings = harness.settings();
     settings.alipayplus.max_requests_per_second = LIMIT;
