@@ -99,6 +99,10 @@ pub(crate) const MIN_RATE_PER_SECOND: f64 = 1.0;
 /// sent before the decrease, at the old rate, and would otherwise collapse the rate to the floor.
 const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 
+/// How long a job waiting for its send slot sleeps at the most before it looks at the slot
+/// again: a higher rate may have moved it earlier (see [`AdaptiveRate::respace`]).
+pub(crate) const RECHECK: Duration = Duration::from_millis(200);
+
 /// How late a send may be and still count as made at its slot: the timer wakes a job up to a
 /// millisecond or so after its slot, which at a high rate is several intervals; moving every
 /// later slot for that would slow the pace to the timer's. A burst of what 20 ms allow (2 % of
@@ -250,7 +254,7 @@ impl AdaptiveRate {
         self.last_claimed = Some(self.last_claimed.map_or(sent, |last| last.max(sent)));
         self.count_send(sent);
         if late {
-            self.respace();
+            self.respace(now);
         }
     }
 
@@ -294,7 +298,7 @@ impl AdaptiveRate {
         self.allowed = Some((sending / 2.0).max(MIN_RATE_PER_SECOND));
         self.last_decrease_at = Some(now);
         self.last_increase_at = Some(now);
-        self.respace();
+        self.respace(now);
     }
 
     /// Alipay+ answered at `now` without throttling: let the rate climb back, up to the ceiling.
@@ -308,13 +312,16 @@ impl AdaptiveRate {
         self.last_increase_at = Some(now);
         let raised = allowed + self.recovery_per_second * since.as_secs_f64();
         self.allowed = Some(self.ceiling.map_or(raised, |ceiling| raised.min(ceiling)));
+        if self.allowed != Some(allowed) {
+            self.respace(now);
+        }
     }
 
     /// A new ceiling (`None`: none): this member's share of the group's
     /// `max_requests_per_second`, which changes with the partitions it owns. A rate lowered by
     /// throttling stays lower (and climbs back to the new ceiling); one at the old ceiling moves
     /// to the new one. A share of nothing (no partitions) paces to [`MIN_RATE_PER_SECOND`].
-    pub(crate) fn set_ceiling(&mut self, ceiling: Option<f64>) {
+    pub(crate) fn set_ceiling(&mut self, ceiling: Option<f64>, now: Instant) {
         let ceiling = ceiling
             .filter(|ceiling| ceiling.is_finite())
             .map(|ceiling| ceiling.max(MIN_RATE_PER_SECOND));
@@ -327,33 +334,38 @@ impl AdaptiveRate {
             (None, new) => new,
         };
         self.ceiling = ceiling;
-        if let (Some(before), Some(now)) = (before, self.allowed)
-            && now < before
-        {
-            self.respace();
+        if self.allowed != before {
+            self.respace(now);
         }
     }
 
-    /// The rate was lowered: the slots reserved at the old pace and not claimed yet move later,
-    /// each at least one interval of the new rate after the one before it (the first after the
-    /// latest send). Kept, they would go out at the old pace for as long as they reach ahead
-    /// (up to `max_in_flight` sends): a member whose share shrinks as others join would send its
-    /// old share beside the newcomers' new ones, and a throttled one would go on too fast.
-    fn respace(&mut self) {
+    /// The rate changed (or a send went late): the slots not claimed yet are paced again at the
+    /// rate now allowed, each one interval after the one before it, the first one interval after
+    /// the latest send.
+    ///
+    /// A lower rate moves them later. Kept at the old pace, they would go out at it for as long
+    /// as they reach ahead (up to `max_in_flight` sends): a member whose share shrinks as others
+    /// join would send its old share beside the newcomers' new ones, and a throttled one would
+    /// go on at the rate Alipay+ refused. A higher rate moves them earlier, but none to before
+    /// [`RECHECK`] from `now`: a waiting job looks at its slot at least that often, so it sees
+    /// the earlier time before it comes. Kept, the slots that throttling spread out (a second
+    /// apart at the floor) would hold the member at that pace for minutes after the rate
+    /// climbed back.
+    fn respace(&mut self, now: Instant) {
         let Some(rate) = self.allowed else {
             return;
         };
         let interval = Self::interval(rate);
+        let soonest_moved = now + RECHECK;
         let mut previous = self.last_claimed;
         for at in self.outstanding.values_mut() {
-            if let Some(previous) = previous {
-                *at = (*at).max(previous + interval);
-            }
-            previous = Some(*at);
+            let kept = (*at).min(soonest_moved);
+            let paced = previous.map_or(kept, |previous| kept.max(previous + interval));
+            *at = paced;
+            previous = Some(paced);
         }
         if let Some(latest) = previous {
-            let next = latest + interval;
-            self.next_send_at = Some(self.next_send_at.map_or(next, |at| at.max(next)));
+            self.next_send_at = Some(latest + interval);
         }
     }
 
@@ -446,7 +458,7 @@ mod tests {
         let mut rate = AdaptiveRate::new(100, 5.0);
         assert_eq!(rate.allowed_per_second(), Some(100.0));
         // A third of the group's partitions: a third of its limit.
-        rate.set_ceiling(Some(100.0 / 3.0));
+        rate.set_ceiling(Some(100.0 / 3.0), start);
         assert_eq!(rate.allowed_per_second(), Some(100.0 / 3.0));
         // Paced to it: 34 sends take about a second.
         let waits: Vec<Duration> = (0..34).map(|_| rate.reserve_send(start)).collect();
@@ -455,19 +467,19 @@ mod tests {
         rate.on_throttled(start + Duration::from_secs(1));
         let throttled = rate.allowed_per_second().unwrap();
         assert!(throttled < 100.0 / 3.0, "{throttled}");
-        rate.set_ceiling(Some(50.0));
+        rate.set_ceiling(Some(50.0), start);
         assert_eq!(rate.allowed_per_second(), Some(throttled));
         // It climbs back, now up to the new ceiling.
         rate.on_accepted(start + Duration::from_secs(60));
         assert_eq!(rate.allowed_per_second(), Some(50.0));
         // A smaller share caps it at once; no partitions, the floor.
-        rate.set_ceiling(Some(10.0));
+        rate.set_ceiling(Some(10.0), start);
         assert_eq!(rate.allowed_per_second(), Some(10.0));
-        rate.set_ceiling(Some(0.0));
+        rate.set_ceiling(Some(0.0), start);
         assert_eq!(rate.allowed_per_second(), Some(MIN_RATE_PER_SECOND));
         // No group limit: unlimited again unless throttling set a rate.
         let mut free = AdaptiveRate::new(0, 5.0);
-        free.set_ceiling(None);
+        free.set_ceiling(None, start);
         assert_eq!(free.allowed_per_second(), None);
     }
 
@@ -510,7 +522,7 @@ mod tests {
         let mut sent = claim_as_due(&mut rate, start, Duration::from_millis(499));
         assert_eq!(sent.len(), 50);
         let change = start + Duration::from_millis(500);
-        rate.set_ceiling(Some(100.0 / 3.0));
+        rate.set_ceiling(Some(100.0 / 3.0), start);
         // The next slot is one new interval after the last send, not 10 ms.
         let due = rate.due(slots[50], change).as_micros();
         assert!((19_990..=20_010).contains(&due), "{due} µs");
@@ -578,18 +590,62 @@ mod tests {
         assert_eq!(rate.due(slots[1], start), Duration::from_millis(100));
     }
 
-    /// A larger share leaves what is reserved as it is (it can only be sooner by sending two at
-    /// once), and paces what comes next to the new rate.
+    /// A larger share moves the slots reserved at the old pace earlier, to the new one, but none
+    /// to within [`RECHECK`] of now: a job waiting for a slot due sooner may not look again
+    /// before its old time.
     #[test]
-    fn a_larger_share_moves_nothing_reserved() {
+    fn a_larger_share_moves_the_later_slots_earlier() {
         let start = Instant::now();
         let mut rate = AdaptiveRate::new(100, 5.0);
-        rate.set_ceiling(Some(25.0));
+        rate.set_ceiling(Some(25.0), start);
+        // At 0, 40, ..., 360 ms.
         let slots: Vec<_> = (0..10).map(|_| rate.reserve(start).0).collect();
-        rate.set_ceiling(Some(50.0));
-        assert_eq!(rate.due(slots[9], start), Duration::from_millis(360));
-        assert_eq!(rate.reserve(start).1, Duration::from_millis(400));
-        assert_eq!(rate.reserve(start).1, Duration::from_millis(420));
+        rate.set_ceiling(Some(50.0), start);
+        let due: Vec<u128> = slots
+            .iter()
+            .map(|slot| rate.due(*slot, start).as_millis())
+            .collect();
+        assert_eq!(due, [0, 40, 80, 120, 160, 200, 220, 240, 260, 280]);
+        assert_eq!(rate.reserve(start).1, Duration::from_millis(300));
+        assert_eq!(rate.reserve(start).1, Duration::from_millis(320));
+    }
+
+    /// Throttling answers a second apart spread the reserved slots out to the floor's pace (a
+    /// second apart). Once the rate has climbed back, they move back with it: kept, they held a
+    /// member with a backlog (every slot claimed is followed by a new reservation behind the
+    /// others) at about one call a second for minutes.
+    #[test]
+    fn the_reserved_slots_follow_the_rate_back_up_after_throttling() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(100, 5.0);
+        for _ in 0..256 {
+            rate.reserve(start);
+        }
+        let mut now = start;
+        let mut sent = Vec::new();
+        while now < start + Duration::from_secs(40) {
+            let elapsed = now.saturating_duration_since(start);
+            // Throttled at 1, 2, ..., 7 s; every other answer accepted as it is sent.
+            if (1..=7).contains(&elapsed.as_secs()) && elapsed.subsec_millis() == 0 {
+                rate.on_throttled(now);
+            }
+            for _ in 0..rate.claim_due(now) {
+                sent.push(now);
+                rate.on_accepted(now);
+                rate.reserve(now);
+            }
+            now += Duration::from_millis(1);
+        }
+        // Climbing 5 a second from the floor, the rate is back at 100 by about 27 s.
+        assert_eq!(rate.allowed_per_second(), Some(100.0));
+        let late = sent
+            .iter()
+            .filter(|at| **at >= start + Duration::from_secs(35))
+            .count();
+        assert!(
+            (400..=505).contains(&late),
+            "{late} sends from 35 to 40 s, at 100 a second"
+        );
     }
 
     #[test]

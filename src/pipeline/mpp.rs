@@ -65,7 +65,7 @@ impl Mpp {
         }
         let share = f64::from(self.group_limit) * fraction.clamp(0.0, 1.0);
         if let Ok(mut rate) = self.send_rate.lock() {
-            rate.set_ceiling(Some(share));
+            rate.set_ceiling(Some(share), tokio::time::Instant::now().into_std());
             crate::observe::send_rate(&self.psp, rate.allowed_per_second(), false);
         }
         share

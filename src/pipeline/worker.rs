@@ -19,7 +19,7 @@ use crate::codec::DecodeError;
 use crate::event::DeadLetterReason;
 use crate::event::{NotifyOutcome, RegistrationDecided, RegistrationNotifyOutcome};
 use crate::observe::{self, Health, Stats};
-use crate::pipeline::backoff::RetryBudget;
+use crate::pipeline::backoff::{RECHECK, RetryBudget};
 use crate::pipeline::book::Slot;
 use crate::pipeline::breaker::Refusal;
 use crate::pipeline::circuit::{Admitted, Circuits};
@@ -239,7 +239,9 @@ async fn notify_with_retries(
         let mut wait = reserved.map_or(Duration::ZERO, |(_, wait)| wait);
         let mut paced = Duration::ZERO;
         loop {
-            if !wait.is_zero() && !sleep_unless_stopped(unsent, wait).await {
+            // Looked at again at least every RECHECK: a higher rate may move the slot earlier.
+            let nap = wait.min(RECHECK);
+            if !nap.is_zero() && !sleep_unless_stopped(unsent, nap).await {
                 // Stopped before its turn (a revoke, a shutdown): the slot goes back, so that it
                 // does not hold back the sends of the events that come next.
                 if let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) {
@@ -247,8 +249,8 @@ async fn notify_with_retries(
                 }
                 return abandon();
             }
-            paced += wait;
-            // A lower rate since (a smaller share, a throttling answer) may have moved it later.
+            paced += nap;
+            // A rate changed since (a throttling answer, a share, the climb back) moves it.
             let (Some((slot, _)), Ok(mut rate)) = (reserved, mpp.send_rate.lock()) else {
                 break;
             };

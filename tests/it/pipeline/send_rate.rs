@@ -216,10 +216,13 @@ async fn a_throttling_answer_slows_the_calls_already_waiting_for_their_turn() {
         2,
         "the backlog outlasted the throttle: {per_second:?}"
     );
+    // Over the two seconds together, so that a send late across their boundary does not count
+    // twice against one; and not far below 100 either: slowed down, not stopped.
+    let calls: u64 = after.iter().map(|(_, calls)| calls).sum();
     assert!(
-        after.iter().all(|(_, calls)| *calls <= 70),
-        "over 70 calls a second after Alipay+ throttled at 100 (throttled in \
-         {throttled_second}): {per_second:?}"
+        (80..=130).contains(&calls),
+        "{calls} calls in the two seconds after Alipay+ throttled at 100 a second (throttled in \
+         {throttled_second}), not about 100: {per_second:?}"
     );
 }
 
