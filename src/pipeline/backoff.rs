@@ -497,6 +497,20 @@ mod tests {
         sent
     }
 
+    /// A member with a backlog at `limit` a second: `reserved` slots taken at once, and those due
+    /// in the first `first` claimed as they came. The rate, the start, the slots and the sends.
+    fn backlog(
+        limit: u32,
+        reserved: usize,
+        first: Duration,
+    ) -> (AdaptiveRate, Instant, Vec<SendSlot>, Vec<Instant>) {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(limit, 5.0);
+        let slots = (0..reserved).map(|_| rate.reserve(start).0).collect();
+        let sent = claim_as_due(&mut rate, start, first);
+        (rate, start, slots, sent)
+    }
+
     /// The most sends in any one second of `sent` that starts at or after `from`.
     fn most_in_a_second(sent: &[Instant], from: Instant) -> usize {
         sent.iter()
@@ -515,14 +529,11 @@ mod tests {
     /// would send its old share for seconds beside the newcomers' new ones.
     #[test]
     fn a_smaller_share_moves_the_sends_reserved_at_the_old_pace() {
-        let start = Instant::now();
-        let mut rate = AdaptiveRate::new(100, 5.0);
         // A backlog at 256 in flight: slots reserved 2.56 s ahead.
-        let slots: Vec<_> = (0..256).map(|_| rate.reserve(start).0).collect();
-        let mut sent = claim_as_due(&mut rate, start, Duration::from_millis(499));
+        let (mut rate, start, slots, mut sent) = backlog(100, 256, Duration::from_millis(499));
         assert_eq!(sent.len(), 50);
         let change = start + Duration::from_millis(500);
-        rate.set_ceiling(Some(100.0 / 3.0), start);
+        rate.set_ceiling(Some(100.0 / 3.0), change);
         // The next slot is one new interval after the last send, not 10 ms.
         let due = rate.due(slots[50], change).as_micros();
         assert!((19_990..=20_010).contains(&due), "{due} µs");
@@ -541,12 +552,7 @@ mod tests {
     /// A throttling answer halves the rate: the sends already reserved slow down with it.
     #[test]
     fn a_throttling_answer_slows_the_sends_already_reserved() {
-        let start = Instant::now();
-        let mut rate = AdaptiveRate::new(64, 1.0);
-        for _ in 0..128 {
-            rate.reserve(start);
-        }
-        let mut sent = claim_as_due(&mut rate, start, Duration::from_millis(999));
+        let (mut rate, start, _, mut sent) = backlog(64, 128, Duration::from_millis(999));
         assert_eq!(sent.len(), 64);
         let throttled = start + Duration::from_secs(1);
         rate.on_throttled(throttled);
@@ -560,12 +566,7 @@ mod tests {
     /// are paced from the first late send on, not sent together.
     #[test]
     fn sends_late_after_a_stall_are_paced_from_there() {
-        let start = Instant::now();
-        let mut rate = AdaptiveRate::new(10, 5.0);
-        for _ in 0..40 {
-            rate.reserve(start);
-        }
-        let mut sent = claim_as_due(&mut rate, start, Duration::from_millis(999));
+        let (mut rate, start, _, mut sent) = backlog(10, 40, Duration::from_millis(999));
         assert_eq!(sent.len(), 10);
         // Nothing runs for 1.5 s; 15 slots pass meanwhile.
         let woke = start + Duration::from_millis(2_500);
