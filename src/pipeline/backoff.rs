@@ -114,7 +114,7 @@ const LATE_AFTER: Duration = Duration::from_millis(20);
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// A send slot from [`AdaptiveRate::reserve`]. When its send may start is
-/// [`AdaptiveRate::due`]'s to say: a lower rate moves the slots not claimed yet later.
+/// [`AdaptiveRate::due`]'s to say: a change of rate moves the slots not claimed yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SendSlot {
     /// When it was reserved for.
@@ -202,8 +202,8 @@ impl AdaptiveRate {
     }
 
     /// Reserves the next send slot at or after `now`: the slot, and how long to wait for it.
-    /// Once that wait is over the caller asks [`due`](Self::due) whether the slot was moved
-    /// later meanwhile, then either [`claim`](Self::claim)s it as it sends or, giving up before,
+    /// The caller waits at most [`RECHECK`] at a time and asks [`due`](Self::due) how long is
+    /// left (a change of rate moves the slot), then either [`claim`](Self::claim)s it as it sends or, giving up before,
     /// hands it back with [`release`](Self::release). A job waits for its slot however far ahead it
     /// lies (with a deep backlog, up to `max_in_flight` divided by the rate), so the slots of jobs
     /// stopped by a revoke must come back: kept, they held every later send back by that much
