@@ -24,11 +24,7 @@ use crate::observe::{self, Health};
 use crate::pipeline::breaker::{
     Admit, Answer, Breaker, Call, CircuitState, Mark, Refusal, Signal, Transition,
 };
-
-/// The time on tokio's clock (the real one in the service, the simulated one in the simulation).
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
+use crate::pipeline::job::now;
 
 /// One MPP's circuit as the board sees it.
 #[derive(Debug, Clone, Default)]

@@ -2,7 +2,7 @@
 //! made of it, its assignment generation, its cancel tokens and its trace. Shared by the worker
 //! that runs it and the output sink that writes its outputs; it knows neither.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,11 @@ impl Job {
             offset: self.record.offset,
         }
     }
+}
+
+/// The time on tokio's clock (the real one in the service, the simulated one in the simulation).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Sleeps for `delay`; `false` when `cancel` fired first.

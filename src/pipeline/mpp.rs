@@ -15,6 +15,7 @@ use crate::alipayplus::{AlipayPlusClient, NotifyAttempt};
 use crate::event::RegistrationDecided;
 use crate::pipeline::backoff::AdaptiveRate;
 use crate::pipeline::circuit::Circuit;
+use crate::pipeline::job::now;
 
 /// How fast the send rate recovers after Alipay+ throttled us, in requests per second gained per
 /// second.
@@ -65,7 +66,7 @@ impl Mpp {
         }
         let share = f64::from(self.group_limit) * fraction.clamp(0.0, 1.0);
         if let Ok(mut rate) = self.send_rate.lock() {
-            rate.set_ceiling(Some(share), tokio::time::Instant::now().into_std());
+            rate.set_ceiling(Some(share), now());
             crate::observe::send_rate(&self.psp, rate.allowed_per_second(), false);
         }
         share

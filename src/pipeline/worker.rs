@@ -24,7 +24,7 @@ use crate::pipeline::book::Slot;
 use crate::pipeline::breaker::Refusal;
 use crate::pipeline::circuit::{Admitted, Circuits};
 pub(crate) use crate::pipeline::decisions::Finish;
-use crate::pipeline::job::{Job, Work, sleep_unless_stopped};
+use crate::pipeline::job::{Job, Work, now, sleep_unless_stopped};
 use crate::pipeline::mpp::{Mpp, Mpps};
 use crate::pipeline::parking::Parking;
 use crate::pipeline::record::{DeadLetter, InputRecord};
@@ -390,11 +390,6 @@ async fn admitted(
         return None;
     }
     Some((call, waited + now().saturating_duration_since(resuming)))
-}
-
-/// The time on tokio's clock (the real one in the service, the simulated one in the simulation).
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// What one event has spent of its retry budget: the attempts that count, and the time, less

@@ -288,17 +288,8 @@ mod tests {
 
     #[test]
     fn times_lets_later_calls_through_per_request_id() {
-        let rules = vec![
-            FaultRule::for_prefix(
-                "M-U-",
-                Fault::Result {
-                    status: "U".into(),
-                    code: "UNKNOWN_EXCEPTION".into(),
-                    message: None,
-                },
-            )
-            .times(2),
-        ];
+        let rules =
+            vec![FaultRule::for_prefix("M-U-", Fault::result("U", "UNKNOWN_EXCEPTION")).times(2)];
         let mut counters = RuleCounters::default();
         let mut select = |m: &str, r: &str| counters.select(&rules, m, r, || 0.0).len();
         assert_eq!(select("M-U-1", "R1"), 1);
