@@ -195,19 +195,25 @@ fn demo_settings(bootstrap: &str, simulator_url: &str, options: &DemoOptions) ->
     settings
 }
 
+/// Waits, at most `timeout`, until the group committed the input to its end; gives up quietly.
 async fn wait_for_commits(bootstrap: &str, group: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let (bootstrap, group) = (bootstrap.to_string(), group.to_string());
-        let progress = tokio::task::spawn_blocking(move || {
-            inspect::group_progress(&bootstrap, &group, INPUT_TOPIC, Duration::from_secs(5))
-        })
-        .await;
-        if let Ok(Ok(progress)) = progress
-            && inspect::fully_committed(&progress)
-        {
+    let (bootstrap, group) = (bootstrap.to_string(), group.to_string());
+    // One client for the whole wait, created and dropped on this blocking thread (dropping it
+    // waits for the consumer to close).
+    let _ = tokio::task::spawn_blocking(move || {
+        let Ok(reader) = inspect::GroupProgressReader::new(&bootstrap, &group, INPUT_TOPIC) else {
             return;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if reader
+                .read(Duration::from_secs(5))
+                .is_ok_and(|progress| inspect::fully_committed(&progress))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }

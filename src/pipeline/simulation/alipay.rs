@@ -19,6 +19,8 @@ use crate::pipeline::mpp::Notifier;
 /// The simulated Alipay+ of one MPP.
 pub(super) struct SimAlipay {
     pub(super) psp: &'static str,
+    /// Which life of the member calls (a crash starts the next).
+    pub(super) life: usize,
     pub(super) world: Shared,
     pub(super) scenario: Arc<Scenario>,
     pub(super) clock: Arc<Clock>,
@@ -49,6 +51,9 @@ impl Notifier for SimAlipay {
                 }
                 let step = u64::from_str_radix(&event.event_id[..8], 16).unwrap_or(0);
                 world.note(step);
+                if self.scenario.requests_per_second > 0 {
+                    world.paced_call(self.life, self.psp, self.clock.at());
+                }
             }
             // Decremented even when the call is dropped (the job cancelled).
             let _calling = Calling {

@@ -2,17 +2,20 @@
 //!
 //! The real [`Dispatcher`], workers, circuit breakers, parking, partition book, scheduler, pause
 //! plan and commit path run against a simulated Kafka group (records delivered as the pause plan
-//! and the flow counts allow, rebalances eager and cooperative, partitions lost, commits refused,
-//! members that crash and start again from the committed offsets and their notes), a simulated
-//! Alipay+ (latency, outages of one MPP, refusals about us, events refused about themselves,
-//! rejections, throttling) and, under exactly-once, a simulated transaction writer speaking the
+//! and the flow counts allow, rebalances eager and cooperative, partitions lost, partitions held
+//! by other members for a while, commits refused, members that crash and start again from the
+//! committed offsets and their notes), a simulated Alipay+ (latency, outages of one MPP, refusals
+//! about us, events refused about themselves, rejections, throttling), in half the runs a
+//! `max_requests_per_second` for the group that the member's share of paces its calls, and,
+//! under exactly-once, a simulated transaction writer speaking the
 //! dispatcher's real protocol (`PrepareCommit`, `TransactionCommitted`; transactions that abort).
 //! Time is tokio's paused clock on a single-threaded runtime, and every random choice comes from
 //! one seed, so a run is repeated exactly by its seed.
 //!
 //! Checked at every commit (safety): no position passes, and no note names, an offset whose
 //! outputs were not acknowledged (or, exactly-once, committed). Checked throughout: at most one
-//! call in flight per merchant. Checked at the end: exactly-once, exactly one outcome per
+//! call in flight per merchant, and, under a send-rate limit, no second with more calls to one
+//! MPP than the member's share of the limit allowed in it. Checked at the end: exactly-once, exactly one outcome per
 //! record; at-least-once, repeated outcomes within `max_in_flight` per crash or rebalance.
 //! Liveness: once the faults end (at [`FAULTS_END`]) every record reaches an outcome and every
 //! partition's committed offset reaches its end within [`LIVENESS_BOUND`] of simulated time.
@@ -29,8 +32,9 @@
 //!
 //! Not simulated: librdkafka itself (the consumer thread's polling, the real transaction writer
 //! and its producer; those are covered by the integration tests against the mock cluster and a
-//! real broker), and other members of the group (a rebalance here gives the revoked partitions
-//! back to this member, after their commit, as the next owner would find them).
+//! real broker), and the calls of other members of the group (a rebalance here gives the revoked
+//! partitions back to this member, at once or after a while, after their commit, as the next
+//! owner would find them).
 //!
 //! Here: the seeds' tests and their totals. The parts: `scenario` (what a seed decides),
 //! `world` (what Kafka and Alipay+ hold, and the checks as it changes), the simulated actors
@@ -88,7 +92,8 @@ fn the_whole_service_finishes_every_event_under_mixed_faults() {
     }
     eprintln!(
         "simulation: {count} seeds from {first}, {} failed; {} events, {} exactly-once runs, {} \
-         crashes, {} rebalances, {} calls, {} repeated outcomes, {:.0} simulated minutes",
+         crashes, {} rebalances, {} calls, {} repeated outcomes, {:.0} simulated minutes; {} \
+         runs under a send-rate limit, {} of them at their share in some second",
         failures.len(),
         totals.events,
         totals.exactly_once,
@@ -96,7 +101,14 @@ fn the_whole_service_finishes_every_event_under_mixed_faults() {
         totals.rebalances,
         totals.calls,
         totals.repeats,
-        totals.simulated.as_secs_f64() / 60.0
+        totals.simulated.as_secs_f64() / 60.0,
+        totals.limited,
+        totals.at_share
+    );
+    // The limit's check is not idle: in some runs the member sends all its share.
+    assert!(
+        count < 100 || totals.at_share > 0,
+        "no run under a send-rate limit sent its whole share in any second"
     );
     assert!(
         failures.is_empty(),
@@ -122,6 +134,10 @@ struct Totals {
     crashes: usize,
     rebalances: usize,
     calls: u64,
+    /// Runs under a send-rate limit, and those in which some second held the member's whole
+    /// share of it.
+    limited: usize,
+    at_share: usize,
     repeats: usize,
     simulated: Duration,
 }
@@ -133,6 +149,10 @@ impl Totals {
         self.crashes += report.crashes;
         self.rebalances += report.rebalances;
         self.calls += report.calls;
+        if let Some((share, busiest)) = report.limit {
+            self.limited += 1;
+            self.at_share += usize::from(busiest >= share.floor() as usize);
+        }
         self.repeats += report.repeats;
         self.simulated += report.simulated;
     }
@@ -146,6 +166,9 @@ struct Report {
     crashes: usize,
     rebalances: usize,
     calls: u64,
+    /// Under a send-rate limit: the member's share of it, and the most calls it made to one MPP
+    /// within a second.
+    limit: Option<(f64, usize)>,
     repeats: usize,
     simulated: Duration,
     /// A digest of the run's course: the order of calls and commits.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::alipay::SimAlipay;
 use super::kafka::{SimCommitter, SimPublisher, commits_of, input_record};
-use super::scenario::Scenario;
+use super::scenario::{Rebalance, Scenario};
 use super::world::{Clock, Shared, World};
 use super::writer::SimWriter;
 use super::{FAULTS_END, FETCH_BATCH, LIVENESS_BOUND, PARTITIONS, Report, TICK, TOPIC};
@@ -46,8 +46,13 @@ struct Member {
     hard_stop: CancellationToken,
     dispatcher: tokio::task::JoinHandle<crate::pipeline::dispatch::Exit>,
     writer: Option<tokio::task::JoinHandle<()>>,
+    /// Which life of the member this is (a crash starts the next).
+    life: usize,
     /// Per assigned partition: the next offset to deliver.
     fetch: BTreeMap<i32, i64>,
+    /// The input topic's partitions, this member's and the others': told before every
+    /// assignment, as the consumer thread does, for the shares of the send-rate limits.
+    topic_partitions: usize,
 }
 
 impl Run {
@@ -74,7 +79,7 @@ impl Run {
         let mut rebalances = self.scenario.rebalances.clone();
         let mut crashes = self.scenario.crashes.clone();
         crashes.sort();
-        rebalances.sort_by_key(|(at, _, _)| *at);
+        rebalances.sort_by_key(|rebalance| rebalance.at);
         let (mut rebalances, mut crashes) = (
             rebalances.into_iter().peekable(),
             crashes.into_iter().peekable(),
@@ -82,6 +87,8 @@ impl Run {
         let mut lives = 0;
         let mut rebalanced = 0;
         let mut member = self.start(&world, &clock, &alipay_rng, lives);
+        // Partitions other members hold for a while after a rebalance, and when they come back.
+        let mut away: Vec<(Duration, Vec<i32>)> = Vec::new();
         let deadline = FAULTS_END + LIVENESS_BOUND;
         loop {
             let at = clock.at();
@@ -133,13 +140,26 @@ impl Run {
                 crashes.next();
                 member.crash().await;
                 lives += 1;
+                // The new member joins and gets every partition.
+                away.clear();
                 member = self.start(&world, &clock, &alipay_rng, lives);
-            } else if let Some((_, partitions, lost)) =
-                rebalances.next_if(|(when, _, _)| *when <= at)
-            {
-                rebalanced += 1;
-                self.rebalance(&mut member, &world, &clock, &partitions, lost)
-                    .await;
+            } else if let Some(rebalance) = rebalances.next_if(|r| r.at <= at) {
+                // A rebalance that takes nothing from the member passes it by.
+                rebalanced += usize::from(
+                    rebalance
+                        .partitions
+                        .iter()
+                        .any(|partition| member.fetch.contains_key(partition)),
+                );
+                if let Some(back) = self
+                    .rebalance(&mut member, &world, &clock, &rebalance)
+                    .await
+                {
+                    away.push((at + rebalance.away, back));
+                }
+            } else if let Some(due) = away.iter().position(|(when, _)| *when <= at) {
+                let (_, partitions) = away.remove(due);
+                self.assign_again(&mut member, &world, &clock, &partitions);
             }
             self.deliver(&mut member, &world);
             if member.dispatcher.is_finished() {
@@ -171,6 +191,10 @@ impl Run {
             crashes: lives,
             rebalances: rebalanced,
             calls: world.calls,
+            limit: self
+                .scenario
+                .share(PARTITIONS as usize)
+                .map(|share| (share, world.busiest_second)),
             repeats,
             simulated,
             trace: world.trace,
@@ -182,7 +206,7 @@ impl Run {
         format!(
             "seed {} ({} records, exactly_once {}, {:?} ordering, max_in_flight {}, window {}, \
              streak {}, outages {:?}, refusing us {:?}, commits refused {:?}, rebalances {:?}, \
-             crashes {:?})",
+             crashes {:?}, max_requests_per_second {} over {} partitions)",
             self.seed,
             s.records.len(),
             s.exactly_once,
@@ -193,11 +217,10 @@ impl Run {
             s.outages,
             s.refusing_us,
             s.commits_refused,
-            s.rebalances
-                .iter()
-                .map(|(at, p, lost)| (at, p, lost))
-                .collect::<Vec<_>>(),
-            s.crashes
+            s.rebalances,
+            s.crashes,
+            s.requests_per_second,
+            s.topic_partitions()
         )
     }
 
@@ -223,12 +246,18 @@ impl Run {
             );
             let alipay = SimAlipay {
                 psp,
+                life,
                 world: Arc::clone(world),
                 scenario: Arc::clone(&scenario),
                 clock: Arc::clone(clock),
                 rng: Arc::clone(alipay_rng),
             };
-            Mpp::new(psp, Arc::new(alipay), Arc::new(circuit), 0)
+            Mpp::new(
+                psp,
+                Arc::new(alipay),
+                Arc::new(circuit),
+                scenario.requests_per_second,
+            )
         };
         let mpps = Mpps::new(mpp("default"), [("B".to_owned(), mpp("B"))]);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -306,25 +335,43 @@ impl Run {
             hard_stop,
             dispatcher,
             writer,
+            life,
             fetch: BTreeMap::new(),
+            topic_partitions: scenario.topic_partitions(),
         };
         let all: Vec<i32> = (0..PARTITIONS).collect();
         world.lock().unwrap().rejoined();
         member.assign(world, &all);
-        world.lock().unwrap().note(0xC000_0000 + life as u64);
+        let mut world = world.lock().unwrap();
+        world.note(0xC000_0000 + life as u64);
+        if let Some(share) = scenario.share(member.fetch.len()) {
+            world.share_from(life, clock.at(), share);
+        }
+        drop(world);
         member
     }
 
-    /// Revokes `partitions` (lost: without a commit), commits what the dispatcher answers, and
-    /// assigns them again as their next owner would find them.
+    /// Revokes the rebalance's partitions that the member owns (lost: without a commit) and
+    /// commits what the dispatcher answers; the member rejoins at once. The partitions come back
+    /// as their next owner would find them: at once, or, when other members hold them for a
+    /// while, when the caller assigns the partitions returned.
     async fn rebalance(
         &mut self,
         member: &mut Member,
         world: &Shared,
         clock: &Arc<Clock>,
-        partitions: &[i32],
-        lost: bool,
-    ) {
+        rebalance: &Rebalance,
+    ) -> Option<Vec<i32>> {
+        let lost = rebalance.lost;
+        let partitions: Vec<i32> = rebalance
+            .partitions
+            .iter()
+            .copied()
+            .filter(|partition| member.fetch.contains_key(partition))
+            .collect();
+        if partitions.is_empty() {
+            return None;
+        }
         let drain = self.scenario.processing().rebalance_drain_timeout;
         {
             // Lost: the member is out of the group. Cooperative (a subset revoked): the member
@@ -334,7 +381,7 @@ impl Run {
             let mut world = world.lock().unwrap();
             world.generation = if lost {
                 None
-            } else if partitions.len() < PARTITIONS as usize {
+            } else if partitions.len() < member.fetch.len() {
                 world.generation.map(|g| g + 1)
             } else {
                 world.generation
@@ -344,11 +391,11 @@ impl Run {
             eprintln!("{:?} revoke {partitions:?} lost {lost}", Instant::now());
         }
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        for partition in partitions {
+        for partition in &partitions {
             member.fetch.remove(partition);
         }
         let _ = member.events.send(ConsumerEvent::Revoked {
-            partitions: partitions.to_vec(),
+            partitions: partitions.clone(),
             lost,
             deadline: (Instant::now() + drain).into_std(),
             reply,
@@ -367,26 +414,55 @@ impl Run {
                 }
             }
         };
-        if let Some(commit) = commit
-            && !lost
-        {
+        if let Some(commit) = &commit {
+            let mut world = world.lock().unwrap();
             let refused = self
                 .scenario
                 .commits_refused
                 .iter()
                 .any(|w| w.contains(clock.at()));
-            if !refused {
-                world.lock().unwrap().commit(&commits_of(&commit));
+            if !lost && !refused {
+                world.commit(&commits_of(commit));
+            }
+            // The dispatcher answered, and took its smaller share of the limits with it (none
+            // while it owns nothing: the share stays).
+            if let Some(share) = self.scenario.share(member.fetch.len())
+                && !member.fetch.is_empty()
+            {
+                world.share_from(member.life, clock.at(), share);
             }
         }
         // As the real callback does: stop listening, then report the commit made.
         drop(answer);
         let _ = member.events.send(ConsumerEvent::RevokeSettled);
+        if rebalance.away.is_zero() {
+            self.assign_again(member, world, clock, &partitions);
+            None
+        } else {
+            world.lock().unwrap().rejoined();
+            Some(partitions)
+        }
+    }
+
+    /// Other members give `partitions` back to the member (a rebalance: a new generation).
+    fn assign_again(
+        &mut self,
+        member: &mut Member,
+        world: &Shared,
+        clock: &Arc<Clock>,
+        partitions: &[i32],
+    ) {
         if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
             eprintln!("{:?} assign {partitions:?}", Instant::now());
         }
         world.lock().unwrap().rejoined();
         member.assign(world, partitions);
+        if let Some(share) = self.scenario.share(member.fetch.len()) {
+            world
+                .lock()
+                .unwrap()
+                .share_from(member.life, clock.at(), share);
+        }
     }
 
     /// The simulated consumer's poll: records of each assigned partition the pause plan and the
@@ -442,6 +518,9 @@ impl Member {
                 });
             }
         }
+        let _ = self
+            .events
+            .send(ConsumerEvent::TopicPartitions(self.topic_partitions));
         let _ = self
             .events
             .send(ConsumerEvent::Assigned(partitions.to_vec(), notes));

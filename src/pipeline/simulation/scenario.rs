@@ -51,12 +51,28 @@ pub(super) struct Scenario {
     pub(super) commits_refused: Vec<Window>,
     pub(super) publishes_fail: Vec<Window>,
     pub(super) throttling: Vec<Window>,
-    /// When the group rebalances: which partitions are revoked, and whether they are lost.
-    pub(super) rebalances: Vec<(Duration, Vec<i32>, bool)>,
+    pub(super) rebalances: Vec<Rebalance>,
     /// When the member is killed (and a new one starts from the committed offsets).
     pub(super) crashes: Vec<Duration>,
     /// Exactly-once: the share of transactions that abort.
     pub(super) abort_ratio: f64,
+    /// Each MPP's `max_requests_per_second`, a limit for the whole group (0: none).
+    pub(super) requests_per_second: u32,
+    /// Partitions of the input topic that other members of the group own: this member's share
+    /// of the limit is its partitions over all of them.
+    pub(super) others_partitions: usize,
+}
+
+/// A rebalance of the group.
+#[derive(Debug, Clone)]
+pub(super) struct Rebalance {
+    pub(super) at: Duration,
+    /// Revoked from the member (those it owns then).
+    pub(super) partitions: Vec<i32>,
+    /// Lost: the member was out of the group, and commits nothing for them.
+    pub(super) lost: bool,
+    /// How long other members hold them before they come back (zero: at once).
+    pub(super) away: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +90,12 @@ pub(super) enum Payload {
 impl Scenario {
     pub(super) fn new(rng: &mut StdRng) -> Scenario {
         let events = rng.random_range(10..=60);
-        let merchants = rng.random_range(3..=12);
+        // Now and then many merchants: many calls ready at once, more than a send rate allows.
+        let merchants = if rng.random_bool(0.3) {
+            rng.random_range(20..=40)
+        } else {
+            rng.random_range(3..=12)
+        };
         let quiet = rng.random_bool(0.3);
         let mut records = Vec::new();
         for i in 0..events {
@@ -125,12 +146,29 @@ impl Scenario {
         outages.insert("B", windows(rng, 0.3, 1, 3_000, 30_000));
         let rebalances = (0..rng.random_range(0..=3))
             .map(|_| {
-                let at = Duration::from_millis(rng.random_range(0..FAULTS_END.as_millis() as u64));
+                // Some while the first records are still waiting: a rebalance under load.
+                let until = if rng.random_bool(0.3) {
+                    5_000
+                } else {
+                    FAULTS_END.as_millis() as u64
+                };
+                let at = Duration::from_millis(rng.random_range(0..until));
                 let eager = rng.random_bool(0.5);
                 let partitions: Vec<i32> = (0..PARTITIONS)
                     .filter(|_| eager || rng.random_bool(0.5))
                     .collect();
-                (at, partitions, rng.random_bool(0.15))
+                let lost = rng.random_bool(0.15);
+                let away = if rng.random_bool(0.5) {
+                    Duration::from_millis(rng.random_range(500..=10_000))
+                } else {
+                    Duration::ZERO
+                };
+                Rebalance {
+                    at,
+                    partitions,
+                    lost,
+                    away,
+                }
             })
             .collect();
         let mut crashes = Vec::new();
@@ -160,7 +198,27 @@ impl Scenario {
             rebalances,
             crashes,
             abort_ratio: if rng.random_bool(0.3) { 0.3 } else { 0.0 },
+            requests_per_second: if rng.random_bool(0.5) {
+                rng.random_range(5..=40)
+            } else {
+                0
+            },
+            others_partitions: rng.random_range(0..=3),
         }
+    }
+
+    /// This member's share of each MPP's `max_requests_per_second` while it owns `owned`
+    /// partitions (in proportion to the topic's, at least one a second), when there is a limit.
+    pub(super) fn share(&self, owned: usize) -> Option<f64> {
+        (self.requests_per_second > 0).then(|| {
+            let fraction = owned as f64 / self.topic_partitions() as f64;
+            (f64::from(self.requests_per_second) * fraction).max(1.0)
+        })
+    }
+
+    /// How many partitions the input topic has: this member's and the others'.
+    pub(super) fn topic_partitions(&self) -> usize {
+        PARTITIONS as usize + self.others_partitions
     }
 
     pub(super) fn processing(&self) -> ProcessingSettings {

@@ -3,7 +3,7 @@
 //! past an output not acknowledged, two calls of one merchant) and the digest of a run's course;
 //! and the run's clock. It never calls the service: the actors and the run change it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,14 @@ pub(super) struct World {
     /// is out of the group (its partitions lost, before it rejoins): nothing can commit.
     pub(super) generation: Option<u64>,
     pub(super) calls: u64,
+    /// Per life of the member and MPP, under a send-rate limit: when its calls of the last
+    /// second were made.
+    pub(super) recent_calls: HashMap<(usize, &'static str), VecDeque<Duration>>,
+    /// The most calls one life of the member made to one MPP within a second.
+    pub(super) busiest_second: usize,
+    /// Per life of the member, under a send-rate limit: from when each of its shares of the
+    /// limit applied.
+    pub(super) shares: HashMap<usize, Vec<(Duration, f64)>>,
     /// The first broken rule.
     pub(super) violation: Option<String>,
     /// A digest of the course of the run.
@@ -38,6 +46,54 @@ impl World {
     pub(super) fn rejoined(&mut self) {
         self.trace = self.trace.wrapping_add(1);
         self.generation = Some(self.trace | 1 << 63);
+    }
+
+    /// The member's life `life` holds a share of `share` requests a second of each MPP's limit
+    /// from `at`.
+    pub(super) fn share_from(&mut self, life: usize, at: Duration, share: f64) {
+        self.shares.entry(life).or_default().push((at, share));
+    }
+
+    /// A call of the member's life `life` to `psp` at `at`, under a send-rate limit: no second
+    /// holds more of its calls than the highest share the member held in it. Two more are
+    /// allowed for rounding: an interval is rounded to the nanosecond, and tokio's timer wakes a
+    /// job up to a millisecond after its slot.
+    pub(super) fn paced_call(&mut self, life: usize, psp: &'static str, at: Duration) {
+        const ROUNDING: usize = 2;
+        let second_before = at.saturating_sub(Duration::from_secs(1));
+        let history = self.shares.get(&life).map_or(&[][..], Vec::as_slice);
+        // The share held when the second began, and any taken within it.
+        let held_since = history
+            .iter()
+            .rposition(|(from, _)| *from <= second_before)
+            .unwrap_or(0);
+        let share = history[held_since.min(history.len())..]
+            .iter()
+            .map(|(_, share)| *share)
+            .fold(f64::NAN, f64::max);
+        if share.is_nan() {
+            self.violate(format!(
+                "a call to {psp} at {at:?} before the member held a share"
+            ));
+            return;
+        }
+        let recent = self.recent_calls.entry((life, psp)).or_default();
+        while recent
+            .front()
+            .is_some_and(|first| *first + Duration::from_secs(1) <= at)
+        {
+            recent.pop_front();
+        }
+        recent.push_back(at);
+        let in_a_second = recent.len();
+        self.busiest_second = self.busiest_second.max(in_a_second);
+        // The share is at least 1 (a fraction of it cannot be sent) and whole calls are sent.
+        if in_a_second > share.floor() as usize + ROUNDING {
+            self.violate(format!(
+                "{in_a_second} calls to {psp} in the second to {at:?} from one member, whose \
+                 share of the group's limit was at most {share:.1} a second"
+            ));
+        }
     }
 
     pub(super) fn violate(&mut self, what: String) {

@@ -556,37 +556,27 @@ impl Harness {
         .unwrap()
     }
 
+    /// The group's progress on the input, once; a loop keeps a [`Harness::progress_reader`].
     pub async fn progress(&self) -> Vec<PartitionProgress> {
-        let (bootstrap, group, topic) = (
-            self.kafka.bootstrap.clone(),
-            self.group.clone(),
-            self.input.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            // A fresh broker answers NotCoordinator (or CoordinatorLoadInProgress) until the
-            // group's coordinator is up: ask again for a while.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                match inspect::group_progress(&bootstrap, &group, &topic, Duration::from_secs(10)) {
-                    Ok(progress) => return progress,
-                    Err(error) if Instant::now() < deadline => {
-                        note(&format!("group progress not readable yet: {error}"));
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
-                    Err(error) => panic!("group progress: {error}"),
-                }
-            }
-        })
-        .await
-        .unwrap()
+        let reader = self.progress_reader().await;
+        let progress = reader.read().await;
+        reader.close().await;
+        progress
+    }
+
+    /// A reader of the group's progress on the input, for a loop that asks again and again.
+    pub async fn progress_reader(&self) -> ProgressReader {
+        ProgressReader::open(&self.kafka.bootstrap, &self.group, &self.input).await
     }
 
     /// Waits until the group committed every input partition to its end.
     pub async fn wait_fully_committed(&self, timeout: Duration) -> Vec<PartitionProgress> {
+        let reader = self.progress_reader().await;
         let deadline = Instant::now() + timeout;
         loop {
-            let progress = self.progress().await;
+            let progress = reader.read().await;
             if inspect::fully_committed(&progress) || Instant::now() > deadline {
+                reader.close().await;
                 return progress;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -600,10 +590,12 @@ impl Harness {
         pipelines: &mut [&mut RunningPipeline],
         timeout: Duration,
     ) -> Vec<PartitionProgress> {
+        let reader = self.progress_reader().await;
         let deadline = Instant::now() + timeout;
         loop {
-            let progress = self.progress().await;
+            let progress = reader.read().await;
             if inspect::fully_committed(&progress) {
+                reader.close().await;
                 return progress;
             }
             for pipeline in pipelines.iter_mut() {
@@ -623,6 +615,53 @@ impl Harness {
     /// Starts sampling the group's committed input offsets (see [`CommitSampler`]).
     pub fn sample_commits(&self) -> CommitSampler {
         CommitSampler::start(&self.kafka.bootstrap, &self.group, &self.input)
+    }
+}
+
+/// Reads a group's progress on a topic through one client for as long as it is kept (see
+/// [`inspect::GroupProgressReader`]): a client per poll leaks, and is slow to close.
+pub struct ProgressReader(Arc<inspect::GroupProgressReader>);
+
+impl ProgressReader {
+    async fn open(bootstrap: &str, group: &str, topic: &str) -> ProgressReader {
+        let (bootstrap, group, topic) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
+        let reader = tokio::task::spawn_blocking(move || {
+            inspect::GroupProgressReader::new(&bootstrap, &group, &topic)
+        })
+        .await
+        .unwrap()
+        .expect("group progress reader");
+        ProgressReader(Arc::new(reader))
+    }
+
+    /// The group's committed offsets and the topic's ends, as the cluster answers now.
+    pub async fn read(&self) -> Vec<PartitionProgress> {
+        let reader = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            // A fresh broker answers NotCoordinator (or CoordinatorLoadInProgress) until the
+            // group's coordinator is up: ask again for a while.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match reader.read(Duration::from_secs(10)) {
+                    Ok(progress) => return progress,
+                    Err(error) if Instant::now() < deadline => {
+                        note(&format!("group progress not readable yet: {error}"));
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(error) => panic!("group progress: {error}"),
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Drops the client on a blocking thread: dropping it waits for its consumer to close.
+    pub async fn close(self) {
+        let ProgressReader(reader) = self;
+        tokio::task::spawn_blocking(move || drop(reader))
+            .await
+            .unwrap();
     }
 }
 

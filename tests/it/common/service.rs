@@ -362,10 +362,12 @@ pub async fn wait_for_calls(service: &Service, running: &mut [&mut RunningServic
 
 /// Waits until the group committed every input partition to its end, checking `running`.
 pub async fn wait_committed(harness: &Harness, running: &mut [&mut RunningService]) {
+    let reader = harness.progress_reader().await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let progress = harness.progress().await;
+        let progress = reader.read().await;
         if fully_committed(&progress) {
+            reader.close().await;
             return;
         }
         for child in running.iter_mut() {
