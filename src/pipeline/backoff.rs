@@ -92,8 +92,17 @@ impl RetryBudget {
 }
 
 /// The lowest send rate throttling can push us to, in requests per second: never stop entirely,
-/// or the service could not learn that the limit was lifted.
+/// or the service could not learn that the limit was lifted. A smaller share of the group's limit
+/// (see [`MIN_SHARE_PER_SECOND`]) is the floor instead.
 pub(crate) const MIN_RATE_PER_SECOND: f64 = 1.0;
+
+/// The smallest share of the group's `max_requests_per_second` a member is paced to: one request
+/// a minute. A member owning few of many partitions under a small limit keeps a share below one
+/// a second, so the members together stay within the limit (at one a second each, twelve members
+/// of a limit of five sent twelve a second, and Alipay+'s throttling would have dead-lettered
+/// their events). A share of nothing cannot be paced; the service never asks for one (a member
+/// without partitions keeps its share).
+pub(crate) const MIN_SHARE_PER_SECOND: f64 = 1.0 / 60.0;
 
 /// Throttle answers within this long of a decrease do not decrease again: they answer requests
 /// sent before the decrease, at the old rate, and would otherwise collapse the rate to the floor.
@@ -277,7 +286,7 @@ impl AdaptiveRate {
     }
 
     /// The time between two sends at `rate` per second. The rate is at least
-    /// [`MIN_RATE_PER_SECOND`], so the interval is at most a second.
+    /// [`MIN_SHARE_PER_SECOND`], so the interval is at most a minute.
     fn interval(rate: f64) -> Duration {
         Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::ZERO)
     }
@@ -295,7 +304,7 @@ impl AdaptiveRate {
         let sending = self
             .allowed
             .map_or(observed, |allowed| allowed.min(observed));
-        self.allowed = Some((sending / 2.0).max(MIN_RATE_PER_SECOND));
+        self.allowed = Some((sending / 2.0).max(self.floor()));
         self.last_decrease_at = Some(now);
         self.last_increase_at = Some(now);
         self.respace(now);
@@ -320,11 +329,11 @@ impl AdaptiveRate {
     /// A new ceiling (`None`: none): this member's share of the group's
     /// `max_requests_per_second`, which changes with the partitions it owns. A rate lowered by
     /// throttling stays lower (and climbs back to the new ceiling); one at the old ceiling moves
-    /// to the new one. A share of nothing (no partitions) paces to [`MIN_RATE_PER_SECOND`].
+    /// to the new one. A share below [`MIN_SHARE_PER_SECOND`] paces to that.
     pub(crate) fn set_ceiling(&mut self, ceiling: Option<f64>, now: Instant) {
         let ceiling = ceiling
             .filter(|ceiling| ceiling.is_finite())
-            .map(|ceiling| ceiling.max(MIN_RATE_PER_SECOND));
+            .map(|ceiling| ceiling.max(MIN_SHARE_PER_SECOND));
         let at_old_ceiling = self.allowed == self.ceiling;
         let before = self.allowed;
         self.allowed = match (self.allowed, ceiling) {
@@ -367,6 +376,14 @@ impl AdaptiveRate {
         if let Some(latest) = previous {
             self.next_send_at = Some(latest + interval);
         }
+    }
+
+    /// The lowest rate throttling lowers to: [`MIN_RATE_PER_SECOND`], or the ceiling when that
+    /// is lower (a member's share of a small limit).
+    fn floor(&self) -> f64 {
+        self.ceiling.map_or(MIN_RATE_PER_SECOND, |ceiling| {
+            ceiling.min(MIN_RATE_PER_SECOND)
+        })
     }
 
     /// The rate sends are paced to, in requests per second; `None` while unlimited.
@@ -472,11 +489,11 @@ mod tests {
         // It climbs back, now up to the new ceiling.
         rate.on_accepted(start + Duration::from_secs(60));
         assert_eq!(rate.allowed_per_second(), Some(50.0));
-        // A smaller share caps it at once; no partitions, the floor.
+        // A smaller share caps it at once; a share of nothing, the floor.
         rate.set_ceiling(Some(10.0), start);
         assert_eq!(rate.allowed_per_second(), Some(10.0));
         rate.set_ceiling(Some(0.0), start);
-        assert_eq!(rate.allowed_per_second(), Some(MIN_RATE_PER_SECOND));
+        assert_eq!(rate.allowed_per_second(), Some(MIN_SHARE_PER_SECOND));
         // No group limit: unlimited again unless throttling set a rate.
         let mut free = AdaptiveRate::new(0, 5.0);
         free.set_ceiling(None, start);
@@ -824,6 +841,33 @@ mod tests {
         assert_eq!(rate.allowed_per_second(), Some(32.0));
         rate.on_throttled(now + Duration::from_millis(1_000));
         assert_eq!(rate.allowed_per_second(), Some(16.0));
+    }
+
+    /// Twelve members, one partition each, under a limit of five: each is paced to 5/12 of a
+    /// request a second, not to the throttling floor of one, and a throttling answer keeps it
+    /// there: the group stays within its limit.
+    #[test]
+    fn a_share_below_one_request_a_second_is_kept_through_throttling() {
+        let start = Instant::now();
+        let mut rate = AdaptiveRate::new(5, 5.0);
+        let share = 5.0 / 12.0;
+        rate.set_ceiling(Some(share), start);
+        assert_eq!(rate.allowed_per_second(), Some(share));
+        for _ in 0..4 {
+            rate.reserve(start);
+        }
+        // One every 2.4 s: 0, 2.4, 4.8 and 7.2 s.
+        let sent = claim_as_due(&mut rate, start, Duration::from_secs(10));
+        assert_eq!(sent.len(), 4);
+        let span = sent[3] - sent[0];
+        assert!(
+            span >= Duration::from_millis(7_200) && span <= Duration::from_millis(7_201),
+            "{span:?}"
+        );
+        rate.on_throttled(start + Duration::from_secs(10));
+        assert_eq!(rate.allowed_per_second(), Some(share));
+        rate.on_accepted(start + Duration::from_secs(20));
+        assert_eq!(rate.allowed_per_second(), Some(share));
     }
 
     #[test]

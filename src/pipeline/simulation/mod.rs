@@ -14,9 +14,10 @@
 //!
 //! Checked at every commit (safety): no position passes, and no note names, an offset whose
 //! outputs were not acknowledged (or, exactly-once, committed). Checked throughout: at most one
-//! call in flight per merchant, and, under a send-rate limit, no second with more calls to one
-//! MPP than the member's share of the limit allowed in it. Checked at the end: exactly-once, exactly one outcome per
-//! record; at-least-once, repeated outcomes within `max_in_flight` per crash or rebalance.
+//! call in flight per merchant, and, under a send-rate limit, no second (and no ten seconds)
+//! with more calls to one MPP than the member's share of the limit allowed in it. Checked at the
+//! end: exactly-once, exactly one outcome per record; at-least-once, repeated outcomes within
+//! `max_in_flight` per crash or rebalance.
 //! Liveness: once the faults end (at [`FAULTS_END`]) every record reaches an outcome and every
 //! partition's committed offset reaches its end within [`LIVENESS_BOUND`] of simulated time.
 //!

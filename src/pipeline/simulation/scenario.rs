@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use super::{FAULTS_END, PARTITIONS};
 use crate::config::{CircuitBreakerSettings, ProcessingSettings};
 use crate::event::{Decision, RegistrationDecided};
+use crate::pipeline::backoff::MIN_SHARE_PER_SECOND;
 
 /// A window of simulated time, from the start of the run.
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +200,7 @@ impl Scenario {
             crashes,
             abort_ratio: if rng.random_bool(0.3) { 0.3 } else { 0.0 },
             requests_per_second: if rng.random_bool(0.5) {
-                rng.random_range(5..=40)
+                rng.random_range(1..=40)
             } else {
                 0
             },
@@ -208,11 +209,12 @@ impl Scenario {
     }
 
     /// This member's share of each MPP's `max_requests_per_second` while it owns `owned`
-    /// partitions (in proportion to the topic's, at least one a second), when there is a limit.
+    /// partitions (in proportion to the topic's; below one a second with a small limit), when
+    /// there is a limit.
     pub(super) fn share(&self, owned: usize) -> Option<f64> {
         (self.requests_per_second > 0).then(|| {
             let fraction = owned as f64 / self.topic_partitions() as f64;
-            (f64::from(self.requests_per_second) * fraction).max(1.0)
+            (f64::from(self.requests_per_second) * fraction).max(MIN_SHARE_PER_SECOND)
         })
     }
 

@@ -54,45 +54,54 @@ impl World {
         self.shares.entry(life).or_default().push((at, share));
     }
 
-    /// A call of the member's life `life` to `psp` at `at`, under a send-rate limit: no second
-    /// holds more of its calls than the highest share the member held in it. Two more are
-    /// allowed for rounding: an interval is rounded to the nanosecond, and tokio's timer wakes a
-    /// job up to a millisecond after its slot.
+    /// A call of the member's life `life` to `psp` at `at`, under a send-rate limit: no second,
+    /// and no ten seconds, hold more of its calls than the highest share the member held in them
+    /// allows (ten seconds see a share below one a second). Two more are allowed for rounding:
+    /// whole calls are sent (a share of 2.5 a second sends 3 in some seconds), and tokio's timer
+    /// wakes a job up to a millisecond after its slot.
     pub(super) fn paced_call(&mut self, life: usize, psp: &'static str, at: Duration) {
         const ROUNDING: usize = 2;
-        let second_before = at.saturating_sub(Duration::from_secs(1));
-        let history = self.shares.get(&life).map_or(&[][..], Vec::as_slice);
-        // The share held when the second began, and any taken within it.
-        let held_since = history
-            .iter()
-            .rposition(|(from, _)| *from <= second_before)
-            .unwrap_or(0);
-        let share = history[held_since.min(history.len())..]
-            .iter()
-            .map(|(_, share)| *share)
-            .fold(f64::NAN, f64::max);
-        if share.is_nan() {
-            self.violate(format!(
-                "a call to {psp} at {at:?} before the member held a share"
-            ));
-            return;
-        }
+        const SPANS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(10)];
         let recent = self.recent_calls.entry((life, psp)).or_default();
-        while recent
-            .front()
-            .is_some_and(|first| *first + Duration::from_secs(1) <= at)
-        {
+        while recent.front().is_some_and(|first| *first + SPANS[1] <= at) {
             recent.pop_front();
         }
         recent.push_back(at);
-        let in_a_second = recent.len();
-        self.busiest_second = self.busiest_second.max(in_a_second);
-        // The share is at least 1 (a fraction of it cannot be sent) and whole calls are sent.
-        if in_a_second > share.floor() as usize + ROUNDING {
-            self.violate(format!(
-                "{in_a_second} calls to {psp} in the second to {at:?} from one member, whose \
-                 share of the group's limit was at most {share:.1} a second"
-            ));
+        let history = self.shares.get(&life).map_or(&[][..], Vec::as_slice);
+        let mut violation = None;
+        for span in SPANS {
+            let from = at.saturating_sub(span);
+            // The share held when the span began, and any taken within it.
+            let held_since = history
+                .iter()
+                .rposition(|(taken, _)| *taken <= from)
+                .unwrap_or(0);
+            let share = history
+                .get(held_since..)
+                .unwrap_or_default()
+                .iter()
+                .map(|(_, share)| *share)
+                .fold(f64::NAN, f64::max);
+            let calls = recent.iter().filter(|sent| **sent > from).count();
+            if span == SPANS[0] {
+                self.busiest_second = self.busiest_second.max(calls);
+            }
+            if share.is_nan() {
+                violation = Some(format!(
+                    "a call to {psp} at {at:?} before the member held a share"
+                ));
+            } else if calls > (share * span.as_secs_f64()).floor() as usize + ROUNDING {
+                violation = Some(format!(
+                    "{calls} calls to {psp} in the {span:?} to {at:?} from one member, whose share \
+                     of the group's limit was at most {share:.2} a second"
+                ));
+            }
+            if violation.is_some() {
+                break;
+            }
+        }
+        if let Some(violation) = violation {
+            self.violate(violation);
         }
     }
 
