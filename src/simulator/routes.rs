@@ -63,7 +63,7 @@ pub(super) async fn notify(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    lock(&shared.stats).call();
+    lock(&shared.stats).call(header(&headers, "request-time"));
     match shared.outage_now() {
         Some(OutageMode::Unavailable) => {
             shared.record("OUTAGE_503");

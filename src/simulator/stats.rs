@@ -61,6 +61,12 @@ pub struct SimulatorStats {
     /// hour's seconds.
     #[serde(default)]
     pub calls_per_second: BTreeMap<u64, u64>,
+    /// The same calls by the second their `Request-Time` header names (Unix time; calls without
+    /// a readable one are left out): when the caller sent them, as its own pacing saw it. A
+    /// caller starved of CPU between stamping and sending (or a simulator starved before it
+    /// counts) moves calls from one arrival second to the next, not between these.
+    #[serde(default)]
+    pub calls_per_request_second: BTreeMap<u64, u64>,
 }
 
 impl SimulatorStats {
@@ -111,10 +117,19 @@ pub(crate) struct StatsRecorder {
     merchants_untracked: u64,
     held_calls: u64,
     calls_per_second: BTreeMap<u64, u64>,
+    calls_per_request_second: BTreeMap<u64, u64>,
 }
 
-/// Seconds `calls_per_second` keeps.
+/// Seconds `calls_per_second` (and `calls_per_request_second`) keep.
 const SECONDS_KEPT: usize = 3_600;
+
+/// One more call in `second`, keeping the latest [`SECONDS_KEPT`] seconds.
+fn count_second(seconds: &mut BTreeMap<u64, u64>, second: u64) {
+    *seconds.entry(second).or_insert(0) += 1;
+    if seconds.len() > SECONDS_KEPT {
+        seconds.pop_first();
+    }
+}
 
 impl StatsRecorder {
     pub(crate) fn new(max_arrivals: usize) -> Self {
@@ -132,6 +147,7 @@ impl StatsRecorder {
             merchants_untracked: 0,
             held_calls: 0,
             calls_per_second: BTreeMap::new(),
+            calls_per_request_second: BTreeMap::new(),
         }
     }
 
@@ -179,14 +195,18 @@ impl StatsRecorder {
         }
     }
 
-    pub(crate) fn call(&mut self) {
+    /// A call came in, stamped `request_time` by its caller.
+    pub(crate) fn call(&mut self, request_time: Option<&str>) {
         self.total_calls += 1;
         let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        *self.calls_per_second.entry(second).or_insert(0) += 1;
-        if self.calls_per_second.len() > SECONDS_KEPT {
-            self.calls_per_second.pop_first();
+        count_second(&mut self.calls_per_second, second);
+        let stamped = request_time
+            .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
+            .and_then(|time| u64::try_from(time.timestamp()).ok());
+        if let Some(second) = stamped {
+            count_second(&mut self.calls_per_request_second, second);
         }
     }
 
@@ -227,6 +247,7 @@ impl StatsRecorder {
             merchants_untracked: self.merchants_untracked,
             held_calls: self.held_calls,
             calls_per_second: self.calls_per_second.clone(),
+            calls_per_request_second: self.calls_per_request_second.clone(),
         }
     }
 }

@@ -10,12 +10,17 @@
 //! under exactly-once, a simulated transaction writer speaking the
 //! dispatcher's real protocol (`PrepareCommit`, `TransactionCommitted`; transactions that abort).
 //! Time is tokio's paused clock on a single-threaded runtime, and every random choice comes from
-//! one seed, so a run is repeated exactly by its seed.
+//! one seed, so a run is repeated by its seed: exactly for most seeds, but about 2 % (7 of the
+//! first 300) take a slightly different course when run again, even in one process. Their runs
+//! part where tasks drew from a shared random source in another order at one instant (a call's
+//! latency, 10 ms apart); what orders them differently was not found. A failing seed may need a
+//! few runs to fail again.
 //!
 //! Checked at every commit (safety): no position passes, and no note names, an offset whose
 //! outputs were not acknowledged (or, exactly-once, committed). Checked throughout: at most one
-//! call in flight per merchant, and, under a send-rate limit, no second (and no ten seconds)
-//! with more calls to one MPP than the member's share of the limit allowed in it. Checked at the
+//! call in flight per merchant, under a send-rate limit no second (and no ten seconds) with more
+//! calls to one MPP than the member's highest share of the limit in it allows, and no commit of
+//! a partition the member does not own. Checked at the
 //! end: exactly-once, exactly one outcome per record; at-least-once, repeated outcomes within
 //! `max_in_flight` per crash or rebalance.
 //! Liveness: once the faults end (at [`FAULTS_END`]) every record reaches an outcome and every

@@ -155,7 +155,8 @@ impl Run {
                     .rebalance(&mut member, &world, &clock, &rebalance)
                     .await
                 {
-                    away.push((at + rebalance.away, back));
+                    // Away from the end of the revoke, which may have taken seconds.
+                    away.push((clock.at() + rebalance.away, back));
                 }
             } else if let Some(due) = away.iter().position(|(when, _)| *when <= at) {
                 let (_, partitions) = away.remove(due);
@@ -340,7 +341,12 @@ impl Run {
             topic_partitions: scenario.topic_partitions(),
         };
         let all: Vec<i32> = (0..PARTITIONS).collect();
-        world.lock().unwrap().rejoined();
+        {
+            let mut world = world.lock().unwrap();
+            // What the crashed member owned goes to this one.
+            world.owned.clear();
+            world.rejoined();
+        }
         member.assign(world, &all);
         let mut world = world.lock().unwrap();
         world.note(0xC000_0000 + life as u64);
@@ -381,10 +387,10 @@ impl Run {
             let mut world = world.lock().unwrap();
             world.generation = if lost {
                 None
-            } else if partitions.len() < member.fetch.len() {
-                world.generation.map(|g| g + 1)
-            } else {
+            } else if rebalance.eager {
                 world.generation
+            } else {
+                world.generation.map(|g| g + 1)
             };
         }
         if std::env::var_os("REGNOTIFY_SIM_DEBUG").is_some() {
@@ -432,9 +438,15 @@ impl Run {
                 world.share_from(member.life, clock.at(), share);
             }
         }
-        // As the real callback does: stop listening, then report the commit made.
+        // As the real callback does: stop listening, then report the commit made. From here on
+        // the partitions are another member's: no commit of this one may name them.
         drop(answer);
         let _ = member.events.send(ConsumerEvent::RevokeSettled);
+        world
+            .lock()
+            .unwrap()
+            .owned
+            .retain(|partition| !partitions.contains(partition));
         if rebalance.away.is_zero() {
             self.assign_again(member, world, clock, &partitions);
             None
@@ -498,7 +510,8 @@ impl Run {
 impl Member {
     /// Assigns `partitions` from their committed offsets, with the notes of finished offsets.
     fn assign(&mut self, world: &Shared, partitions: &[i32]) {
-        let world = world.lock().unwrap();
+        let mut world = world.lock().unwrap();
+        world.owned.extend(partitions);
         let mut notes = Vec::new();
         for partition in partitions {
             let (position, note) = world

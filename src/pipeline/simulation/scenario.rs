@@ -70,6 +70,9 @@ pub(super) struct Rebalance {
     pub(super) at: Duration,
     /// Revoked from the member (those it owns then).
     pub(super) partitions: Vec<i32>,
+    /// Eager: every partition the member owns is revoked, under the old generation; else
+    /// cooperative, a subset under the new one.
+    pub(super) eager: bool,
     /// Lost: the member was out of the group, and commits nothing for them.
     pub(super) lost: bool,
     /// How long other members hold them before they come back (zero: at once).
@@ -167,6 +170,7 @@ impl Scenario {
                 Rebalance {
                     at,
                     partitions,
+                    eager,
                     lost,
                     away,
                 }

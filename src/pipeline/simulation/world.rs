@@ -3,7 +3,7 @@
 //! past an output not acknowledged, two calls of one merchant) and the digest of a run's course;
 //! and the run's clock. It never calls the service: the actors and the run change it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,10 @@ pub(super) struct World {
     pub(super) logs: BTreeMap<i32, Vec<Payload>>,
     /// Per partition: the committed position and its note.
     pub(super) committed: BTreeMap<i32, (i64, String)>,
+    /// The partitions the group gives the member: from their assignment until the revoke that
+    /// takes them has settled. A commit naming another (another member's, while it is away)
+    /// would overwrite its owner's progress.
+    pub(super) owned: BTreeSet<i32>,
     /// Outputs acknowledged (at-least-once) or committed (exactly-once), per (partition, offset).
     pub(super) outputs: HashMap<(i32, i64), usize>,
     /// Calls in flight per merchant.
@@ -56,11 +60,13 @@ impl World {
 
     /// A call of the member's life `life` to `psp` at `at`, under a send-rate limit: no second,
     /// and no ten seconds, hold more of its calls than the highest share the member held in them
-    /// allows (ten seconds see a share below one a second). Two more are allowed for rounding:
-    /// whole calls are sent (a share of 2.5 a second sends 3 in some seconds), and tokio's timer
-    /// wakes a job up to a millisecond after its slot.
+    /// allows (ten seconds see a share below one a second). Sends at least an interval apart
+    /// number at most one more than the span holds intervals, and tokio's timer wakes a job up to
+    /// a millisecond after its slot, so a span of T at a share of S allows (T + 1 ms) × S + 1.
+    /// The highest share in the span forgives, for a span after a share shrinks, sends still at
+    /// the old pace: the unit tests of `AdaptiveRate` check that a smaller share moves them.
     pub(super) fn paced_call(&mut self, life: usize, psp: &'static str, at: Duration) {
-        const ROUNDING: usize = 2;
+        const TIMER_LATE: Duration = Duration::from_millis(1);
         const SPANS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(10)];
         let recent = self.recent_calls.entry((life, psp)).or_default();
         while recent.front().is_some_and(|first| *first + SPANS[1] <= at) {
@@ -90,7 +96,7 @@ impl World {
                 violation = Some(format!(
                     "a call to {psp} at {at:?} before the member held a share"
                 ));
-            } else if calls > (share * span.as_secs_f64()).floor() as usize + ROUNDING {
+            } else if calls > (share * (span + TIMER_LATE).as_secs_f64()).floor() as usize + 1 {
                 violation = Some(format!(
                     "{calls} calls to {psp} in the {span:?} to {at:?} from one member, whose share \
                      of the group's limit was at most {share:.2} a second"
@@ -116,6 +122,12 @@ impl World {
     /// Checks and stores a commit of `(partition, position, note)`.
     pub(super) fn commit(&mut self, commits: &[(i32, i64, String)]) {
         for (partition, position, note) in commits {
+            if !self.owned.contains(partition) {
+                self.violate(format!(
+                    "partition {partition} committed at {position} while the member does not own \
+                     it"
+                ));
+            }
             for offset in 0..*position {
                 if !self.outputs.contains_key(&(*partition, offset)) {
                     self.violate(format!(

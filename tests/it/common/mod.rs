@@ -619,8 +619,10 @@ impl Harness {
 }
 
 /// Reads a group's progress on a topic through one client for as long as it is kept (see
-/// [`inspect::GroupProgressReader`]): a client per poll leaks, and is slow to close.
-pub struct ProgressReader(Arc<inspect::GroupProgressReader>);
+/// [`inspect::GroupProgressReader`]): a client per poll leaks, and is slow to close. Dropping
+/// the client waits for its consumer to close, so it is dropped off the async workers: by
+/// [`ProgressReader::close`], or, when a test fails before that, on a thread of its own.
+pub struct ProgressReader(Option<Arc<inspect::GroupProgressReader>>);
 
 impl ProgressReader {
     async fn open(bootstrap: &str, group: &str, topic: &str) -> ProgressReader {
@@ -631,12 +633,12 @@ impl ProgressReader {
         .await
         .unwrap()
         .expect("group progress reader");
-        ProgressReader(Arc::new(reader))
+        ProgressReader(Some(Arc::new(reader)))
     }
 
     /// The group's committed offsets and the topic's ends, as the cluster answers now.
     pub async fn read(&self) -> Vec<PartitionProgress> {
-        let reader = Arc::clone(&self.0);
+        let reader = Arc::clone(self.0.as_ref().expect("open until dropped"));
         tokio::task::spawn_blocking(move || {
             // A fresh broker answers NotCoordinator (or CoordinatorLoadInProgress) until the
             // group's coordinator is up: ask again for a while.
@@ -656,12 +658,21 @@ impl ProgressReader {
         .unwrap()
     }
 
-    /// Drops the client on a blocking thread: dropping it waits for its consumer to close.
-    pub async fn close(self) {
-        let ProgressReader(reader) = self;
-        tokio::task::spawn_blocking(move || drop(reader))
-            .await
-            .unwrap();
+    /// Drops the client on a blocking thread and waits for it to close.
+    pub async fn close(mut self) {
+        if let Some(reader) = self.0.take() {
+            tokio::task::spawn_blocking(move || drop(reader))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for ProgressReader {
+    fn drop(&mut self) {
+        if let Some(reader) = self.0.take() {
+            std::thread::spawn(move || drop(reader));
+        }
     }
 }
 
