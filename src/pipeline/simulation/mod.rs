@@ -157,7 +157,7 @@ impl Totals {
         self.calls += report.calls;
         if let Some((share, busiest)) = report.limit {
             self.limited += 1;
-            self.at_share += usize::from(busiest >= share.floor() as usize);
+            self.at_share += usize::from(busiest >= (share.floor() as usize).max(1));
         }
         self.repeats += report.repeats;
         self.simulated += report.simulated;

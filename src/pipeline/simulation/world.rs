@@ -31,8 +31,8 @@ pub(super) struct World {
     /// is out of the group (its partitions lost, before it rejoins): nothing can commit.
     pub(super) generation: Option<u64>,
     pub(super) calls: u64,
-    /// Per life of the member and MPP, under a send-rate limit: when its calls of the last
-    /// second were made.
+    /// Per life of the member and MPP, under a send-rate limit: when its calls of the last ten
+    /// seconds were made.
     pub(super) recent_calls: HashMap<(usize, &'static str), VecDeque<Duration>>,
     /// The most calls one life of the member made to one MPP within a second.
     pub(super) busiest_second: usize,

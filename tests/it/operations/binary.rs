@@ -95,6 +95,26 @@ impl Drop for RunningBinary {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A test that failed shows what the service wrote, its last lines at least.
+        if std::thread::panicking() {
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
+            let lines = self
+                .lines
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let from = lines.len().saturating_sub(200);
+            eprintln!(
+                "the service's stderr, lines {}..{} of {}:",
+                from + 1,
+                lines.len(),
+                lines.len()
+            );
+            for line in &lines[from..] {
+                eprintln!("  {line}");
+            }
+        }
     }
 }
 
@@ -130,7 +150,13 @@ pub(super) fn service_config(
     .chain(consumer)
     .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
     .collect();
-    child.processing = vec![r#"commit_interval = "100ms""#.into()];
+    // A refused event that nothing else explains asks again against its own budget (8 attempts,
+    // full jitter up to `backoff_max`): with the default 30 s ceiling that alone can pass the
+    // tests' 60 s wait when the machine is busy; a 1 s ceiling ends it within about 8 s.
+    child.processing = vec![
+        r#"commit_interval = "100ms""#.into(),
+        r#"backoff_max = "1s""#.into(),
+    ];
     child.admin_listen = format!("127.0.0.1:{admin_port}");
     let config = child.write(dir);
     (config, format!("http://127.0.0.1:{admin_port}"))
