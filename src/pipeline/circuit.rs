@@ -224,9 +224,10 @@ impl Circuit {
                 Waiting { circuit: self }
             });
             tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
                 () = notified => {}
                 () = tokio::time::sleep(wait) => {}
-                () = cancel.cancelled() => return None,
             }
         }
     }
@@ -304,13 +305,14 @@ impl Circuit {
                 return Some((Refusal::Undecided, now().saturating_duration_since(started)));
             };
             tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
                 () = notified => {}
                 () = tokio::time::sleep_until(until) => {
                     if until == deadline {
                         return Some((Refusal::Undecided, now().saturating_duration_since(started)));
                     }
                 }
-                () = cancel.cancelled() => return None,
             }
         }
     }

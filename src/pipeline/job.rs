@@ -55,7 +55,8 @@ pub(crate) fn now() -> Instant {
 /// Sleeps for `delay`; `false` when `cancel` fired first.
 pub(crate) async fn sleep_unless_stopped(cancel: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
-        () = tokio::time::sleep(delay) => true,
+        biased;
         () = cancel.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
     }
 }

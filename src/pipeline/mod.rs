@@ -247,6 +247,7 @@ pub(crate) async fn run(
         let (trigger, failed) = (stop.clone(), fatal.clone());
         let watch = tokio::spawn(async move {
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => {}
                 () = failed.cancelled() => {}
             }

@@ -145,8 +145,9 @@ impl Parked {
                 return Some(());
             }
             tokio::select! {
-                () = freed => {}
+                biased;
                 () = cancel.cancelled() => return None,
+                () = freed => {}
             }
         }
     }

@@ -61,6 +61,7 @@ impl OutputSink {
                     dead_letter_trace: job.trace.dead_letter_headers(),
                 };
                 return tokio::select! {
+                    biased;
                     sent = submitter.send(submission) => match sent {
                         Ok(()) => Finish::Submitted,
                         Err(_) => Finish::Abandoned,
@@ -132,6 +133,7 @@ where
     let mut delay = PUBLISH_RETRY_INITIAL;
     loop {
         let result = tokio::select! {
+            biased;
             result = publish() => result,
             () = cancel.cancelled() => return Finish::Abandoned,
         };

@@ -265,6 +265,7 @@ async fn notify_with_retries(
         first_attempt_at_ms.get_or_insert_with(|| Utc::now().timestamp_millis());
         let started = std::time::SystemTime::now();
         let attempt = tokio::select! {
+            biased;
             attempt = mpp.client.notify(event) => attempt,
             () = cancel.cancelled() => return abandon(),
         };

@@ -40,6 +40,7 @@ impl Dispatcher {
             self.status.beat();
             let revoke_deadline = self.pending_revoke.as_ref().map(|revoke| revoke.deadline);
             tokio::select! {
+                biased;
                 Some(completion) = self.completions.recv() => self.on_completion(completion),
                 Some(control) = self.control.recv() => self.on_control(control),
                 landed = commit_landed(&mut self.committing), if self.committing.is_some() => {

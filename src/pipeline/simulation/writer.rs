@@ -34,6 +34,7 @@ impl SimWriter {
         let mut held: Vec<Submission> = Vec::new();
         loop {
             tokio::select! {
+                biased;
                 received = submissions.recv() => match received {
                     Some(submission) => {
                         held.push(submission);
