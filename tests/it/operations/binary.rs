@@ -151,8 +151,9 @@ pub(super) fn service_config(
     .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
     .collect();
     // A refused event that nothing else explains asks again against its own budget (8 attempts,
-    // full jitter up to `backoff_max`): with the default 30 s ceiling that alone can pass the
-    // tests' 60 s wait when the machine is busy; a 1 s ceiling ends it within about 8 s.
+    // full jitter up to `backoff_max`): under the defaults its backoff alone can last 25 s, and
+    // on a busy CI machine one was still unfinished after the tests' 60 s wait; a 1 s ceiling
+    // keeps its backoff within about 5 s.
     child.processing = vec![
         r#"commit_interval = "100ms""#.into(),
         r#"backoff_max = "1s""#.into(),
