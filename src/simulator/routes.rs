@@ -63,7 +63,10 @@ pub(super) async fn notify(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    lock(&shared.stats).call(header(&headers, "request-time"));
+    let request_time = header(&headers, "request-time").unwrap_or_default();
+    // Read once: for the counts by the second it names, and checked below.
+    let stamped = chrono::DateTime::parse_from_rfc3339(request_time).ok();
+    lock(&shared.stats).call(stamped);
     match shared.outage_now() {
         Some(OutageMode::Unavailable) => {
             shared.record("OUTAGE_503");
@@ -128,7 +131,6 @@ pub(super) async fn notify(
         );
         return answer(&shared, a).await;
     }
-    let request_time = header(&headers, "request-time").unwrap_or_default();
     let mut signed_by = None;
     if shared.check_signatures {
         // Verifying costs about 12 µs: less than handing it to another thread, and it must not
@@ -152,7 +154,7 @@ pub(super) async fn notify(
             return answer(&shared, a).await;
         }
     }
-    if chrono::DateTime::parse_from_rfc3339(request_time).is_err() {
+    if stamped.is_none() {
         let a = reply(
             "F",
             "PARAM_ILLEGAL",

@@ -195,16 +195,14 @@ impl StatsRecorder {
         }
     }
 
-    /// A call came in, stamped `request_time` by its caller.
-    pub(crate) fn call(&mut self, request_time: Option<&str>) {
+    /// A call came in, stamped `request_time` by its caller (`None`: no readable one).
+    pub(crate) fn call(&mut self, request_time: Option<chrono::DateTime<chrono::FixedOffset>>) {
         self.total_calls += 1;
         let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
         count_second(&mut self.calls_per_second, second);
-        let stamped = request_time
-            .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
-            .and_then(|time| u64::try_from(time.timestamp()).ok());
+        let stamped = request_time.and_then(|time| u64::try_from(time.timestamp()).ok());
         if let Some(second) = stamped {
             count_second(&mut self.calls_per_request_second, second);
         }
